@@ -1,0 +1,3 @@
+module github.com/mqrpc/mqrpc
+
+go 1.24.0
