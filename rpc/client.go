@@ -1,0 +1,197 @@
+package rpc
+
+import (
+	"context"
+	"time"
+
+	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/codec"
+	jsoncodec "github.com/mqrpc/mqrpc/codec/json"
+)
+
+// Client calls services over a broker. It is safe for concurrent use; make
+// one per broker and share it.
+type Client struct {
+	b       broker.Broker
+	codec   codec.Codec
+	timeout time.Duration
+	handler broker.Handler
+}
+
+type clientConfig struct {
+	codec      codec.Codec
+	timeout    time.Duration
+	middleware []Middleware
+}
+
+// ClientOption configures a Client.
+type ClientOption func(*clientConfig)
+
+// WithCodec sets the codec requests are encoded with. Default: JSON.
+func WithCodec(c codec.Codec) ClientOption { return func(cfg *clientConfig) { cfg.codec = c } }
+
+// WithTimeout sets the timeout of calls whose ctx has no deadline. Default:
+// 30s. Zero or less means no default timeout (calls then wait as long as
+// their ctx, which a broker without replies could make forever).
+func WithTimeout(d time.Duration) ClientOption {
+	return func(cfg *clientConfig) { cfg.timeout = d }
+}
+
+// WithClientMiddleware wraps the broker round trip in mw, the first
+// outermost. Calling it again appends.
+func WithClientMiddleware(mw ...Middleware) ClientOption {
+	return func(cfg *clientConfig) { cfg.middleware = append(cfg.middleware, mw...) }
+}
+
+// NewClient returns a client that sends its calls through b. The client
+// does not own b: closing b is the caller's business.
+func NewClient(b broker.Broker, opts ...ClientOption) *Client {
+	cfg := clientConfig{codec: jsoncodec.Codec{}, timeout: 30 * time.Second}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	c := &Client{b: b, codec: cfg.codec, timeout: cfg.timeout}
+	c.handler = Chain(broker.HandlerFunc(c.roundTrip), cfg.middleware...)
+	return c
+}
+
+// CallOption configures one call.
+type CallOption func(*callConfig)
+
+type callConfig struct {
+	header      broker.Header
+	id          string
+	idempotent  bool
+	replyHeader *broker.Header
+	codec       codec.Codec
+}
+
+// WithHeader adds a request header. Names are case-insensitive.
+func WithHeader(name, value string) CallOption {
+	return func(c *callConfig) {
+		if c.header == nil {
+			c.header = make(broker.Header, 2)
+		}
+		c.header.Set(name, value)
+	}
+}
+
+// WithMessageID sets the request's message ID, the deduplication key.
+// Default: a fresh ID per call, kept across retries of that call.
+func WithMessageID(id string) CallOption { return func(c *callConfig) { c.id = id } }
+
+// Idempotent marks the call safe to execute more than once, which lets
+// retry middleware repeat it.
+func Idempotent() CallOption { return func(c *callConfig) { c.idempotent = true } }
+
+// WithReplyHeader stores the reply's headers in *h when the call returns
+// a reply (also an error reply).
+func WithReplyHeader(h *broker.Header) CallOption { return func(c *callConfig) { c.replyHeader = h } }
+
+// WithCallCodec encodes this call with cd instead of the client's codec.
+func WithCallCodec(cd codec.Codec) CallOption { return func(c *callConfig) { c.codec = cd } }
+
+// Call invokes method of service with in and decodes the reply into out
+// (out may be nil to discard it). The error, if any, is an *Error: a wire
+// error from the server, or a local one wrapping the broker's error (so
+// errors.Is(err, broker.ErrNoResponders) works).
+func (c *Client) Call(ctx context.Context, service, method string, in, out any, opts ...CallOption) error {
+	return c.do(ctx, service, method, in, out, false, opts)
+}
+
+// Notify sends a one-way request: the server runs method with in, and no
+// reply comes back. It returns once the broker accepted the message.
+func (c *Client) Notify(ctx context.Context, service, method string, in any, opts ...CallOption) error {
+	return c.do(ctx, service, method, in, nil, true, opts)
+}
+
+func (c *Client) do(ctx context.Context, service, method string, in, out any, oneWay bool, opts []CallOption) error {
+	cfg := callConfig{codec: c.codec}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	body, err := cfg.codec.Marshal(in)
+	if err != nil {
+		return Errorf(InvalidArgument, "encode %s.%s request as %s: %w", service, method, cfg.codec.Name(), err)
+	}
+	h := cfg.header
+	if h == nil {
+		h = make(broker.Header, 2)
+	}
+	h[broker.HeaderMethod] = method
+	h[broker.HeaderContentType] = cfg.codec.Name()
+	id := cfg.id
+	if id == "" {
+		id = broker.NewID()
+	}
+	msg := &broker.Message{ID: id, Subject: service, Header: h, Body: body}
+	if c.timeout > 0 {
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, c.timeout)
+			defer cancel()
+		}
+	}
+	if d, ok := ctx.Deadline(); ok {
+		msg.Deadline = d
+	}
+	cctx := &callCtx{Context: ctx, info: CallInfo{Service: service, Method: method, Idempotent: cfg.idempotent, OneWay: oneWay}}
+	reply, err := c.handler.ServeMessage(cctx, msg)
+	if cfg.replyHeader != nil && reply != nil {
+		*cfg.replyHeader = reply.Header
+	}
+	if err != nil {
+		return asError(err)
+	}
+	if oneWay || out == nil || reply == nil {
+		return nil
+	}
+	rc := cfg.codec
+	if ct := reply.Header.Get(broker.HeaderContentType); ct != "" && codec.MediaType(ct) != codec.MediaType(rc.Name()) {
+		return Errorf(Internal, "reply to %s.%s has content type %q, want %q", service, method, ct, rc.Name())
+	}
+	if err := rc.Unmarshal(reply.Body, out); err != nil {
+		return Errorf(Internal, "decode %s.%s reply as %s: %w", service, method, rc.Name(), err)
+	}
+	return nil
+}
+
+// roundTrip is the innermost client handler: it sends through the broker
+// and turns an error reply into an error. The reply is returned along
+// with its error so middleware can read its headers.
+func (c *Client) roundTrip(ctx context.Context, msg *broker.Message) (*broker.Message, error) {
+	if ci, ok := ctx.Value(callInfoKey{}).(*CallInfo); ok && ci.OneWay {
+		return nil, c.b.Send(ctx, msg)
+	}
+	reply, err := c.b.Request(ctx, msg)
+	if err != nil {
+		return nil, err
+	}
+	if err := ErrorFromReply(reply); err != nil {
+		return reply, err
+	}
+	return reply, nil
+}
+
+// Invoke is the typed form of Client.Call: it calls method of service with
+// in and returns the decoded reply.
+func Invoke[Res, Req any](ctx context.Context, c *Client, service, method string, in *Req, opts ...CallOption) (*Res, error) {
+	out := new(Res)
+	if err := c.Call(ctx, service, method, in, out, opts...); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Method is a typed client stub for one method: call it like a function.
+//
+//	add := rpc.NewMethod[AddRequest, AddReply](client, "Calculator", "Add")
+//	sum, err := add(ctx, &AddRequest{A: 1, B: 2})
+type Method[Req, Res any] func(ctx context.Context, in *Req, opts ...CallOption) (*Res, error)
+
+// NewMethod returns a typed stub for method of service on c.
+func NewMethod[Req, Res any](c *Client, service, method string) Method[Req, Res] {
+	return func(ctx context.Context, in *Req, opts ...CallOption) (*Res, error) {
+		return Invoke[Res](ctx, c, service, method, in, opts...)
+	}
+}

@@ -1,0 +1,210 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/codec"
+	jsoncodec "github.com/mqrpc/mqrpc/codec/json"
+)
+
+// Server dispatches requests to typed method handlers by the mqrpc-method
+// header. A Server is a broker.Handler, so any broker serves it:
+//
+//	srv := rpc.NewServer()
+//	rpc.Handle(srv, "Add", add)
+//	sub, err := b.Serve("Calculator", srv)
+//
+// Methods may be registered at any time, also while serving. A Server is
+// safe for concurrent use.
+type Server struct {
+	codecs       map[string]codec.Codec
+	defaultCodec codec.Codec
+	accepted     string // for error messages
+	handler      broker.Handler
+
+	mu      sync.Mutex // serializes registration
+	methods atomic.Pointer[map[string]method]
+}
+
+// method decodes a request body, calls the typed handler and encodes the
+// reply.
+type method func(ctx context.Context, cd codec.Codec, body []byte) ([]byte, error)
+
+type serverConfig struct {
+	codecs     []codec.Codec
+	middleware []Middleware
+}
+
+// ServerOption configures a Server.
+type ServerOption func(*serverConfig)
+
+// WithCodecs sets the codecs the server accepts; replies use the codec of
+// the request. The first one decodes requests that carry no content-type.
+// Default: JSON only. Calling it again adds codecs.
+func WithCodecs(codecs ...codec.Codec) ServerOption {
+	return func(c *serverConfig) { c.codecs = append(c.codecs, codecs...) }
+}
+
+// WithServerMiddleware wraps the method dispatcher in mw, the first
+// outermost. Calling it again appends.
+func WithServerMiddleware(mw ...Middleware) ServerOption {
+	return func(c *serverConfig) { c.middleware = append(c.middleware, mw...) }
+}
+
+// NewServer returns a server with no methods.
+func NewServer(opts ...ServerOption) *Server {
+	var cfg serverConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if len(cfg.codecs) == 0 {
+		cfg.codecs = []codec.Codec{jsoncodec.Codec{}}
+	}
+	s := &Server{codecs: make(map[string]codec.Codec, len(cfg.codecs)), defaultCodec: cfg.codecs[0]}
+	names := make([]string, 0, len(cfg.codecs))
+	for _, c := range cfg.codecs {
+		name := codec.MediaType(c.Name())
+		if _, dup := s.codecs[name]; !dup {
+			names = append(names, name)
+		}
+		s.codecs[name] = c
+	}
+	sort.Strings(names)
+	s.accepted = strings.Join(names, ", ")
+	empty := map[string]method{}
+	s.methods.Store(&empty)
+	s.handler = Chain(broker.HandlerFunc(s.dispatch), cfg.middleware...)
+	return s
+}
+
+var _ broker.Handler = (*Server)(nil)
+
+// ErrDuplicateMethod is returned when a method name is registered twice.
+var ErrDuplicateMethod = errors.New("rpc: method already registered")
+
+// Handle registers fn as the handler of method on s. Req and Res are the
+// request and reply types, decoded and encoded with the request's codec
+// (for the proto codec they must implement proto.Message).
+//
+// fn returns an *Error to choose the status code the caller sees; any
+// other error reaches the caller as Unknown (context errors as Canceled and
+// DeadlineExceeded). A panic in fn is recovered and answered as Internal.
+func Handle[Req, Res any](s *Server, name string, fn func(ctx context.Context, req *Req) (*Res, error)) error {
+	return s.register(name, func(ctx context.Context, cd codec.Codec, body []byte) ([]byte, error) {
+		in := new(Req)
+		if err := cd.Unmarshal(body, in); err != nil {
+			return nil, Errorf(InvalidArgument, "decode %s request as %s: %w", name, cd.Name(), err)
+		}
+		out, err := fn(ctx, in)
+		if err != nil {
+			return nil, err
+		}
+		if out == nil {
+			out = new(Res)
+		}
+		b, err := cd.Marshal(out)
+		if err != nil {
+			return nil, Errorf(Internal, "encode %s reply as %s: %w", name, cd.Name(), err)
+		}
+		return b, nil
+	})
+}
+
+// HandleRaw registers fn as the handler of method, with the body passed
+// as is and no codec involved. The reply carries the request's
+// content-type. fn must not retain body.
+func HandleRaw(s *Server, name string, fn func(ctx context.Context, body []byte) ([]byte, error)) error {
+	return s.register(name, func(ctx context.Context, _ codec.Codec, body []byte) ([]byte, error) {
+		return fn(ctx, body)
+	})
+}
+
+func (s *Server) register(name string, m method) error {
+	if name == "" {
+		return errors.New("rpc: empty method name")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := *s.methods.Load()
+	if _, dup := old[name]; dup {
+		return fmt.Errorf("%w: %q", ErrDuplicateMethod, name)
+	}
+	next := make(map[string]method, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	next[name] = m
+	s.methods.Store(&next)
+	return nil
+}
+
+// Methods returns the registered method names, sorted.
+func (s *Server) Methods() []string {
+	m := *s.methods.Load()
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// ServeMessage implements broker.Handler. It runs the middleware chain and
+// the dispatcher, and turns an *Error into an error reply. Errors of other
+// kinds (from middleware) are returned as delivery failures.
+func (s *Server) ServeMessage(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+	reply, err := s.handler.ServeMessage(ctx, req)
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) {
+			return ErrorReply(e), nil
+		}
+		return nil, err
+	}
+	return reply, nil
+}
+
+func (s *Server) dispatch(ctx context.Context, req *broker.Message) (reply *broker.Message, err error) {
+	if req.Expired(time.Now()) {
+		return nil, Errorf(DeadlineExceeded, "deadline passed before the request was served")
+	}
+	cd := s.defaultCodec
+	if ct := req.Header.Get(broker.HeaderContentType); ct != "" {
+		var ok bool
+		if cd, ok = s.codecs[codec.MediaType(ct)]; !ok {
+			return nil, Errorf(InvalidArgument, "unsupported content type %q (accepted: %s)", ct, s.accepted)
+		}
+	}
+	name := req.Header.Get(broker.HeaderMethod)
+	m, ok := (*s.methods.Load())[name]
+	if !ok {
+		if name == "" {
+			return nil, Errorf(InvalidArgument, "request has no %s header", broker.HeaderMethod)
+		}
+		return nil, Errorf(Unimplemented, "unknown method %q", name)
+	}
+	sc := &serverCall{Context: ctx, req: req}
+	defer func() {
+		if r := recover(); r != nil {
+			reply, err = nil, Errorf(Internal, "panic in method %s: %v", name, r)
+		}
+	}()
+	body, err := m(sc, cd, req.Body)
+	if err != nil {
+		return nil, asError(err)
+	}
+	h := sc.replyHeader
+	if h == nil {
+		h = make(broker.Header, 1)
+	}
+	h[broker.HeaderContentType] = cd.Name()
+	return &broker.Message{Header: h, Body: body}, nil
+}
