@@ -1,0 +1,374 @@
+// Package nats is the mqrpc broker for NATS (https://nats.io), built on
+// nats.go.
+//
+// In the default core mode a request is one NATS message to the service
+// subject with a reply subject under the client's single inbox
+// subscription; servers of a subject form a queue group, so each request
+// reaches one of them; a request nobody serves fails at once with
+// broker.ErrNoResponders. Nothing is stored: a request in flight when its
+// server dies is lost, and its caller times out. If the connection drops,
+// calls in flight fail at once with an error wrapping
+// broker.ErrDisconnected, and the broker reconnects and restores its
+// subscriptions by itself.
+//
+// With WithJetStream the broker runs in durable mode on a JetStream
+// work-queue stream: a request is stored before it is delivered, kept while
+// no server runs, acknowledged only after its reply was sent, redelivered
+// when its server dies, deduplicated by Message.ID and dead-lettered after
+// JetStreamConfig.MaxDeliver deliveries.
+//
+// The wire format, for clients written in other languages, is in the NATS
+// section of docs/PROTOCOL.md. Package broker/nats/embedded starts an
+// in-process NATS server for tests and zero-setup programs.
+package nats
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mqrpc/mqrpc/broker"
+)
+
+// NATS header names used on the wire besides broker's shared ones.
+const (
+	// HeaderMsgID carries Message.ID; JetStream uses it to drop
+	// duplicates.
+	HeaderMsgID = "Nats-Msg-Id"
+	// HeaderReply carries the reply subject of a durable-mode request:
+	// the NATS reply field of a JetStream publish is taken by the
+	// stream's acknowledgement.
+	HeaderReply = "mqrpc-reply"
+	// HeaderDeadReason says why a dead letter was dead-lettered.
+	HeaderDeadReason = "mqrpc-dead-reason"
+	// HeaderDeliveries says how often a dead letter was delivered.
+	HeaderDeliveries = "mqrpc-deliveries"
+)
+
+// Broker is a broker.Broker on one NATS connection. Make it with New; it is
+// safe for concurrent use.
+type Broker struct {
+	cfg    *config
+	log    *slog.Logger
+	nc     *natsgo.Conn
+	js     jetstream.JetStream // nil in core mode
+	mux    replyMux
+	closed atomic.Bool
+
+	// Durable mode creates its streams once, on first use.
+	streamMu    sync.Mutex
+	streamReady bool
+
+	subsMu sync.Mutex
+	subs   map[*subscription]struct{}
+}
+
+var _ broker.Broker = (*Broker)(nil)
+
+// New connects to NATS and returns a Broker. It fails when no server can
+// be reached; once connected, the broker reconnects by itself for as long
+// as it lives.
+func New(opts ...Option) (*Broker, error) {
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	b := &Broker{cfg: cfg, log: cfg.logger, subs: make(map[*subscription]struct{})}
+	nopts := []natsgo.Option{
+		natsgo.Name(cfg.name),
+		natsgo.MaxReconnects(-1),
+		natsgo.ReconnectWait(cfg.reconnectWait),
+		natsgo.ReconnectJitter(cfg.reconnectWait, cfg.reconnectWait),
+		natsgo.DisconnectErrHandler(b.onDisconnect),
+		natsgo.ReconnectHandler(b.onReconnect),
+		natsgo.ClosedHandler(b.onClosed),
+		natsgo.ErrorHandler(b.onAsyncError),
+	}
+	nopts = append(nopts, cfg.natsOpts...)
+	nc, err := natsgo.Connect(strings.Join(cfg.urls, ","), nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("nats: connect %s: %w", strings.Join(cfg.urls, ","), err)
+	}
+	b.nc = nc
+	b.mux.init(nc)
+	if cfg.js != nil {
+		js, err := jetstream.New(nc)
+		if err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("nats: jetstream: %w", err)
+		}
+		b.js = js
+	}
+	return b, nil
+}
+
+// Conn returns the underlying nats.go connection, for monitoring or for
+// publishing outside mqrpc. Do not close it; close the Broker.
+func (b *Broker) Conn() *natsgo.Conn { return b.nc }
+
+func (b *Broker) onDisconnect(_ *natsgo.Conn, err error) {
+	n := b.mux.failAll(broker.ErrDisconnected)
+	b.log.Warn("nats: disconnected", "error", err, "failed_calls", n)
+}
+
+func (b *Broker) onReconnect(nc *natsgo.Conn) {
+	b.log.Info("nats: reconnected", "url", nc.ConnectedUrlRedacted())
+}
+
+func (b *Broker) onClosed(*natsgo.Conn) {
+	b.mux.failAll(broker.ErrClosed)
+}
+
+func (b *Broker) onAsyncError(_ *natsgo.Conn, sub *natsgo.Subscription, err error) {
+	subj := ""
+	if sub != nil {
+		subj = sub.Subject
+	}
+	b.log.Error("nats: async error", "subject", subj, "error", err)
+}
+
+// Request sends req to req.Subject and waits for one server's reply.
+//
+// In core mode it returns broker.ErrNoResponders at once when no server
+// subscribes to the subject. In durable mode the request is stored first,
+// so it waits for a server instead. The wait ends at req.Deadline or when
+// ctx ends (an error wrapping broker.ErrTimeout and the ctx error), when
+// the connection drops (broker.ErrDisconnected: the request may or may not
+// have been served) or when the broker is closed (broker.ErrClosed).
+func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+	if b.closed.Load() {
+		return nil, fmt.Errorf("nats: request %s: %w", req.Subject, broker.ErrClosed)
+	}
+	deadline := req.Deadline
+	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
+		deadline = d
+	}
+	if !deadline.IsZero() && !time.Now().Before(deadline) {
+		return nil, fmt.Errorf("nats: request %s: %w: %w", req.Subject, broker.ErrTimeout, context.DeadlineExceeded)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("nats: request %s: %w: %w", req.Subject, broker.ErrTimeout, err)
+	}
+	if !req.Deadline.IsZero() {
+		if d, ok := ctx.Deadline(); !ok || req.Deadline.Before(d) {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, req.Deadline)
+			defer cancel()
+		}
+	}
+
+	id := req.ID
+	if id == "" {
+		id = broker.NewID()
+	}
+	call, err := b.mux.register(id, b.js != nil)
+	if err != nil {
+		return nil, fmt.Errorf("nats: request %s: %w", req.Subject, err)
+	}
+	if err := b.publishRequest(ctx, req, id, call.reply, deadline); err != nil {
+		b.mux.cancel(call)
+		return nil, fmt.Errorf("nats: request %s: %w", req.Subject, err)
+	}
+	select {
+	case r := <-call.ch:
+		if r.err != nil {
+			return nil, fmt.Errorf("nats: request %s: %w", req.Subject, r.err)
+		}
+		if isNoResponders(r.msg) {
+			return nil, fmt.Errorf("nats: request %s: %w", req.Subject, broker.ErrNoResponders)
+		}
+		rep, err := fromNATS(r.msg, "")
+		if err != nil {
+			return nil, fmt.Errorf("nats: reply to %s: %w", req.Subject, err)
+		}
+		return rep, nil
+	case <-ctx.Done():
+		b.mux.cancel(call)
+		return nil, fmt.Errorf("nats: request %s: %w: %w", req.Subject, broker.ErrTimeout, ctx.Err())
+	}
+}
+
+func (b *Broker) publishRequest(ctx context.Context, req *broker.Message, id, reply string, deadline time.Time) error {
+	// A request published while the connection is down would sit in
+	// nats.go's reconnect buffer with nobody to fail it; fail it now so
+	// the caller can retry once the connection is back.
+	if st := b.nc.Status(); st != natsgo.CONNECTED {
+		if st == natsgo.CLOSED {
+			return broker.ErrClosed
+		}
+		return fmt.Errorf("%w (connection %s)", broker.ErrDisconnected, st)
+	}
+	m := &natsgo.Msg{Subject: req.Subject, Header: toNATS(req, id, deadline), Data: req.Body}
+	if b.js == nil {
+		m.Reply = reply
+		return mapPublishError(b.nc.PublishMsg(m))
+	}
+	m.Subject = b.cfg.js.SubjectPrefix + "." + req.Subject
+	m.Header[HeaderReply] = []string{reply}
+	return b.publishDurable(ctx, m)
+}
+
+// Send delivers msg to msg.Subject without waiting for a reply. In core
+// mode it returns once the message is handed to the connection (nobody
+// serving the subject is not an error: NATS does not report it); in
+// durable mode once the stream has stored it.
+func (b *Broker) Send(ctx context.Context, msg *broker.Message) error {
+	if b.closed.Load() {
+		return fmt.Errorf("nats: send %s: %w", msg.Subject, broker.ErrClosed)
+	}
+	if msg.Expired(time.Now()) {
+		return fmt.Errorf("nats: send %s: %w: %w", msg.Subject, broker.ErrTimeout, context.DeadlineExceeded)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("nats: send %s: %w: %w", msg.Subject, broker.ErrTimeout, err)
+	}
+	id := msg.ID
+	if id == "" {
+		id = broker.NewID()
+	}
+	m := &natsgo.Msg{Subject: msg.Subject, Header: toNATS(msg, id, msg.Deadline), Data: msg.Body}
+	var err error
+	if b.js == nil {
+		if st := b.nc.Status(); st == natsgo.CLOSED {
+			err = broker.ErrClosed
+		} else {
+			// While reconnecting, nats.go buffers the message and
+			// sends it after the reconnect; that is what one-way
+			// callers want.
+			err = mapPublishError(b.nc.PublishMsg(m))
+		}
+	} else {
+		m.Subject = b.cfg.js.SubjectPrefix + "." + msg.Subject
+		err = b.publishDurable(ctx, m)
+	}
+	if err != nil {
+		return fmt.Errorf("nats: send %s: %w", msg.Subject, err)
+	}
+	return nil
+}
+
+// Close stops every subscription without draining (handlers in flight see
+// their ctx cancelled and Close waits for them to return), fails calls in
+// flight with broker.ErrClosed and closes the connection. In durable mode
+// the requests being handled are not acknowledged, so the stream
+// redelivers them to another server. Close is idempotent.
+func (b *Broker) Close() error {
+	if !b.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	b.subsMu.Lock()
+	subs := make([]*subscription, 0, len(b.subs))
+	for s := range b.subs {
+		subs = append(subs, s)
+	}
+	b.subsMu.Unlock()
+	for _, s := range subs {
+		s.abort()
+	}
+	b.nc.Close()
+	// The closed handler runs asynchronously; fail the calls here too so
+	// Close returns with none left waiting.
+	b.mux.failAll(broker.ErrClosed)
+	for _, s := range subs {
+		s.wait()
+	}
+	return nil
+}
+
+func (b *Broker) addSub(s *subscription) bool {
+	b.subsMu.Lock()
+	defer b.subsMu.Unlock()
+	if b.closed.Load() {
+		return false
+	}
+	b.subs[s] = struct{}{}
+	return true
+}
+
+func (b *Broker) removeSub(s *subscription) {
+	b.subsMu.Lock()
+	delete(b.subs, s)
+	b.subsMu.Unlock()
+}
+
+func mapPublishError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, natsgo.ErrMaxPayload):
+		return fmt.Errorf("%w: %w", broker.ErrMessageTooLarge, err)
+	case errors.Is(err, natsgo.ErrConnectionClosed), errors.Is(err, natsgo.ErrConnectionDraining):
+		return fmt.Errorf("%w: %w", broker.ErrClosed, err)
+	case errors.Is(err, natsgo.ErrReconnectBufExceeded), errors.Is(err, natsgo.ErrConnectionReconnecting),
+		errors.Is(err, natsgo.ErrDisconnected), errors.Is(err, natsgo.ErrStaleConnection):
+		return fmt.Errorf("%w: %w", broker.ErrDisconnected, err)
+	}
+	return err
+}
+
+// isNoResponders reports the status message the NATS server sends to a
+// request's reply subject when no subscription could receive it.
+func isNoResponders(m *natsgo.Msg) bool {
+	return len(m.Data) == 0 && len(m.Header) > 0 && m.Header.Get("Status") == "503"
+}
+
+// toNATS maps a message's ID, headers and deadline to NATS headers. Names
+// are written in lower case; HeaderDeadline in Message.Header is ignored
+// because the field is the source of truth.
+func toNATS(m *broker.Message, id string, deadline time.Time) natsgo.Header {
+	h := make(natsgo.Header, len(m.Header)+3)
+	for k, v := range m.Header {
+		k = strings.ToLower(k)
+		if k == broker.HeaderDeadline || k == HeaderReply {
+			continue
+		}
+		h[k] = []string{v}
+	}
+	if id != "" {
+		h[HeaderMsgID] = []string{id}
+	}
+	if !deadline.IsZero() {
+		h[broker.HeaderDeadline] = []string{broker.FormatDeadline(deadline)}
+	}
+	return h
+}
+
+// fromNATS maps a received NATS message to a broker.Message. Header names
+// are lower-cased; NATS's own headers (Nats-*) and the transport headers
+// are not part of Message.Header. A malformed deadline is an error (a
+// *broker.HeaderError), with the rest of the message still filled in.
+func fromNATS(m *natsgo.Msg, subject string) (*broker.Message, error) {
+	out := &broker.Message{Subject: subject, Body: m.Data}
+	var err error
+	if len(m.Header) > 0 {
+		out.Header = make(broker.Header, len(m.Header))
+		for k, vs := range m.Header {
+			if len(vs) == 0 {
+				continue
+			}
+			if len(k) > 5 && strings.EqualFold(k[:5], "nats-") {
+				if strings.EqualFold(k, HeaderMsgID) {
+					out.ID = vs[0]
+				}
+				continue
+			}
+			k = strings.ToLower(k)
+			switch k {
+			case broker.HeaderDeadline:
+				out.Deadline, err = broker.ParseDeadline(vs[0])
+			case HeaderReply:
+			default:
+				out.Header[k] = vs[0]
+			}
+		}
+	}
+	return out, err
+}

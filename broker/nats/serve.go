@@ -1,0 +1,280 @@
+package nats
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mqrpc/mqrpc/broker"
+)
+
+// Status codes the broker itself puts in replies (gRPC's numbers, as in
+// docs/PROTOCOL.md) when it cannot hand a request to the handler or cannot
+// send the handler's reply.
+const (
+	statusInvalidArgument   = 3
+	statusResourceExhausted = 8
+)
+
+// Serve starts serving subject with h as a member of the queue group
+// opts select (default: the subject), handling up to the configured
+// concurrency at once. In core mode subject may contain NATS wildcards.
+//
+// In durable mode every queue group of a subject is one durable JetStream
+// consumer on the work-queue stream; a work-queue stream allows only one
+// group per subject.
+func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOption) (broker.Subscription, error) {
+	if b.closed.Load() {
+		return nil, fmt.Errorf("nats: serve %s: %w", subject, broker.ErrClosed)
+	}
+	if subject == "" || h == nil {
+		return nil, fmt.Errorf("nats: serve %q: empty subject or nil handler", subject)
+	}
+	cfg := broker.NewServeConfig(subject, opts...)
+	s := &subscription{
+		b:       b,
+		subject: subject,
+		h:       h,
+		sem:     make(chan struct{}, cfg.Concurrency),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if !b.addSub(s) {
+		s.cancel()
+		return nil, fmt.Errorf("nats: serve %s: %w", subject, broker.ErrClosed)
+	}
+	var err error
+	if b.js == nil {
+		err = s.startCore(cfg)
+	} else {
+		err = s.startDurable(cfg)
+	}
+	if err != nil {
+		b.removeSub(s)
+		s.cancel()
+		return nil, fmt.Errorf("nats: serve %s: %w", subject, err)
+	}
+	return s, nil
+}
+
+// subscription is one Serve: a NATS queue subscription (core mode) or a
+// JetStream consumer (durable mode) feeding a bounded set of handler
+// goroutines.
+type subscription struct {
+	b       *Broker
+	subject string
+	h       broker.Handler
+	sem     chan struct{} // one slot per handler running
+	ctx     context.Context
+	cancel  context.CancelFunc // cancels every delivery's ctx
+
+	sub *natsgo.Subscription     // core mode
+	cc  jetstream.ConsumeContext // durable mode
+
+	mu      sync.Mutex
+	stopped bool // no new handler goroutine may start
+	wg      sync.WaitGroup
+
+	stopMu   sync.Mutex
+	stopDone bool
+}
+
+func (s *subscription) startCore(cfg broker.ServeConfig) error {
+	sub, err := s.b.nc.QueueSubscribe(s.subject, cfg.Queue, s.onCore)
+	if err != nil {
+		return mapPublishError(err)
+	}
+	s.sub = sub
+	return nil
+}
+
+// dispatch runs fn on a handler goroutine once a concurrency slot is free.
+// It blocks the delivering goroutine meanwhile, which pushes back on the
+// server. It reports false when the subscription stops first.
+func (s *subscription) dispatch(fn func()) bool {
+	select {
+	case s.sem <- struct{}{}:
+	case <-s.ctx.Done():
+		return false
+	}
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		<-s.sem
+		return false
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer func() {
+			<-s.sem
+			s.wg.Done()
+		}()
+		fn()
+	}()
+	return true
+}
+
+func (s *subscription) onCore(m *natsgo.Msg) {
+	s.dispatch(func() { s.handleCore(m) })
+}
+
+func (s *subscription) handleCore(m *natsgo.Msg) {
+	req, err := fromNATS(m, m.Subject)
+	if err != nil {
+		s.b.log.Warn("nats: refused request", "subject", m.Subject, "error", err)
+		if m.Reply != "" {
+			s.replyStatus(m.Reply, statusInvalidArgument, err.Error())
+		}
+		return
+	}
+	if req.Expired(time.Now()) {
+		s.b.log.Debug("nats: dropped expired request", "subject", m.Subject, "id", req.ID)
+		return
+	}
+	rep, err := s.serve(req)
+	if err != nil {
+		s.b.log.Warn("nats: delivery failed", "subject", m.Subject, "id", req.ID, "error", err)
+		return
+	}
+	if rep == nil || m.Reply == "" {
+		return
+	}
+	if err := s.sendReply(m.Reply, rep); err != nil {
+		s.b.log.Warn("nats: reply failed", "subject", m.Subject, "id", req.ID, "error", err)
+	}
+}
+
+// serve calls the handler with a ctx carrying the request's deadline. A
+// panic is turned into a delivery failure rather than taking the process
+// down from a goroutine the caller does not own.
+func (s *subscription) serve(req *broker.Message) (rep *broker.Message, err error) {
+	ctx := s.ctx
+	if !req.Deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, req.Deadline)
+		defer cancel()
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			rep, err = nil, fmt.Errorf("handler panic: %v\n%s", p, debug.Stack())
+		}
+	}()
+	return s.h.ServeMessage(ctx, req)
+}
+
+// sendReply publishes rep to reply. A reply too large for the server is
+// replaced by a ResourceExhausted status so the caller does not wait for
+// nothing.
+func (s *subscription) sendReply(reply string, rep *broker.Message) error {
+	m := &natsgo.Msg{Subject: reply, Header: toNATS(rep, rep.ID, time.Time{}), Data: rep.Body}
+	err := mapPublishError(s.b.nc.PublishMsg(m))
+	if errors.Is(err, broker.ErrMessageTooLarge) {
+		s.replyStatus(reply, statusResourceExhausted,
+			"reply of "+strconv.Itoa(len(rep.Body))+" bytes exceeds the NATS max payload")
+	}
+	return err
+}
+
+func (s *subscription) replyStatus(reply string, code int, msg string) {
+	m := &natsgo.Msg{Subject: reply, Header: natsgo.Header{
+		broker.HeaderStatus:        {strconv.Itoa(code)},
+		broker.HeaderStatusMessage: {msg},
+	}}
+	if err := s.b.nc.PublishMsg(m); err != nil {
+		s.b.log.Warn("nats: status reply failed", "subject", s.subject, "error", err)
+	}
+}
+
+// Stop stops taking messages, lets the messages already delivered to this
+// client and the handlers in flight finish, and flushes their replies (in
+// durable mode also their acknowledgements), or gives up when ctx ends. In
+// durable mode messages not yet delivered stay in the stream for the other
+// servers.
+func (s *subscription) Stop(ctx context.Context) error {
+	s.stopMu.Lock()
+	defer s.stopMu.Unlock()
+	if s.stopDone {
+		return nil
+	}
+	s.stopDone = true
+	defer s.b.removeSub(s)
+
+	drained := s.drain()
+	select {
+	case <-drained:
+	case <-s.ctx.Done(): // the broker was closed meanwhile
+	case <-ctx.Done():
+		s.abort()
+		return fmt.Errorf("nats: stop %s: %w", s.subject, ctx.Err())
+	}
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.abort()
+		return fmt.Errorf("nats: stop %s: %w", s.subject, ctx.Err())
+	}
+	s.cancel()
+	if s.b.closed.Load() {
+		return nil
+	}
+	if err := s.b.nc.FlushWithContext(ctx); err != nil {
+		return fmt.Errorf("nats: stop %s: flush: %w", s.subject, mapPublishError(err))
+	}
+	return nil
+}
+
+// drain stops taking new messages and returns a channel closed once the
+// messages already delivered to this client were handed to handlers.
+func (s *subscription) drain() <-chan struct{} {
+	if s.cc != nil {
+		s.cc.Drain()
+		return s.cc.Closed()
+	}
+	out := make(chan struct{})
+	status := s.sub.StatusChanged(natsgo.SubscriptionClosed)
+	if err := s.sub.Drain(); err != nil {
+		close(out)
+		return out
+	}
+	go func() {
+		defer close(out)
+		select {
+		case <-status:
+		case <-s.ctx.Done():
+		}
+	}()
+	return out
+}
+
+// abort stops the subscription at once: no new handlers, in-flight
+// handlers see their ctx cancelled.
+func (s *subscription) abort() {
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+	s.cancel()
+	if s.cc != nil {
+		s.cc.Stop()
+	} else if s.sub != nil {
+		_ = s.sub.Unsubscribe()
+	}
+}
+
+// wait waits for the handlers in flight to return.
+func (s *subscription) wait() { s.wg.Wait() }
