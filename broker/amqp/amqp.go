@@ -1,0 +1,475 @@
+// Package amqp is an mqrpc broker for RabbitMQ (AMQP 0-9-1), built on
+// github.com/rabbitmq/amqp091-go.
+//
+// Requests go to one queue per service: the subject is the queue name on the
+// default exchange, or the routing key on an exchange set with WithExchange.
+// Replies come back over RabbitMQ's direct reply-to
+// (amq.rabbitmq.reply-to): one reply consumer per connection, matched to
+// calls by correlation id, so no queue is ever declared per call or per
+// client. Requests are published with the mandatory flag, so a request no
+// queue can take fails at once with broker.ErrNoResponders, and with an AMQP
+// expiration equal to the time left before the caller's deadline, so
+// RabbitMQ drops requests whose caller has given up.
+//
+// In fast mode (the default) request queues are transient and auto-deleted
+// with their last server, and messages are not persistent. Durable mode
+// (WithDurable) uses durable classic or quorum queues, persistent messages,
+// publisher confirms, acknowledgement after the reply, and dead-lettering
+// after repeated failures.
+//
+// A Broker reconnects by itself when its connection or a channel is lost:
+// with backoff, re-declaring its topology and resuming its subscriptions and
+// its reply consumer. Calls in flight when the connection drops fail at once
+// with an error wrapping broker.ErrDisconnected.
+//
+// The mapping of messages onto AMQP properties and headers is documented in
+// the project's docs/PROTOCOL.md, section "RabbitMQ (AMQP 0-9-1)".
+package amqp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/mqrpc/mqrpc/broker"
+)
+
+// Broker is a broker.Broker over one RabbitMQ connection. It is safe for
+// concurrent use. Create it with New and release it with Close.
+type Broker struct {
+	url string
+	cfg config
+	amq amqp091.Config
+
+	// ctx is cancelled by Close; handlers' contexts derive from it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // every goroutine the broker owns
+
+	mu     sync.Mutex
+	sess   *session      // nil while reconnecting
+	ready  chan struct{} // closed when sess is set
+	subs   map[*subscription]struct{}
+	closed bool
+}
+
+var _ broker.Broker = (*Broker)(nil)
+
+// New connects to RabbitMQ at url (amqp://user:pass@host:port/vhost or
+// amqps://...) and returns a Broker. The first connection attempt is made
+// before New returns, so a wrong address or credentials fail here; later
+// losses are recovered in the background.
+func New(url string, opts ...Option) (*Broker, error) {
+	cfg := newConfig(opts)
+	b := &Broker{
+		url:   url,
+		cfg:   cfg,
+		ready: make(chan struct{}),
+		subs:  make(map[*subscription]struct{}),
+	}
+	uri, err := amqp091.ParseURI(url)
+	if err != nil {
+		return nil, fmt.Errorf("amqp: parse url: %w", err)
+	}
+	b.amq = amqp091.Config{
+		Vhost:           uri.Vhost,
+		Heartbeat:       cfg.heartbeat,
+		TLSClientConfig: cfg.tls,
+		Properties:      amqp091.NewConnectionProperties(),
+		Dial:            amqp091.DefaultDial(cfg.dialTimeout),
+	}
+	b.amq.Properties.SetClientConnectionName(cfg.connName)
+	if cfg.vhost != nil {
+		b.amq.Vhost = *cfg.vhost
+	}
+	if cfg.user != nil {
+		b.amq.SASL = []amqp091.Authentication{&amqp091.PlainAuth{Username: *cfg.user, Password: *cfg.password}}
+	}
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	s, err := b.connect()
+	if err != nil {
+		b.cancel()
+		return nil, err
+	}
+	b.sess = s
+	close(b.ready)
+	b.wg.Add(1)
+	go b.supervise(s)
+	return b, nil
+}
+
+// Close implements broker.Broker. Subscriptions stop without draining (their
+// handlers' contexts are cancelled and the deliveries they hold are returned
+// to RabbitMQ), calls in flight fail with broker.ErrClosed, and Close waits
+// until every goroutine of the broker, handlers included, has returned.
+func (b *Broker) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	s := b.sess
+	b.mu.Unlock()
+	b.cancel()
+	var err error
+	if s != nil {
+		err = s.close()
+	}
+	b.wg.Wait()
+	if err != nil && !errors.Is(err, amqp091.ErrClosed) {
+		return fmt.Errorf("amqp: close: %w", err)
+	}
+	return nil
+}
+
+// session is one live connection with its client channel, which publishes
+// requests and consumes replies (direct reply-to requires both on one
+// channel).
+type session struct {
+	b    *Broker
+	conn *amqp091.Connection
+	ch   *amqp091.Channel
+	lost chan struct{} // closed when conn or ch is gone
+
+	mu       sync.Mutex
+	dead     bool
+	calls    map[string]*call // waiting for a reply or return, by correlation id
+	tags     map[uint64]*call // waiting for a publisher confirm, by delivery tag
+	early    map[uint64]bool  // confirms that arrived before their tag was registered
+	declared map[string]bool  // subjects (durable) and the exchange
+	declMu   sync.Mutex       // serializes declarations
+}
+
+// call is one Request or Send in flight. Its result is set once.
+type call struct {
+	corr   string
+	oneway bool // Send: an ack completes it; Request: only a reply does
+	done   bool
+	res    chan result
+}
+
+type result struct {
+	d   amqp091.Delivery
+	err error
+}
+
+// connect dials and sets up a session: the client channel in confirm mode,
+// the reply consumer and the returns and confirms listener.
+func (b *Broker) connect() (*session, error) {
+	conn, err := amqp091.DialConfig(b.url, b.amq)
+	if err != nil {
+		return nil, fmt.Errorf("amqp: dial: %w", err)
+	}
+	s := &session{
+		b:        b,
+		conn:     conn,
+		lost:     make(chan struct{}),
+		calls:    make(map[string]*call),
+		tags:     make(map[uint64]*call),
+		early:    make(map[uint64]bool),
+		declared: make(map[string]bool),
+	}
+	fail := func(what string, err error) (*session, error) {
+		_ = conn.Close()
+		return nil, fmt.Errorf("amqp: %s: %w", what, err)
+	}
+	if s.ch, err = conn.Channel(); err != nil {
+		return fail("open channel", err)
+	}
+	// Confirms let Send report that RabbitMQ took the message (and, with
+	// mandatory, that a queue did), and let Request notice a nack.
+	if err := s.ch.Confirm(false); err != nil {
+		return fail("confirm mode", err)
+	}
+	replies, err := s.ch.Consume(directReplyTo, "", true, false, false, false, nil)
+	if err != nil {
+		return fail("consume "+directReplyTo, err)
+	}
+	// Unbuffered: amqp091-go hands over a basic.return before it processes
+	// the confirm that follows it, and one goroutine reads both, so a Send
+	// sees the return of its message before its ack.
+	returns := s.ch.NotifyReturn(make(chan amqp091.Return))
+	confirms := s.ch.NotifyPublish(make(chan amqp091.Confirmation, 256))
+	connClosed := conn.NotifyClose(make(chan *amqp091.Error, 1))
+	chClosed := s.ch.NotifyClose(make(chan *amqp091.Error, 1))
+
+	b.wg.Add(3)
+	go func() {
+		defer b.wg.Done()
+		var e *amqp091.Error
+		select {
+		case e = <-connClosed:
+		case e = <-chClosed:
+		}
+		s.markLost(e)
+	}()
+	go func() {
+		defer b.wg.Done()
+		for d := range replies {
+			s.reply(d)
+		}
+	}()
+	go func() {
+		defer b.wg.Done()
+		for returns != nil || confirms != nil {
+			select {
+			case r, ok := <-returns:
+				if !ok {
+					returns = nil
+					continue
+				}
+				s.returned(r)
+			case c, ok := <-confirms:
+				if !ok {
+					confirms = nil
+					continue
+				}
+				s.confirmed(c.DeliveryTag, c.Ack)
+			}
+		}
+	}()
+	b.cfg.logger.Info("amqp: connected", "vhost", b.amq.Vhost, "remote", remoteAddr(conn))
+	return s, nil
+}
+
+func remoteAddr(c *amqp091.Connection) string {
+	if a := c.RemoteAddr(); a != nil {
+		return a.String()
+	}
+	return ""
+}
+
+// markLost fails every call in flight on the session with ErrDisconnected
+// and closes the connection, which ends the session's goroutines.
+func (s *session) markLost(e *amqp091.Error) {
+	err := broker.ErrDisconnected
+	if e != nil {
+		err = fmt.Errorf("%w: %v", broker.ErrDisconnected, e)
+	}
+	s.mu.Lock()
+	if s.dead {
+		s.mu.Unlock()
+		return
+	}
+	s.dead = true
+	for _, c := range s.calls {
+		s.finishLocked(c, result{err: err})
+	}
+	for _, c := range s.tags {
+		s.finishLocked(c, result{err: err})
+	}
+	s.calls, s.tags, s.early = nil, nil, nil
+	s.mu.Unlock()
+	close(s.lost)
+	_ = s.conn.Close()
+}
+
+func (s *session) close() error {
+	err := s.conn.Close()
+	s.markLost(nil)
+	return err
+}
+
+// register adds a call that waits for a reply, return or confirm.
+func (s *session) register(oneway bool) (*call, error) {
+	c := &call{corr: broker.NewID(), oneway: oneway, res: make(chan result, 1)}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dead {
+		return nil, broker.ErrDisconnected
+	}
+	s.calls[c.corr] = c
+	return c, nil
+}
+
+// published records the delivery tag of c's message, or applies the
+// confirm that already came for it.
+func (s *session) published(c *call, tag uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dead {
+		return
+	}
+	if ack, ok := s.early[tag]; ok {
+		delete(s.early, tag)
+		s.confirmLocked(c, ack)
+		return
+	}
+	s.tags[tag] = c
+}
+
+// forget drops c, whose caller stopped waiting.
+func (s *session) forget(c *call) {
+	s.mu.Lock()
+	if !s.dead {
+		c.done = true
+		delete(s.calls, c.corr)
+	}
+	s.mu.Unlock()
+}
+
+func (s *session) finishLocked(c *call, r result) {
+	if c.done {
+		return
+	}
+	c.done = true
+	if s.calls != nil {
+		delete(s.calls, c.corr)
+	}
+	c.res <- r // buffered; set once
+}
+
+func (s *session) reply(d amqp091.Delivery) {
+	s.mu.Lock()
+	if c, ok := s.calls[d.CorrelationId]; ok {
+		s.finishLocked(c, result{d: d})
+	}
+	s.mu.Unlock()
+}
+
+func (s *session) returned(r amqp091.Return) {
+	s.mu.Lock()
+	if c, ok := s.calls[r.CorrelationId]; ok {
+		s.finishLocked(c, result{err: fmt.Errorf("%w: %d %s", broker.ErrNoResponders, r.ReplyCode, r.ReplyText)})
+	}
+	s.mu.Unlock()
+}
+
+func (s *session) confirmed(tag uint64, ack bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dead {
+		return
+	}
+	c, ok := s.tags[tag]
+	if !ok {
+		s.early[tag] = ack
+		return
+	}
+	delete(s.tags, tag)
+	s.confirmLocked(c, ack)
+}
+
+func (s *session) confirmLocked(c *call, ack bool) {
+	switch {
+	case !ack:
+		s.finishLocked(c, result{err: errNack})
+	case c.oneway:
+		s.finishLocked(c, result{})
+	}
+}
+
+// supervise replaces lost sessions until the broker closes.
+func (b *Broker) supervise(s *session) {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-s.lost:
+		case <-b.ctx.Done():
+			return
+		}
+		b.mu.Lock()
+		if b.closed {
+			b.mu.Unlock()
+			return
+		}
+		b.sess = nil
+		b.ready = make(chan struct{})
+		b.mu.Unlock()
+		b.cfg.logger.Warn("amqp: connection lost; reconnecting")
+
+		var err error
+		for attempt := 0; ; attempt++ {
+			if !sleepCtx(b.ctx, backoff(b.cfg.minBackoff, b.cfg.maxBackoff, attempt)) {
+				return
+			}
+			if s, err = b.connect(); err == nil {
+				break
+			}
+			b.cfg.logger.Warn("amqp: reconnect failed", "attempt", attempt+1, "err", err)
+		}
+		b.mu.Lock()
+		if b.closed {
+			b.mu.Unlock()
+			_ = s.close()
+			return
+		}
+		b.sess = s
+		close(b.ready)
+		b.mu.Unlock()
+		b.cfg.logger.Info("amqp: reconnected")
+	}
+}
+
+// session returns the live session, waiting for a reconnection while ctx
+// allows.
+func (b *Broker) session(ctx context.Context) (*session, error) {
+	for {
+		b.mu.Lock()
+		if b.closed {
+			b.mu.Unlock()
+			return nil, broker.ErrClosed
+		}
+		s, ready := b.sess, b.ready
+		b.mu.Unlock()
+		if s != nil {
+			return s, nil
+		}
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w (waiting for a connection: %w)", broker.ErrTimeout, ctx.Err(), broker.ErrDisconnected)
+		case <-b.ctx.Done():
+			return nil, broker.ErrClosed
+		}
+	}
+}
+
+// nextSession waits for a session other than prev (nil: any), for
+// subscriptions resuming after a loss.
+func (b *Broker) nextSession(prev *session) (*session, error) {
+	for {
+		s, err := b.session(b.ctx)
+		if err != nil {
+			return nil, broker.ErrClosed
+		}
+		if s != prev {
+			return s, nil
+		}
+		select {
+		case <-s.lost:
+		case <-b.ctx.Done():
+			return nil, broker.ErrClosed
+		}
+	}
+}
+
+// backoff returns the delay before reconnection attempt n (from 0):
+// exponential from min up to max, with jitter in [d/2, d).
+func backoff(min, max time.Duration, n int) time.Duration {
+	d := min
+	for i := 0; i < n && d < max; i++ {
+		d *= 2
+	}
+	if d > max {
+		d = max
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,199 @@
+package amqp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/mqrpc/mqrpc/broker"
+)
+
+// errNack is the result of a publish RabbitMQ refused to take
+// responsibility for (basic.nack), which it does on internal errors such as
+// a quorum queue without a majority.
+var errNack = errors.New("not confirmed by the broker (basic.nack)")
+
+// Request implements broker.Broker. The request is published with mandatory
+// set, reply_to amq.rabbitmq.reply-to and a fresh correlation id; the reply
+// comes back on the connection's single reply consumer.
+func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+	deadline := req.Deadline
+	if d, ok := ctx.Deadline(); ok && deadline.IsZero() {
+		deadline = d
+	}
+	now := time.Now()
+	if !deadline.IsZero() {
+		if !now.Before(deadline) {
+			return nil, fmt.Errorf("amqp: request to %s: %w: %w", req.Subject, broker.ErrTimeout, context.DeadlineExceeded)
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+	}
+	if ctx.Err() != nil {
+		return nil, b.ctxErr("request to", req.Subject, ctx)
+	}
+
+	s, c, err := b.publish(ctx, req, deadline, now, false)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case r := <-c.res:
+		if r.err != nil {
+			return nil, fmt.Errorf("amqp: request to %s: %w", req.Subject, b.closedOr(r.err))
+		}
+		reply, err := fromDelivery(&r.d)
+		if err != nil {
+			return nil, fmt.Errorf("amqp: reply from %s: %w", req.Subject, err)
+		}
+		reply.Subject = ""
+		return reply, nil
+	case <-ctx.Done():
+		s.forget(c)
+		return nil, b.ctxErr("request to", req.Subject, ctx)
+	case <-b.ctx.Done():
+		return nil, fmt.Errorf("amqp: request to %s: %w", req.Subject, broker.ErrClosed)
+	}
+}
+
+// Send implements broker.Broker. It returns once RabbitMQ confirmed the
+// message, with broker.ErrNoResponders when no queue took it. In durable mode
+// a confirmed message is on disk (persistent message on a durable queue).
+// msg.Deadline, when set, becomes the AMQP expiration; the ctx deadline only
+// bounds how long Send waits.
+func (b *Broker) Send(ctx context.Context, msg *broker.Message) error {
+	now := time.Now()
+	if msg.Expired(now) {
+		return fmt.Errorf("amqp: send to %s: %w: %w", msg.Subject, broker.ErrTimeout, context.DeadlineExceeded)
+	}
+	if ctx.Err() != nil {
+		return b.ctxErr("send to", msg.Subject, ctx)
+	}
+	s, c, err := b.publish(ctx, msg, msg.Deadline, now, true)
+	if err != nil {
+		return err
+	}
+	select {
+	case r := <-c.res:
+		if r.err != nil {
+			return fmt.Errorf("amqp: send to %s: %w", msg.Subject, b.closedOr(r.err))
+		}
+		return nil
+	case <-ctx.Done():
+		s.forget(c)
+		return b.ctxErr("send to", msg.Subject, ctx)
+	case <-b.ctx.Done():
+		return fmt.Errorf("amqp: send to %s: %w", msg.Subject, broker.ErrClosed)
+	}
+}
+
+// publish sends m as a request (oneway false: with reply_to) or a one-way
+// message, and returns the call that receives its outcome.
+func (b *Broker) publish(ctx context.Context, m *broker.Message, deadline, now time.Time, oneway bool) (*session, *call, error) {
+	op := "request to"
+	if oneway {
+		op = "send to"
+	}
+	if m.Subject == "" {
+		return nil, nil, fmt.Errorf("amqp: %s: empty subject", op)
+	}
+	s, err := b.session(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("amqp: %s %s: %w", op, m.Subject, err)
+	}
+	if err := b.declareForClient(s, m.Subject); err != nil {
+		return nil, nil, fmt.Errorf("amqp: %s %s: %w", op, m.Subject, err)
+	}
+	c, err := s.register(oneway)
+	if err != nil {
+		return nil, nil, fmt.Errorf("amqp: %s %s: %w", op, m.Subject, err)
+	}
+	p := toPublishing(m, deadline, now, b.cfg.durable)
+	if p.MessageId == "" {
+		p.MessageId = broker.NewID()
+	}
+	p.CorrelationId = c.corr
+	if !oneway {
+		p.ReplyTo = directReplyTo
+	}
+	dc, err := s.ch.PublishWithDeferredConfirm(b.cfg.exchange, m.Subject, true, false, p)
+	if err != nil {
+		s.forget(c)
+		// A publish fails only when the channel or connection is gone.
+		return nil, nil, fmt.Errorf("amqp: %s %s: %w: %w", op, m.Subject, b.closedOr(broker.ErrDisconnected), err)
+	}
+	s.published(c, dc.DeliveryTag)
+	return s, c, nil
+}
+
+// declareForClient declares, once per connection, what a publish needs: the
+// exchange, if one is configured (publishing to a missing exchange would
+// close the channel), and in durable mode on the default exchange the
+// subject's queue, so a request sent before any server started is kept.
+func (b *Broker) declareForClient(s *session, subject string) error {
+	if b.cfg.exchange == "" && !b.cfg.durable {
+		return nil
+	}
+	key := subject
+	if b.cfg.exchange != "" {
+		key = "\x00exchange"
+	}
+	s.mu.Lock()
+	done := s.declared[key]
+	s.mu.Unlock()
+	if done {
+		return nil
+	}
+	s.declMu.Lock()
+	defer s.declMu.Unlock()
+	s.mu.Lock()
+	done = s.declared[key]
+	s.mu.Unlock()
+	if done {
+		return nil
+	}
+	err := withChannel(s.conn, func(ch *amqp091.Channel) error {
+		if b.cfg.exchange != "" {
+			return b.declareExchange(ch)
+		}
+		return b.declareQueue(ch, subject)
+	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.declared[key] = true
+	s.mu.Unlock()
+	return nil
+}
+
+// withChannel runs f on a short-lived channel. Declarations use their own
+// channel because amqp091-go does not pair concurrent synchronous methods
+// with their replies on one channel, and a refused declaration closes the
+// channel it was made on.
+func withChannel(conn *amqp091.Connection, f func(*amqp091.Channel) error) error {
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("%w: open channel: %w", broker.ErrDisconnected, err)
+	}
+	err = f(ch)
+	_ = ch.Close()
+	return err
+}
+
+func (b *Broker) ctxErr(op, subject string, ctx context.Context) error {
+	return fmt.Errorf("amqp: %s %s: %w: %w", op, subject, broker.ErrTimeout, ctx.Err())
+}
+
+// closedOr reports ErrClosed instead of err once Close has begun: Close also
+// drops the connection, and its callers must see why.
+func (b *Broker) closedOr(err error) error {
+	if b.ctx.Err() != nil && errors.Is(err, broker.ErrDisconnected) {
+		return broker.ErrClosed
+	}
+	return err
+}

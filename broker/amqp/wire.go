@@ -1,0 +1,144 @@
+package amqp
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/mqrpc/mqrpc/broker"
+)
+
+// Names used on the wire besides the shared broker headers.
+const (
+	// directReplyTo is RabbitMQ's pseudo-queue for direct reply-to.
+	directReplyTo = "amq.rabbitmq.reply-to"
+	// headerFailures counts failed deliveries of a request in durable mode.
+	headerFailures = "x-mqrpc-deliveries"
+	// headerError carries the last handler error of a dead-lettered request.
+	headerError = "x-mqrpc-error"
+)
+
+// toPublishing maps m onto an AMQP message. The content-type header travels
+// as the content_type property, which plain AMQP clients read, and comes back
+// as the header on receipt, so the round trip is exact.
+func toPublishing(m *broker.Message, deadline time.Time, now time.Time, persistent bool) amqp091.Publishing {
+	p := amqp091.Publishing{
+		MessageId: m.ID,
+		Body:      m.Body,
+		Timestamp: now,
+	}
+	if persistent {
+		p.DeliveryMode = amqp091.Persistent
+	}
+	n := len(m.Header)
+	if !deadline.IsZero() {
+		n++
+	}
+	if n > 0 {
+		p.Headers = make(amqp091.Table, n)
+	}
+	for k, v := range m.Header {
+		k = strings.ToLower(k)
+		switch k {
+		case broker.HeaderContentType:
+			p.ContentType = v
+		case broker.HeaderDeadline:
+			// The field is authoritative; a stale header is not copied.
+		default:
+			p.Headers[k] = v
+		}
+	}
+	if !deadline.IsZero() {
+		p.Headers[broker.HeaderDeadline] = broker.FormatDeadline(deadline)
+		// Rounded up so RabbitMQ never drops a request before its caller
+		// gave up; servers compare against the exact header anyway.
+		ms := (deadline.Sub(now) + time.Millisecond - 1) / time.Millisecond
+		if ms < 1 {
+			ms = 1
+		}
+		p.Expiration = strconv.FormatInt(int64(ms), 10)
+	}
+	return p
+}
+
+// fromDelivery maps a delivery back onto a Message. Header names are lower
+// cased; values that are not strings (from foreign clients) are formatted;
+// nested tables and arrays (such as RabbitMQ's x-death) are left out.
+func fromDelivery(d *amqp091.Delivery) (*broker.Message, error) {
+	m := &broker.Message{
+		ID:      d.MessageId,
+		Subject: d.RoutingKey,
+		Body:    d.Body,
+	}
+	if d.Body == nil {
+		m.Body = []byte{}
+	}
+	n := len(d.Headers)
+	if d.ContentType != "" {
+		n++
+	}
+	if n > 0 {
+		m.Header = make(broker.Header, n)
+	}
+	var err error
+	for k, v := range d.Headers {
+		k = strings.ToLower(k)
+		s, ok := headerString(v)
+		if !ok {
+			continue
+		}
+		switch k {
+		case broker.HeaderDeadline:
+			dl, perr := broker.ParseDeadline(s)
+			if perr != nil {
+				err = perr
+				continue
+			}
+			m.Deadline = dl
+		case headerFailures, headerError:
+			// Internal bookkeeping of durable mode.
+		default:
+			m.Header[k] = s
+		}
+	}
+	if d.ContentType != "" {
+		m.Header[broker.HeaderContentType] = d.ContentType
+	}
+	if len(m.Header) == 0 {
+		m.Header = nil
+	}
+	return m, err
+}
+
+func headerString(v any) (string, bool) {
+	switch v := v.(type) {
+	case string:
+		return v, true
+	case []byte:
+		return string(v), true
+	case nil, amqp091.Table, []any:
+		return "", false
+	case time.Time:
+		return v.UTC().Format(time.RFC3339), true
+	default:
+		return fmt.Sprint(v), true
+	}
+}
+
+func headerInt(t amqp091.Table, name string) int {
+	switch v := t[name].(type) {
+	case int32:
+		return int(v)
+	case int64:
+		return int(v)
+	case int:
+		return v
+	case string:
+		n, _ := strconv.Atoi(v)
+		return n
+	}
+	return 0
+}
