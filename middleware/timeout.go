@@ -1,0 +1,142 @@
+// Package middleware holds the governance middleware of mqrpc: timeouts
+// and end-to-end deadlines, retries with a retry budget, routing,
+// deduplication, circuit breaking, concurrency and rate limits, audit,
+// logging and panic recovery. Every middleware is an rpc.Middleware, the
+// same type on clients and servers; each one's doc says on which side it
+// belongs.
+//
+// A client chain that uses several of them reads, outermost first:
+//
+//	rpc.WithClientMiddleware(
+//		middleware.Timeout(5*time.Second),       // bounds the whole call
+//		middleware.Retry(middleware.RetryPolicy{}), // repeats failed attempts
+//		middleware.Routing(routes...),           // picks the subject per attempt
+//		breakers.Middleware,                     // per-subject circuit breaker
+//	)
+//
+// and a server chain:
+//
+//	rpc.WithServerMiddleware(
+//		guard.Middleware,                        // refuses expired work, counts it
+//		middleware.Dedup(middleware.DedupConfig{}), // answers repeats from a cache
+//		middleware.ConcurrencyLimit(100),        // refuses excess at once
+//	)
+//
+// All middleware in this package is safe for concurrent use and never
+// logs: it reports through callbacks and counters.
+package middleware
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/rpc"
+)
+
+// Timeout returns client middleware that bounds each call to d: the call's
+// ctx gets a deadline d from now, and the request's Message.Deadline (which
+// travels to the server) is moved to that deadline. The earlier of the
+// existing ctx deadline, the existing Message.Deadline and now+d wins, so
+// Timeout never extends a deadline. d <= 0 leaves the deadlines unchanged
+// but still makes the ctx and Message.Deadline agree.
+//
+// Place it outside Retry to bound the whole call including its retries;
+// RetryPolicy.PerAttemptTimeout bounds each attempt. On a server use
+// ServerTimeout or a DeadlineGuard instead.
+func Timeout(d time.Duration) rpc.Middleware {
+	return func(next broker.Handler) broker.Handler {
+		return broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+			deadline, ok := ctx.Deadline()
+			if d > 0 {
+				if t := time.Now().Add(d); !ok || t.Before(deadline) {
+					deadline, ok = t, true
+				}
+			}
+			if !req.Deadline.IsZero() && (!ok || req.Deadline.Before(deadline)) {
+				deadline, ok = req.Deadline, true
+			}
+			if !ok {
+				return next.ServeMessage(ctx, req)
+			}
+			req.Deadline = deadline
+			if cur, has := ctx.Deadline(); has && !deadline.Before(cur) {
+				return next.ServeMessage(ctx, req)
+			}
+			ctx, cancel := context.WithDeadline(ctx, deadline)
+			defer cancel()
+			return next.ServeMessage(ctx, req)
+		})
+	}
+}
+
+// DeadlineGuard is server middleware that enforces end-to-end deadlines:
+// it rebuilds the handler's ctx deadline from the request's
+// Message.Deadline (the caller's deadline, carried by the broker), refuses
+// a request whose deadline has already passed with DeadlineExceeded
+// without calling the next handler, and counts the refusals.
+//
+// Because the handler's ctx carries the caller's deadline, calls a handler
+// makes with that ctx through an rpc.Client inherit the remaining time:
+// deadlines propagate through nested calls with no extra code.
+//
+// The zero value is ready to use. Use its Middleware method as an
+// rpc.Middleware; one DeadlineGuard may guard several servers, and its
+// counter then sums them. It is safe for concurrent use; set the fields
+// before the first request.
+type DeadlineGuard struct {
+	// MaxDuration caps the time one request may run on this server, also
+	// when the caller sent no deadline. Zero (the default) means no cap:
+	// only the caller's deadline applies.
+	MaxDuration time.Duration
+	// OnExpired, if not nil, is called for each refused request with how
+	// long ago its deadline passed. It runs on the serving goroutine and
+	// must not retain req.
+	OnExpired func(ctx context.Context, req *broker.Message, late time.Duration)
+
+	expired atomic.Uint64
+}
+
+// ServerTimeout returns server middleware that refuses expired requests
+// and bounds each request to max (no bound when max <= 0). It is a
+// DeadlineGuard whose counter nobody reads; make a DeadlineGuard to read
+// it.
+func ServerTimeout(max time.Duration) rpc.Middleware {
+	g := &DeadlineGuard{MaxDuration: max}
+	return g.Middleware
+}
+
+// Expired returns how many requests the guard refused because their
+// deadline had passed before they were served.
+func (g *DeadlineGuard) Expired() uint64 { return g.expired.Load() }
+
+// Middleware is the guard as an rpc.Middleware.
+func (g *DeadlineGuard) Middleware(next broker.Handler) broker.Handler {
+	return broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+		now := time.Now()
+		if req.Expired(now) {
+			g.expired.Add(1)
+			if g.OnExpired != nil {
+				g.OnExpired(ctx, req, now.Sub(req.Deadline))
+			}
+			return nil, rpc.Errorf(rpc.DeadlineExceeded,
+				"deadline passed %s before the request was served", now.Sub(req.Deadline).Round(time.Millisecond))
+		}
+		deadline := req.Deadline
+		if g.MaxDuration > 0 {
+			if t := now.Add(g.MaxDuration); deadline.IsZero() || t.Before(deadline) {
+				deadline = t
+			}
+		}
+		if deadline.IsZero() {
+			return next.ServeMessage(ctx, req)
+		}
+		if cur, ok := ctx.Deadline(); ok && !deadline.Before(cur) {
+			return next.ServeMessage(ctx, req)
+		}
+		ctx, cancel := context.WithDeadline(ctx, deadline)
+		defer cancel()
+		return next.ServeMessage(ctx, req)
+	})
+}
