@@ -115,6 +115,11 @@ func New(opts ...Option) (*Broker, error) {
 func (b *Broker) Conn() *natsgo.Conn { return b.nc }
 
 func (b *Broker) onDisconnect(_ *natsgo.Conn, err error) {
+	if b.closed.Load() {
+		// nats.go reports Close as a disconnect too.
+		b.mux.failAll(broker.ErrClosed)
+		return
+	}
 	n := b.mux.failAll(broker.ErrDisconnected)
 	b.log.Warn("nats: disconnected", "error", err, "failed_calls", n)
 }
@@ -273,9 +278,10 @@ func (b *Broker) Close() error {
 	for _, s := range subs {
 		s.abort()
 	}
+	// Fail the calls before closing: the connection's own callbacks run
+	// asynchronously, and Close must return with none left waiting.
+	b.mux.failAll(broker.ErrClosed)
 	b.nc.Close()
-	// The closed handler runs asynchronously; fail the calls here too so
-	// Close returns with none left waiting.
 	b.mux.failAll(broker.ErrClosed)
 	for _, s := range subs {
 		s.wait()

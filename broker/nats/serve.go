@@ -91,6 +91,14 @@ func (s *subscription) startCore(cfg broker.ServeConfig) error {
 		return mapPublishError(err)
 	}
 	s.sub = sub
+	// Serve returns once the server knows the subscription, so a request
+	// sent right after (from any connection) finds this server.
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	if err := s.b.nc.FlushWithContext(ctx); err != nil {
+		_ = sub.Unsubscribe()
+		return fmt.Errorf("flush subscription: %w", mapPublishError(err))
+	}
 	return nil
 }
 
