@@ -1,0 +1,94 @@
+package broker_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mqrpc/mqrpc/broker"
+)
+
+func TestHeaderCaseInsensitive(t *testing.T) {
+	h := broker.Header{}
+	h.Set("Content-Type", "application/json")
+	assert.Equal(t, "application/json", h.Get("content-type"))
+	assert.Equal(t, "application/json", h.Get("CONTENT-TYPE"))
+	assert.Equal(t, broker.Header{"content-type": "application/json"}, h)
+	h.Del("Content-TYPE")
+	assert.Empty(t, h)
+	var nilHeader broker.Header
+	assert.Equal(t, "", nilHeader.Get("x"))
+	assert.Nil(t, nilHeader.Clone())
+
+	var m broker.Message
+	m.SetHeader("X-A", "1")
+	assert.Equal(t, "1", m.Header.Get("x-a"))
+}
+
+func TestDeadlineRoundTrip(t *testing.T) {
+	tests := []struct {
+		name string
+		t    time.Time
+	}{
+		{"WholeMillisecond", time.UnixMilli(1_700_000_000_123)},
+		{"RoundsUp", time.UnixMilli(1_700_000_000_123).Add(1)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := broker.ParseDeadline(broker.FormatDeadline(tt.t))
+			require.NoError(t, err)
+			assert.False(t, got.Before(tt.t), "a deadline must never move earlier")
+			assert.Less(t, got.Sub(tt.t), time.Millisecond)
+		})
+	}
+	zero, err := broker.ParseDeadline("")
+	require.NoError(t, err)
+	assert.True(t, zero.IsZero())
+	for _, bad := range []string{"abc", "-5", "0", "1.5", "99999999999999999999999"} {
+		_, err := broker.ParseDeadline(bad)
+		var he *broker.HeaderError
+		assert.ErrorAs(t, err, &he, "value %q", bad)
+	}
+}
+
+func TestExpired(t *testing.T) {
+	now := time.Now()
+	assert.False(t, (&broker.Message{}).Expired(now))
+	assert.True(t, (&broker.Message{Deadline: now}).Expired(now))
+	assert.False(t, (&broker.Message{Deadline: now.Add(time.Second)}).Expired(now))
+}
+
+func TestNewIDUnique(t *testing.T) {
+	seen := make(map[string]bool, 10000)
+	for i := 0; i < 10000; i++ {
+		id := broker.NewID()
+		require.False(t, seen[id], "duplicate id %s", id)
+		seen[id] = true
+	}
+}
+
+func TestServeConfigDefaults(t *testing.T) {
+	c := broker.NewServeConfig("calc")
+	assert.Equal(t, broker.ServeConfig{Concurrency: broker.DefaultConcurrency, Queue: "calc"}, c)
+	c = broker.NewServeConfig("calc", broker.WithConcurrency(3), broker.WithQueue("workers"))
+	assert.Equal(t, broker.ServeConfig{Concurrency: 3, Queue: "workers"}, c)
+	c = broker.NewServeConfig("calc", broker.WithConcurrency(-1), broker.WithQueue(""))
+	assert.Equal(t, broker.ServeConfig{Concurrency: broker.DefaultConcurrency, Queue: "calc"}, c)
+}
+
+func FuzzParseDeadline(f *testing.F) {
+	for _, s := range []string{"", "0", "1700000000123", "-1", "abc", "1e9", " 12"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		d, err := broker.ParseDeadline(s)
+		if err != nil {
+			return
+		}
+		if s != "" && d.IsZero() {
+			t.Fatalf("ParseDeadline(%q) gave the zero time without an error", s)
+		}
+	})
+}
