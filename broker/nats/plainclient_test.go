@@ -1,0 +1,126 @@
+package nats_test
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"testing"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	natsbroker "github.com/mqrpc/mqrpc/broker/nats"
+	"github.com/mqrpc/mqrpc/internal/testenv"
+	"github.com/mqrpc/mqrpc/rpc"
+)
+
+// The tests in this file call an mqrpc service from a plain nats.go client
+// that follows docs/PROTOCOL.md ("NATS") and uses no mqrpc code: string
+// literals only, as a client in another language would.
+
+type addRequest struct{ A, B int }
+type addReply struct{ Sum int }
+
+func serveCalculator(t *testing.T, b *natsbroker.Broker, subject string) {
+	t.Helper()
+	srv := rpc.NewServer()
+	require.NoError(t, rpc.Handle(srv, "Add", func(ctx context.Context, in *addRequest) (*addReply, error) {
+		return &addReply{Sum: in.A + in.B}, nil
+	}))
+	sub, err := b.Serve(subject, srv)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sub.Stop(context.Background()) })
+}
+
+func deadlineIn(d time.Duration) string {
+	return strconv.FormatInt(time.Now().Add(d).UnixMilli(), 10)
+}
+
+func TestPlainNATSClientCallsService(t *testing.T) {
+	url := testenv.NATSURL(t)
+	b := newBroker(t, natsbroker.WithURL(url))
+	subject := uniqueSubject(t)
+	serveCalculator(t, b, subject)
+
+	nc, err := natsgo.Connect(url)
+	require.NoError(t, err)
+	defer nc.Close()
+
+	call := func(method string, body []byte, deadline string) *natsgo.Msg {
+		t.Helper()
+		m := natsgo.NewMsg(subject)
+		m.Header.Set("mqrpc-method", method)
+		m.Header.Set("content-type", "application/json")
+		m.Header.Set("mqrpc-deadline", deadline)
+		m.Header.Set("Nats-Msg-Id", "plain-"+method)
+		m.Data = body
+		rep, err := nc.RequestMsg(m, 5*time.Second)
+		require.NoError(t, err)
+		return rep
+	}
+
+	rep := call("Add", []byte(`{"A":2,"B":40}`), deadlineIn(5*time.Second))
+	assert.Contains(t, []string{"", "0"}, rep.Header.Get("mqrpc-status"), "status OK")
+	assert.Equal(t, "application/json", rep.Header.Get("content-type"))
+	var out addReply
+	require.NoError(t, json.Unmarshal(rep.Data, &out))
+	assert.Equal(t, 42, out.Sum)
+
+	rep = call("Divide", []byte(`{}`), deadlineIn(5*time.Second))
+	assert.Equal(t, "12", rep.Header.Get("mqrpc-status"), "unknown method: Unimplemented")
+	assert.NotEmpty(t, rep.Header.Get("mqrpc-message"))
+
+	rep = call("Add", []byte(`{}`), "not-a-number")
+	assert.Equal(t, "3", rep.Header.Get("mqrpc-status"), "malformed deadline: InvalidArgument")
+
+	// No responders: the NATS server answers with status 503 at once.
+	m := natsgo.NewMsg(uniqueSubject(t))
+	m.Header.Set("mqrpc-method", "Add")
+	_, err = nc.RequestMsg(m, 5*time.Second)
+	assert.ErrorIs(t, err, natsgo.ErrNoResponders)
+}
+
+func TestPlainNATSClientCallsDurableService(t *testing.T) {
+	url := testenv.NATSURL(t)
+	js := testJetStream(t, url)
+	b := newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+	subject := uniqueSubject(t)
+	serveCalculator(t, b, subject)
+
+	nc, err := natsgo.Connect(url)
+	require.NoError(t, err)
+	defer nc.Close()
+	jsc, err := jetstream.New(nc)
+	require.NoError(t, err)
+
+	replyTo := nc.NewInbox()
+	replies, err := nc.SubscribeSync(replyTo)
+	require.NoError(t, err)
+
+	m := natsgo.NewMsg(js.SubjectPrefix + "." + subject)
+	m.Header.Set("mqrpc-method", "Add")
+	m.Header.Set("content-type", "application/json")
+	m.Header.Set("mqrpc-deadline", deadlineIn(10*time.Second))
+	m.Header.Set("mqrpc-reply", replyTo)
+	m.Header.Set("Nats-Msg-Id", "durable-plain-1")
+	m.Data = []byte(`{"A":20,"B":22}`)
+	ack, err := jsc.PublishMsg(ctxTimeout(t, 5*time.Second), m)
+	require.NoError(t, err)
+	assert.False(t, ack.Duplicate)
+
+	// The same ID again is a duplicate: stored and served once.
+	ack, err = jsc.PublishMsg(ctxTimeout(t, 5*time.Second), m)
+	require.NoError(t, err)
+	assert.True(t, ack.Duplicate)
+
+	rep, err := replies.NextMsg(10 * time.Second)
+	require.NoError(t, err)
+	var out addReply
+	require.NoError(t, json.Unmarshal(rep.Data, &out))
+	assert.Equal(t, 42, out.Sum)
+	_, err = replies.NextMsg(300 * time.Millisecond)
+	assert.ErrorIs(t, err, natsgo.ErrTimeout, "one reply only")
+}
