@@ -1,0 +1,194 @@
+package mqgrpc
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/codec"
+	protocodec "github.com/mqrpc/mqrpc/codec/proto"
+	"github.com/mqrpc/mqrpc/rpc"
+)
+
+// ClientConn is a grpc.ClientConnInterface that sends calls through a
+// broker: give it to a generated client constructor such as
+// pb.NewGreeterClient. It supports unary calls; NewStream fails with
+// Unimplemented (see the package doc).
+//
+// Of the grpc.CallOptions, it honours grpc.Header, grpc.Trailer,
+// grpc.CallContentSubtype, grpc.ForceCodec and grpc.ForceCodecV2, and
+// ignores the others (compression, credentials, peer, message size limits,
+// wait-for-ready: the broker decides those).
+//
+// A ClientConn is safe for concurrent use. It does not own the broker and
+// has nothing to close.
+type ClientConn struct {
+	client      *rpc.Client
+	subject     func(string) string
+	short       bool
+	interceptor grpc.UnaryClientInterceptor
+	callOptions []grpc.CallOption
+}
+
+var _ grpc.ClientConnInterface = (*ClientConn)(nil)
+
+// NewClientConn returns a ClientConn whose calls go through b.
+func NewClientConn(b broker.Broker, opts ...ClientOption) *ClientConn {
+	cfg := clientConfig{subject: defaultSubject, timeout: 30 * time.Second}
+	for _, o := range opts {
+		o.applyToClient(&cfg)
+	}
+	return &ClientConn{
+		client: rpc.NewClient(b,
+			rpc.WithCodec(protocodec.Codec{}),
+			rpc.WithTimeout(cfg.timeout),
+			rpc.WithClientMiddleware(cfg.middleware...)),
+		subject:     cfg.subject,
+		short:       cfg.shortMethods,
+		interceptor: chainClientInterceptors(cfg.interceptors),
+		callOptions: cfg.callOptions,
+	}
+}
+
+// Invoke performs a unary call of method ("/package.Service/Method") with
+// args and stores the reply in reply. It implements
+// grpc.ClientConnInterface. A failed call returns an *Error.
+func (cc *ClientConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	if len(cc.callOptions) > 0 {
+		opts = append(cc.callOptions[:len(cc.callOptions):len(cc.callOptions)], opts...)
+	}
+	if cc.interceptor == nil {
+		return cc.invoke(ctx, method, args, reply, nil, opts...)
+	}
+	return cc.interceptor(ctx, method, args, reply, nil, cc.invoke, opts...)
+}
+
+// NewStream fails with an error of code Unimplemented: streaming calls do
+// not fit the broker's one-request-one-reply model (see the package doc).
+// It implements grpc.ClientConnInterface.
+func (cc *ClientConn) NewStream(_ context.Context, desc *grpc.StreamDesc, method string, _ ...grpc.CallOption) (grpc.ClientStream, error) {
+	kind := "streaming"
+	switch {
+	case desc != nil && desc.ServerStreams && !desc.ClientStreams:
+		kind = "server-streaming"
+	case desc != nil && desc.ClientStreams && !desc.ServerStreams:
+		kind = "client-streaming"
+	case desc != nil && desc.ClientStreams && desc.ServerStreams:
+		kind = "bidirectional streaming"
+	}
+	return nil, status.Errorf(codes.Unimplemented,
+		"mqgrpc: %s call %s is not supported over a message broker: a broker request gets exactly one reply", kind, method)
+}
+
+// invoke is the innermost grpc.UnaryInvoker: one broker round trip.
+func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any, _ *grpc.ClientConn, opts ...grpc.CallOption) error {
+	service, name, ok := splitMethod(method)
+	if !ok {
+		return status.Errorf(codes.Internal, "mqgrpc: malformed method name %q, want /package.Service/Method", method)
+	}
+	var (
+		headerAddr, trailerAddr []*metadata.MD
+		cd                      codec.Codec
+	)
+	for _, o := range opts {
+		switch o := o.(type) {
+		case grpc.HeaderCallOption:
+			headerAddr = append(headerAddr, o.HeaderAddr)
+		case grpc.TrailerCallOption:
+			trailerAddr = append(trailerAddr, o.TrailerAddr)
+		case grpc.ContentSubtypeCallOption:
+			sub := strings.ToLower(o.ContentSubtype)
+			if isProtoSubtype(sub) {
+				cd = nil
+				continue
+			}
+			c := encoding.GetCodecV2(sub)
+			if c == nil {
+				return status.Errorf(codes.Internal, "mqgrpc: no codec registered for content-subtype %q", sub)
+			}
+			cd = grpcCodec{name: ContentTypeGRPCPrefix + sub, c: c}
+		case grpc.ForceCodecV2CallOption:
+			cd = grpcCodec{name: ContentTypeGRPCPrefix + strings.ToLower(o.CodecV2.Name()), c: o.CodecV2}
+		case grpc.ForceCodecCallOption:
+			cd = codecV1{name: ContentTypeGRPCPrefix + strings.ToLower(o.Codec.Name()), c: o.Codec}
+		}
+	}
+	var replyHeader broker.Header
+	callOpts := make([]rpc.CallOption, 0, 4)
+	callOpts = append(callOpts, rpc.WithReplyHeader(&replyHeader))
+	if cd != nil {
+		callOpts = append(callOpts, rpc.WithCallCodec(cd))
+	}
+	if md, ok := metadata.FromOutgoingContext(ctx); ok && len(md) > 0 {
+		h := make(broker.Header, len(md))
+		putMetadata(h, md, "")
+		for k, v := range h {
+			callOpts = append(callOpts, rpc.WithHeader(k, v))
+		}
+	}
+	mh := method
+	if cc.short {
+		mh = name
+	}
+	err := cc.client.Call(ctx, cc.subject(service), mh, args, reply, callOpts...)
+	if len(headerAddr) > 0 || len(trailerAddr) > 0 {
+		header, trailer, merr := replyMetadata(replyHeader)
+		if merr != nil && err == nil {
+			return status.Errorf(codes.Internal, "mqgrpc: reply to %s: %v", method, merr)
+		}
+		for _, p := range headerAddr {
+			*p = header
+		}
+		for _, p := range trailerAddr {
+			*p = trailer
+		}
+	}
+	if err != nil {
+		return callError(err, replyHeader)
+	}
+	return nil
+}
+
+// splitMethod splits "/package.Service/Method" into its service and method.
+func splitMethod(fullMethod string) (service, method string, ok bool) {
+	s, found := strings.CutPrefix(fullMethod, "/")
+	if !found {
+		return "", "", false
+	}
+	i := strings.LastIndexByte(s, '/')
+	if i <= 0 || i == len(s)-1 {
+		return "", "", false
+	}
+	return s[:i], s[i+1:], true
+}
+
+// chainClientInterceptors returns one interceptor running all of is, the
+// first outermost, or nil for none.
+func chainClientInterceptors(is []grpc.UnaryClientInterceptor) grpc.UnaryClientInterceptor {
+	switch len(is) {
+	case 0:
+		return nil
+	case 1:
+		return is[0]
+	}
+	is = append([]grpc.UnaryClientInterceptor(nil), is...)
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		return is[0](ctx, method, req, reply, cc, chainedInvoker(is, 1, invoker), opts...)
+	}
+}
+
+func chainedInvoker(is []grpc.UnaryClientInterceptor, i int, final grpc.UnaryInvoker) grpc.UnaryInvoker {
+	if i == len(is) {
+		return final
+	}
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+		return is[i](ctx, method, req, reply, cc, chainedInvoker(is, i+1, final), opts...)
+	}
+}

@@ -1,0 +1,118 @@
+package mqgrpc
+
+import (
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/mqrpc/mqrpc/rpc"
+)
+
+// ClientOption configures a ClientConn made by NewClientConn.
+type ClientOption interface {
+	applyToClient(*clientConfig)
+}
+
+// ServerOption configures a Server made by NewServer.
+type ServerOption interface {
+	applyToServer(*serverConfig)
+}
+
+// Option configures both a ClientConn and a Server; give both sides the
+// same one.
+type Option interface {
+	ClientOption
+	ServerOption
+}
+
+type clientConfig struct {
+	subject      func(service string) string
+	timeout      time.Duration
+	shortMethods bool
+	interceptors []grpc.UnaryClientInterceptor
+	middleware   []rpc.Middleware
+	callOptions  []grpc.CallOption
+}
+
+type serverConfig struct {
+	subject      func(service string) string
+	interceptors []grpc.UnaryServerInterceptor
+	middleware   []rpc.Middleware
+}
+
+type clientOptionFunc func(*clientConfig)
+
+func (f clientOptionFunc) applyToClient(c *clientConfig) { f(c) }
+
+type serverOptionFunc func(*serverConfig)
+
+func (f serverOptionFunc) applyToServer(c *serverConfig) { f(c) }
+
+type subjectOption func(service string) string
+
+func (o subjectOption) applyToClient(c *clientConfig) { c.subject = o }
+func (o subjectOption) applyToServer(c *serverConfig) { c.subject = o }
+
+// WithSubject sets the broker subject of each gRPC service: fn gets the
+// full service name ("helloworld.Greeter") and returns the subject.
+// Default: the service name itself. A nil fn selects the default. Client
+// and server must agree, so pass the same option to both.
+func WithSubject(fn func(service string) string) Option {
+	if fn == nil {
+		fn = defaultSubject
+	}
+	return subjectOption(fn)
+}
+
+func defaultSubject(service string) string { return service }
+
+// WithTimeout sets the deadline of calls whose ctx has none. Default: 30s,
+// because a broker, unlike a gRPC connection, cannot tell a caller that
+// the server holding its request died. Zero or less means no default
+// deadline: such calls wait as long as their ctx.
+func WithTimeout(d time.Duration) ClientOption {
+	return clientOptionFunc(func(c *clientConfig) { c.timeout = d })
+}
+
+// WithShortMethodNames makes the client send the bare method name
+// ("SayHello") in the mqrpc-method header instead of the full gRPC method
+// ("/helloworld.Greeter/SayHello"), so generated stubs can call services
+// written with rpc.Handle. Default: full methods. A Server accepts both.
+func WithShortMethodNames() ClientOption {
+	return clientOptionFunc(func(c *clientConfig) { c.shortMethods = true })
+}
+
+// WithUnaryClientInterceptor adds gRPC unary client interceptors; the
+// first runs outermost. The *grpc.ClientConn argument they receive is
+// nil. Calling it again appends. Default: none.
+func WithUnaryClientInterceptor(interceptors ...grpc.UnaryClientInterceptor) ClientOption {
+	return clientOptionFunc(func(c *clientConfig) { c.interceptors = append(c.interceptors, interceptors...) })
+}
+
+// WithClientMiddleware wraps the broker round trip of every call in mqrpc
+// middleware (retry, routing, logging, ...), the first outermost; it runs
+// inside the gRPC interceptors. Calling it again appends. Default: none.
+func WithClientMiddleware(mw ...rpc.Middleware) ClientOption {
+	return clientOptionFunc(func(c *clientConfig) { c.middleware = append(c.middleware, mw...) })
+}
+
+// WithDefaultCallOptions sets call options applied before the options of
+// each call, as grpc.WithDefaultCallOptions does. Calling it again
+// appends. Default: none.
+func WithDefaultCallOptions(opts ...grpc.CallOption) ClientOption {
+	return clientOptionFunc(func(c *clientConfig) { c.callOptions = append(c.callOptions, opts...) })
+}
+
+// WithUnaryServerInterceptor adds gRPC unary server interceptors; the
+// first runs outermost. Calling it again appends. Default: none.
+func WithUnaryServerInterceptor(interceptors ...grpc.UnaryServerInterceptor) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.interceptors = append(c.interceptors, interceptors...) })
+}
+
+// WithServerMiddleware wraps the server's dispatcher in mqrpc middleware,
+// the first outermost; it runs outside the gRPC interceptors and sees the
+// broker messages. A middleware answers a request itself by returning an
+// *rpc.Error. Calling it again appends. Default: none.
+func WithServerMiddleware(mw ...rpc.Middleware) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.middleware = append(c.middleware, mw...) })
+}
