@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/mqrpc/mqrpc/broker"
@@ -12,17 +13,33 @@ import (
 // Client calls services over a broker. It is safe for concurrent use; make
 // one per broker and share it.
 type Client struct {
-	b       broker.Broker
-	codec   codec.Codec
-	timeout time.Duration
-	handler broker.Handler
+	b        broker.Broker
+	codec    codec.Codec
+	timeout  time.Duration
+	handler  broker.Handler
+	maxSize  int
+	inflight chan struct{} // nil: unlimited
 }
 
 type clientConfig struct {
-	codec      codec.Codec
-	timeout    time.Duration
-	middleware []Middleware
+	codec       codec.Codec
+	timeout     time.Duration
+	middleware  []Middleware
+	maxSize     int
+	maxInFlight int
 }
+
+// WithMaxCallSize limits request and reply bodies to n bytes: a larger
+// request fails before it is sent, and a larger reply fails instead of
+// being decoded, both with ResourceExhausted wrapping
+// broker.ErrMessageTooLarge. Default DefaultMaxMessageSize; n < 0 means no
+// limit.
+func WithMaxCallSize(n int) ClientOption { return func(c *clientConfig) { c.maxSize = n } }
+
+// WithMaxInFlight limits the calls in flight on the client to n: further
+// calls wait for a free slot until their ctx ends (then they fail with the
+// ctx's code), so a client cannot flood the broker. Default 0: no limit.
+func WithMaxInFlight(n int) ClientOption { return func(c *clientConfig) { c.maxInFlight = n } }
 
 // ClientOption configures a Client.
 type ClientOption func(*clientConfig)
@@ -46,11 +63,14 @@ func WithClientMiddleware(mw ...Middleware) ClientOption {
 // NewClient returns a client that sends its calls through b. The client
 // does not own b: closing b is the caller's business.
 func NewClient(b broker.Broker, opts ...ClientOption) *Client {
-	cfg := clientConfig{codec: jsoncodec.Codec{}, timeout: 30 * time.Second}
+	cfg := clientConfig{codec: jsoncodec.Codec{}, timeout: 30 * time.Second, maxSize: DefaultMaxMessageSize}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	c := &Client{b: b, codec: cfg.codec, timeout: cfg.timeout}
+	c := &Client{b: b, codec: cfg.codec, timeout: cfg.timeout, maxSize: cfg.maxSize}
+	if cfg.maxInFlight > 0 {
+		c.inflight = make(chan struct{}, cfg.maxInFlight)
+	}
 	c.handler = Chain(broker.HandlerFunc(c.roundTrip), cfg.middleware...)
 	return c
 }
@@ -114,6 +134,10 @@ func (c *Client) do(ctx context.Context, service, method string, in, out any, on
 	if err != nil {
 		return Errorf(InvalidArgument, "encode %s.%s request as %s: %w", service, method, cfg.codec.Name(), err)
 	}
+	if c.maxSize >= 0 && len(body) > c.maxSize {
+		return Errorf(ResourceExhausted, "%s.%s request of %d bytes exceeds the limit of %d: %w",
+			service, method, len(body), c.maxSize, broker.ErrMessageTooLarge)
+	}
 	h := cfg.header
 	if h == nil {
 		h = make(broker.Header, 2)
@@ -135,6 +159,14 @@ func (c *Client) do(ctx context.Context, service, method string, in, out any, on
 	if d, ok := ctx.Deadline(); ok {
 		msg.Deadline = d
 	}
+	if c.inflight != nil {
+		select {
+		case c.inflight <- struct{}{}:
+			defer func() { <-c.inflight }()
+		case <-ctx.Done():
+			return NewError(CodeOf(ctx.Err()), fmt.Errorf("%s.%s: waiting for a free in-flight slot: %w", service, method, ctx.Err()))
+		}
+	}
 	cctx := &callCtx{Context: ctx, info: CallInfo{Service: service, Method: method, Idempotent: cfg.idempotent, OneWay: oneWay}}
 	reply, err := c.handler.ServeMessage(cctx, msg)
 	if cfg.replyHeader != nil && reply != nil {
@@ -145,6 +177,10 @@ func (c *Client) do(ctx context.Context, service, method string, in, out any, on
 	}
 	if oneWay || out == nil || reply == nil {
 		return nil
+	}
+	if c.maxSize >= 0 && len(reply.Body) > c.maxSize {
+		return Errorf(ResourceExhausted, "%s.%s reply of %d bytes exceeds the limit of %d: %w",
+			service, method, len(reply.Body), c.maxSize, broker.ErrMessageTooLarge)
 	}
 	rc := cfg.codec
 	if ct := reply.Header.Get(broker.HeaderContentType); ct != "" && codec.MediaType(ct) != codec.MediaType(rc.Name()) {

@@ -29,6 +29,8 @@ type Server struct {
 	defaultCodec codec.Codec
 	accepted     string // for error messages
 	handler      broker.Handler
+	maxSize      int
+	maxHeader    int
 
 	mu      sync.Mutex // serializes registration
 	methods atomic.Pointer[map[string]method]
@@ -41,6 +43,31 @@ type method func(ctx context.Context, cd codec.Codec, body []byte) ([]byte, erro
 type serverConfig struct {
 	codecs     []codec.Codec
 	middleware []Middleware
+	maxSize    int
+	maxHeader  int
+}
+
+// DefaultMaxMessageSize is the default limit on request and reply bodies,
+// on both the client and the server.
+const DefaultMaxMessageSize = 16 << 20
+
+// DefaultMaxHeaderBytes is the default limit on the total size of a
+// request's header names and values on the server.
+const DefaultMaxHeaderBytes = 64 << 10
+
+// WithMaxMessageSize limits request and reply bodies to n bytes: a larger
+// request is answered with ResourceExhausted without running the method,
+// and a larger reply is replaced by a ResourceExhausted error. Default
+// DefaultMaxMessageSize; n < 0 means no limit.
+func WithMaxMessageSize(n int) ServerOption {
+	return func(c *serverConfig) { c.maxSize = n }
+}
+
+// WithMaxHeaderBytes limits the total size of a request's header names and
+// values to n bytes; a larger header is answered with ResourceExhausted.
+// Default DefaultMaxHeaderBytes; n < 0 means no limit.
+func WithMaxHeaderBytes(n int) ServerOption {
+	return func(c *serverConfig) { c.maxHeader = n }
 }
 
 // ServerOption configures a Server.
@@ -61,14 +88,19 @@ func WithServerMiddleware(mw ...Middleware) ServerOption {
 
 // NewServer returns a server with no methods.
 func NewServer(opts ...ServerOption) *Server {
-	var cfg serverConfig
+	cfg := serverConfig{maxSize: DefaultMaxMessageSize, maxHeader: DefaultMaxHeaderBytes}
 	for _, o := range opts {
 		o(&cfg)
 	}
 	if len(cfg.codecs) == 0 {
 		cfg.codecs = []codec.Codec{jsoncodec.Codec{}}
 	}
-	s := &Server{codecs: make(map[string]codec.Codec, len(cfg.codecs)), defaultCodec: cfg.codecs[0]}
+	s := &Server{
+		codecs:       make(map[string]codec.Codec, len(cfg.codecs)),
+		defaultCodec: cfg.codecs[0],
+		maxSize:      cfg.maxSize,
+		maxHeader:    cfg.maxHeader,
+	}
 	names := make([]string, 0, len(cfg.codecs))
 	for _, c := range cfg.codecs {
 		name := codec.MediaType(c.Name())
@@ -176,6 +208,16 @@ func (s *Server) dispatch(ctx context.Context, req *broker.Message) (reply *brok
 	if req.Expired(time.Now()) {
 		return nil, Errorf(DeadlineExceeded, "deadline passed before the request was served")
 	}
+	if s.maxSize >= 0 && len(req.Body) > s.maxSize {
+		return nil, Errorf(ResourceExhausted, "request of %d bytes exceeds the server's limit of %d: %w",
+			len(req.Body), s.maxSize, broker.ErrMessageTooLarge)
+	}
+	if s.maxHeader >= 0 {
+		if n := headerBytes(req.Header); n > s.maxHeader {
+			return nil, Errorf(ResourceExhausted, "request header of %d bytes exceeds the server's limit of %d",
+				n, s.maxHeader)
+		}
+	}
 	cd := s.defaultCodec
 	if ct := req.Header.Get(broker.HeaderContentType); ct != "" {
 		var ok bool
@@ -201,10 +243,22 @@ func (s *Server) dispatch(ctx context.Context, req *broker.Message) (reply *brok
 	if err != nil {
 		return nil, asError(err)
 	}
+	if s.maxSize >= 0 && len(body) > s.maxSize {
+		return nil, Errorf(ResourceExhausted, "reply of %d bytes exceeds the server's limit of %d: %w",
+			len(body), s.maxSize, broker.ErrMessageTooLarge)
+	}
 	h := sc.replyHeader
 	if h == nil {
 		h = make(broker.Header, 1)
 	}
 	h[broker.HeaderContentType] = cd.Name()
 	return &broker.Message{Header: h, Body: body}, nil
+}
+
+func headerBytes(h broker.Header) int {
+	n := 0
+	for k, v := range h {
+		n += len(k) + len(v)
+	}
+	return n
 }
