@@ -1,7 +1,13 @@
-// Command quickstart runs a Calculator service and a client in one program,
-// over an in-process broker, and prints the results of a few calls.
+// Command quickstart runs a Calculator service and a client in one program
+// and prints the results of a few calls. By default it starts an embedded
+// NATS server in the process, so it runs a real broker with nothing
+// installed.
 //
-//	go run ./examples/quickstart
+//	go run ./examples/quickstart                                  # embedded NATS
+//	go run ./examples/quickstart -broker nats://127.0.0.1:4222    # an external NATS server
+//	go run ./examples/quickstart -broker memory                   # the in-process memory broker
+//
+// The -broker default can also be set with MQRPC_BROKER.
 package main
 
 import (
@@ -10,10 +16,13 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/memory"
+	"github.com/mqrpc/mqrpc/broker/nats"
+	"github.com/mqrpc/mqrpc/broker/nats/embedded"
 	"github.com/mqrpc/mqrpc/rpc"
 )
 
@@ -51,6 +60,16 @@ func main() {
 		fmt.Fprintln(os.Stderr, "quickstart:", err)
 		os.Exit(1)
 	}
+}
+
+var brokerFlag = flag.String("broker", envOr("MQRPC_BROKER", "embedded"),
+	`broker to use: "embedded" (an in-process NATS server), "memory", or a nats:// URL`)
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }
 
 func run() error {
@@ -132,6 +151,27 @@ func run() error {
 
 // openBroker returns the broker the example runs on.
 func openBroker() (broker.Broker, string, func(), error) {
-	b := memory.New()
-	return b, "in-process (memory)", func() { _ = b.Close() }, nil
+	switch {
+	case *brokerFlag == "memory":
+		b := memory.New()
+		return b, "in-process (memory)", func() { _ = b.Close() }, nil
+	case *brokerFlag == "embedded":
+		srv, err := embedded.Start(embedded.WithoutJetStream())
+		if err != nil {
+			return nil, "", nil, fmt.Errorf("start embedded NATS server: %w", err)
+		}
+		b, err := nats.New(nats.WithURL(srv.URL()), nats.WithName("quickstart"))
+		if err != nil {
+			srv.Close()
+			return nil, "", nil, err
+		}
+		return b, "embedded NATS server (in this process, loopback)", func() { _ = b.Close(); srv.Close() }, nil
+	case strings.HasPrefix(*brokerFlag, "nats://") || strings.HasPrefix(*brokerFlag, "tls://"):
+		b, err := nats.New(nats.WithURL(*brokerFlag), nats.WithName("quickstart"))
+		if err != nil {
+			return nil, "", nil, err
+		}
+		return b, "NATS at " + *brokerFlag, func() { _ = b.Close() }, nil
+	}
+	return nil, "", nil, fmt.Errorf("unknown -broker %q", *brokerFlag)
 }
