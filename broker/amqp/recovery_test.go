@@ -1,0 +1,227 @@
+package amqp_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/amqp"
+)
+
+func open(t testing.TB, url string, opts ...amqp.Option) *amqp.Broker {
+	t.Helper()
+	b, err := amqp.New(url, append([]amqp.Option{
+		amqp.WithReconnectBackoff(50*time.Millisecond, 500*time.Millisecond),
+		amqp.WithConnectionName(t.Name()),
+	}, opts...)...)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = b.Close() })
+	return b
+}
+
+func serve(t testing.TB, b broker.Broker, subject string, h broker.HandlerFunc, opts ...broker.ServeOption) broker.Subscription {
+	t.Helper()
+	sub, err := b.Serve(subject, h, opts...)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = sub.Stop(ctx)
+	})
+	return sub
+}
+
+func echo(_ context.Context, req *broker.Message) (*broker.Message, error) {
+	return &broker.Message{Header: req.Header, Body: req.Body}, nil
+}
+
+// TestInFlightFailDisconnected drops every connection (of a private vhost)
+// while calls wait for their replies: they must fail at once with
+// ErrDisconnected, long before their deadline, and the broker must recover
+// by itself without leaking goroutines.
+func TestInFlightFailDisconnected(t *testing.T) {
+	url, vhost := vhostURL(t)
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	func() {
+		srv := open(t, url)
+		client := open(t, url)
+		subj := "inflight-" + broker.NewID()
+		release := make(chan struct{})
+		var started atomic.Int64
+		serve(t, srv, subj, func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+			if string(req.Body) == "block" {
+				started.Add(1)
+				select {
+				case <-release:
+				case <-ctx.Done():
+				}
+			}
+			return echo(ctx, req)
+		})
+		const calls = 8
+		errs := make(chan error, calls)
+		begin := time.Now()
+		for i := 0; i < calls; i++ {
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				_, err := client.Request(ctx, &broker.Message{Subject: subj, Body: []byte("block")})
+				errs <- err
+			}()
+		}
+		require.Eventually(t, func() bool { return started.Load() == calls }, 10*time.Second, 10*time.Millisecond)
+		closeVhostConnections(t, vhost)
+		for i := 0; i < calls; i++ {
+			select {
+			case err := <-errs:
+				require.Error(t, err)
+				assert.ErrorIs(t, err, broker.ErrDisconnected)
+			case <-time.After(10 * time.Second):
+				t.Fatal("a call in flight did not fail within 10s of the connection loss")
+			}
+		}
+		assert.Less(t, time.Since(begin), 15*time.Second, "calls failed long before their 30s deadline")
+		close(release)
+
+		// Client and server reconnect and resume by themselves.
+		require.Eventually(t, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			reply, err := client.Request(ctx, &broker.Message{Subject: subj, Body: []byte("after")})
+			return err == nil && string(reply.Body) == "after"
+		}, 30*time.Second, 100*time.Millisecond, "no successful call after the connections were dropped")
+		require.NoError(t, client.Close())
+		require.NoError(t, srv.Close())
+	}()
+}
+
+// TestDurableRestartNoLoss restarts a private RabbitMQ node (gracefully, and
+// by SIGKILL) while clients send one-way requests in durable mode, and counts
+// the requests that RabbitMQ confirmed (Send returned nil) but no server
+// ever handled. There must be none.
+func TestDurableRestartNoLoss(t *testing.T) {
+	n := startNode(t, nil)
+	for _, kill := range []bool{false, true} {
+		name := "Graceful"
+		if kill {
+			name = "Kill"
+		}
+		t.Run(name, func(t *testing.T) {
+			opts := []amqp.Option{amqp.WithDurable(amqp.ClassicQueue)}
+			srv := open(t, n.URL(), opts...)
+			client := open(t, n.URL(), opts...)
+			subj := "restart-" + broker.NewID()
+
+			var handled sync.Map // ID -> count
+			var served, duplicates atomic.Int64
+			serve(t, srv, subj, func(_ context.Context, req *broker.Message) (*broker.Message, error) {
+				if v, loaded := handled.LoadOrStore(req.ID, new(atomic.Int64)); loaded {
+					duplicates.Add(1)
+					v.(*atomic.Int64).Add(1)
+				}
+				served.Add(1)
+				time.Sleep(time.Millisecond)
+				return nil, nil
+			}, broker.WithConcurrency(8))
+
+			var (
+				mu       sync.Mutex
+				accepted []string
+				failed   = map[string]int{}
+				next     atomic.Int64
+				stop     = make(chan struct{})
+				wg       sync.WaitGroup
+			)
+			const maxSends = 20000
+			for w := 0; w < 4; w++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						i := next.Add(1)
+						if i > maxSends {
+							return
+						}
+						id := "req-" + strconv.FormatInt(i, 10)
+						ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+						err := client.Send(ctx, &broker.Message{ID: id, Subject: subj, Body: []byte(id)})
+						cancel()
+						mu.Lock()
+						switch {
+						case err == nil:
+							accepted = append(accepted, id)
+						case errors.Is(err, broker.ErrDisconnected):
+							failed["disconnected"]++
+						case errors.Is(err, broker.ErrTimeout):
+							failed["timeout"]++
+						default:
+							failed[err.Error()]++
+						}
+						mu.Unlock()
+						time.Sleep(5 * time.Millisecond) // keep sending across the whole restart
+					}
+				}()
+			}
+			countAccepted := func() int {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(accepted)
+			}
+			require.Eventually(t, func() bool { return countAccepted() >= 200 }, 30*time.Second, 10*time.Millisecond)
+			beforeRestart := countAccepted()
+			n.restart(t, kill)
+			afterRestart := countAccepted()
+			require.Eventually(t, func() bool { return countAccepted() >= afterRestart+200 }, 60*time.Second, 10*time.Millisecond,
+				"sending did not resume after the restart")
+			close(stop)
+			wg.Wait()
+
+			missing := func() []string {
+				var m []string
+				mu.Lock()
+				defer mu.Unlock()
+				for _, id := range accepted {
+					if _, ok := handled.Load(id); !ok {
+						m = append(m, id)
+					}
+				}
+				return m
+			}
+			deadline := time.Now().Add(30 * time.Second)
+			for len(missing()) > 0 && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			lost := missing()
+			mu.Lock()
+			t.Logf("restart (%s): sent %d, accepted (confirmed) %d (%d before the restart, %d during it), refused %v; "+
+				"served %d, duplicates %d; LOST %d",
+				name, next.Load()-1, len(accepted), beforeRestart, afterRestart-beforeRestart, failed,
+				served.Load(), duplicates.Load(), len(lost))
+			mu.Unlock()
+			assert.Empty(t, lost, "confirmed requests never served")
+
+			// Request-reply works again too.
+			rsub := "restart-rr-" + broker.NewID()
+			serve(t, srv, rsub, echo)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			reply, err := client.Request(ctx, &broker.Message{Subject: rsub, Body: []byte("ok")})
+			require.NoError(t, err)
+			assert.Equal(t, "ok", string(reply.Body))
+		})
+	}
+}
