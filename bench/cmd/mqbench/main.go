@@ -1,0 +1,150 @@
+// Command mqbench measures what RPC over a message broker costs and what
+// mqrpc adds to it: calls/s and p50/p99 latency of mqrpc against each
+// broker's raw client, a peer framework, a socket baseline (net/rpc over
+// TCP) and a direct handler call, all in one run, interleaved.
+//
+// Usage:
+//
+//	go run ./cmd/mqbench [flags]
+//
+// from the bench module, or scripts/bench from the repository root, which
+// starts the brokers first. See docs/BENCHMARKS.md.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mqrpc/mqrpc/bench/cases"
+	"github.com/mqrpc/mqrpc/bench/harness"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "mqbench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		brokers   = flag.String("brokers", "memory,tcp,nats,amqp,rocketmq", "comma-separated case groups to run: memory, tcp, nats, amqp, rocketmq")
+		concs     = flag.String("c", "1,16,64", "comma-separated numbers of concurrent callers")
+		sizes     = flag.String("sizes", "64,4096", "comma-separated payload sizes in bytes")
+		rounds    = flag.Int("rounds", 3, "how many times every case is measured at every concurrency and size")
+		slice     = flag.Duration("d", time.Second, "how long one measurement (one case, concurrency and size, one round) lasts")
+		warmup    = flag.Duration("warmup", 500*time.Millisecond, "unmeasured run of every case before the first round")
+		codecName = flag.String("codec", "msgpack", "codec of mqrpc and the peer frameworks: msgpack or json")
+		natsURL   = flag.String("nats", cases.EnvOr("MQRPC_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL")
+		amqpURL   = flag.String("amqp", cases.EnvOr("MQRPC_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"), "RabbitMQ URL")
+		rmqNS     = flag.String("rocketmq", cases.EnvOr("MQRPC_ROCKETMQ_NAMESRV", "127.0.0.1:9876"), "RocketMQ name server")
+		rmqBroker = flag.String("rocketmq-broker", cases.EnvOr("MQRPC_ROCKETMQ_BROKER", "127.0.0.1:10911"), "RocketMQ broker address, for creating the benchmark topic")
+		rmqVer    = flag.String("rocketmq-version", "", "RocketMQ version, for the report (scripts/bench finds it)")
+		rabbitVer = flag.String("rabbitmq-version", "", "RabbitMQ version, for the report when the server does not say")
+		out       = flag.String("out", "", "write the report into this Markdown file (between the mqbench markers, or the whole file when it has none)")
+		svg       = flag.String("svg", "", "write the chart (throughput against concurrency) to this SVG file")
+		command   = flag.String("command", "", "the command line to print in the report (default: this one)")
+		cpuprof   = flag.String("cpuprofile", "", "write a CPU profile of the measured rounds to this file")
+		quiet     = flag.Bool("q", false, "do not print a line per measurement")
+	)
+	flag.Parse()
+
+	cd, err := cases.CodecByName(*codecName)
+	if err != nil {
+		return err
+	}
+	cs, err := ints(*concs)
+	if err != nil {
+		return fmt.Errorf("-c: %w", err)
+	}
+	ss, err := ints(*sizes)
+	if err != nil {
+		return fmt.Errorf("-sizes: %w", err)
+	}
+	ccfg := cases.Config{
+		Codec: cd, NATSURL: *natsURL, AMQPURL: *amqpURL,
+		RocketMQNameServer: *rmqNS, RocketMQBroker: *rmqBroker,
+	}
+	env := harness.Environment{Codec: cd.Name(), Brokers: map[string]string{}}
+	var all []harness.Case
+	for _, g := range strings.Split(*brokers, ",") {
+		switch g = strings.TrimSpace(g); g {
+		case "memory":
+			all = append(all, cases.Memory(ccfg)...)
+		case "tcp":
+			all = append(all, cases.TCP(ccfg)...)
+		case "nats":
+			all = append(all, cases.NATS(ccfg)...)
+			if v, err := cases.NATSServerVersion(*natsURL); err == nil {
+				env.Brokers["nats"] = "nats-server " + v
+			}
+		case "":
+		default:
+			return fmt.Errorf("-brokers: unknown group %q", g)
+		}
+	}
+	_ = rmqVer
+	_ = rabbitVer
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	hcfg := harness.Config{
+		Concurrency: cs, Sizes: ss, Rounds: *rounds, Slice: *slice, Warmup: *warmup,
+		CallTimeout: 10 * time.Second,
+	}
+	if !*quiet {
+		hcfg.Progress = func(s string) { fmt.Fprintln(os.Stderr, s) }
+	}
+	if *cpuprof != "" {
+		f, err := os.Create(*cpuprof)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	res, err := harness.Run(ctx, hcfg, all)
+	if err != nil {
+		return err
+	}
+	cmdline := *command
+	if cmdline == "" {
+		cmdline = strings.Join(os.Args, " ")
+	}
+	env.Fill()
+	rep := harness.Report{Results: res, Env: env, Command: cmdline}
+	fmt.Println(rep.Text())
+	if *out != "" {
+		if err := rep.WriteMarkdown(*out, *svg); err != nil {
+			return err
+		}
+	}
+	if *svg != "" {
+		if err := os.WriteFile(*svg, []byte(rep.SVG()), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func ints(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a positive integer", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}

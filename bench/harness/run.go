@@ -1,0 +1,332 @@
+// Package harness runs request-reply benchmark cases side by side: every
+// case at every concurrency and payload size, interleaved round-robin over
+// several rounds, so that drift on a shared machine (another process, a
+// CPU frequency change, a broker's background work) lands on all cases
+// alike instead of on whichever ran last.
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Roles of a case within its broker group. The ratio reported for a group
+// is (mqrpc or peer) / raw.
+const (
+	RoleRaw   = "raw"   // the broker's own client, used the plain way
+	RoleMQRPC = "mqrpc" // mqrpc over the same broker
+	RolePeer  = "peer"  // another Go framework over the same broker
+)
+
+// Target is a running case: servers started, clients connected.
+type Target interface {
+	// Call makes one request with payload as its body and waits for the
+	// reply, an echo of the payload. It is called from many goroutines at
+	// once and must not retain or modify payload.
+	Call(ctx context.Context, payload []byte) error
+	// Close stops the servers and closes the connections.
+	Close() error
+}
+
+// Case is one implementation on one broker.
+type Case struct {
+	// Group is the broker the case runs on ("nats", "amqp", "rocketmq",
+	// "memory", "tcp"); ratios compare cases of one group.
+	Group string
+	// Name says what runs, such as "nats.go Request" or "mqrpc".
+	Name string
+	// Role is RoleRaw, RoleMQRPC or RolePeer.
+	Role string
+	// Setup starts the case. It is called once per run.
+	Setup func(ctx context.Context) (Target, error)
+}
+
+// Config says what to measure.
+type Config struct {
+	// Concurrency lists the numbers of concurrent callers.
+	Concurrency []int
+	// Sizes lists the payload sizes in bytes.
+	Sizes []int
+	// Rounds is how many times every cell is measured.
+	Rounds int
+	// Slice is how long one cell is measured in one round.
+	Slice time.Duration
+	// Warmup is how long each case runs before the first round,
+	// unmeasured.
+	Warmup time.Duration
+	// CallTimeout bounds every call.
+	CallTimeout time.Duration
+	// Progress, when set, receives a line per measured slice.
+	Progress func(string)
+}
+
+// Key names one cell of the results.
+type Key struct {
+	Group, Name string
+	Conc, Size  int
+}
+
+// Cell is the measurement of one case at one concurrency and size, summed
+// over the rounds.
+type Cell struct {
+	Key
+	Role    string
+	Calls   uint64
+	Errors  uint64
+	Elapsed time.Duration
+	Mallocs uint64 // heap allocations in the process during the slices
+	Hist    Histogram
+	// PerRound is the throughput (calls/s) of each round.
+	PerRound []float64
+	// FirstErr is the first error seen, for the report.
+	FirstErr string
+}
+
+// Throughput returns calls per second over all rounds.
+func (c *Cell) Throughput() float64 {
+	if c.Elapsed <= 0 {
+		return 0
+	}
+	return float64(c.Calls) / c.Elapsed.Seconds()
+}
+
+// AllocsPerCall returns heap allocations per call in the whole process
+// (caller, broker client and in-process server together).
+func (c *Cell) AllocsPerCall() float64 {
+	if c.Calls == 0 {
+		return 0
+	}
+	return float64(c.Mallocs) / float64(c.Calls)
+}
+
+// Skipped is a case that could not run, with the reason.
+type Skipped struct {
+	Group, Name, Role string
+	Reason            string
+}
+
+// Results is the outcome of Run.
+type Results struct {
+	Config  Config
+	Cases   []Case
+	Cells   map[Key]*Cell
+	Skipped []Skipped
+	Started time.Time
+	Took    time.Duration
+}
+
+type running struct {
+	c Case
+	t Target
+}
+
+// Run sets every case up, measures them and closes them. A case whose
+// Setup fails is reported in Results.Skipped; the others go on.
+func Run(ctx context.Context, cfg Config, cases []Case) (*Results, error) {
+	if cfg.Rounds < 1 {
+		cfg.Rounds = 1
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = 10 * time.Second
+	}
+	res := &Results{Config: cfg, Cells: map[Key]*Cell{}, Started: time.Now()}
+	progress := cfg.Progress
+	if progress == nil {
+		progress = func(string) {}
+	}
+	var live []running
+	defer func() {
+		for _, r := range live {
+			_ = r.t.Close()
+		}
+	}()
+	for _, c := range cases {
+		t, err := c.Setup(ctx)
+		if err != nil {
+			res.Skipped = append(res.Skipped, Skipped{Group: c.Group, Name: c.Name, Role: c.Role, Reason: err.Error()})
+			progress(fmt.Sprintf("skip %s/%s: %v", c.Group, c.Name, err))
+			continue
+		}
+		// A case that cannot make one call is skipped too, rather than
+		// filling the table with errors.
+		probe := make([]byte, 16)
+		pctx, cancel := context.WithTimeout(ctx, cfg.CallTimeout)
+		err = t.Call(pctx, probe)
+		cancel()
+		if err != nil {
+			_ = t.Close()
+			res.Skipped = append(res.Skipped, Skipped{Group: c.Group, Name: c.Name, Role: c.Role, Reason: "first call: " + err.Error()})
+			progress(fmt.Sprintf("skip %s/%s: first call: %v", c.Group, c.Name, err))
+			continue
+		}
+		live = append(live, running{c: c, t: t})
+		res.Cases = append(res.Cases, c)
+	}
+	if len(live) == 0 {
+		return res, errors.New("no case could run")
+	}
+	if cfg.Warmup > 0 {
+		for _, r := range live {
+			measure(ctx, r.t, 16, 64, cfg.Warmup, cfg.CallTimeout)
+		}
+	}
+	for round := 0; round < cfg.Rounds; round++ {
+		for _, size := range cfg.Sizes {
+			for _, conc := range cfg.Concurrency {
+				order := make([]running, len(live))
+				copy(order, live)
+				if round%2 == 1 {
+					// Alternate the order within each cell so no case
+					// always runs right after the same neighbour.
+					for i, j := 0, len(order)-1; i < j; i, j = i+1, j-1 {
+						order[i], order[j] = order[j], order[i]
+					}
+				}
+				for _, r := range order {
+					if err := ctx.Err(); err != nil {
+						return res, err
+					}
+					s := measure(ctx, r.t, conc, size, cfg.Slice, cfg.CallTimeout)
+					k := Key{Group: r.c.Group, Name: r.c.Name, Conc: conc, Size: size}
+					cell := res.Cells[k]
+					if cell == nil {
+						cell = &Cell{Key: k, Role: r.c.Role}
+						res.Cells[k] = cell
+					}
+					cell.Calls += s.calls
+					cell.Errors += s.errors
+					cell.Elapsed += s.elapsed
+					cell.Mallocs += s.mallocs
+					cell.Hist.Merge(&s.hist)
+					cell.PerRound = append(cell.PerRound, s.throughput())
+					if cell.FirstErr == "" && s.firstErr != nil {
+						cell.FirstErr = s.firstErr.Error()
+					}
+					progress(fmt.Sprintf("round %d/%d  %-8s %-22s c=%-3d %5dB  %9.0f calls/s  p50 %v  p99 %v  errors %d",
+						round+1, cfg.Rounds, r.c.Group, r.c.Name, conc, size, s.throughput(),
+						s.hist.Quantile(0.5).Round(time.Microsecond), s.hist.Quantile(0.99).Round(time.Microsecond), s.errors))
+				}
+			}
+		}
+	}
+	res.Took = time.Since(res.Started)
+	return res, nil
+}
+
+type slice struct {
+	calls, errors uint64
+	elapsed       time.Duration
+	mallocs       uint64
+	hist          Histogram
+	firstErr      error
+}
+
+func (s *slice) throughput() float64 {
+	if s.elapsed <= 0 {
+		return 0
+	}
+	return float64(s.calls) / s.elapsed.Seconds()
+}
+
+// measure runs conc callers against t for d and returns what they did.
+func measure(ctx context.Context, t Target, conc, size int, d, timeout time.Duration) *slice {
+	// One deadline for the whole slice, made here, so that no case pays
+	// for a per-call timer that another case does not.
+	cctx, cancel := context.WithTimeout(ctx, d+timeout)
+	defer cancel()
+	var stop atomic.Bool
+	hists := make([]Histogram, conc)
+	errs := make([]uint64, conc)
+	var firstErr atomic.Pointer[error]
+	payloads := make([][]byte, conc)
+	for i := range payloads {
+		p := make([]byte, size)
+		for j := range p {
+			p[j] = byte('a' + (i+j)%26)
+		}
+		payloads[i] = p
+	}
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	var wg sync.WaitGroup
+	start := time.Now()
+	timer := time.AfterFunc(d, func() { stop.Store(true) })
+	for i := 0; i < conc; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			h := &hists[i]
+			p := payloads[i]
+			for !stop.Load() {
+				t0 := time.Now()
+				err := t.Call(cctx, p)
+				if err != nil {
+					errs[i]++
+					firstErr.CompareAndSwap(nil, &err)
+					if cctx.Err() != nil {
+						return
+					}
+					continue
+				}
+				h.Record(time.Since(t0))
+			}
+		}(i)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	timer.Stop()
+	runtime.ReadMemStats(&after)
+	s := &slice{elapsed: elapsed, mallocs: after.Mallocs - before.Mallocs}
+	for i := range hists {
+		s.hist.Merge(&hists[i])
+		s.errors += errs[i]
+	}
+	s.calls = s.hist.Count()
+	if p := firstErr.Load(); p != nil {
+		s.firstErr = *p
+	}
+	return s
+}
+
+// Sorted returns the cells of group g at size, ordered by case order in
+// r.Cases and then by concurrency.
+func (r *Results) Sorted(g string, size int) []*Cell {
+	idx := map[string]int{}
+	for i, c := range r.Cases {
+		idx[c.Group+"\x00"+c.Name] = i
+	}
+	var out []*Cell
+	for k, c := range r.Cells {
+		if k.Group == g && k.Size == size {
+			out = append(out, c)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if ia, ib := idx[a.Group+"\x00"+a.Name], idx[b.Group+"\x00"+b.Name]; ia != ib {
+			return ia < ib
+		}
+		return a.Conc < b.Conc
+	})
+	return out
+}
+
+// Groups returns the groups of the cases that ran, in case order.
+func (r *Results) Groups() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, c := range r.Cases {
+		if !seen[c.Group] {
+			seen[c.Group] = true
+			out = append(out, c.Group)
+		}
+	}
+	return out
+}
