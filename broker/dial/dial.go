@@ -1,0 +1,126 @@
+// Package dial opens any of mqrpc's brokers from a URL, so a program
+// switches brokers by configuration alone:
+//
+//	b, err := dial.Open("amqp://guest:guest@127.0.0.1:5672/")
+//
+// Schemes:
+//
+//	memory:                          a new in-process broker (broker/memory)
+//	embedded:                        a NATS server started in this process on a free
+//	                                 loopback port; closing the broker stops it
+//	nats://host:port, tls://...      NATS (broker/nats); several URLs separated by commas
+//	amqp://..., amqps://...          RabbitMQ (broker/amqp)
+//	rocketmq://host:port             RocketMQ through its name server (broker/rocketmq)
+//
+// Importing dial links every broker client; a program that needs one broker
+// can import that broker's package alone.
+package dial
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+
+	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/amqp"
+	"github.com/mqrpc/mqrpc/broker/memory"
+	"github.com/mqrpc/mqrpc/broker/nats"
+	"github.com/mqrpc/mqrpc/broker/nats/embedded"
+	"github.com/mqrpc/mqrpc/broker/rocketmq"
+)
+
+// Option configures Open.
+type Option func(*config)
+
+type config struct {
+	name   string
+	logger *slog.Logger
+}
+
+// WithName sets the connection name the broker shows in its management
+// tools (NATS and RabbitMQ). Default: none.
+func WithName(name string) Option { return func(c *config) { c.name = name } }
+
+// WithLogger sets the logger the broker client reports connection events
+// to. Default: discard.
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// ErrUnknownScheme is returned for a URL whose scheme names no broker.
+var ErrUnknownScheme = errors.New("dial: unknown broker scheme")
+
+// Open connects to the broker rawURL names. See the package doc for the
+// schemes.
+func Open(rawURL string, opts ...Option) (broker.Broker, error) {
+	var cfg config
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.logger == nil {
+		cfg.logger = slog.New(slog.DiscardHandler)
+	}
+	scheme, _, _ := strings.Cut(rawURL, ":")
+	switch strings.ToLower(scheme) {
+	case "memory":
+		return memory.New(), nil
+	case "embedded":
+		srv, err := embedded.Start()
+		if err != nil {
+			return nil, fmt.Errorf("dial: start embedded NATS server: %w", err)
+		}
+		b, err := nats.New(natsOptions(cfg, srv.URL())...)
+		if err != nil {
+			srv.Close()
+			return nil, fmt.Errorf("dial: %w", err)
+		}
+		return &withServer{Broker: b, stop: srv.Close}, nil
+	case "nats", "tls":
+		b, err := nats.New(natsOptions(cfg, strings.Split(rawURL, ",")...)...)
+		if err != nil {
+			return nil, fmt.Errorf("dial: %w", err)
+		}
+		return b, nil
+	case "amqp", "amqps":
+		aopts := []amqp.Option{amqp.WithLogger(cfg.logger)}
+		if cfg.name != "" {
+			aopts = append(aopts, amqp.WithConnectionName(cfg.name))
+		}
+		b, err := amqp.New(rawURL, aopts...)
+		if err != nil {
+			return nil, fmt.Errorf("dial: %w", err)
+		}
+		return b, nil
+	case "rocketmq":
+		u, err := url.Parse(rawURL)
+		if err != nil || u.Host == "" {
+			return nil, fmt.Errorf("dial: rocketmq URL %q: want rocketmq://host:port", rawURL)
+		}
+		b, err := rocketmq.New(u.Host, rocketmq.WithLogger(cfg.logger))
+		if err != nil {
+			return nil, fmt.Errorf("dial: %w", err)
+		}
+		return b, nil
+	}
+	return nil, fmt.Errorf("%w %q in %q (want memory, embedded, nats, tls, amqp, amqps or rocketmq)", ErrUnknownScheme, scheme, rawURL)
+}
+
+func natsOptions(cfg config, urls ...string) []nats.Option {
+	opts := []nats.Option{nats.WithURL(urls...), nats.WithLogger(cfg.logger)}
+	if cfg.name != "" {
+		opts = append(opts, nats.WithName(cfg.name))
+	}
+	return opts
+}
+
+// withServer is a broker that owns the embedded server it talks to.
+type withServer struct {
+	broker.Broker
+	stop func()
+}
+
+func (w *withServer) Close() error {
+	err := w.Broker.Close()
+	w.stop()
+	return err
+}

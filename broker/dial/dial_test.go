@@ -1,0 +1,63 @@
+package dial_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/dial"
+	"github.com/mqrpc/mqrpc/internal/testenv"
+)
+
+func TestOpen(t *testing.T) {
+	tests := []struct {
+		name string
+		url  func(t *testing.T) string
+	}{
+		{"memory", func(*testing.T) string { return "memory:" }},
+		{"embedded", func(*testing.T) string { return "embedded:" }},
+		{"nats", func(t *testing.T) string { return testenv.NATSURL(t) }},
+		{"amqp", func(t *testing.T) string { return testenv.AMQPURL(t) }},
+		{"rocketmq", func(t *testing.T) string { return "rocketmq://" + testenv.RocketMQNameServer(t) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := dial.Open(tt.url(t), dial.WithName("dial-test"))
+			require.NoError(t, err)
+			defer b.Close()
+			subj := "dialtest_" + strings.ReplaceAll(broker.NewID(), "-", "_")
+			sub, err := b.Serve(subj, broker.HandlerFunc(func(_ context.Context, req *broker.Message) (*broker.Message, error) {
+				return &broker.Message{Body: append([]byte("re: "), req.Body...)}, nil
+			}))
+			require.NoError(t, err)
+			defer sub.Stop(context.Background())
+			// Consumer-group brokers take a moment to route to a new
+			// server: retry for a bounded time.
+			var reply *broker.Message
+			deadline := time.Now().Add(60 * time.Second)
+			for {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				reply, err = b.Request(ctx, &broker.Message{Subject: subj, Body: []byte("hi")})
+				cancel()
+				if err == nil || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+			require.NoError(t, err)
+			assert.Equal(t, "re: hi", string(reply.Body))
+		})
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	_, err := dial.Open("kafka://127.0.0.1:9092")
+	assert.ErrorIs(t, err, dial.ErrUnknownScheme)
+	_, err = dial.Open("rocketmq://")
+	assert.ErrorContains(t, err, "want rocketmq://host:port")
+}
