@@ -238,3 +238,23 @@ func TestAuditNilLogger(t *testing.T) {
 	require.NoError(t, c.Call(context.Background(), "calc", "Add", &obsReq{A: 1, B: 2}, &out))
 	assert.Equal(t, 3, out.Sum)
 }
+
+// TestAuditOutsideTheServer wraps the rpc.Server itself rather than sitting
+// in its chain: error replies then arrive as replies with a status.
+func TestAuditOutsideTheServer(t *testing.T) {
+	sink := newAuditSink()
+	c, b := obsCalc(t, nil)
+	srv := rpc.NewServer()
+	require.NoError(t, rpc.Handle(srv, "Fail", func(context.Context, *obsReq) (*obsRes, error) {
+		return nil, rpc.Errorf(rpc.AlreadyExists, "twice")
+	}))
+	_, err := b.Serve("wrapped", rpc.Chain(srv, middleware.Audit(nil, middleware.WithAuditSink(sink))))
+	require.NoError(t, err)
+
+	err = c.Call(context.Background(), "wrapped", "Fail", &obsReq{}, nil)
+	require.Equal(t, rpc.AlreadyExists, rpc.CodeOf(err))
+	rec := sink.wait(t, 1)[0]
+	assert.Equal(t, rpc.AlreadyExists, rec.Code)
+	assert.Equal(t, "already_exists: twice", rec.Error)
+	assert.False(t, rec.Failed)
+}
