@@ -271,7 +271,3 @@ func (r *retrier) backoff(n int) time.Duration {
 	c = min(c, float64(r.p.MaxBackoff))
 	return time.Duration(rand.Int64N(int64(c) + 1))
 }
-
-// ErrCircuitOpen is returned (wrapped in an Unavailable *rpc.Error) when a
-// circuit breaker refuses a call without sending it.
-var ErrCircuitOpen = errors.New("middleware: circuit open")
