@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -113,9 +114,15 @@ func (s slogAuditSink) Audit(ctx context.Context, r AuditRecord) {
 		slog.Int("reply_bytes", r.ReplySize),
 	)
 	if len(r.Header) > 0 {
-		h := make([]slog.Attr, 0, len(r.Header))
-		for k, v := range r.Header {
-			h = append(h, slog.String(k, v))
+		// Sorted, so text logs read the same way every time.
+		names := make([]string, 0, len(r.Header))
+		for k := range r.Header {
+			names = append(names, k)
+		}
+		slices.Sort(names)
+		h := make([]slog.Attr, 0, len(names))
+		for _, k := range names {
+			h = append(h, slog.String(k, r.Header[k]))
 		}
 		attrs = append(attrs, slog.Attr{Key: "header", Value: slog.GroupValue(h...)})
 	}
