@@ -59,7 +59,7 @@ func TestRecoverClient(t *testing.T) {
 	tests := []struct {
 		name  string
 		value any
-		is    error // errors.Is target, when the value is an error
+		is    error  // errors.Is target, when the value is an error
 		msg   string // the start of the message; the runtime words nil panics by version
 	}{
 		{"String", "boom", nil, "internal: panic: boom"},
