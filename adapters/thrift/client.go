@@ -145,7 +145,7 @@ func (c *Client) Call(ctx context.Context, method string, args, result thrift.TS
 		return thrift.ResponseMeta{}, err
 	}
 	meta := thrift.ResponseMeta{Headers: thrift.THeaderMap(reply.Header)}
-	iprot := c.pf.GetProtocol(readBuffer(reply.Body))
+	iprot := readProtocol(c.pf, c.cfg.tconf, reply.Body)
 	name, rtyp, rseq, err := iprot.ReadMessageBegin(ctx)
 	switch {
 	case err != nil:

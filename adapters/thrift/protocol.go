@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"strings"
 
 	"github.com/apache/thrift/lib/go/thrift"
@@ -110,6 +111,27 @@ func readBuffer(body []byte) *thrift.TMemoryBuffer {
 	return &thrift.TMemoryBuffer{Buffer: bytes.NewBuffer(body)}
 }
 
+// readProtocol returns a protocol reading body, whose size limit is lowered
+// to the size of body: a list, set, map or string cannot have more elements
+// than its message has bytes, so a small hostile message cannot make the
+// reader allocate much.
+func readProtocol(pf thrift.TProtocolFactory, tconf *thrift.TConfiguration, body []byte) thrift.TProtocol {
+	prot := pf.GetProtocol(readBuffer(body))
+	limit := int32(math.MaxInt32)
+	if len(body) < math.MaxInt32 {
+		limit = int32(max(len(body), 1))
+	}
+	if limit < tconf.GetMaxMessageSize() {
+		var c thrift.TConfiguration
+		if tconf != nil {
+			c = *tconf
+		}
+		c.MaxMessageSize = limit
+		thrift.PropagateTConfiguration(prot, &c)
+	}
+	return prot
+}
+
 // messageHeader is the start of a Thrift message.
 type messageHeader struct {
 	name string
@@ -118,8 +140,8 @@ type messageHeader struct {
 }
 
 // peek reads the message header of body with pf, leaving body untouched.
-func peek(ctx context.Context, pf thrift.TProtocolFactory, body []byte) (messageHeader, error) {
-	name, typ, seq, err := pf.GetProtocol(readBuffer(body)).ReadMessageBegin(ctx)
+func peek(ctx context.Context, pf thrift.TProtocolFactory, tconf *thrift.TConfiguration, body []byte) (messageHeader, error) {
+	name, typ, seq, err := readProtocol(pf, tconf, body).ReadMessageBegin(ctx)
 	if err != nil {
 		return messageHeader{}, err
 	}

@@ -74,7 +74,7 @@ func (s *Server) ServeMessage(ctx context.Context, req *broker.Message) (*broker
 		proto = p
 	}
 	pf := s.factories[proto]
-	h, err := peek(ctx, pf, req.Body)
+	h, err := peek(ctx, pf, s.cfg.tconf, req.Body)
 	if err != nil {
 		return rpc.ErrorReply(rpc.Errorf(rpc.InvalidArgument, "thrift: malformed %s message: %w", proto, err)), nil
 	}
@@ -109,9 +109,9 @@ func (s *Server) ServeMessage(ctx context.Context, req *broker.Message) (*broker
 func (s *Server) reply(ctx context.Context, proto Protocol, pf thrift.TProtocolFactory, out *thrift.TMemoryBuffer, perr error) *broker.Message {
 	reply := &broker.Message{Header: broker.Header{broker.HeaderContentType: proto.ContentType()}}
 	reply.Body = out.Bytes()
-	if rh, err := peek(ctx, pf, reply.Body); err == nil && rh.typ == thrift.EXCEPTION {
+	if rh, err := peek(ctx, pf, s.cfg.tconf, reply.Body); err == nil && rh.typ == thrift.EXCEPTION {
 		code, msg := rpc.Internal, ""
-		rp := pf.GetProtocol(readBuffer(reply.Body))
+		rp := readProtocol(pf, s.cfg.tconf, reply.Body)
 		x := thrift.NewTApplicationException(thrift.UNKNOWN_APPLICATION_EXCEPTION, "")
 		if _, _, _, err := rp.ReadMessageBegin(ctx); err == nil && x.Read(ctx, rp) == nil {
 			code, msg = CodeFromExceptionType(x.TypeId()), x.Error()
@@ -154,7 +154,7 @@ func (s *Server) process(ctx context.Context, h messageHeader, pf thrift.TProtoc
 		writeException(ctx, pf, out, h,
 			thrift.NewTApplicationException(thrift.INTERNAL_ERROR, fmt.Sprintf("panic in %s: %v", h.name, r)))
 	}()
-	_, terr := s.processor.Process(ctx, pf.GetProtocol(readBuffer(body)), pf.GetProtocol(out))
+	_, terr := s.processor.Process(ctx, readProtocol(pf, s.cfg.tconf, body), pf.GetProtocol(out))
 	if terr != nil {
 		return terr
 	}

@@ -2,6 +2,7 @@ package thrift_test
 
 import (
 	"context"
+	"runtime"
 	"testing"
 	"time"
 
@@ -132,4 +133,31 @@ func TestProtocolOf(t *testing.T) {
 	}
 	_, ok := mqthrift.ProtocolOf("application/json")
 	assert.False(t, ok)
+}
+
+// A tiny message declaring a huge list is refused without allocating for
+// the list.
+func TestServerHugeDeclaredSize(t *testing.T) {
+	srv := mqthrift.NewServer(calculator.NewCalculatorProcessor(newCalc()))
+	for _, p := range protocols {
+		t.Run(p.String(), func(t *testing.T) {
+			ctx := context.Background()
+			buf := thrift.NewTMemoryBuffer()
+			prot := p.Factory(nil).GetProtocol(buf)
+			require.NoError(t, prot.WriteMessageBegin(ctx, "calcSum", thrift.CALL, 1))
+			require.NoError(t, prot.WriteStructBegin(ctx, "args"))
+			require.NoError(t, prot.WriteFieldBegin(ctx, "numbers", thrift.LIST, 1))
+			require.NoError(t, prot.WriteListBegin(ctx, thrift.DOUBLE, 50_000_000))
+			require.NoError(t, prot.Flush(ctx))
+			body := buf.Bytes()
+
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			reply, err := srv.ServeMessage(ctx, &broker.Message{Header: broker.Header{broker.HeaderContentType: p.ContentType()}, Body: body})
+			runtime.ReadMemStats(&after)
+			require.NoError(t, err)
+			assert.Equal(t, rpc.InvalidArgument, rpc.CodeOf(rpc.ErrorFromReply(reply)))
+			assert.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(1<<20), "bytes allocated")
+		})
+	}
 }

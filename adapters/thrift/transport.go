@@ -94,7 +94,7 @@ func (t *Transport) Flush(ctx context.Context) error {
 	}
 	body := bytes.Clone(t.wbuf.Bytes()) // the broker owns what it sends
 	t.wbuf.Reset()
-	h, err := peek(ctx, t.pf, body)
+	h, err := peek(ctx, t.pf, t.cfg.tconf, body)
 	if err != nil {
 		return thrift.NewTProtocolException(fmt.Errorf("thrift over mqrpc: flush: not a %s message: %w", t.cfg.protocol, err))
 	}
