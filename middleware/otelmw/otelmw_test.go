@@ -416,3 +416,16 @@ func TestHeaderCarrier(t *testing.T) {
 	assert.Empty(t, otelmw.HeaderCarrier(nil).Keys())
 	assert.Equal(t, "", otelmw.HeaderCarrier(nil).Get("x"))
 }
+
+func TestTraceOneWay(t *testing.T) {
+	e := newEnv(t)
+	require.NoError(t, e.c.Notify(context.Background(), "calc", "Add", &req{}, rpc.WithMessageID("n1")))
+	sc := <-e.handlerSpan
+	require.Eventually(t, func() bool { return len(e.spans.Ended()) == 2 }, 10*time.Second, time.Millisecond)
+	client, server := e.span(t, "send calc"), e.span(t, "process calc")
+	assert.Equal(t, trace.SpanKindProducer, client.SpanKind())
+	assert.Equal(t, server.SpanContext(), sc)
+	assert.Equal(t, client.SpanContext().SpanID(), server.Parent().SpanID())
+	assert.Equal(t, "OK", attrMap(server.Attributes())["rpc.response.status_code"])
+	assert.Equal(t, "n1", attrMap(server.Attributes())["messaging.message.id"])
+}
