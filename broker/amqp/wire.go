@@ -30,6 +30,7 @@ func toPublishing(m *broker.Message, deadline time.Time, now time.Time, persiste
 		Body:      m.Body,
 		Timestamp: now,
 	}
+	p.DeliveryMode = amqp091.Transient
 	if persistent {
 		p.DeliveryMode = amqp091.Persistent
 	}
