@@ -8,6 +8,7 @@ require (
 	github.com/go-kit/kit v0.13.0
 	github.com/mqrpc/mqrpc v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats.go v1.51.0
+	github.com/rabbitmq/amqp091-go v1.16.0
 )
 
 require (

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -81,6 +82,10 @@ type Cell struct {
 	Errors  uint64
 	Elapsed time.Duration
 	Mallocs uint64 // heap allocations in the process during the slices
+	// CPU is the CPU time (user + system) the process used during the
+	// slices: callers, broker clients and in-process servers, not the
+	// broker server's own process.
+	CPU time.Duration
 	Hist    Histogram
 	// PerRound is the throughput (calls/s) of each round.
 	PerRound []float64
@@ -103,6 +108,14 @@ func (c *Cell) AllocsPerCall() float64 {
 		return 0
 	}
 	return float64(c.Mallocs) / float64(c.Calls)
+}
+
+// CPUPerCall returns the process CPU time per call.
+func (c *Cell) CPUPerCall() time.Duration {
+	if c.Calls == 0 {
+		return 0
+	}
+	return c.CPU / time.Duration(c.Calls)
 }
 
 // Skipped is a case that could not run, with the reason.
@@ -203,6 +216,7 @@ func Run(ctx context.Context, cfg Config, cases []Case) (*Results, error) {
 					cell.Errors += s.errors
 					cell.Elapsed += s.elapsed
 					cell.Mallocs += s.mallocs
+					cell.CPU += s.cpu
 					cell.Hist.Merge(&s.hist)
 					cell.PerRound = append(cell.PerRound, s.throughput())
 					if cell.FirstErr == "" && s.firstErr != nil {
@@ -223,6 +237,7 @@ type slice struct {
 	calls, errors uint64
 	elapsed       time.Duration
 	mallocs       uint64
+	cpu           time.Duration
 	hist          Histogram
 	firstErr      error
 }
@@ -255,6 +270,7 @@ func measure(ctx context.Context, t Target, conc, size int, d, timeout time.Dura
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
+	cpu0 := processCPU()
 	var wg sync.WaitGroup
 	start := time.Now()
 	timer := time.AfterFunc(d, func() { stop.Store(true) })
@@ -282,8 +298,9 @@ func measure(ctx context.Context, t Target, conc, size int, d, timeout time.Dura
 	wg.Wait()
 	elapsed := time.Since(start)
 	timer.Stop()
+	cpu := processCPU() - cpu0
 	runtime.ReadMemStats(&after)
-	s := &slice{elapsed: elapsed, mallocs: after.Mallocs - before.Mallocs}
+	s := &slice{elapsed: elapsed, mallocs: after.Mallocs - before.Mallocs, cpu: cpu}
 	for i := range hists {
 		s.hist.Merge(&hists[i])
 		s.errors += errs[i]
@@ -293,6 +310,15 @@ func measure(ctx context.Context, t Target, conc, size int, d, timeout time.Dura
 		s.firstErr = *p
 	}
 	return s
+}
+
+// processCPU returns the user and system CPU time the process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // Sorted returns the cells of group g at size, ordered by case order in

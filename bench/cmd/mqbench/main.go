@@ -85,13 +85,19 @@ func run() error {
 			if v, err := cases.NATSServerVersion(*natsURL); err == nil {
 				env.Brokers["nats"] = "nats-server " + v
 			}
+		case "amqp":
+			all = append(all, cases.AMQP(ccfg)...)
+			if v, err := cases.RabbitMQVersion(*amqpURL); err == nil {
+				env.Brokers["amqp"] = v
+			} else if *rabbitVer != "" {
+				env.Brokers["amqp"] = "RabbitMQ " + *rabbitVer
+			}
 		case "":
 		default:
 			return fmt.Errorf("-brokers: unknown group %q", g)
 		}
 	}
 	_ = rmqVer
-	_ = rabbitVer
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
