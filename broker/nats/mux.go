@@ -22,6 +22,7 @@ type replyMux struct {
 	sub     *natsgo.Subscription // made on first use
 	pending map[string]*call
 	next    uint64
+	calls   sync.Pool // of *call, to spare two allocations per call
 }
 
 type call struct {
@@ -58,29 +59,51 @@ func (m *replyMux) register(id string, byID bool) (*call, error) {
 		_ = sub.SetPendingLimits(-1, -1)
 		m.sub = sub
 	}
-	var token string
+	var reply string
 	if byID && subjectToken(id) {
-		token = "i" + id
-		if _, busy := m.pending[token]; busy {
-			token = ""
+		reply = m.prefix + "i" + id
+		if _, busy := m.pending[reply[len(m.prefix):]]; busy {
+			reply = ""
 		}
 	}
-	if token == "" {
+	if reply == "" {
 		m.next++
-		token = "c" + strconv.FormatUint(m.next, 36)
+		var buf [96]byte
+		b := append(buf[:0], m.prefix...)
+		b = append(b, 'c')
+		reply = string(strconv.AppendUint(b, m.next, 36))
 	}
-	c := &call{token: token, reply: m.prefix + token, ch: make(chan result, 1)}
-	m.pending[token] = c
+	c, _ := m.calls.Get().(*call)
+	if c == nil {
+		c = &call{ch: make(chan result, 1)}
+	}
+	c.reply, c.token = reply, reply[len(m.prefix):]
+	m.pending[c.token] = c
 	return c, nil
 }
 
 // cancel forgets c; a reply arriving later is dropped.
 func (m *replyMux) cancel(c *call) {
 	m.mu.Lock()
-	if m.pending[c.token] == c {
+	mine := m.pending[c.token] == c
+	if mine {
 		delete(m.pending, c.token)
 	}
 	m.mu.Unlock()
+	if mine {
+		// Nobody else can send to c now: reuse it.
+		m.release(c)
+	}
+	// Otherwise a result is on its way to c.ch; let c go to the garbage
+	// collector rather than hand a stale result to a later call.
+}
+
+// done recycles c after its result was received.
+func (m *replyMux) done(c *call) { m.release(c) }
+
+func (m *replyMux) release(c *call) {
+	c.token, c.reply = "", ""
+	m.calls.Put(c)
 }
 
 // route is the inbox subscription's callback.

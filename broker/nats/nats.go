@@ -184,6 +184,7 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 	}
 	select {
 	case r := <-call.ch:
+		b.mux.done(call)
 		if r.err != nil {
 			return nil, fmt.Errorf("nats: request %s: %w", req.Subject, r.err)
 		}
@@ -330,19 +331,28 @@ func isNoResponders(m *natsgo.Msg) bool {
 // are written in lower case; HeaderDeadline in Message.Header is ignored
 // because the field is the source of truth.
 func toNATS(m *broker.Message, id string, deadline time.Time) natsgo.Header {
-	h := make(natsgo.Header, len(m.Header)+3)
+	n := len(m.Header) + 2
+	h := make(natsgo.Header, n+1) // +1: room for HeaderReply
+	// One backing array for all values; each value's slice is capped so
+	// an append by nats.go never writes into its neighbour.
+	vals := make([]string, 0, n)
+	set := func(k, v string) {
+		vals = append(vals, v)
+		i := len(vals)
+		h[k] = vals[i-1 : i : i]
+	}
 	for k, v := range m.Header {
 		k = strings.ToLower(k)
 		if k == broker.HeaderDeadline || k == HeaderReply {
 			continue
 		}
-		h[k] = []string{v}
+		set(k, v)
 	}
 	if id != "" {
-		h[HeaderMsgID] = []string{id}
+		set(HeaderMsgID, id)
 	}
 	if !deadline.IsZero() {
-		h[broker.HeaderDeadline] = []string{broker.FormatDeadline(deadline)}
+		set(broker.HeaderDeadline, broker.FormatDeadline(deadline))
 	}
 	return h
 }
@@ -360,7 +370,7 @@ func fromNATS(m *natsgo.Msg, subject string) (*broker.Message, error) {
 			if len(vs) == 0 {
 				continue
 			}
-			if len(k) > 5 && strings.EqualFold(k[:5], "nats-") {
+			if len(k) > 5 && (k[0] == 'N' || k[0] == 'n') && strings.EqualFold(k[:5], "nats-") {
 				if strings.EqualFold(k, HeaderMsgID) {
 					out.ID = vs[0]
 				}

@@ -63,14 +63,14 @@ func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOpt
 	return s, nil
 }
 
-// subscription is one Serve: a NATS queue subscription (core mode) or a
-// JetStream consumer (durable mode) feeding a bounded set of handler
-// goroutines.
+// subscription is one Serve: a NATS queue subscription read by a fixed
+// set of workers (core mode), or a JetStream consumer feeding a bounded set
+// of handler goroutines (durable mode).
 type subscription struct {
 	b       *Broker
 	subject string
 	h       broker.Handler
-	sem     chan struct{} // one slot per handler running
+	sem     chan struct{} // durable mode: one slot per handler running
 	ctx     context.Context
 	cancel  context.CancelFunc // cancels every delivery's ctx
 
@@ -86,7 +86,7 @@ type subscription struct {
 }
 
 func (s *subscription) startCore(cfg broker.ServeConfig) error {
-	sub, err := s.b.nc.QueueSubscribe(s.subject, cfg.Queue, s.onCore)
+	sub, err := s.b.nc.QueueSubscribeSync(s.subject, cfg.Queue)
 	if err != nil {
 		return mapPublishError(err)
 	}
@@ -99,7 +99,30 @@ func (s *subscription) startCore(cfg broker.ServeConfig) error {
 		_ = sub.Unsubscribe()
 		return fmt.Errorf("flush subscription: %w", mapPublishError(err))
 	}
+	// A fixed set of workers takes messages straight from the connection's
+	// reader: one goroutine hop per request, as with a plain nats.go
+	// responder, and no more handlers at once than the concurrency.
+	s.wg.Add(cfg.Concurrency)
+	for i := 0; i < cfg.Concurrency; i++ {
+		go s.coreWorker()
+	}
 	return nil
+}
+
+func (s *subscription) coreWorker() {
+	defer s.wg.Done()
+	for {
+		m, err := s.sub.NextMsgWithContext(s.ctx)
+		if err != nil {
+			if errors.Is(err, natsgo.ErrSlowConsumer) {
+				s.b.log.Warn("nats: slow consumer, messages dropped", "subject", s.subject)
+				continue
+			}
+			// Drained, unsubscribed, closed or aborted.
+			return
+		}
+		s.handleCore(m)
+	}
 }
 
 // dispatch runs fn on a handler goroutine once a concurrency slot is free.
@@ -127,10 +150,6 @@ func (s *subscription) dispatch(fn func()) bool {
 		fn()
 	}()
 	return true
-}
-
-func (s *subscription) onCore(m *natsgo.Msg) {
-	s.dispatch(func() { s.handleCore(m) })
 }
 
 func (s *subscription) handleCore(m *natsgo.Msg) {
@@ -254,19 +273,13 @@ func (s *subscription) drain() <-chan struct{} {
 		s.cc.Drain()
 		return s.cc.Closed()
 	}
+	// The workers handle what was delivered and return once the drained
+	// subscription is closed; the wait for them follows in Stop.
 	out := make(chan struct{})
-	status := s.sub.StatusChanged(natsgo.SubscriptionClosed)
 	if err := s.sub.Drain(); err != nil {
-		close(out)
-		return out
+		s.abort()
 	}
-	go func() {
-		defer close(out)
-		select {
-		case <-status:
-		case <-s.ctx.Done():
-		}
-	}()
+	close(out)
 	return out
 }
 

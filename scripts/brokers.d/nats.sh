@@ -27,15 +27,21 @@ nats_bin() {
 
 nats_install() {
 	nats_bin >/dev/null && return 0
-	log "nats: installing nats-server"
-	if command -v apt-get >/dev/null 2>&1 && apt_install nats-server && nats_bin >/dev/null; then
-		return 0
-	fi
+	# The Go module first: the same server version the tests embed (Debian's
+	# package is much older). apt-get is the fallback without a Go toolchain.
 	if command -v go >/dev/null 2>&1; then
-		log "nats: apt-get failed; building nats-server $nats_go_version with go install"
-		GOFLAGS= go install "github.com/nats-io/nats-server/v2@$nats_go_version" && nats_bin >/dev/null && return 0
+		log "nats: building nats-server $nats_go_version with go install"
+		if GOFLAGS= go install "github.com/nats-io/nats-server/v2@$nats_go_version" && nats_bin >/dev/null; then
+			return 0
+		fi
 	fi
-	log "nats: cannot install nats-server (tried apt-get and go install)"
+	if command -v apt-get >/dev/null 2>&1; then
+		log "nats: installing nats-server with apt-get"
+		if apt_install nats-server && nats_bin >/dev/null; then
+			return 0
+		fi
+	fi
+	log "nats: cannot install nats-server (tried go install and apt-get)"
 	return 1
 }
 
