@@ -3,6 +3,7 @@ package mqgrpc
 import (
 	"context"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -10,6 +11,9 @@ import (
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/codec"
@@ -30,6 +34,7 @@ import (
 // A ClientConn is safe for concurrent use. It does not own the broker and
 // has nothing to close.
 type ClientConn struct {
+	idempotent  sync.Map // full method -> bool, from the proto descriptors
 	client      *rpc.Client
 	subject     func(string) string
 	short       bool
@@ -96,6 +101,7 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 	var (
 		headerAddr, trailerAddr []*metadata.MD
 		cd                      codec.Codec
+		extra                   []rpc.CallOption
 	)
 	for _, o := range opts {
 		switch o := o.(type) {
@@ -118,11 +124,17 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 			cd = grpcCodec{name: ContentTypeGRPCPrefix + strings.ToLower(o.CodecV2.Name()), c: o.CodecV2}
 		case grpc.ForceCodecCallOption:
 			cd = codecV1{name: ContentTypeGRPCPrefix + strings.ToLower(o.Codec.Name()), c: o.Codec}
+		case RPCCallOption:
+			extra = append(extra, o.Options...)
 		}
 	}
 	var replyHeader broker.Header
-	callOpts := make([]rpc.CallOption, 0, 4)
+	callOpts := make([]rpc.CallOption, 0, 4+len(extra))
+	callOpts = append(callOpts, extra...) // first, so ours win
 	callOpts = append(callOpts, rpc.WithReplyHeader(&replyHeader))
+	if cc.isIdempotent(method, service, name) {
+		callOpts = append(callOpts, rpc.Idempotent())
+	}
 	if cd != nil {
 		callOpts = append(callOpts, rpc.WithCallCodec(cd))
 	}
@@ -155,6 +167,47 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 	}
 	return nil
 }
+
+// isIdempotent reports whether the proto definition of a method declares
+// it safe to repeat (option idempotency_level = IDEMPOTENT or
+// NO_SIDE_EFFECTS), looking it up in the global proto registry that
+// generated code registers with.
+func (cc *ClientConn) isIdempotent(full, service, method string) bool {
+	if v, ok := cc.idempotent.Load(full); ok {
+		return v.(bool)
+	}
+	idem := false
+	if d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(service)); err == nil {
+		if sd, ok := d.(protoreflect.ServiceDescriptor); ok {
+			if md := sd.Methods().ByName(protoreflect.Name(method)); md != nil {
+				if o, ok := md.Options().(*descriptorpb.MethodOptions); ok {
+					idem = o.GetIdempotencyLevel() != descriptorpb.MethodOptions_IDEMPOTENCY_UNKNOWN
+				}
+			}
+		}
+	}
+	cc.idempotent.Store(full, idem)
+	return idem
+}
+
+// RPCCallOption is a grpc.CallOption that carries mqrpc call options
+// (rpc.Idempotent, rpc.WithMessageID, rpc.WithHeader, ...) to a call made
+// through a ClientConn, for the mqrpc middleware of WithClientMiddleware
+// to see. Other grpc.ClientConnInterface implementations ignore it.
+//
+// A method whose proto definition declares option idempotency_level
+// (IDEMPOTENT or NO_SIDE_EFFECTS) is marked rpc.Idempotent without it.
+type RPCCallOption struct {
+	grpc.EmptyCallOption
+	// Options are applied before the ClientConn's own, which set the
+	// reply header, codec and metadata headers of the call.
+	Options []rpc.CallOption
+}
+
+// CallOptions returns an RPCCallOption carrying opts:
+//
+//	client.SayHello(ctx, in, mqgrpc.CallOptions(rpc.Idempotent(), rpc.WithMessageID(id)))
+func CallOptions(opts ...rpc.CallOption) RPCCallOption { return RPCCallOption{Options: opts} }
 
 // splitMethod splits "/package.Service/Method" into its service and method.
 func splitMethod(fullMethod string) (service, method string, ok bool) {

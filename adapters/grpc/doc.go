@@ -86,7 +86,11 @@
 // *grpc.ClientConn), [WithUnaryServerInterceptor] on a Server. mqrpc's
 // rpc.Middleware (retry, timeout, routing, logging, ...) wraps the broker
 // round trip with [WithClientMiddleware] and the dispatcher with
-// [WithServerMiddleware].
+// [WithServerMiddleware]. A method whose .proto declares option
+// idempotency_level (IDEMPOTENT or NO_SIDE_EFFECTS) is marked
+// rpc.Idempotent, so retry middleware may repeat it; [CallOptions] passes
+// any other rpc.CallOption (rpc.Idempotent, rpc.WithMessageID, ...) to one
+// call.
 //
 // # Streaming
 //

@@ -612,3 +612,44 @@ func TestMalformedMethod(t *testing.T) {
 		assert.Equal(t, codes.Internal, status.Code(err), m)
 	}
 }
+
+func TestIdempotency(t *testing.T) {
+	b := memory.New()
+	defer b.Close()
+	var infos []rpc.CallInfo
+	var ids []string
+	cc := mqgrpc.NewClientConn(b, mqgrpc.WithClientMiddleware(func(broker.Handler) broker.Handler {
+		return broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+			info, _ := rpc.CallInfoFromContext(ctx)
+			infos = append(infos, info)
+			ids = append(ids, req.ID)
+			return nil, rpc.Errorf(rpc.Unavailable, "not sent")
+		})
+	}))
+	tests := []struct {
+		name   string
+		method string
+		opts   []grpc.CallOption
+		want   bool
+		id     string
+	}{
+		{"declared no_side_effects in proto", "/mqrpc.grpctest.Echo/Echo", nil, true, ""},
+		{"undeclared", "/helloworld.Greeter/SayHello", nil, false, ""},
+		{"unknown to the registry", "/no.Such/Method", nil, false, ""},
+		{"marked by call option", "/helloworld.Greeter/SayHello",
+			[]grpc.CallOption{mqgrpc.CallOptions(rpc.Idempotent(), rpc.WithMessageID("id-1"))}, true, "id-1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			infos, ids = nil, nil
+			err := cc.Invoke(context.Background(), tt.method, &testpb.EchoRequest{}, &testpb.EchoReply{}, tt.opts...)
+			assert.Equal(t, codes.Unavailable, status.Code(err))
+			require.Len(t, infos, 1)
+			assert.Equal(t, tt.want, infos[0].Idempotent)
+			assert.Equal(t, tt.method, infos[0].Method)
+			if tt.id != "" {
+				assert.Equal(t, tt.id, ids[0])
+			}
+		})
+	}
+}

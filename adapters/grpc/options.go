@@ -111,8 +111,11 @@ func WithUnaryServerInterceptor(interceptors ...grpc.UnaryServerInterceptor) Ser
 
 // WithServerMiddleware wraps the server's dispatcher in mqrpc middleware,
 // the first outermost; it runs outside the gRPC interceptors and sees the
-// broker messages. A middleware answers a request itself by returning an
-// *rpc.Error. Calling it again appends. Default: none.
+// broker messages. A failed call reaches it as a reply message carrying
+// the status headers, not as an error, so that its trailers and details
+// travel with it: read the status with rpc.ErrorFromReply. A middleware
+// answers a request itself by returning an *rpc.Error. Calling it again
+// appends. Default: none.
 func WithServerMiddleware(mw ...rpc.Middleware) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.middleware = append(c.middleware, mw...) })
 }

@@ -215,9 +215,9 @@ const file_test_proto_rawDesc = "" +
 	"\x01n\x18\x01 \x01(\x05R\x01n\"\x1a\n" +
 	"\n" +
 	"CountReply\x12\f\n" +
-	"\x01i\x18\x01 \x01(\x05R\x01i2\x8b\x01\n" +
-	"\x04Echo\x12>\n" +
-	"\x04Echo\x12\x1b.mqrpc.grpctest.EchoRequest\x1a\x19.mqrpc.grpctest.EchoReply\x12C\n" +
+	"\x01i\x18\x01 \x01(\x05R\x01i2\x90\x01\n" +
+	"\x04Echo\x12C\n" +
+	"\x04Echo\x12\x1b.mqrpc.grpctest.EchoRequest\x1a\x19.mqrpc.grpctest.EchoReply\"\x03\x90\x02\x01\x12C\n" +
 	"\x05Count\x12\x1c.mqrpc.grpctest.CountRequest\x1a\x1a.mqrpc.grpctest.CountReply0\x01B6Z4github.com/mqrpc/mqrpc/adapters/grpc/internal/testpbb\x06proto3"
 
 var (
