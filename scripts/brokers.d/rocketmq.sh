@@ -185,6 +185,8 @@ timerWheelEnable=false
 autoCreateTopicEnable=true
 autoCreateSubscriptionGroup=true
 diskMaxUsedSpaceRatio=95
+waitTimeMillsInSendQueue=5000
+waitTimeMillsInPullQueue=10000
 deleteWhen=04
 fileReservedTime=1
 EOF

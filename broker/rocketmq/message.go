@@ -1,0 +1,220 @@
+package rocketmq
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/apache/rocketmq-client-go/v2/primitive"
+
+	"github.com/mqrpc/mqrpc/broker"
+)
+
+// RocketMQ property names mqrpc reads or writes besides the headers. The
+// upper-case ones are RocketMQ's own (primitive.Property*, Java's
+// MessageConst); they are spelled out here because the wire format is the
+// contract, not the Go constant.
+const (
+	propKeys          = "KEYS"            // Message.ID (indexed by the broker)
+	propTags          = "TAGS"            // the mqrpc-method header, for tag filters
+	propTTL           = "TTL"             // seconds until the deadline (RIP-16)
+	propCorrelationID = "CORRELATION_ID"  // request-reply pairing (RIP-16)
+	propReplyTo       = "REPLY_TO_CLIENT" // requester's client ID (RIP-16)
+	propCluster       = "CLUSTER"         // set by the broker on every stored message
+	propMsgType       = "MSG_TYPE"        // "reply" makes the producer use SEND_REPLY_MESSAGE
+	msgTypeReply      = "reply"
+	replyTopicSuffix  = "_REPLY_TOPIC"
+
+	// propInit marks the message Serve publishes to make the broker create
+	// a missing topic (see Broker.Serve). Servers acknowledge and skip it.
+	propInit = "mqrpc-topic-init"
+
+	// propEmptyBody marks a message whose body is empty. RocketMQ cannot
+	// carry an empty body (the broker fails on a missing body), so such a
+	// message travels with the one-byte body emptyBody and this property.
+	propEmptyBody = "mqrpc-empty-body"
+)
+
+// emptyBody stands in for an empty body on the wire (see propEmptyBody).
+var emptyBody = []byte{0}
+
+// RocketMQ serializes properties as name 0x01 value 0x02 ...; a header
+// containing either byte would corrupt every property after it.
+const (
+	nameValueSeparator = '\x01'
+	propertySeparator  = '\x02'
+)
+
+// maxNameLen is RocketMQ's limit for topic names (consumer groups allow 255).
+const maxNameLen = 127
+
+// validName reports whether s is a valid RocketMQ topic or group name
+// (^[%|a-zA-Z0-9_-]+$). '%' and '|' are allowed by RocketMQ but carry
+// meaning (namespaces, retry topics), so mqrpc rejects them.
+func validName(s string, max int) error {
+	if s == "" {
+		return errors.New("empty name")
+	}
+	if len(s) > max {
+		return fmt.Errorf("name longer than %d characters", max)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' {
+			continue
+		}
+		return fmt.Errorf("character %q not allowed (RocketMQ allows [a-zA-Z0-9_-])", c)
+	}
+	return nil
+}
+
+// headerName reports whether a received property is an mqrpc header: every
+// header is written with a lower-case name, while RocketMQ's own properties
+// are upper case (KEYS, TAGS, UNIQ_KEY, ...) or start with "__"
+// (__transactionId__, __STARTDELIVERTIME).
+func headerName(name string) bool {
+	if name == "" || strings.HasPrefix(name, "__") || name == propInit || name == propEmptyBody {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c >= 'A' && c <= 'Z' {
+			return false
+		}
+	}
+	return true
+}
+
+func checkHeader(name, value string) error {
+	if name == "" {
+		return errors.New("rocketmq: empty header name")
+	}
+	if strings.HasPrefix(name, "__") {
+		return fmt.Errorf("rocketmq: header %q: names starting with \"__\" are reserved by RocketMQ", name)
+	}
+	if strings.ContainsAny(name, "\x01\x02") || strings.ContainsAny(value, "\x01\x02") {
+		return fmt.Errorf("rocketmq: header %q: bytes 0x01 and 0x02 cannot be carried in RocketMQ properties", name)
+	}
+	return nil
+}
+
+// toProperties builds the property map of an outgoing message: headers
+// under their lower-case names, the ID as KEYS, the method as TAGS and the
+// deadline as mqrpc-deadline plus TTL.
+//
+// The map is handed to primitive.Message.WithProperties as a whole because
+// WithProperty silently drops empty values, and an empty header value is
+// still a header.
+func toProperties(m *broker.Message, deadline time.Time, extra int) (map[string]string, error) {
+	props := make(map[string]string, len(m.Header)+4+extra)
+	for k, v := range m.Header {
+		name := strings.ToLower(k)
+		if err := checkHeader(name, v); err != nil {
+			return nil, err
+		}
+		props[name] = v
+	}
+	// The deadline is a field, never a header (broker.HeaderDeadline).
+	delete(props, broker.HeaderDeadline)
+	if m.ID != "" {
+		if strings.ContainsAny(m.ID, "\x01\x02") {
+			return nil, errors.New("rocketmq: message ID contains byte 0x01 or 0x02")
+		}
+		props[propKeys] = m.ID
+	}
+	if method := props[broker.HeaderMethod]; method != "" && !strings.ContainsAny(method, " |") {
+		// Tags let a plain RocketMQ consumer subscribe to some methods
+		// only ("Add || Sub"); '|' and ' ' would break that syntax.
+		props[propTags] = method
+	}
+	if !deadline.IsZero() {
+		props[broker.HeaderDeadline] = broker.FormatDeadline(deadline)
+		props[propTTL] = strconv.FormatInt(ttlSeconds(time.Until(deadline)), 10)
+	}
+	return props, nil
+}
+
+// ttlSeconds rounds d up to whole seconds, at least 1: RocketMQ's TTL is in
+// seconds and "0" would read as already expired.
+func ttlSeconds(d time.Duration) int64 {
+	s := int64((d + time.Second - 1) / time.Second)
+	if s < 1 {
+		s = 1
+	}
+	return s
+}
+
+// fromProperties builds a broker.Message from a received message's
+// properties and body. It copies the body, since the client may reuse it.
+func fromProperties(topic string, props map[string]string, body []byte) (*broker.Message, error) {
+	m := &broker.Message{Subject: topic, ID: props[propKeys]}
+	if len(body) > 0 && props[propEmptyBody] == "" {
+		m.Body = body
+	}
+	var err error
+	for k, v := range props {
+		if !headerName(k) {
+			continue
+		}
+		if k == broker.HeaderDeadline {
+			m.Deadline, err = broker.ParseDeadline(v)
+			continue
+		}
+		if m.Header == nil {
+			m.Header = make(broker.Header, len(props))
+		}
+		m.Header[k] = v
+	}
+	return m, err
+}
+
+// rocketMessage converts m into a RocketMQ message for topic.
+func rocketMessage(topic string, m *broker.Message, deadline time.Time) (*primitive.Message, error) {
+	props, err := toProperties(m, deadline, 1)
+	if err != nil {
+		return nil, err
+	}
+	rm := &primitive.Message{Topic: topic, Body: wireBody(m.Body, props)}
+	rm.WithProperties(props)
+	return rm, nil
+}
+
+// replyMessage builds the reply to req by hand instead of with
+// consumer.CreateReplyMessage, which drops the body (it parses the body as
+// properties and never sets Message.Body: rocketmq-client-go #890, #1046).
+func replyMessage(req *primitive.MessageExt, reply *broker.Message) (*primitive.Message, error) {
+	cluster := req.GetProperty(propCluster)
+	if cluster == "" {
+		return nil, errors.New("rocketmq: request carries no CLUSTER property; the broker is too old for request-reply")
+	}
+	props, err := toProperties(reply, time.Time{}, 5)
+	if err != nil {
+		return nil, err
+	}
+	props[propMsgType] = msgTypeReply
+	props[propCorrelationID] = req.GetProperty(propCorrelationID)
+	props[propReplyTo] = req.GetProperty(propReplyTo)
+	if ttl := req.GetProperty(propTTL); ttl != "" {
+		props[propTTL] = ttl
+	}
+	delete(props, propTags)
+	rm := &primitive.Message{Topic: cluster + replyTopicSuffix, Body: wireBody(reply.Body, props)}
+	rm.WithProperties(props)
+	return rm, nil
+}
+
+// wireBody returns the body to send, substituting emptyBody (and marking
+// props) for an empty one.
+func wireBody(body []byte, props map[string]string) []byte {
+	if len(body) > 0 {
+		return body
+	}
+	props[propEmptyBody] = "1"
+	return emptyBody
+}
+
+// isRequest reports whether a delivered message expects a reply.
+func isRequest(m *primitive.MessageExt) bool {
+	return m.GetProperty(propReplyTo) != "" && m.GetProperty(propCorrelationID) != ""
+}

@@ -1,0 +1,415 @@
+// Package rocketmq is an mqrpc broker on Apache RocketMQ, built on
+// rocketmq-client-go (github.com/apache/rocketmq-client-go/v2) and
+// RocketMQ's native request-reply (RIP-16).
+//
+// A request is a message on the service's topic carrying CORRELATION_ID,
+// REPLY_TO_CLIENT and TTL; the server's reply goes to the cluster's
+// <cluster>_REPLY_TOPIC with MSG_TYPE=reply, and the broker pushes it
+// straight to the requesting client. Servers are a consumer group on the
+// topic (the serve queue name is the group), so load spreads over them and
+// requests are stored while no server runs. docs/PROTOCOL.md has the exact
+// mapping.
+//
+// Clients connect to the name server and the broker directly (the 5.x proxy
+// does not forward replies).
+//
+// rocketmq-client-go has process-wide state: its logger (see WithLogger),
+// the table of pending requests and its connection cache keyed by client ID.
+// Each Broker uses its own client instance name, so Brokers in one process
+// do not share connections or close each other's.
+package rocketmq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	rmq "github.com/apache/rocketmq-client-go/v2"
+	"github.com/apache/rocketmq-client-go/v2/primitive"
+	"github.com/apache/rocketmq-client-go/v2/producer"
+
+	"github.com/mqrpc/mqrpc/broker"
+)
+
+// DefaultProducerGroup is the producer group of a Broker's producer unless
+// WithProducerGroup says otherwise.
+const DefaultProducerGroup = "mqrpc"
+
+// DefaultRequestTTL bounds a request that has neither a Message.Deadline nor
+// a ctx deadline (see WithRequestTTL).
+const DefaultRequestTTL = 5 * time.Minute
+
+// DefaultMaxMessageSize is the broker's default maxMessageSize (4 MiB).
+const DefaultMaxMessageSize = 4 << 20
+
+// Option configures New.
+type Option func(*config)
+
+type config struct {
+	logger         *slog.Logger
+	group          string
+	requestTTL     time.Duration
+	maxMessageSize int
+	credentials    primitive.Credentials
+}
+
+// WithLogger sends the Broker's logs and rocketmq-client-go's logs to l.
+// Default: nothing is logged. The client's logger is process-wide (rlog), so
+// while several Brokers with loggers are open, each receives every client
+// log line.
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// WithProducerGroup sets the producer group name. Default
+// DefaultProducerGroup; an empty name selects the default.
+func WithProducerGroup(name string) Option { return func(c *config) { c.group = name } }
+
+// WithRequestTTL sets how long a request without any deadline (no
+// Message.Deadline, no ctx deadline) may wait for its reply. RocketMQ needs
+// a time-to-live on every request: the client keeps each pending request in
+// a table until then. Default DefaultRequestTTL; values <= 0 select it.
+func WithRequestTTL(d time.Duration) Option { return func(c *config) { c.requestTTL = d } }
+
+// WithMaxMessageSize sets the largest message (body plus properties) that
+// Request, Send and replies accept; larger ones fail with
+// broker.ErrMessageTooLarge before reaching the broker. It should match the
+// broker's maxMessageSize. Default DefaultMaxMessageSize; values <= 0
+// select it.
+func WithMaxMessageSize(n int) Option { return func(c *config) { c.maxMessageSize = n } }
+
+// WithCredentials sets the ACL access key and secret key. Default: none.
+func WithCredentials(accessKey, secretKey string) Option {
+	return func(c *config) {
+		c.credentials = primitive.Credentials{AccessKey: accessKey, SecretKey: secretKey}
+	}
+}
+
+// Broker is a broker.Broker on RocketMQ. Create it with New.
+type Broker struct {
+	cfg      config
+	servers  []string
+	instance string
+	log      *slog.Logger
+	producer rocketProducer
+	// heartbeat registers this client with the brokers (nil if the client
+	// hides it); heartbeatTopics remembers the topics it was sent for.
+	heartbeat       func()
+	heartbeatTopics sync.Map
+
+	// ctx is cancelled by Close: it ends handler contexts and waits.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu     sync.Mutex
+	closed bool
+	subs   map[*subscription]struct{}
+}
+
+// rocketProducer is the part of rocketmq-client-go's producer that Broker
+// uses; tests substitute it to reproduce upstream defects.
+type rocketProducer interface {
+	Start() error
+	Shutdown() error
+	SendSync(ctx context.Context, msgs ...*primitive.Message) (*primitive.SendResult, error)
+	RequestAsync(ctx context.Context, ttl time.Duration, callback func(context.Context, *primitive.Message, error), msg *primitive.Message) error
+}
+
+var _ broker.Broker = (*Broker)(nil)
+
+// New connects to the RocketMQ name server(s) at nameServer, a host:port
+// or a list of them separated by ';' or ','.
+func New(nameServer string, opts ...Option) (*Broker, error) {
+	cfg := config{}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.group == "" {
+		cfg.group = DefaultProducerGroup
+	}
+	if err := validName(cfg.group, 255); err != nil {
+		return nil, fmt.Errorf("rocketmq: producer group %q: %w", cfg.group, err)
+	}
+	if cfg.requestTTL <= 0 {
+		cfg.requestTTL = DefaultRequestTTL
+	}
+	if cfg.maxMessageSize <= 0 {
+		cfg.maxMessageSize = DefaultMaxMessageSize
+	}
+	servers := strings.FieldsFunc(nameServer, func(r rune) bool { return r == ';' || r == ',' || r == ' ' })
+	if len(servers) == 0 {
+		return nil, errors.New("rocketmq: no name server address")
+	}
+	log := cfg.logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	b := &Broker{
+		cfg:      cfg,
+		servers:  servers,
+		instance: "mqrpc-" + broker.NewID(),
+		log:      log,
+		subs:     make(map[*subscription]struct{}),
+	}
+	// Install the log sink before the client exists, so its first lines
+	// are not printed by the default logrus logger.
+	clientLogSink.attach(b, cfg.logger)
+
+	popts := []producer.Option{
+		producer.WithNsResolver(primitive.NewPassthroughResolver(servers)),
+		producer.WithGroupName(cfg.group),
+		// A unique instance name gives this Broker its own client:
+		// rocketmq-client-go shares one client (connections, heartbeats,
+		// reply routing) among everything with the same client ID, and
+		// shutting one down would close the others.
+		producer.WithInstanceName(b.instance),
+		producer.WithRetry(2),
+		// Replies are sent with SEND_REPLY_MESSAGE, which carries the raw
+		// body while the producer still flags it compressed; the requester
+		// then "decompresses" an uncompressed body. Bodies are opaque to a
+		// broker anyway: never compress.
+		producer.WithCompressMsgBodyOverHowmuch(1 << 30),
+	}
+	if !cfg.credentials.IsEmpty() {
+		popts = append(popts, producer.WithCredentials(cfg.credentials))
+	}
+	p, err := rmq.NewProducer(popts...)
+	if err != nil {
+		clientLogSink.detach(b)
+		return nil, fmt.Errorf("rocketmq: new producer: %w", err)
+	}
+	if err := p.Start(); err != nil {
+		clientLogSink.detach(b)
+		return nil, fmt.Errorf("rocketmq: start producer: %w", err)
+	}
+	b.producer = producerAdapter{p}
+	b.heartbeat = heartbeatFunc(p)
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	return b, nil
+}
+
+// producerAdapter gives RequestAsync a callback of a plain func type: the
+// client declares it with a type from its internal package, which no other
+// module can name (a plain func value is assignable to it).
+type producerAdapter struct{ rmq.Producer }
+
+func (a producerAdapter) RequestAsync(ctx context.Context, ttl time.Duration, cb func(context.Context, *primitive.Message, error), msg *primitive.Message) error {
+	return a.Producer.RequestAsync(ctx, ttl, cb, msg)
+}
+
+func (b *Broker) isClosed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
+}
+
+// deadline returns the effective deadline of a call: m.Deadline, else the
+// ctx deadline.
+func deadlineOf(ctx context.Context, m *broker.Message) time.Time {
+	if !m.Deadline.IsZero() {
+		return m.Deadline
+	}
+	d, _ := ctx.Deadline()
+	return d
+}
+
+// timeoutError wraps broker.ErrTimeout and the ctx error.
+func timeoutError(subject string, err error) error {
+	return fmt.Errorf("rocketmq: request to %s: %w (%w)", subject, broker.ErrTimeout, err)
+}
+
+func (b *Broker) checkSize(subject string, m *primitive.Message) error {
+	n := len(m.Body)
+	for k, v := range m.GetProperties() {
+		n += len(k) + len(v) + 2
+	}
+	if n > b.cfg.maxMessageSize {
+		return fmt.Errorf("rocketmq: message to %s is %d bytes, more than %d: %w", subject, n, b.cfg.maxMessageSize, broker.ErrMessageTooLarge)
+	}
+	return nil
+}
+
+type requestResult struct {
+	msg *primitive.Message
+	err error
+}
+
+// Request implements broker.Broker with RocketMQ request-reply.
+//
+// It does not rely on rocketmq-client-go to end the wait: the library's
+// synchronous Request ignores ctx, swallows send errors until its timeout
+// and times out late; its RequestAsync callback can fire twice, and with
+// nothing at all when the request is removed early. Request waits on its
+// own for the first real outcome, ctx, the deadline or Close.
+func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+	if b.isClosed() {
+		return nil, fmt.Errorf("rocketmq: request to %s: %w", req.Subject, broker.ErrClosed)
+	}
+	if err := validName(req.Subject, maxNameLen); err != nil {
+		return nil, fmt.Errorf("rocketmq: topic %q: %w", req.Subject, err)
+	}
+	deadline := deadlineOf(ctx, req)
+	ttl := b.cfg.requestTTL
+	if !deadline.IsZero() {
+		ttl = time.Until(deadline)
+		if ttl <= 0 {
+			// Never send what nobody waits for.
+			return nil, timeoutError(req.Subject, context.DeadlineExceeded)
+		}
+		if ctxDeadline, ok := ctx.Deadline(); !ok || deadline.Before(ctxDeadline) {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, deadline)
+			defer cancel()
+		}
+	} else {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, ttl)
+		defer cancel()
+	}
+	if req.ID == "" {
+		req.ID = broker.NewID()
+	}
+	msg, err := rocketMessage(req.Subject, req, deadline)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.checkSize(req.Subject, msg); err != nil {
+		return nil, err
+	}
+
+	done := make(chan requestResult, 1)
+	callback := func(_ context.Context, m *primitive.Message, err error) {
+		if m == nil && err == nil {
+			// Fired by the client's table eviction without an outcome
+			// (the second firing after a reply, or a removal).
+			return
+		}
+		select {
+		case done <- requestResult{m, err}:
+		default: // a later firing for the same request: keep the first
+		}
+	}
+	// The client's TTL is whole seconds, and its table entry expires with
+	// it: round up so the entry outlives our own wait.
+	ttl = time.Duration(ttlSeconds(ttl)) * time.Second
+	// The send itself is not tied to ctx: Request stops waiting on ctx by
+	// itself, and an async send the client sees cancelled takes its
+	// panicking error path (see installClientHooks).
+	if err := b.producer.RequestAsync(context.WithoutCancel(ctx), ttl, callback, msg); err != nil {
+		return nil, b.sendError(ctx, req.Subject, err)
+	}
+	if b.heartbeat != nil {
+		// The first request to a topic may have taught the client a new
+		// broker: register with it now, not in up to 30 s (see
+		// heartbeatFunc). The reply may still race ahead of it; the server
+		// retries such a reply (Broker.reply).
+		if _, seen := b.heartbeatTopics.LoadOrStore(req.Subject, struct{}{}); !seen {
+			b.heartbeat()
+		}
+	}
+	select {
+	case r := <-done:
+		if r.err != nil {
+			if ctx.Err() != nil {
+				return nil, timeoutError(req.Subject, ctx.Err())
+			}
+			return nil, b.sendError(ctx, req.Subject, r.err)
+		}
+		reply, err := fromProperties(req.Subject, r.msg.GetProperties(), r.msg.Body)
+		if err != nil {
+			return nil, fmt.Errorf("rocketmq: reply from %s: %w", req.Subject, err)
+		}
+		reply.Deadline = time.Time{}
+		if reply.ID == "" {
+			reply.ID = broker.NewID()
+		}
+		return reply, nil
+	case <-ctx.Done():
+		return nil, timeoutError(req.Subject, ctx.Err())
+	case <-b.ctx.Done():
+		return nil, fmt.Errorf("rocketmq: request to %s: %w", req.Subject, broker.ErrClosed)
+	}
+}
+
+// sendError classifies an error of the client's send path.
+func (b *Broker) sendError(ctx context.Context, subject string, err error) error {
+	if b.isClosed() {
+		return fmt.Errorf("rocketmq: send to %s: %w", subject, broker.ErrClosed)
+	}
+	if ctx.Err() != nil {
+		return timeoutError(subject, ctx.Err())
+	}
+	s := err.Error()
+	switch {
+	case strings.Contains(s, "route info not found"), strings.Contains(s, "topic not exist"),
+		strings.Contains(s, "CODE: 17,"):
+		// The topic does not exist (and the broker does not create topics
+		// on send): nobody can serve it.
+		return fmt.Errorf("rocketmq: send to %s: %w: %w", subject, broker.ErrNoResponders, err)
+	case strings.Contains(s, "CODE: 13,"):
+		return fmt.Errorf("rocketmq: send to %s: %w: %w", subject, broker.ErrMessageTooLarge, err)
+	}
+	return fmt.Errorf("rocketmq: send to %s: %w", subject, err)
+}
+
+// Send implements broker.Broker: a normal (synchronous) send, which returns
+// once the broker stored the message.
+func (b *Broker) Send(ctx context.Context, m *broker.Message) error {
+	if b.isClosed() {
+		return fmt.Errorf("rocketmq: send to %s: %w", m.Subject, broker.ErrClosed)
+	}
+	if err := validName(m.Subject, maxNameLen); err != nil {
+		return fmt.Errorf("rocketmq: topic %q: %w", m.Subject, err)
+	}
+	if m.ID == "" {
+		m.ID = broker.NewID()
+	}
+	msg, err := rocketMessage(m.Subject, m, deadlineOf(ctx, m))
+	if err != nil {
+		return err
+	}
+	if err := b.checkSize(m.Subject, msg); err != nil {
+		return err
+	}
+	if _, err := b.producer.SendSync(ctx, msg); err != nil {
+		return b.sendError(ctx, m.Subject, err)
+	}
+	return nil
+}
+
+// Close implements broker.Broker. It stops every subscription without
+// draining (handler contexts are cancelled; Close waits up to a second for
+// them to return), fails calls in flight with broker.ErrClosed and shuts
+// the client down. Some of rocketmq-client-go's background goroutines sleep
+// before they notice the shutdown and linger up to 10 s after Close.
+func (b *Broker) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	subs := make([]*subscription, 0, len(b.subs))
+	for s := range b.subs {
+		subs = append(subs, s)
+	}
+	b.mu.Unlock()
+	b.cancel()
+
+	var errs []error
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, s := range subs {
+		if err := s.stop(ctx, false); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			errs = append(errs, err)
+		}
+	}
+	if err := b.producer.Shutdown(); err != nil {
+		errs = append(errs, fmt.Errorf("rocketmq: shut down producer: %w", err))
+	}
+	clientLogSink.detach(b)
+	return errors.Join(errs...)
+}
+

@@ -1,0 +1,326 @@
+package rocketmq
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	rmq "github.com/apache/rocketmq-client-go/v2"
+	"github.com/apache/rocketmq-client-go/v2/consumer"
+	"github.com/apache/rocketmq-client-go/v2/primitive"
+
+	"github.com/mqrpc/mqrpc/broker"
+)
+
+// topicCreateWait bounds how long Serve waits for a topic it asked the
+// broker to create to appear in the name server.
+const topicCreateWait = 15 * time.Second
+
+// Serve implements broker.Broker: a push consumer in clustering mode whose
+// group is the serve queue name (default: the subject), so servers with the
+// same queue share the topic's queues.
+//
+// If the topic does not exist yet, Serve publishes one marker message (the
+// mqrpc-topic-init property, skipped by servers) so that a broker with
+// autoCreateTopicEnable creates it; otherwise create topics beforehand
+// (mqadmin updateTopic). New groups start at the topic's first message
+// still in memory, so requests sent before the first server started are
+// served (and those whose deadline passed are dropped).
+func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOption) (broker.Subscription, error) {
+	if err := validName(subject, maxNameLen); err != nil {
+		return nil, fmt.Errorf("rocketmq: topic %q: %w", subject, err)
+	}
+	cfg := broker.NewServeConfig(subject, opts...)
+	if err := validName(cfg.Queue, 255); err != nil {
+		return nil, fmt.Errorf("rocketmq: consumer group %q: %w", cfg.Queue, err)
+	}
+	if b.isClosed() {
+		return nil, fmt.Errorf("rocketmq: serve %s: %w", subject, broker.ErrClosed)
+	}
+	ctx, cancel := context.WithCancel(b.ctx)
+	s := &subscription{
+		b:       b,
+		subject: subject,
+		group:   cfg.Queue,
+		h:       h,
+		log:     b.log.With("topic", subject, "group", cfg.Queue),
+		ctx:     ctx,
+		cancel:  cancel,
+		stopped: make(chan struct{}),
+	}
+	pc, err := b.startConsumer(s, cfg)
+	if err != nil && strings.Contains(err.Error(), "route info not found") {
+		err = b.createTopic(subject)
+		if err == nil {
+			pc, err = b.waitConsumer(s, cfg)
+		}
+	}
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("rocketmq: serve %s as group %s: %w", subject, cfg.Queue, err)
+	}
+	s.pc = pc
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		_ = pc.Shutdown()
+		cancel()
+		return nil, fmt.Errorf("rocketmq: serve %s: %w", subject, broker.ErrClosed)
+	}
+	b.subs[s] = struct{}{}
+	b.mu.Unlock()
+	return s, nil
+}
+
+// startConsumer creates, subscribes and starts one push consumer for s.
+func (b *Broker) startConsumer(s *subscription, cfg broker.ServeConfig) (rmq.PushConsumer, error) {
+	copts := []consumer.Option{
+		consumer.WithNsResolver(primitive.NewPassthroughResolver(b.servers)),
+		consumer.WithGroupName(cfg.Queue),
+		// Its own client per Serve: the client refuses a second consumer of
+		// the same group, and Stop must not close another Serve's
+		// connections.
+		consumer.WithInstance("mqrpc-" + broker.NewID()),
+		consumer.WithConsumerModel(consumer.Clustering),
+		consumer.WithConsumeFromWhere(consumer.ConsumeFromLastOffset),
+		consumer.WithConsumeGoroutineNums(cfg.Concurrency),
+		consumer.WithConsumeMessageBatchMaxSize(1),
+	}
+	if !b.cfg.credentials.IsEmpty() {
+		copts = append(copts, consumer.WithCredentials(b.cfg.credentials))
+	}
+	pc, err := rmq.NewPushConsumer(copts...)
+	if err != nil {
+		return nil, fmt.Errorf("new consumer: %w", err)
+	}
+	if err := pc.Subscribe(s.subject, consumer.MessageSelector{Type: consumer.TAG, Expression: "*"}, s.consume); err != nil {
+		return nil, fmt.Errorf("subscribe: %w", err)
+	}
+	if err := pc.Start(); err != nil {
+		// Start shuts the consumer down itself when it fails.
+		return nil, fmt.Errorf("start consumer: %w", err)
+	}
+	return pc, nil
+}
+
+// waitConsumer retries startConsumer while the topic's route is not in the
+// name server yet (the broker registers a new topic asynchronously).
+func (b *Broker) waitConsumer(s *subscription, cfg broker.ServeConfig) (rmq.PushConsumer, error) {
+	deadline := time.Now().Add(topicCreateWait)
+	for {
+		pc, err := b.startConsumer(s, cfg)
+		if err == nil || !strings.Contains(err.Error(), "route info not found") || time.Now().After(deadline) {
+			return pc, err
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-b.ctx.Done():
+			return nil, broker.ErrClosed
+		}
+	}
+}
+
+// createTopic makes the broker create subject by sending one marker
+// message to it (autoCreateTopicEnable). rocketmq-client-go's admin API
+// could create it directly but needs the broker's address, which the client
+// does not expose.
+func (b *Broker) createTopic(subject string) error {
+	ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
+	defer cancel()
+	msg := &primitive.Message{Topic: subject, Body: emptyBody}
+	msg.WithProperties(map[string]string{propInit: "1", propEmptyBody: "1", propKeys: broker.NewID()})
+	if _, err := b.producer.SendSync(ctx, msg); err != nil {
+		return b.sendError(ctx, subject, err)
+	}
+	return nil
+}
+
+// subscription is one Serve call.
+type subscription struct {
+	b       *Broker
+	subject string
+	group   string
+	h       broker.Handler
+	log     *slog.Logger
+	pc      rmq.PushConsumer
+
+	// ctx is the parent of every handler context: cancelled by Close, not
+	// by Stop (Stop drains).
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	stopping bool
+	inflight sync.WaitGroup
+	stopOnce sync.Once
+	stopped  chan struct{}
+	stopErr  error
+}
+
+var _ broker.Subscription = (*subscription)(nil)
+
+// Stop implements broker.Subscription: it stops pulling, waits for the
+// handlers in flight and their replies, then shuts the consumer down, which
+// commits the consumed offsets and hands the queues to the group's other
+// servers.
+func (s *subscription) Stop(ctx context.Context) error {
+	return s.stop(ctx, true)
+}
+
+func (s *subscription) stop(ctx context.Context, drain bool) error {
+	s.mu.Lock()
+	first := !s.stopping
+	s.stopping = true
+	s.mu.Unlock()
+	if first {
+		go s.shutdown(drain)
+	}
+	select {
+	case <-s.stopped:
+		return s.stopErr
+	case <-ctx.Done():
+		return fmt.Errorf("rocketmq: stop %s: %w", s.subject, ctx.Err())
+	}
+}
+
+func (s *subscription) shutdown(drain bool) {
+	if !drain {
+		s.cancel()
+	}
+	// PushConsumer.Suspend would stop pulling, but it writes an unguarded
+	// flag the pull loop reads (a data race in rocketmq-client-go v2.1.2);
+	// consume hands late messages back instead (ConsumeRetryLater).
+	s.inflight.Wait()
+	var err error
+	if s.pc != nil {
+		if e := s.pc.Shutdown(); e != nil {
+			err = fmt.Errorf("rocketmq: shut down consumer %s: %w", s.group, e)
+		}
+	}
+	s.cancel()
+	s.b.mu.Lock()
+	delete(s.b.subs, s)
+	s.b.mu.Unlock()
+	s.stopErr = err
+	close(s.stopped)
+}
+
+// begin registers one delivery in flight; false once stopping.
+func (s *subscription) begin() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping {
+		return false
+	}
+	s.inflight.Add(1)
+	return true
+}
+
+// consume is the push consumer's callback (batch size 1).
+func (s *subscription) consume(_ context.Context, msgs ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
+	for _, m := range msgs {
+		if !s.begin() {
+			// Stopping: leave the message to the group's other servers. The
+			// client sends it back to the broker for later redelivery.
+			return consumer.ConsumeRetryLater, nil
+		}
+		res := s.handle(m)
+		s.inflight.Done()
+		if res != consumer.ConsumeSuccess {
+			return res, nil
+		}
+	}
+	return consumer.ConsumeSuccess, nil
+}
+
+func (s *subscription) handle(m *primitive.MessageExt) consumer.ConsumeResult {
+	props := m.GetProperties()
+	if _, ok := props[propInit]; ok {
+		return consumer.ConsumeSuccess
+	}
+	req, err := fromProperties(s.subject, props, m.Body)
+	if err != nil {
+		// A malformed deadline cannot be honoured; redelivery would not
+		// fix it.
+		s.log.Warn("rocketmq: dropping malformed message", "msgId", m.MsgId, "err", err)
+		return consumer.ConsumeSuccess
+	}
+	if req.Expired(time.Now()) {
+		s.log.Debug("rocketmq: dropping expired request", "id", req.ID, "deadline", req.Deadline)
+		return consumer.ConsumeSuccess
+	}
+	ctx := s.ctx
+	if !req.Deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, req.Deadline)
+		defer cancel()
+	}
+	reply, err := s.h.ServeMessage(ctx, req)
+	if err != nil {
+		if ctx.Err() != nil {
+			// The caller gave up (or the broker closed): nobody waits for
+			// a redelivery.
+			return consumer.ConsumeSuccess
+		}
+		s.log.Warn("rocketmq: handler failed; message will be redelivered", "id", req.ID, "err", err)
+		return consumer.ConsumeRetryLater
+	}
+	if reply == nil || !isRequest(m) {
+		return consumer.ConsumeSuccess
+	}
+	if err := s.b.reply(ctx, m, reply); err != nil {
+		s.log.Warn("rocketmq: reply not delivered", "id", req.ID, "err", err)
+	}
+	return consumer.ConsumeSuccess
+}
+
+// reply sends the reply to req.
+//
+// The broker pushes a reply over the requester's own connection, which it
+// finds by the client ID from the requester's heartbeat. A requester whose
+// heartbeat has not reached the broker yet (a new client, or a new
+// connection after a broker restart) cannot receive it, and the broker
+// answers "push reply message ... fail" (rocketmq-client-go #1047). Such a
+// reply is retried with backoff until the request's deadline (at most
+// replyRetryMax without one).
+func (b *Broker) reply(ctx context.Context, req *primitive.MessageExt, reply *broker.Message) error {
+	if reply.ID == "" {
+		reply.ID = broker.NewID()
+	}
+	msg, err := replyMessage(req, reply)
+	if err != nil {
+		return err
+	}
+	if err := b.checkSize(req.Topic, msg); err != nil {
+		return err
+	}
+	sendCtx := ctx
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		sendCtx, cancel = context.WithTimeout(ctx, replyRetryMax)
+		defer cancel()
+	}
+	backoff := 20 * time.Millisecond
+	for {
+		_, err = b.producer.SendSync(sendCtx, msg)
+		if err == nil || !strings.Contains(err.Error(), "push reply message") {
+			return err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-sendCtx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (gave up: %w)", err, sendCtx.Err())
+		}
+		if backoff < time.Second {
+			backoff *= 2
+		}
+	}
+}
+
+// replyRetryMax bounds reply retries for requests without a deadline.
+const replyRetryMax = 30 * time.Second
