@@ -653,3 +653,30 @@ func TestIdempotency(t *testing.T) {
 		})
 	}
 }
+
+func TestConcurrentCalls(t *testing.T) {
+	f := setup(t, &echoServer{fn: func(ctx context.Context, in *testpb.EchoRequest) (*testpb.EchoReply, error) {
+		md, _ := metadata.FromIncomingContext(ctx)
+		if err := grpc.SetTrailer(ctx, metadata.Pairs("n", md.Get("n")[0])); err != nil {
+			return nil, err
+		}
+		return &testpb.EchoReply{Message: in.GetMessage()}, nil
+	}}, nil)
+	const n = 500
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			want := fmt.Sprint(i)
+			var trailer metadata.MD
+			ctx := metadata.AppendToOutgoingContext(context.Background(), "n", want)
+			reply, err := f.client.Echo(ctx, &testpb.EchoRequest{Message: want}, grpc.Trailer(&trailer))
+			if err == nil && (reply.GetMessage() != want || strings.Join(trailer.Get("n"), ",") != want) {
+				err = fmt.Errorf("call %s got reply %q, trailer %v", want, reply.GetMessage(), trailer)
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < n; i++ {
+		require.NoError(t, <-errs)
+	}
+}
