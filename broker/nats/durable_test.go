@@ -174,3 +174,33 @@ func TestDurableRetryWithSameIDGetsTheReply(t *testing.T) {
 	assert.Equal(t, []byte("a"), rep.Body)
 	assert.Equal(t, int64(1), served.Load(), "served once")
 }
+
+// A stored request carries its deadline as a JetStream per-message TTL, so
+// the server itself discards it once nobody waits for the reply.
+func TestDurableDeadlineIsStreamTTL(t *testing.T) {
+	url := testenv.NATSURL(t)
+	js := testJetStream(t, url)
+	b := newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+	jsc, err := jetstream.New(b.Conn())
+	require.NoError(t, err)
+	info, err := jsc.AccountInfo(context.Background())
+	require.NoError(t, err)
+	if info.API.Level < 1 {
+		t.Skip("the server predates per-message TTLs (nats-server 2.11)")
+	}
+
+	subj := uniqueSubject(t)
+	require.NoError(t, b.Send(context.Background(), &broker.Message{Subject: subj, Deadline: time.Now().Add(time.Second)}))
+	require.NoError(t, b.Send(context.Background(), &broker.Message{Subject: subj})) // no deadline: kept
+	s, err := jsc.Stream(context.Background(), js.Stream)
+	require.NoError(t, err)
+	assert.True(t, s.CachedInfo().Config.AllowMsgTTL)
+	msgs := func() uint64 {
+		info, err := s.Info(context.Background())
+		require.NoError(t, err)
+		return info.State.Msgs
+	}
+	assert.Equal(t, uint64(2), msgs())
+	require.Eventually(t, func() bool { return msgs() == 1 }, 10*time.Second, 100*time.Millisecond,
+		"the expired request leaves the stream without any server")
+}

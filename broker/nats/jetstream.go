@@ -49,29 +49,51 @@ func (b *Broker) ensureStreams(ctx context.Context) error {
 		Storage:     storage,
 		Duplicates:  js.DuplicateWindow,
 	}}
-	for _, sc := range streams {
-		if _, err := b.js.Stream(ctx, sc.Name); err == nil {
-			continue
-		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+	// Servers from 2.11 on (JetStream API level 1) drop a stored message
+	// when its own TTL ends: the request's deadline becomes one.
+	if info, err := b.js.AccountInfo(ctx); err == nil && info.API.Level >= 1 {
+		streams[0].AllowMsgTTL = true
+	}
+	for i, sc := range streams {
+		st, err := b.js.Stream(ctx, sc.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			st, err = b.js.CreateStream(ctx, sc)
+			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				st, err = b.js.Stream(ctx, sc.Name)
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("stream %s: %w", sc.Name, err)
 		}
-		if _, err := b.js.CreateStream(ctx, sc); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			return fmt.Errorf("create stream %s: %w", sc.Name, err)
+		if i == 0 {
+			b.msgTTL = st.CachedInfo().Config.AllowMsgTTL
 		}
 	}
 	b.streamReady = true
 	return nil
 }
 
+// ttlHeader sets the JetStream per-message TTL of a stored request to its
+// deadline (whole seconds, rounded up, at least 1s) when the stream allows
+// it.
+func (b *Broker) ttlHeader(m *natsgo.Msg, deadline time.Time) {
+	if !b.msgTTL || deadline.IsZero() {
+		return
+	}
+	secs := int64((time.Until(deadline) + time.Second - 1) / time.Second)
+	m.Header[jetstream.MsgTTLHeader] = []string{strconv.FormatInt(max(secs, 1), 10)}
+}
+
 // publishDurable stores m in the request stream and returns once the
 // stream acknowledged it. A duplicate (same Nats-Msg-Id within the
 // duplicate window) is not an error: the stored original stands for it.
-func (b *Broker) publishDurable(ctx context.Context, m *natsgo.Msg) error {
+func (b *Broker) publishDurable(ctx context.Context, m *natsgo.Msg, deadline time.Time) error {
 	sctx, cancel := context.WithTimeout(ctx, setupTimeout)
 	defer cancel()
 	if err := b.ensureStreams(sctx); err != nil {
 		return mapJSError(err)
 	}
+	b.ttlHeader(m, deadline)
 	if _, err := b.js.PublishMsg(ctx, m); err != nil {
 		return mapJSError(err)
 	}

@@ -66,6 +66,7 @@ type Broker struct {
 	// Durable mode creates its streams once, on first use.
 	streamMu    sync.Mutex
 	streamReady bool
+	msgTTL      bool // the request stream allows per-message TTLs
 
 	subsMu sync.Mutex
 	subs   map[*subscription]struct{}
@@ -219,7 +220,7 @@ func (b *Broker) publishRequest(ctx context.Context, req *broker.Message, id, re
 	}
 	m.Subject = b.cfg.js.SubjectPrefix + "." + req.Subject
 	m.Header[HeaderReply] = []string{reply}
-	return b.publishDurable(ctx, m)
+	return b.publishDurable(ctx, m, deadline)
 }
 
 // Send delivers msg to msg.Subject without waiting for a reply. In core
@@ -253,7 +254,7 @@ func (b *Broker) Send(ctx context.Context, msg *broker.Message) error {
 		}
 	} else {
 		m.Subject = b.cfg.js.SubjectPrefix + "." + msg.Subject
-		err = b.publishDurable(ctx, m)
+		err = b.publishDurable(ctx, m, msg.Deadline)
 	}
 	if err != nil {
 		return fmt.Errorf("nats: send %s: %w", msg.Subject, err)

@@ -192,7 +192,9 @@ type JetStreamConfig struct {
 	// missing. Default Stream + "_DEAD".
 	DeadLetterStream string
 	// MaxAge bounds how long a stored request waits for a server.
-	// Default 0: no limit (a request's own deadline still applies).
+	// Default 0: no limit. A request's own deadline still applies: servers
+	// drop it unserved, and with nats-server 2.11 or later the stream
+	// removes it by itself (the deadline is its per-message TTL).
 	MaxAge time.Duration
 	// MemoryStorage keeps the streams in memory instead of on disk: faster,
 	// but a server restart loses the stored requests. Default false.
