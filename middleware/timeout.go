@@ -1,29 +1,36 @@
 // Package middleware holds the governance middleware of mqrpc: timeouts
 // and end-to-end deadlines, retries with a retry budget, routing,
-// deduplication, circuit breaking, concurrency and rate limits, audit,
-// logging and panic recovery. Every middleware is an rpc.Middleware, the
-// same type on clients and servers; each one's doc says on which side it
-// belongs.
+// deduplication, circuit breaking, concurrency and rate limits, graceful
+// shutdown, and audit, logging, recovery, authorization and signing. Every
+// middleware is an rpc.Middleware, the same type on clients and servers;
+// each one's doc says on which side it belongs.
 //
 // A client chain that uses several of them reads, outermost first:
 //
-//	rpc.WithClientMiddleware(
-//		middleware.Timeout(5*time.Second),       // bounds the whole call
+//	breakers := middleware.NewCircuitBreaker(middleware.BreakerConfig{})
+//	client := rpc.NewClient(b, rpc.WithClientMiddleware(
+//		middleware.Timeout(5*time.Second),          // bounds the whole call
 //		middleware.Retry(middleware.RetryPolicy{}), // repeats failed attempts
-//		middleware.Routing(routes...),           // picks the subject per attempt
-//		breakers.Middleware,                     // per-subject circuit breaker
-//	)
+//		middleware.Routing(routes...),              // picks the subject per attempt
+//		breakers.Middleware,                        // one circuit per subject
+//	))
 //
 // and a server chain:
 //
-//	rpc.WithServerMiddleware(
-//		guard.Middleware,                        // refuses expired work, counts it
+//	guard := &middleware.DeadlineGuard{}          // guard.Expired() counts refusals
+//	srv := rpc.NewServer(rpc.WithServerMiddleware(
+//		guard.Middleware,                           // refuses expired work
 //		middleware.Dedup(middleware.DedupConfig{}), // answers repeats from a cache
-//		middleware.ConcurrencyLimit(100),        // refuses excess at once
-//	)
+//		middleware.ConcurrencyLimit(100, middleware.LimitConfig{}), // refuses excess at once
+//	))
+//
+// Retry and Dedup together make any call, idempotent or not, execute
+// exactly once while the dedup store keeps its outcome: a client with
+// RetryPolicy.Idempotent set to AlwaysIdempotent repeats a lost call with
+// the same Message.ID, and the server answers the repeat from the store.
 //
 // All middleware in this package is safe for concurrent use and never
-// logs: it reports through callbacks and counters.
+// logs: it reports through callbacks, counters or an injected logger.
 package middleware
 
 import (
