@@ -95,6 +95,13 @@ func (b *Broker) publishDurable(ctx context.Context, m *natsgo.Msg, deadline tim
 	}
 	b.ttlHeader(m, deadline)
 	if _, err := b.js.PublishMsg(ctx, m); err != nil {
+		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, natsgo.ErrNoResponders) {
+			// The stream is gone (deleted, or a memory stream lost in a
+			// server restart): make it again on the next call.
+			b.streamMu.Lock()
+			b.streamReady = false
+			b.streamMu.Unlock()
+		}
 		return mapJSError(err)
 	}
 	return nil
