@@ -29,7 +29,7 @@ type Broker struct {
 	mu       sync.Mutex
 	closed   bool
 	done     chan struct{}              // closed by Close
-	inflight map[*call]struct{}         // requests waiting for a reply
+	inflight map[chan result]struct{}   // requests waiting for a reply
 	subs     map[*subscription]struct{} // running subscriptions
 }
 
@@ -47,17 +47,15 @@ type hub struct {
 // group is a set of competing consumers: every subscription of one queue on
 // one subject reads from the same channel.
 type group struct {
-	ch   chan *delivery
+	ch   chan delivery
 	subs int
 }
 
+// delivery travels by value, and a call is just its reply channel
+// (buffered 1), so a request costs no allocation of its own here.
 type delivery struct {
 	msg   *broker.Message
-	reply *call // nil for one-way
-}
-
-type call struct {
-	ch chan result
+	reply chan result // nil for one-way
 }
 
 type result struct {
@@ -105,7 +103,7 @@ func (h *hub) connect() *Broker {
 	return &Broker{
 		hub:      h,
 		done:     make(chan struct{}),
-		inflight: make(map[*call]struct{}),
+		inflight: make(map[chan result]struct{}),
 		subs:     make(map[*subscription]struct{}),
 	}
 }
@@ -148,7 +146,7 @@ func (b *Broker) Disconnect() {
 	b.mu.Lock()
 	for c := range b.inflight {
 		select {
-		case c.ch <- result{err: fmt.Errorf("memory: connection lost: %w", broker.ErrDisconnected)}:
+		case c <- result{err: fmt.Errorf("memory: connection lost: %w", broker.ErrDisconnected)}:
 		default:
 		}
 		delete(b.inflight, c)
@@ -208,7 +206,7 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 		return nil, fmt.Errorf("memory: request %s: deadline passed before sending: %w: %w",
 			req.Subject, broker.ErrTimeout, context.DeadlineExceeded)
 	}
-	c := &call{ch: make(chan result, 1)}
+	c := make(chan result, 1)
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -226,7 +224,7 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 		return nil, fmt.Errorf("memory: request %s: %w", req.Subject, err)
 	}
 	select {
-	case r := <-c.ch:
+	case r := <-c:
 		if r.err != nil {
 			return nil, r.err
 		}
@@ -248,9 +246,11 @@ func (b *Broker) Send(ctx context.Context, msg *broker.Message) error {
 }
 
 // effectiveDeadline makes the earlier of the ctx deadline and the message
-// deadline govern both the wait and the message.
+// deadline govern both the wait and the message. When they are equal (the
+// usual case: rpc.Client copies the ctx deadline into the message) the ctx
+// is used as it is, without a timer of its own.
 func effectiveDeadline(ctx context.Context, m *broker.Message) (context.Context, context.CancelFunc) {
-	if d, ok := ctx.Deadline(); ok && (m.Deadline.IsZero() || d.Before(m.Deadline)) {
+	if d, ok := ctx.Deadline(); ok && (m.Deadline.IsZero() || !m.Deadline.Before(d)) {
 		m.Deadline = d
 		return ctx, func() {}
 	}
@@ -260,7 +260,7 @@ func effectiveDeadline(ctx context.Context, m *broker.Message) (context.Context,
 	return ctx, func() {}
 }
 
-func (b *Broker) publish(ctx context.Context, m *broker.Message, c *call) error {
+func (b *Broker) publish(ctx context.Context, m *broker.Message, c chan result) error {
 	if m.ID == "" {
 		m.ID = broker.NewID()
 	}
@@ -306,7 +306,7 @@ func (b *Broker) publish(ctx context.Context, m *broker.Message, c *call) error 
 	for _, g := range targets {
 		for i := 0; i < n; i++ {
 			select {
-			case g.ch <- &delivery{msg: m, reply: c}:
+			case g.ch <- delivery{msg: m, reply: c}:
 			case <-ctx.Done():
 				return fmt.Errorf("%w: %w", broker.ErrTimeout, ctx.Err())
 			case <-b.done:
@@ -353,7 +353,7 @@ func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOpt
 	}
 	g := groups[cfg.Queue]
 	if g == nil {
-		g = &group{ch: make(chan *delivery, hb.cfg.buffer)}
+		g = &group{ch: make(chan delivery, hb.cfg.buffer)}
 		groups[cfg.Queue] = g
 	}
 	g.subs++
@@ -405,7 +405,7 @@ func (s *subscription) work() {
 	}
 }
 
-func (s *subscription) handle(d *delivery) {
+func (s *subscription) handle(d delivery) {
 	m := d.msg
 	if m.Expired(time.Now()) {
 		return // the caller has given up: never serve it
@@ -426,7 +426,7 @@ func (s *subscription) handle(d *delivery) {
 		return
 	}
 	select {
-	case d.reply.ch <- result{msg: reply}:
+	case d.reply <- result{msg: reply}:
 	default: // a duplicate delivery: the caller already has its reply
 	}
 }
