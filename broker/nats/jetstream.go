@@ -135,6 +135,7 @@ func (s *subscription) startDurable(cfg broker.ServeConfig) error {
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
 	b, js := s.b, s.b.cfg.js
+	s.sem = make(chan struct{}, cfg.Concurrency)
 	if err := b.ensureStreams(ctx); err != nil {
 		return err
 	}

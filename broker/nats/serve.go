@@ -42,7 +42,6 @@ func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOpt
 		b:       b,
 		subject: subject,
 		h:       h,
-		sem:     make(chan struct{}, cfg.Concurrency),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if !b.addSub(s) {
