@@ -126,7 +126,9 @@ func (b *Broker) publish(ctx context.Context, m *broker.Message, deadline, now t
 		// A publish fails only when the channel or connection is gone.
 		return nil, nil, fmt.Errorf("amqp: %s %s: %w: %w", op, m.Subject, b.closedOr(broker.ErrDisconnected), err)
 	}
-	s.published(c, dc.DeliveryTag)
+	if dc != nil {
+		s.published(c, dc.DeliveryTag)
+	}
 	return s, c, nil
 }
 
