@@ -125,10 +125,27 @@ func (c *Client) Notify(ctx context.Context, service, method string, in any, opt
 	return c.do(ctx, service, method, in, nil, true, opts)
 }
 
+// callState is what one call puts on the heap, in one allocation: the
+// ctx the middleware chain sees and the request message.
+type callState struct {
+	ctx callCtx
+	msg broker.Message
+}
+
+// applyCallOptions applies opts to cfg. It is a function of its own so
+// that only calls with options pay for cfg escaping to the heap.
+func applyCallOptions(cfg callConfig, opts []CallOption) callConfig {
+	p := &cfg
+	for _, o := range opts {
+		o(p)
+	}
+	return *p
+}
+
 func (c *Client) do(ctx context.Context, service, method string, in, out any, oneWay bool, opts []CallOption) error {
 	cfg := callConfig{codec: c.codec}
-	for _, o := range opts {
-		o(&cfg)
+	if len(opts) > 0 {
+		cfg = applyCallOptions(cfg, opts)
 	}
 	body, err := cfg.codec.Marshal(in)
 	if err != nil {
@@ -148,7 +165,8 @@ func (c *Client) do(ctx context.Context, service, method string, in, out any, on
 	if id == "" {
 		id = broker.NewID()
 	}
-	msg := &broker.Message{ID: id, Subject: service, Header: h, Body: body}
+	st := &callState{msg: broker.Message{ID: id, Subject: service, Header: h, Body: body}}
+	msg := &st.msg
 	if c.timeout > 0 {
 		if _, ok := ctx.Deadline(); !ok {
 			var cancel context.CancelFunc
@@ -167,7 +185,8 @@ func (c *Client) do(ctx context.Context, service, method string, in, out any, on
 			return NewError(CodeOf(ctx.Err()), fmt.Errorf("%s.%s: waiting for a free in-flight slot: %w", service, method, ctx.Err()))
 		}
 	}
-	cctx := &callCtx{Context: ctx, info: CallInfo{Service: service, Method: method, Idempotent: cfg.idempotent, OneWay: oneWay}}
+	st.ctx = callCtx{Context: ctx, info: CallInfo{Service: service, Method: method, Idempotent: cfg.idempotent, OneWay: oneWay}}
+	cctx := &st.ctx
 	reply, err := c.handler.ServeMessage(cctx, msg)
 	if cfg.replyHeader != nil && reply != nil {
 		*cfg.replyHeader = reply.Header

@@ -233,7 +233,8 @@ func (s *Server) dispatch(ctx context.Context, req *broker.Message) (reply *brok
 		}
 		return nil, Errorf(Unimplemented, "unknown method %q", name)
 	}
-	sc := &serverCall{Context: ctx, req: req}
+	st := &serverCallState{sc: serverCall{Context: ctx, req: req}}
+	sc := &st.sc
 	defer func() {
 		if r := recover(); r != nil {
 			reply, err = nil, Errorf(Internal, "panic in method %s: %v", name, r)
@@ -252,7 +253,15 @@ func (s *Server) dispatch(ctx context.Context, req *broker.Message) (reply *brok
 		h = make(broker.Header, 1)
 	}
 	h[broker.HeaderContentType] = cd.Name()
-	return &broker.Message{Header: h, Body: body}, nil
+	st.reply = broker.Message{Header: h, Body: body}
+	return &st.reply, nil
+}
+
+// serverCallState is what dispatching one request puts on the heap, in
+// one allocation: the handler's call state and the reply message.
+type serverCallState struct {
+	sc    serverCall
+	reply broker.Message
 }
 
 func headerBytes(h broker.Header) int {
