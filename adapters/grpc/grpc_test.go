@@ -592,7 +592,7 @@ func TestClientMiddlewareAndDefaultCallOptions(t *testing.T) {
 	f := setup(t, &echoServer{}, nil,
 		mqgrpc.WithClientMiddleware(func(next broker.Handler) broker.Handler {
 			return broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
-				subjects = append(subjects, req.Subject+" "+req.Header.Get(broker.HeaderMethod))
+				subjects = append(subjects, req.Subject+" "+req.Header.Get(broker.HeaderMethod)+" "+req.Header.Get(broker.HeaderContentType))
 				return next.ServeMessage(ctx, req)
 			})
 		}),
@@ -600,7 +600,7 @@ func TestClientMiddlewareAndDefaultCallOptions(t *testing.T) {
 	var header metadata.MD
 	_, err := f.client.Echo(context.Background(), &testpb.EchoRequest{}, grpc.Header(&header))
 	require.NoError(t, err)
-	assert.Equal(t, []string{"mqrpc.grpctest.Echo /mqrpc.grpctest.Echo/Echo"}, subjects)
+	assert.Equal(t, []string{"mqrpc.grpctest.Echo /mqrpc.grpctest.Echo/Echo application/grpc+mqgrpc-test-json"}, subjects)
 }
 
 func TestMalformedMethod(t *testing.T) {
