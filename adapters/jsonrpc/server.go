@@ -124,6 +124,13 @@ var ErrReservedMethod = errors.New("jsonrpc: reserved method name")
 // that do not fit are answered with an invalid params error (-32602). The
 // result R is encoded with encoding/json.
 //
+// system.describe lists the positional parameters: the fields of a struct
+// P, the elements of an array P, one for any other non-container P, and
+// none for a slice, map or interface P (any number). The RabbitMQ Java
+// client finds a procedure by name and number of parameters, so it can
+// call a method whose P is a slice only without arguments; give such
+// methods a struct P.
+//
 // fn returns an *Error to choose the JSON-RPC error, an *rpc.Error to
 // choose the mqrpc status (mapped with CodeFromStatus), or any other error
 // (answered as rpc.CodeOf(err), Unknown for most). A panic is answered with
