@@ -61,7 +61,7 @@ type RetryPolicy struct {
 	// IdempotentMethods for a per-method list, or AlwaysIdempotent when
 	// every server deduplicates (Dedup). A call that was certainly not
 	// delivered (broker.ErrNoResponders, ErrCircuitOpen) is retried
-	// whatever this says.
+	// whatever this says, within MaxAttempts and the budget.
 	Idempotent func(info rpc.CallInfo) bool
 	// Budget caps retries as a fraction of calls. Default: a budget of its
 	// own per Retry middleware, NewRetryBudget(DefaultRetryRatio,

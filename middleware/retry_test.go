@@ -91,6 +91,8 @@ func TestRetry(t *testing.T) {
 		{name: "resource exhausted is final by default", idempotent: true, errs: []error{rpc.Errorf(rpc.ResourceExhausted, "busy")}, wantAttempts: 1, wantCode: rpc.ResourceExhausted},
 		{name: "resource exhausted when configured", idempotent: true, policy: middleware.RetryPolicy{RetryableCodes: []rpc.Code{rpc.ResourceExhausted}}, errs: []error{rpc.Errorf(rpc.ResourceExhausted, "busy")}, wantAttempts: 2, wantCode: rpc.OK},
 		{name: "deadline exceeded without per-attempt timeout", idempotent: true, errs: []error{fmt.Errorf("x: %w: %w", broker.ErrTimeout, context.DeadlineExceeded)}, wantAttempts: 1, wantCode: rpc.DeadlineExceeded},
+		{name: "deadline exceeded with per-attempt timeout", idempotent: true, policy: middleware.RetryPolicy{PerAttemptTimeout: time.Hour},
+			errs: []error{rpc.Errorf(rpc.DeadlineExceeded, "expired on the way")}, wantAttempts: 2, wantCode: rpc.OK},
 		{name: "canceled", idempotent: true, policy: middleware.RetryPolicy{RetryableCodes: []rpc.Code{rpc.Canceled}}, errs: []error{context.Canceled}, wantAttempts: 1, wantCode: rpc.Canceled},
 	}
 	for _, tt := range tests {
@@ -149,6 +151,38 @@ func TestRetryStopsAtDeadline(t *testing.T) {
 	assert.NoError(t, ctx.Err(), "returned without waiting for the deadline")
 	assert.Equal(t, 1, s.attempts())
 	assert.Equal(t, []string{"deadline"}, reasons)
+}
+
+func TestRetryPerAttemptDeadline(t *testing.T) {
+	// Each attempt carries its own deadline, earlier than the call's, so
+	// the server gives up on an attempt the client gave up on.
+	var deadlines []time.Time
+	next := broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+		d, ok := ctx.Deadline()
+		require.True(t, ok)
+		require.Equal(t, d, req.Deadline, "ctx and message agree")
+		deadlines = append(deadlines, d)
+		if len(deadlines) == 1 {
+			<-ctx.Done() // the reply never comes
+			return nil, fmt.Errorf("wait: %w: %w", broker.ErrTimeout, ctx.Err())
+		}
+		return &broker.Message{}, nil
+	})
+	ctx, cancel := context.WithTimeout(govCallCtx(t, true), time.Hour)
+	defer cancel()
+	start := time.Now()
+	h := middleware.Retry(middleware.RetryPolicy{
+		PerAttemptTimeout: 20 * time.Millisecond, InitialBackoff: time.Microsecond,
+		Budget: middleware.UnlimitedRetryBudget(),
+	})(next)
+	_, err := h.ServeMessage(ctx, &broker.Message{ID: "x", Deadline: start.Add(time.Hour)})
+	require.NoError(t, err)
+	require.Len(t, deadlines, 2)
+	call, _ := ctx.Deadline()
+	for _, d := range deadlines {
+		assert.True(t, d.Before(call), "attempt deadline %v before the call's %v", d, call)
+	}
+	assert.True(t, deadlines[1].After(deadlines[0]), "each attempt gets a fresh deadline")
 }
 
 func TestRetryBudget(t *testing.T) {
