@@ -183,9 +183,9 @@ func (s *subscription) handleCore(m *natsgo.Msg) {
 func (s *subscription) serve(req *broker.Message) (rep *broker.Message, err error) {
 	ctx := s.ctx
 	if !req.Deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, req.Deadline)
-		defer cancel()
+		dc := newDeliveryCtx(s.ctx, req.Deadline)
+		defer dc.release()
+		ctx = dc
 	}
 	defer func() {
 		if p := recover(); p != nil {

@@ -1,0 +1,85 @@
+package nats
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+type ctxKey struct{}
+
+func TestDeliveryCtx(t *testing.T) {
+	t.Run("DeadlineAndValue", func(t *testing.T) {
+		parent := context.WithValue(context.Background(), ctxKey{}, "v")
+		d := time.Now().Add(time.Hour)
+		c := newDeliveryCtx(parent, d)
+		defer c.release()
+		got, ok := c.Deadline()
+		assert.True(t, ok)
+		assert.Equal(t, d, got)
+		assert.Equal(t, "v", c.Value(ctxKey{}))
+		assert.NoError(t, c.Err())
+		assert.Nil(t, c.materialized(), "no timer while nobody waits")
+	})
+	t.Run("DoneAtDeadline", func(t *testing.T) {
+		c := newDeliveryCtx(context.Background(), time.Now().Add(30*time.Millisecond))
+		defer c.release()
+		select {
+		case <-c.Done():
+		case <-time.After(2 * time.Second):
+			t.Fatal("Done not closed at the deadline")
+		}
+		assert.ErrorIs(t, c.Err(), context.DeadlineExceeded)
+	})
+	t.Run("ErrAfterDeadlineWithoutDone", func(t *testing.T) {
+		c := newDeliveryCtx(context.Background(), time.Now().Add(-time.Millisecond))
+		defer c.release()
+		require.ErrorIs(t, c.Err(), context.DeadlineExceeded)
+		select {
+		case <-c.Done():
+		default:
+			t.Fatal("Err is non-nil but Done is open")
+		}
+	})
+	t.Run("ParentCancel", func(t *testing.T) {
+		parent, cancel := context.WithCancel(context.Background())
+		c := newDeliveryCtx(parent, time.Now().Add(time.Hour))
+		defer c.release()
+		done := c.Done()
+		cancel()
+		<-done
+		assert.ErrorIs(t, c.Err(), context.Canceled)
+
+		parent2, cancel2 := context.WithCancel(context.Background())
+		c2 := newDeliveryCtx(parent2, time.Now().Add(time.Hour))
+		defer c2.release()
+		cancel2()
+		assert.ErrorIs(t, c2.Err(), context.Canceled, "without Done")
+	})
+	t.Run("Derived", func(t *testing.T) {
+		parent, cancel := context.WithCancel(context.Background())
+		c := newDeliveryCtx(parent, time.Now().Add(time.Hour))
+		defer c.release()
+		child, cancelChild := context.WithTimeout(c, time.Hour)
+		defer cancelChild()
+		d, _ := child.Deadline()
+		assert.WithinDuration(t, time.Now().Add(time.Hour), d, time.Second)
+		cancel()
+		select {
+		case <-child.Done():
+		case <-time.After(2 * time.Second):
+			t.Fatal("a derived context missed the parent's cancel")
+		}
+	})
+	t.Run("EarlierParentDeadline", func(t *testing.T) {
+		pd := time.Now().Add(time.Minute)
+		parent, cancel := context.WithDeadline(context.Background(), pd)
+		defer cancel()
+		c := newDeliveryCtx(parent, time.Now().Add(time.Hour))
+		d, _ := c.Deadline()
+		assert.Equal(t, pd, d)
+	})
+}
