@@ -122,6 +122,48 @@ var _ broker.Broker = (*Broker)(nil)
 // New connects to the RocketMQ name server(s) at nameServer, a host:port
 // or a list of them separated by ';' or ','.
 func New(nameServer string, opts ...Option) (*Broker, error) {
+	b, err := newBroker(nameServer, opts...)
+	if err != nil {
+		return nil, err
+	}
+	cfg := b.cfg
+	popts := []producer.Option{
+		producer.WithNsResolver(primitive.NewPassthroughResolver(b.servers)),
+		producer.WithGroupName(cfg.group),
+		// A unique instance name gives this Broker its own client:
+		// rocketmq-client-go shares one client (connections, heartbeats,
+		// reply routing) among everything with the same client ID, and
+		// shutting one down would close the others.
+		producer.WithInstanceName(b.instance),
+		producer.WithRetry(2),
+		// Replies are sent with SEND_REPLY_MESSAGE, which carries the raw
+		// body while the producer still flags it compressed; the requester
+		// then "decompresses" an uncompressed body. Bodies are opaque to a
+		// broker anyway: never compress.
+		producer.WithCompressMsgBodyOverHowmuch(1 << 30),
+	}
+	if !cfg.credentials.IsEmpty() {
+		popts = append(popts, producer.WithCredentials(cfg.credentials))
+	}
+	p, err := rmq.NewProducer(popts...)
+	if err != nil {
+		b.cancel()
+		clientLogSink.detach(b)
+		return nil, fmt.Errorf("rocketmq: new producer: %w", err)
+	}
+	if err := p.Start(); err != nil {
+		b.cancel()
+		clientLogSink.detach(b)
+		return nil, fmt.Errorf("rocketmq: start producer: %w", err)
+	}
+	b.producer = producerAdapter{p}
+	b.heartbeat = heartbeatFunc(p)
+	return b, nil
+}
+
+// newBroker validates the configuration and builds a Broker without a
+// producer.
+func newBroker(nameServer string, opts ...Option) (*Broker, error) {
 	cfg := config{}
 	for _, o := range opts {
 		o(&cfg)
@@ -153,40 +195,10 @@ func New(nameServer string, opts ...Option) (*Broker, error) {
 		log:      log,
 		subs:     make(map[*subscription]struct{}),
 	}
+	b.ctx, b.cancel = context.WithCancel(context.Background())
 	// Install the log sink before the client exists, so its first lines
 	// are not printed by the default logrus logger.
 	clientLogSink.attach(b, cfg.logger)
-
-	popts := []producer.Option{
-		producer.WithNsResolver(primitive.NewPassthroughResolver(servers)),
-		producer.WithGroupName(cfg.group),
-		// A unique instance name gives this Broker its own client:
-		// rocketmq-client-go shares one client (connections, heartbeats,
-		// reply routing) among everything with the same client ID, and
-		// shutting one down would close the others.
-		producer.WithInstanceName(b.instance),
-		producer.WithRetry(2),
-		// Replies are sent with SEND_REPLY_MESSAGE, which carries the raw
-		// body while the producer still flags it compressed; the requester
-		// then "decompresses" an uncompressed body. Bodies are opaque to a
-		// broker anyway: never compress.
-		producer.WithCompressMsgBodyOverHowmuch(1 << 30),
-	}
-	if !cfg.credentials.IsEmpty() {
-		popts = append(popts, producer.WithCredentials(cfg.credentials))
-	}
-	p, err := rmq.NewProducer(popts...)
-	if err != nil {
-		clientLogSink.detach(b)
-		return nil, fmt.Errorf("rocketmq: new producer: %w", err)
-	}
-	if err := p.Start(); err != nil {
-		clientLogSink.detach(b)
-		return nil, fmt.Errorf("rocketmq: start producer: %w", err)
-	}
-	b.producer = producerAdapter{p}
-	b.heartbeat = heartbeatFunc(p)
-	b.ctx, b.cancel = context.WithCancel(context.Background())
 	return b, nil
 }
 
@@ -412,4 +424,3 @@ func (b *Broker) Close() error {
 	clientLogSink.detach(b)
 	return errors.Join(errs...)
 }
-

@@ -3,6 +3,10 @@ package rocketmq_test
 import (
 	"log/slog"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,17 +19,30 @@ import (
 	"github.com/mqrpc/mqrpc/internal/testenv"
 )
 
-// clientLeaks are goroutines rocketmq-client-go leaves behind after a clean
-// shutdown. Each one sleeps before it first looks at the client's done
-// channel, so it outlives Shutdown by that sleep:
-//   - rmqClient.Start: name-server address refresh and offset persistence
-//     sleep 10 s first;
-//   - pushConsumer.Start: the expired-message cleaner sleeps ConsumeTimeout
-//     (15 min by default) first.
+// clientLeaks are the goroutines rocketmq-client-go v2.1.2 leaves running
+// after a clean Shutdown, measured after Close (TestZZ-style sampling every
+// 5 s for 65 s, see the package report):
+//   - statsItemSet.init.func4/5/6: five stats sets per consumer, each with
+//     three goroutines that sleep until the next minute, hour and month
+//     before they first look at their closed channel;
+//   - pushConsumer.Start.func1.2: the expired-message cleaner sleeps
+//     ConsumeTimeout (15 min) first;
+//   - rmqClient.Start.func1.1 and func1.4: name-server refresh and offset
+//     persistence sleep 10 s first;
+//   - rmqClient.PullMessage: a long-polling pull in flight is not failed by
+//     Shutdown and waits for its own timeout (gone within 30 s);
+//   - remotingClient.receiveResponse: each producer and consumer opens a
+//     name-server connection through a remoting client that Shutdown never
+//     closes; it ends when the name server drops the idle connection.
 var clientLeaks = []goleak.Option{
+	goleak.IgnoreAnyFunction("github.com/apache/rocketmq-client-go/v2/consumer.(*statsItemSet).init.func4"),
+	goleak.IgnoreAnyFunction("github.com/apache/rocketmq-client-go/v2/consumer.(*statsItemSet).init.func5"),
+	goleak.IgnoreAnyFunction("github.com/apache/rocketmq-client-go/v2/consumer.(*statsItemSet).init.func6"),
+	goleak.IgnoreAnyFunction("github.com/apache/rocketmq-client-go/v2/consumer.(*pushConsumer).Start.func1.2"),
 	goleak.IgnoreAnyFunction("github.com/apache/rocketmq-client-go/v2/internal.(*rmqClient).Start.func1.1"),
 	goleak.IgnoreAnyFunction("github.com/apache/rocketmq-client-go/v2/internal.(*rmqClient).Start.func1.4"),
-	goleak.IgnoreAnyFunction("github.com/apache/rocketmq-client-go/v2/consumer.(*pushConsumer).Start.func1.2"),
+	goleak.IgnoreAnyFunction("github.com/apache/rocketmq-client-go/v2/internal.(*rmqClient).PullMessage"),
+	goleak.IgnoreAnyFunction("github.com/apache/rocketmq-client-go/v2/internal/remote.(*remotingClient).receiveResponse"),
 }
 
 // testLogger logs to stderr when MQRPC_TEST_LOG names a level (debug,
@@ -38,16 +55,61 @@ func testLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }
 
+// realBroker returns the name server address for a test against the real
+// RocketMQ, or skips it under the race detector.
+//
+// rocketmq-client-go v2.1.2 has data races in its own goroutines (among
+// others: remotingClient.processCMD writing a ResponseFuture that the
+// InvokeAsync callback reads; pushConsumer.messageQueueChanged writing
+// SubscriptionData that rmqClient.UpdateTopicRouteInfo clones), and -race
+// fails any test during which one fires, whoever caused it. Under -race,
+// TestRealBrokerWithoutRace runs these tests again in a child `go test`
+// without the race detector, so `go test -race ./...` still covers them;
+// mqrpc's own code is race-checked by the fake-producer tests.
+func realBroker(t testing.TB) string {
+	t.Helper()
+	if raceDetector {
+		t.Skip("real-broker test: run by TestRealBrokerWithoutRace (rocketmq-client-go races internally)")
+	}
+	return testenv.RocketMQNameServer(t)
+}
+
+// realTests selects the tests realBroker guards, for the child run.
+const realTests = "^(TestConformance|TestReal.*|TestRegression.*|TestUpstream.*|Example.*)$"
+
+func TestRealBrokerWithoutRace(t *testing.T) {
+	if !raceDetector {
+		t.Skip("only under -race: without it the real-broker tests run directly")
+	}
+	testenv.RocketMQNameServer(t) // skip locally / fail under CI before building
+	if os.Getenv("MQRPC_ROCKETMQ_CHILD") != "" {
+		t.Fatal("recursive child run")
+	}
+	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(goBin); err != nil {
+		goBin = "go"
+	}
+	args := []string{"test", "-count=1", "-run", realTests}
+	if testing.Verbose() {
+		args = append(args, "-v")
+	}
+	cmd := exec.Command(goBin, append(args, ".")...)
+	cmd.Env = append(os.Environ(), "MQRPC_ROCKETMQ_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	t.Logf("go %s .\n%s", strings.Join(args, " "), out)
+	require.NoError(t, err, "real-broker tests without -race failed")
+}
+
 func newBroker(t testing.TB) *rocketmq.Broker {
 	t.Helper()
-	addr := testenv.RocketMQNameServer(t)
+	addr := realBroker(t)
 	b, err := rocketmq.New(addr, rocketmq.WithLogger(testLogger()))
 	require.NoError(t, err)
 	return b
 }
 
 func TestConformance(t *testing.T) {
-	testenv.RocketMQNameServer(t)
+	realBroker(t)
 	brokertest.Run(t, brokertest.Features{
 		// RocketMQ stores a request while no consumer runs; it has no
 		// "nobody listens" signal short of a missing topic.

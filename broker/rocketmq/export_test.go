@@ -1,0 +1,18 @@
+package rocketmq
+
+// HeartbeatFunc exposes heartbeatFunc to the benchmarks, which register the
+// raw rocketmq-client-go requester the same way.
+var HeartbeatFunc = heartbeatFunc
+
+// Producer is the producer interface a Broker drives, for fakes.
+type Producer = rocketProducer
+
+// NewWithProducer returns a Broker driving p instead of a real client.
+func NewWithProducer(p Producer, opts ...Option) *Broker {
+	b, err := newBroker("127.0.0.1:9876", opts...)
+	if err != nil {
+		panic(err)
+	}
+	b.producer = p
+	return b
+}
