@@ -19,6 +19,9 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+// testTimeout bounds what a test waits for outside processes.
+const testTimeout = 2 * time.Minute
+
 // AddParams are the params of "add", by name or by position.
 type AddParams struct {
 	A int `json:"a"`

@@ -1,0 +1,88 @@
+package jsonrpc_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/amqp"
+	"github.com/mqrpc/mqrpc/internal/testenv"
+)
+
+// javaClasspath returns the jars of the RabbitMQ Java client and Jackson:
+// MQRPC_JAVA_CLASSPATH, or the versions below in the local Maven
+// repository (mvn dependency:get -Dartifact=com.rabbitmq:amqp-client:5.25.0
+// and com.fasterxml.jackson.core:jackson-databind:2.18.2 put them there).
+func javaClasspath() (string, bool) {
+	if cp := os.Getenv("MQRPC_JAVA_CLASSPATH"); cp != "" {
+		return cp, true
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", false
+	}
+	repo := filepath.Join(home, ".m2", "repository")
+	jars := []string{
+		"com/rabbitmq/amqp-client/5.25.0/amqp-client-5.25.0.jar",
+		"com/fasterxml/jackson/core/jackson-databind/2.18.2/jackson-databind-2.18.2.jar",
+		"com/fasterxml/jackson/core/jackson-core/2.18.2/jackson-core-2.18.2.jar",
+		"com/fasterxml/jackson/core/jackson-annotations/2.18.2/jackson-annotations-2.18.2.jar",
+		"org/slf4j/slf4j-api/1.7.36/slf4j-api-1.7.36.jar",
+	}
+	for i, j := range jars {
+		jars[i] = filepath.Join(repo, j)
+		if _, err := os.Stat(jars[i]); err != nil {
+			return "", false
+		}
+	}
+	return strings.Join(jars, string(os.PathListSeparator)), true
+}
+
+// TestJavaClient runs RabbitMQ's own Java JsonRpcClient against a Go
+// service over RabbitMQ. It needs a JDK and the client's jars (see
+// javaClasspath), and is skipped without them, also under CI.
+func TestJavaClient(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a JVM")
+	}
+	javac, err1 := exec.LookPath("javac")
+	java, err2 := exec.LookPath("java")
+	cp, ok := javaClasspath()
+	if err1 != nil || err2 != nil || !ok {
+		t.Skip("needs javac, java and the RabbitMQ Java client's jars (MQRPC_JAVA_CLASSPATH or ~/.m2)")
+	}
+	url := testenv.AMQPURL(t)
+	b, err := amqp.New(url)
+	require.NoError(t, err)
+	defer b.Close()
+	queue := "mqrpc.test.jsonrpc.javaclient." + broker.NewID()
+	serve(t, b, queue, nil)
+
+	dir := t.TempDir()
+	out, err := exec.Command(javac, "-d", dir, "-cp", cp, filepath.Join("testdata", "java", "Interop.java")).CombinedOutput()
+	require.NoError(t, err, "javac: %s", out)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	out, err = exec.CommandContext(ctx, java, "-cp", dir+string(os.PathListSeparator)+cp, "Interop", url, queue).CombinedOutput()
+	require.NoError(t, err, "java: %s", out)
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if !strings.HasPrefix(l, "SLF4J:") { // no logger bound: a warning
+			lines = append(lines, l)
+		}
+	}
+	assert.Equal(t, []string{
+		"service calc",
+		"add/2 returns num as long",
+		"add 40 2 = 42",
+		"hello = hello java",
+		"fail: JSONRPCError -32005 no such thing",
+	}, lines)
+}
