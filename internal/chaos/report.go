@@ -1,0 +1,80 @@
+package chaos
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+)
+
+// Row is one scenario's counts, a line of the summary table.
+type Row struct {
+	Target, Scenario string
+	// Calls and their outcomes (FormatCodes), late calls and the longest
+	// wait.
+	Calls   int64
+	Codes   string
+	Late    int64
+	MaxWait time.Duration
+	// Mismatched replies (another caller's reply).
+	Mismatched int64
+	// Accepted tracked sends and how many of them were never served.
+	Accepted, Lost int
+	// Executions of the method and duplicate executions.
+	Executions, Duplicates int
+	// Goroutines before and after (after the settle wait), heap in use
+	// after a GC at the end, in MiB.
+	GoroutinesBefore, GoroutinesAfter int
+	HeapMiB                           float64
+	// Note says what happened (outage length, poison outcomes, ...).
+	Note string
+	// Failed is true when the scenario's assertions failed.
+	Failed bool
+}
+
+// Report collects the rows of a run; safe for concurrent use.
+type Report struct {
+	mu   sync.Mutex
+	rows []Row
+}
+
+// Add appends a row.
+func (r *Report) Add(row Row) {
+	r.mu.Lock()
+	r.rows = append(r.rows, row)
+	r.mu.Unlock()
+}
+
+// Write prints the summary table.
+func (r *Report) Write(w io.Writer) {
+	r.mu.Lock()
+	rows := append([]Row(nil), r.rows...)
+	r.mu.Unlock()
+	sort.SliceStable(rows, func(i, j int) bool { return rows[i].Target < rows[j].Target })
+	fmt.Fprintln(w, "\n=== chaos summary (calls: 100+ concurrent callers, each with a deadline) ===")
+	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
+	fmt.Fprintln(tw, "target\tscenario\tresult\tcalls\tlate\tmax wait\twrong reply\taccepted\tlost\texecs\tdup execs\tgoroutines\theap MiB\toutcomes by code")
+	for _, x := range rows {
+		res := "PASS"
+		if x.Failed {
+			res = "FAIL"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%v\t%d\t%d\t%d\t%d\t%d\t%d->%d\t%.0f\t%s\n",
+			x.Target, x.Scenario, res, x.Calls, x.Late, x.MaxWait.Round(time.Millisecond), x.Mismatched,
+			x.Accepted, x.Lost, x.Executions, x.Duplicates, x.GoroutinesBefore, x.GoroutinesAfter, x.HeapMiB, x.Codes)
+	}
+	_ = tw.Flush()
+	var notes []string
+	for _, x := range rows {
+		if x.Note != "" {
+			notes = append(notes, fmt.Sprintf("  %s/%s: %s", x.Target, x.Scenario, x.Note))
+		}
+	}
+	if len(notes) > 0 {
+		fmt.Fprintln(w, "notes:")
+		fmt.Fprintln(w, strings.Join(notes, "\n"))
+	}
+}
