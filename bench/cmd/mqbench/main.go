@@ -92,12 +92,20 @@ func run() error {
 			} else if *rabbitVer != "" {
 				env.Brokers["amqp"] = "RabbitMQ " + *rabbitVer
 			}
+		case "rocketmq":
+			all = append(all, cases.RocketMQ(ccfg)...)
+			v := *rmqVer
+			if v == "" {
+				v = cases.RocketMQVersion()
+			}
+			if v != "" {
+				env.Brokers["rocketmq"] = "Apache RocketMQ " + v + " (name server + broker)"
+			}
 		case "":
 		default:
 			return fmt.Errorf("-brokers: unknown group %q", g)
 		}
 	}
-	_ = rmqVer
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
