@@ -280,3 +280,42 @@ func TestReconnectUnderLoad(t *testing.T) {
 	assert.Positive(t, disconnected, "calls in flight fail with ErrDisconnected")
 	assert.Empty(t, unexpected, "every failure is a fast, retryable ErrDisconnected or ErrNoResponders")
 }
+
+// Stop and Close may race (a server shutting down while its subscription
+// is stopped from another goroutine); neither may hang or panic.
+func TestStopRacesClose(t *testing.T) {
+	url := testenv.NATSURL(t)
+	for _, durable := range []bool{false, true} {
+		t.Run(map[bool]string{false: "Core", true: "JetStream"}[durable], func(t *testing.T) {
+			opts := []natsbroker.Option{natsbroker.WithURL(url)}
+			if durable {
+				opts = append(opts, natsbroker.WithJetStream(testJetStream(t, url)))
+			}
+			for i := 0; i < 5; i++ {
+				b := newBroker(t, opts...)
+				subj := uniqueSubject(t)
+				sub, err := b.Serve(subj, broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+					<-ctx.Done()
+					return nil, ctx.Err()
+				}))
+				require.NoError(t, err)
+				go func() { _ = b.Send(context.Background(), &broker.Message{Subject: subj}) }()
+				time.Sleep(20 * time.Millisecond)
+				var wg sync.WaitGroup
+				wg.Add(2)
+				go func() {
+					defer wg.Done()
+					ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+					defer cancel()
+					_ = sub.Stop(ctx)
+				}()
+				go func() {
+					defer wg.Done()
+					assert.NoError(t, b.Close())
+				}()
+				wg.Wait()
+				assert.NoError(t, sub.Stop(context.Background()), "Stop after Close")
+			}
+		})
+	}
+}
