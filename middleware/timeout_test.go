@@ -191,3 +191,26 @@ func TestNestedDeadline(t *testing.T) {
 	assert.Empty(t, outerDeadline, "expired work never starts")
 	require.NoError(t, b.Close())
 }
+
+// TestTimeoutWithDelay: a broker that delays delivery past the call's
+// timeout makes the call fail with DeadlineExceeded, and the expired work
+// never runs.
+func TestTimeoutWithDelay(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	b := memory.New()
+	defer b.Close()
+	runs := govCounter(t, b, nil, middleware.ServerTimeout(0))
+	c := rpc.NewClient(b, rpc.WithClientMiddleware(middleware.Timeout(20*time.Millisecond)))
+
+	b.SetFaults(memory.Faults{Delay: time.Hour})
+	err := c.Call(context.Background(), "calc", "Add", &govReq{}, nil)
+	assert.Equal(t, rpc.DeadlineExceeded, rpc.CodeOf(err), "error %v", err)
+	assert.ErrorIs(t, err, broker.ErrTimeout)
+
+	b.SetFaults(memory.Faults{})
+	got, err := rpc.Invoke[govRes](context.Background(), rpc.NewClient(b), "calc", "Add", &govReq{A: 2, B: 2})
+	require.NoError(t, err)
+	assert.Equal(t, 4, got.Sum)
+	require.NoError(t, b.Close())
+	assert.Equal(t, int32(1), runs.Load(), "the delayed request never ran")
+}
