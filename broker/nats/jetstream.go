@@ -161,7 +161,9 @@ func (s *subscription) startDurable(cfg broker.ServeConfig) error {
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", cfg.Queue, err)
 	}
+	s.mu.Lock()
 	s.cc = cc
+	s.mu.Unlock()
 	return nil
 }
 

@@ -89,7 +89,9 @@ func (s *subscription) startCore(cfg broker.ServeConfig) error {
 	if err != nil {
 		return mapPublishError(err)
 	}
+	s.mu.Lock()
 	s.sub = sub
+	s.mu.Unlock()
 	// Serve returns once the server knows the subscription, so a request
 	// sent right after (from any connection) finds this server.
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
@@ -287,12 +289,13 @@ func (s *subscription) drain() <-chan struct{} {
 func (s *subscription) abort() {
 	s.mu.Lock()
 	s.stopped = true
+	cc, sub := s.cc, s.sub
 	s.mu.Unlock()
 	s.cancel()
-	if s.cc != nil {
-		s.cc.Stop()
-	} else if s.sub != nil {
-		_ = s.sub.Unsubscribe()
+	if cc != nil {
+		cc.Stop()
+	} else if sub != nil {
+		_ = sub.Unsubscribe()
 	}
 }
 
