@@ -2,18 +2,22 @@ package jsonrpc_test
 
 import (
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mqrpc/mqrpc/adapters/jsonrpc"
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/amqp"
 	"github.com/mqrpc/mqrpc/internal/testenv"
+	"github.com/mqrpc/mqrpc/rpc"
 )
 
 // javaClasspath returns the jars of the RabbitMQ Java client and Jackson:
@@ -85,4 +89,88 @@ func TestJavaClient(t *testing.T) {
 		"hello = hello java",
 		"fail: JSONRPCError -32005 no such thing",
 	}, lines)
+}
+
+// TestJavaServer calls RabbitMQ's own Java JsonRpcServer from a Go client
+// speaking its dialect (WithVersion11), over RabbitMQ. Same requirements
+// as TestJavaClient.
+func TestJavaServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a JVM")
+	}
+	javac, err1 := exec.LookPath("javac")
+	java, err2 := exec.LookPath("java")
+	cp, ok := javaClasspath()
+	if err1 != nil || err2 != nil || !ok {
+		t.Skip("needs javac, java and the RabbitMQ Java client's jars (MQRPC_JAVA_CLASSPATH or ~/.m2)")
+	}
+	url := testenv.AMQPURL(t)
+	dir := t.TempDir()
+	out, err := exec.Command(javac, "-d", dir, "-cp", cp, filepath.Join("testdata", "java", "Server.java")).CombinedOutput()
+	require.NoError(t, err, "javac: %s", out)
+
+	queue := "mqrpc.test.jsonrpc.javaserver." + broker.NewID()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, java, "-cp", dir+string(os.PathListSeparator)+cp, "Server", url, queue)
+	stdin, err := cmd.StdinPipe()
+	require.NoError(t, err)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	stderr := &lockedBuffer{}
+	cmd.Stderr = stderr
+	require.NoError(t, cmd.Start())
+	defer func() {
+		_ = stdin.Close() // the server stops when stdin closes
+		assert.NoError(t, cmd.Wait(), "java: %s", stderr.String())
+	}()
+	ready := make([]byte, 6)
+	_, err = io.ReadFull(stdout, ready)
+	require.NoError(t, err, "java: %s", stderr.String())
+	require.Equal(t, "ready\n", string(ready))
+
+	b, err := amqp.New(url)
+	require.NoError(t, err)
+	defer b.Close()
+	c := jsonrpc.NewClient(b, queue, jsonrpc.WithVersion11())
+
+	d, err := jsonrpc.Invoke[jsonrpc.ServiceDescription](ctx, c, "system.describe", nil)
+	require.NoError(t, err)
+	var names []string
+	for _, p := range d.Procs {
+		names = append(names, p.Name)
+	}
+	assert.Subset(t, names, []string{"add", "hello", "fail"})
+
+	sum, err := jsonrpc.Invoke[int](ctx, c, "add", []int{40, 2})
+	require.NoError(t, err)
+	assert.Equal(t, 42, sum)
+	hi, err := jsonrpc.Invoke[string](ctx, c, "hello", []string{"go"})
+	require.NoError(t, err)
+	assert.Equal(t, "hello go", hi)
+
+	err = c.Call(ctx, "fail", []string{"on purpose"}, nil)
+	var je *jsonrpc.Error
+	require.ErrorAs(t, err, &je)
+	assert.Equal(t, 500, je.Code)
+	assert.Equal(t, "Internal Server Error", je.Message)
+	assert.Equal(t, rpc.Internal, rpc.CodeOf(err))
+}
+
+// lockedBuffer collects a process's output while it runs.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
