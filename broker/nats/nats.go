@@ -148,7 +148,13 @@ func (b *Broker) onAsyncError(_ *natsgo.Conn, sub *natsgo.Subscription, err erro
 // so it waits for a server instead. The wait ends at req.Deadline or when
 // ctx ends (an error wrapping broker.ErrTimeout and the ctx error), when
 // the connection drops (broker.ErrDisconnected: the request may or may not
-// have been served) or when the broker is closed (broker.ErrClosed).
+// have been served) or when the broker is closed (broker.ErrClosed). While
+// the connection is down, Request fails at once with
+// broker.ErrDisconnected instead of queueing the request; retry after a
+// pause. A request with no deadline in req or ctx waits until ctx ends.
+//
+// In durable mode a retry with the same Message.ID is not stored again (the
+// stream drops duplicates) and waits for the stored original's reply.
 func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 	if b.closed.Load() {
 		return nil, fmt.Errorf("nats: request %s: %w", req.Subject, broker.ErrClosed)
