@@ -128,22 +128,32 @@ func (b *Broker) Close() error {
 	return nil
 }
 
-// session is one live connection with its client channel, which publishes
-// requests and consumes replies (direct reply-to requires both on one
-// channel).
+// session is one live connection with its two client channels. Requests
+// go on the channel that consumes replies (direct reply-to requires both on
+// one channel); it is in confirm mode only in durable mode, because in fast
+// mode a request needs no confirm: its reply or its return says enough.
+// One-way messages go on a second channel, always in confirm mode, so Send
+// can report that RabbitMQ took the message.
 type session struct {
 	b    *Broker
 	conn *amqp091.Connection
-	ch   *amqp091.Channel
-	lost chan struct{} // closed when conn or ch is gone
+	req  *pubChan
+	send *pubChan
+	lost chan struct{} // closed when the connection or a client channel is gone
 
 	mu       sync.Mutex
 	dead     bool
 	calls    map[string]*call // waiting for a reply or return, by correlation id
-	tags     map[uint64]*call // waiting for a publisher confirm, by delivery tag
-	early    map[uint64]bool  // confirms that arrived before their tag was registered
 	declared map[string]bool  // subjects (durable) and the exchange
 	declMu   sync.Mutex       // serializes declarations
+}
+
+// pubChan is a client channel and its confirms in flight. Its maps are
+// guarded by the session's mu.
+type pubChan struct {
+	ch    *amqp091.Channel
+	tags  map[uint64]*call // waiting for a publisher confirm, by delivery tag
+	early map[uint64]bool  // confirms that arrived before their tag was registered
 }
 
 // call is one Request or Send in flight. Its result is set once.
@@ -159,8 +169,8 @@ type result struct {
 	err error
 }
 
-// connect dials and sets up a session: the client channel in confirm mode,
-// the reply consumer and the returns and confirms listener.
+// connect dials and sets up a session: the two client channels, the reply
+// consumer, and per channel a listener for returns and confirms.
 func (b *Broker) connect() (*session, error) {
 	conn, err := amqp091.DialConfig(b.url, b.amq)
 	if err != nil {
@@ -171,41 +181,34 @@ func (b *Broker) connect() (*session, error) {
 		conn:     conn,
 		lost:     make(chan struct{}),
 		calls:    make(map[string]*call),
-		tags:     make(map[uint64]*call),
-		early:    make(map[uint64]bool),
 		declared: make(map[string]bool),
 	}
 	fail := func(what string, err error) (*session, error) {
 		_ = conn.Close()
 		return nil, fmt.Errorf("amqp: %s: %w", what, err)
 	}
-	if s.ch, err = conn.Channel(); err != nil {
-		return fail("open channel", err)
+	if s.req, err = s.openPubChan(b.cfg.durable); err != nil {
+		return fail("open request channel", err)
 	}
-	// Confirms let Send report that RabbitMQ took the message (and, with
-	// mandatory, that a queue did), and let Request notice a nack.
-	if err := s.ch.Confirm(false); err != nil {
-		return fail("confirm mode", err)
+	if s.send, err = s.openPubChan(true); err != nil {
+		return fail("open send channel", err)
 	}
-	replies, err := s.ch.Consume(directReplyTo, "", true, false, false, false, nil)
+	replies, err := s.req.ch.Consume(directReplyTo, "", true, false, false, false, nil)
 	if err != nil {
 		return fail("consume "+directReplyTo, err)
 	}
-	// Unbuffered: amqp091-go hands over a basic.return before it processes
-	// the confirm that follows it, and one goroutine reads both, so a Send
-	// sees the return of its message before its ack.
-	returns := s.ch.NotifyReturn(make(chan amqp091.Return))
-	confirms := s.ch.NotifyPublish(make(chan amqp091.Confirmation, 256))
 	connClosed := conn.NotifyClose(make(chan *amqp091.Error, 1))
-	chClosed := s.ch.NotifyClose(make(chan *amqp091.Error, 1))
+	reqClosed := s.req.ch.NotifyClose(make(chan *amqp091.Error, 1))
+	sendClosed := s.send.ch.NotifyClose(make(chan *amqp091.Error, 1))
 
-	b.wg.Add(3)
+	b.wg.Add(2)
 	go func() {
 		defer b.wg.Done()
 		var e *amqp091.Error
 		select {
 		case e = <-connClosed:
-		case e = <-chClosed:
+		case e = <-reqClosed:
+		case e = <-sendClosed:
 		}
 		s.markLost(e)
 	}()
@@ -215,8 +218,32 @@ func (b *Broker) connect() (*session, error) {
 			s.reply(d)
 		}
 	}()
+	b.cfg.logger.Info("amqp: connected", "vhost", b.amq.Vhost, "remote", remoteAddr(conn))
+	return s, nil
+}
+
+// openPubChan opens a client channel, optionally in confirm mode, and
+// starts its returns and confirms listener.
+func (s *session) openPubChan(confirm bool) (*pubChan, error) {
+	ch, err := s.conn.Channel()
+	if err != nil {
+		return nil, err
+	}
+	pc := &pubChan{ch: ch, tags: make(map[uint64]*call), early: make(map[uint64]bool)}
+	var confirms chan amqp091.Confirmation
+	if confirm {
+		if err := ch.Confirm(false); err != nil {
+			return nil, fmt.Errorf("confirm mode: %w", err)
+		}
+		confirms = ch.NotifyPublish(make(chan amqp091.Confirmation, 256))
+	}
+	// Unbuffered: amqp091-go hands over a basic.return before it processes
+	// the confirm that follows it, and one goroutine reads both, so a Send
+	// sees the return of its message before its ack.
+	returns := ch.NotifyReturn(make(chan amqp091.Return))
+	s.b.wg.Add(1)
 	go func() {
-		defer b.wg.Done()
+		defer s.b.wg.Done()
 		for returns != nil || confirms != nil {
 			select {
 			case r, ok := <-returns:
@@ -230,12 +257,11 @@ func (b *Broker) connect() (*session, error) {
 					confirms = nil
 					continue
 				}
-				s.confirmed(c.DeliveryTag, c.Ack)
+				s.confirmed(pc, c.DeliveryTag, c.Ack)
 			}
 		}
 	}()
-	b.cfg.logger.Info("amqp: connected", "vhost", b.amq.Vhost, "remote", remoteAddr(conn))
-	return s, nil
+	return pc, nil
 }
 
 func remoteAddr(c *amqp091.Connection) string {
@@ -261,10 +287,13 @@ func (s *session) markLost(e *amqp091.Error) {
 	for _, c := range s.calls {
 		s.finishLocked(c, result{err: err})
 	}
-	for _, c := range s.tags {
-		s.finishLocked(c, result{err: err})
+	for _, pc := range []*pubChan{s.req, s.send} {
+		for _, c := range pc.tags {
+			s.finishLocked(c, result{err: err})
+		}
+		pc.tags, pc.early = nil, nil
 	}
-	s.calls, s.tags, s.early = nil, nil, nil
+	s.calls = nil
 	s.mu.Unlock()
 	close(s.lost)
 	_ = s.conn.Close()
@@ -288,20 +317,20 @@ func (s *session) register(oneway bool) (*call, error) {
 	return c, nil
 }
 
-// published records the delivery tag of c's message, or applies the
+// published records the delivery tag of c's message on pc, or applies the
 // confirm that already came for it.
-func (s *session) published(c *call, tag uint64) {
+func (s *session) published(pc *pubChan, c *call, tag uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.dead {
 		return
 	}
-	if ack, ok := s.early[tag]; ok {
-		delete(s.early, tag)
+	if ack, ok := pc.early[tag]; ok {
+		delete(pc.early, tag)
 		s.confirmLocked(c, ack)
 		return
 	}
-	s.tags[tag] = c
+	pc.tags[tag] = c
 }
 
 // forget drops c, whose caller stopped waiting.
@@ -341,18 +370,18 @@ func (s *session) returned(r amqp091.Return) {
 	s.mu.Unlock()
 }
 
-func (s *session) confirmed(tag uint64, ack bool) {
+func (s *session) confirmed(pc *pubChan, tag uint64, ack bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.dead {
 		return
 	}
-	c, ok := s.tags[tag]
+	c, ok := pc.tags[tag]
 	if !ok {
-		s.early[tag] = ack
+		pc.early[tag] = ack
 		return
 	}
-	delete(s.tags, tag)
+	delete(pc.tags, tag)
 	s.confirmLocked(c, ack)
 }
 

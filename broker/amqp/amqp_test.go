@@ -296,3 +296,18 @@ func TestOptions(t *testing.T) {
 		assert.Equal(t, int64(1), maxInFlight.Load(), "prefetch 1 allows one request at a time")
 	})
 }
+
+// TestMessageTooLarge: bodies over the configured maximum fail with
+// ErrMessageTooLarge before they reach RabbitMQ (which would close the
+// channel), and the broker keeps working.
+func TestMessageTooLarge(t *testing.T) {
+	b := open(t, testenv.AMQPURL(t), amqp.WithMaxMessageSize(1024))
+	subj := "large-" + broker.NewID()
+	serve(t, b, subj, echo)
+	_, err := b.Request(ctxT(t, 5*time.Second), &broker.Message{Subject: subj, Body: make([]byte, 1025)})
+	assert.ErrorIs(t, err, broker.ErrMessageTooLarge)
+	assert.ErrorIs(t, b.Send(ctxT(t, 5*time.Second), &broker.Message{Subject: subj, Body: make([]byte, 2048)}), broker.ErrMessageTooLarge)
+	reply, err := b.Request(ctxT(t, 5*time.Second), &broker.Message{Subject: subj, Body: make([]byte, 1024)})
+	require.NoError(t, err)
+	assert.Len(t, reply.Body, 1024)
+}

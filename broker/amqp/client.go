@@ -101,6 +101,9 @@ func (b *Broker) publish(ctx context.Context, m *broker.Message, deadline, now t
 	if m.Subject == "" {
 		return nil, nil, fmt.Errorf("amqp: %s: empty subject", op)
 	}
+	if len(m.Body) > b.cfg.maxSize {
+		return nil, nil, fmt.Errorf("amqp: %s %s: %w: %d bytes, limit %d", op, m.Subject, broker.ErrMessageTooLarge, len(m.Body), b.cfg.maxSize)
+	}
 	s, err := b.session(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("amqp: %s %s: %w", op, m.Subject, err)
@@ -120,14 +123,18 @@ func (b *Broker) publish(ctx context.Context, m *broker.Message, deadline, now t
 	if !oneway {
 		p.ReplyTo = directReplyTo
 	}
-	dc, err := s.ch.PublishWithDeferredConfirm(b.cfg.exchange, m.Subject, true, false, p)
+	pc := s.req
+	if oneway {
+		pc = s.send
+	}
+	dc, err := pc.ch.PublishWithDeferredConfirm(b.cfg.exchange, m.Subject, true, false, p)
 	if err != nil {
 		s.forget(c)
 		// A publish fails only when the channel or connection is gone.
 		return nil, nil, fmt.Errorf("amqp: %s %s: %w: %w", op, m.Subject, b.closedOr(broker.ErrDisconnected), err)
 	}
-	if dc != nil {
-		s.published(c, dc.DeliveryTag)
+	if dc != nil { // nil when pc is not in confirm mode
+		s.published(pc, c, dc.DeliveryTag)
 	}
 	return s, c, nil
 }

@@ -41,6 +41,9 @@ const (
 	// DefaultDialTimeout bounds one connection attempt (TCP, TLS and AMQP
 	// handshake).
 	DefaultDialTimeout = 10 * time.Second
+	// DefaultMaxMessageSize is RabbitMQ's default max_message_size
+	// (128 MiB since 3.8).
+	DefaultMaxMessageSize = 128 << 20
 	// DefaultHeartbeat is the AMQP heartbeat interval; it bounds how long a
 	// dead TCP connection goes unnoticed.
 	DefaultHeartbeat = 10 * time.Second
@@ -63,6 +66,7 @@ type config struct {
 	maxBackoff     time.Duration
 	dialTimeout    time.Duration
 	heartbeat      time.Duration
+	maxSize        int
 }
 
 func newConfig(opts []Option) config {
@@ -75,6 +79,7 @@ func newConfig(opts []Option) config {
 		maxBackoff:    5 * time.Second,
 		dialTimeout:   DefaultDialTimeout,
 		heartbeat:     DefaultHeartbeat,
+		maxSize:       DefaultMaxMessageSize,
 	}
 	for _, o := range opts {
 		o.apply(&c)
@@ -205,6 +210,19 @@ func WithHeartbeat(d time.Duration) Option {
 	return optionFunc(func(c *config) {
 		if d > 0 {
 			c.heartbeat = d
+		}
+	})
+}
+
+// WithMaxMessageSize sets the largest body the broker publishes; a larger
+// request fails with broker.ErrMessageTooLarge before it is sent, and a
+// larger reply fails its delivery. Set it to the server's max_message_size
+// when that was changed: RabbitMQ closes the channel of a publish over its
+// limit. Default: DefaultMaxMessageSize.
+func WithMaxMessageSize(n int) Option {
+	return optionFunc(func(c *config) {
+		if n > 0 {
+			c.maxSize = n
 		}
 	})
 }

@@ -80,7 +80,8 @@ type subscription struct {
 	subject, queue string
 	h              broker.Handler
 	prefetch       int
-	sem            chan struct{} // bounds handlers in flight to the concurrency
+	sem            chan struct{}  // bounds handlers in flight to the concurrency
+	handlers       sync.WaitGroup // every handler goroutine, across reconnections
 
 	// ctx ends with Stop or Close and bounds resuming; handlers' contexts
 	// derive from the broker's instead, since Stop drains them.
@@ -171,6 +172,8 @@ func (sub *subscription) run(c consumer) {
 	b := sub.b
 	defer b.wg.Done()
 	defer close(sub.done)
+	// Stop returns only when the handlers of lost channels are done too.
+	defer sub.handlers.Wait()
 	defer sub.cancel()
 	for {
 		var round sync.WaitGroup
@@ -229,7 +232,9 @@ func (sub *subscription) consume(c consumer, round *sync.WaitGroup) bool {
 				return true
 			}
 			round.Add(1)
+			sub.handlers.Add(1)
 			go func() {
+				defer sub.handlers.Done()
 				defer round.Done()
 				defer func() { <-sub.sem }()
 				sub.handle(c.ch, &d)
@@ -270,6 +275,10 @@ func (sub *subscription) handle(ch *amqp091.Channel, d *amqp091.Delivery) {
 		return
 	}
 	if reply != nil && d.ReplyTo != "" {
+		if len(reply.Body) > b.cfg.maxSize {
+			sub.fail(ch, d, fmt.Errorf("reply: %w: %d bytes, limit %d", broker.ErrMessageTooLarge, len(reply.Body), b.cfg.maxSize))
+			return
+		}
 		p := toPublishing(reply, time.Time{}, time.Now(), false)
 		if p.MessageId == "" {
 			p.MessageId = broker.NewID()
