@@ -154,7 +154,8 @@ func (b *Broker) onAsyncError(_ *natsgo.Conn, sub *natsgo.Subscription, err erro
 // pause. A request with no deadline in req or ctx waits until ctx ends.
 //
 // In durable mode a retry with the same Message.ID is not stored again (the
-// stream drops duplicates) and waits for the stored original's reply.
+// stream drops duplicates); made through the same Broker, it waits for the
+// stored original's reply.
 func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 	if b.closed.Load() {
 		return nil, fmt.Errorf("nats: request %s: %w", req.Subject, broker.ErrClosed)
