@@ -1,0 +1,261 @@
+package rocketmq_test
+
+// Regression tests for rocketmq-client-go's request-reply defects, against
+// the real broker. Each TestRegressionX shows mqrpc's behaviour; the
+// matching TestUpstreamX shows the defect in the raw client, so a fixed
+// release is noticed (it then fails and the workaround can be reviewed).
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	rmq "github.com/apache/rocketmq-client-go/v2"
+	"github.com/apache/rocketmq-client-go/v2/primitive"
+	"github.com/apache/rocketmq-client-go/v2/producer"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/rocketmq"
+)
+
+// settle is how long a new consumer needs before queues are assigned to it.
+const settle = 3 * time.Second
+
+func topic(t testing.TB) string {
+	name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
+	return "mqrpcreg_" + name + "_" + broker.NewID()
+}
+
+// serve starts h on subject on a fresh server Broker and waits for the
+// consumer group to settle.
+func serve(t testing.TB, subject string, h broker.HandlerFunc) *rocketmq.Broker {
+	t.Helper()
+	srv := newBroker(t)
+	t.Cleanup(func() { _ = srv.Close() })
+	sub, err := srv.Serve(subject, h)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = sub.Stop(ctx)
+	})
+	time.Sleep(settle)
+	return srv
+}
+
+func echoHandler(_ context.Context, req *broker.Message) (*broker.Message, error) {
+	return &broker.Message{Header: req.Header, Body: req.Body}, nil
+}
+
+func client(t testing.TB) *rocketmq.Broker {
+	t.Helper()
+	b := newBroker(t)
+	t.Cleanup(func() { _ = b.Close() })
+	return b
+}
+
+// rawProducer is a plain rocketmq-client-go producer with its own client.
+func rawProducer(t testing.TB) rmq.Producer {
+	t.Helper()
+	p, err := rmq.NewProducer(
+		producer.WithNsResolver(primitive.NewPassthroughResolver([]string{realBroker(t)})),
+		producer.WithInstanceName("raw-"+broker.NewID()),
+		producer.WithGroupName("mqrpc_raw"),
+	)
+	require.NoError(t, err)
+	require.NoError(t, p.Start())
+	t.Cleanup(func() { _ = p.Shutdown() })
+	return p
+}
+
+// #890, #1046: the reply body must arrive (CreateReplyMessage drops it).
+func TestRegressionReplyBody(t *testing.T) {
+	subj := topic(t)
+	serve(t, subj, echoHandler)
+	c := client(t)
+	for _, body := range [][]byte{[]byte("the answer"), bytes.Repeat([]byte{0, 1, 2, 0xff}, 4096)} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		reply, err := c.Request(ctx, &broker.Message{Subject: subj, Body: body})
+		cancel()
+		require.NoError(t, err)
+		assert.True(t, bytes.Equal(body, reply.Body), "reply body of %d bytes differs", len(body))
+	}
+}
+
+// #1047: a fresh requester calling an existing topic gets its reply at
+// once, not after the client's first periodic heartbeat (up to 30 s).
+func TestRegressionFirstHeartbeat(t *testing.T) {
+	subj := topic(t)
+	serve(t, subj, echoHandler)
+	c := client(t)
+	// After the client's own first heartbeat (1 s after start), which went
+	// nowhere because it knew no broker yet.
+	time.Sleep(1500 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	reply, err := c.Request(ctx, &broker.Message{Subject: subj, Body: []byte("first")})
+	require.NoError(t, err)
+	assert.Equal(t, "first", string(reply.Body))
+	assert.Less(t, time.Since(start), 5*time.Second)
+}
+
+func TestUpstreamFirstHeartbeat(t *testing.T) {
+	subj := topic(t)
+	serve(t, subj, echoHandler)
+	p := rawProducer(t)
+	time.Sleep(1500 * time.Millisecond) // past its first heartbeat, as above
+	msg := primitive.NewMessage(subj, []byte("first"))
+	_, err := p.Request(context.Background(), 3*time.Second, msg)
+	assert.Error(t, err, "upstream registers a new requester before its first reply now (#1047)")
+}
+
+// RequestAsync's callback fires twice for one reply (on the reply, then on
+// the removal of the pending entry). mqrpc keeps the first.
+func TestUpstreamRequestAsyncFiresTwice(t *testing.T) {
+	subj := topic(t)
+	serve(t, subj, echoHandler)
+	c := client(t) // warm the topic's route and registration for the raw requester's sake
+	_, err := c.Request(context.Background(), &broker.Message{Subject: subj, Deadline: time.Now().Add(10 * time.Second)})
+	require.NoError(t, err)
+
+	p := rawProducer(t)
+	hb := rocketmq.HeartbeatFunc(p)
+	require.NotNil(t, hb, "rocketmq-client-go changed shape: heartbeatFunc finds no client")
+	var calls atomic.Int32
+	first := make(chan struct{}, 1)
+	send := func() {
+		err := p.RequestAsync(context.Background(), 5*time.Second, func(_ context.Context, m *primitive.Message, err error) {
+			calls.Add(1)
+			select {
+			case first <- struct{}{}:
+			default:
+			}
+		}, primitive.NewMessage(subj, []byte("x")))
+		require.NoError(t, err)
+	}
+	send()
+	hb()
+	select {
+	case <-first:
+	case <-time.After(8 * time.Second):
+		t.Fatal("no reply")
+	}
+	time.Sleep(300 * time.Millisecond)
+	assert.Equal(t, int32(2), calls.Load(), "callback invocations for one reply")
+}
+
+// Timeouts fire late upstream: a pending RequestAsync whose TTL passed is
+// only failed when the table is swept (every 10 minutes). mqrpc returns at
+// the deadline.
+func TestRegressionDeadlineOnTime(t *testing.T) {
+	subj := topic(t)
+	serve(t, subj, func(context.Context, *broker.Message) (*broker.Message, error) { return nil, nil }) // never answers
+	c := client(t)
+	start := time.Now()
+	_, err := c.Request(context.Background(), &broker.Message{Subject: subj, Deadline: time.Now().Add(time.Second)})
+	assert.ErrorIs(t, err, broker.ErrTimeout)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Less(t, time.Since(start), 1500*time.Millisecond)
+}
+
+func TestUpstreamTimeoutFiresLate(t *testing.T) {
+	subj := topic(t)
+	serve(t, subj, func(context.Context, *broker.Message) (*broker.Message, error) { return nil, nil })
+	p := rawProducer(t)
+	var calls atomic.Int32
+	err := p.RequestAsync(context.Background(), time.Second, func(context.Context, *primitive.Message, error) {
+		calls.Add(1)
+	}, primitive.NewMessage(subj, []byte("x")))
+	require.NoError(t, err)
+	time.Sleep(3 * time.Second)
+	assert.Zero(t, calls.Load(), "upstream now fails an expired RequestAsync on time")
+}
+
+// Upstream's Request ignores ctx. mqrpc returns on cancel.
+func TestRegressionCancel(t *testing.T) {
+	subj := topic(t)
+	serve(t, subj, func(ctx context.Context, _ *broker.Message) (*broker.Message, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	})
+	c := client(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	start := time.Now()
+	_, err := c.Request(ctx, &broker.Message{Subject: subj, Deadline: time.Now().Add(10 * time.Second)})
+	assert.ErrorIs(t, err, broker.ErrTimeout)
+	assert.ErrorIs(t, err, context.Canceled)
+	assert.Less(t, time.Since(start), 700*time.Millisecond)
+}
+
+func TestUpstreamRequestIgnoresCtx(t *testing.T) {
+	subj := topic(t)
+	serve(t, subj, func(ctx context.Context, _ *broker.Message) (*broker.Message, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	})
+	p := rawProducer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	start := time.Now()
+	_, err := p.Request(ctx, 2*time.Second, primitive.NewMessage(subj, []byte("x")))
+	assert.Error(t, err)
+	assert.Greater(t, time.Since(start), 1500*time.Millisecond, "upstream Request now honours ctx")
+}
+
+// Upstream's Request swallows a send error until its timeout. mqrpc
+// reports it at once: here the broker refuses a body over its 4 MiB limit.
+func TestRegressionSendErrorReported(t *testing.T) {
+	subj := topic(t)
+	serve(t, subj, echoHandler)
+	c, err := rocketmq.New(realBroker(t), rocketmq.WithMaxMessageSize(64<<20), rocketmq.WithLogger(testLogger()))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	start := time.Now()
+	_, err = c.Request(context.Background(), &broker.Message{Subject: subj, Body: make([]byte, 5<<20), Deadline: time.Now().Add(10 * time.Second)})
+	require.Error(t, err)
+	assert.ErrorIs(t, err, broker.ErrMessageTooLarge)
+	assert.Less(t, time.Since(start), 5*time.Second)
+}
+
+func TestUpstreamRequestSwallowsSendError(t *testing.T) {
+	subj := topic(t)
+	serve(t, subj, echoHandler)
+	p := rawProducer(t)
+	start := time.Now()
+	_, err := p.Request(context.Background(), 2*time.Second, primitive.NewMessage(subj, make([]byte, 5<<20)))
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "CODE: 13", "upstream Request now reports the send error")
+	assert.Greater(t, time.Since(start), 1500*time.Millisecond)
+}
+
+// Messages are delivered with the topic's name as Subject and the
+// producer's ID; a handler error is a failed delivery, redelivered later.
+func TestRealHandlerErrorRedelivers(t *testing.T) {
+	subj := topic(t)
+	var calls atomic.Int32
+	got := make(chan string, 2)
+	serve(t, subj, func(_ context.Context, req *broker.Message) (*broker.Message, error) {
+		if calls.Add(1) == 1 {
+			return nil, assert.AnError
+		}
+		got <- req.ID
+		return nil, nil
+	})
+	c := client(t)
+	require.NoError(t, c.Send(context.Background(), &broker.Message{ID: "redeliver-me", Subject: subj}))
+	select {
+	case id := <-got:
+		assert.Equal(t, "redeliver-me", id)
+	case <-time.After(60 * time.Second):
+		// The retry topic's route reaches the consumer with its 30 s
+		// route poll; the first redelivery waits 10 s (delay level 3).
+		t.Fatal("a failed delivery was not redelivered within 60s")
+	}
+}
