@@ -172,7 +172,12 @@ func TestDedupExactlyOnce(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, 3, got.Sum)
 			require.NoError(t, b.Close())
-			assert.Equal(t, tt.wantRuns, runs.Load())
+			if tt.dedup {
+				assert.Equal(t, tt.wantRuns, runs.Load(), "exactly once")
+			} else {
+				// A very slow attempt may time out too and run a third time.
+				assert.GreaterOrEqual(t, runs.Load(), tt.wantRuns)
+			}
 			if tt.faults.DropReplies+tt.faults.DropRequests > 0 {
 				assert.Positive(t, retries.Load(), "the fault forced a retry")
 			}

