@@ -104,11 +104,12 @@ func TestInFlightFailDisconnected(t *testing.T) {
 	}()
 }
 
-// TestDurableRestartNoLoss restarts a private RabbitMQ node (gracefully, and
+// TestRestart restarts a private RabbitMQ node (gracefully, and
 // by SIGKILL) while clients send one-way requests in durable mode, and counts
 // the requests that RabbitMQ confirmed (Send returned nil) but no server
-// ever handled. There must be none.
-func TestDurableRestartNoLoss(t *testing.T) {
+// ever handled. There must be none. Then it checks that fast mode recovers
+// from a restart too.
+func TestRestart(t *testing.T) {
 	n := startNode(t, nil)
 	for _, kill := range []bool{false, true} {
 		name := "Graceful"
@@ -224,4 +225,43 @@ func TestDurableRestartNoLoss(t *testing.T) {
 			assert.Equal(t, "ok", string(reply.Body))
 		})
 	}
+
+	// Fast mode loses its transient queues with the node; servers
+	// re-declare them, and calls in flight fail fast, not at their deadline.
+	t.Run("Fast", func(t *testing.T) {
+		srv := open(t, n.URL())
+		client := open(t, n.URL())
+		subj := "restart-fast-" + broker.NewID()
+		var started atomic.Int64
+		serve(t, srv, subj, func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+			if string(req.Body) == "slow" {
+				started.Add(1)
+				<-ctx.Done()
+			}
+			return echo(ctx, req)
+		})
+		errc := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			_, err := client.Request(ctx, &broker.Message{Subject: subj, Body: []byte("slow")})
+			errc <- err
+		}()
+		require.Eventually(t, func() bool { return started.Load() == 1 }, 10*time.Second, 10*time.Millisecond)
+		begin := time.Now()
+		n.restart(t, false)
+		select {
+		case err := <-errc:
+			assert.ErrorIs(t, err, broker.ErrDisconnected)
+		case <-time.After(time.Second):
+			t.Fatal("the call in flight did not fail when the node went down")
+		}
+		t.Logf("node restarted in %v", time.Since(begin).Round(time.Millisecond))
+		require.Eventually(t, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			reply, err := client.Request(ctx, &broker.Message{Subject: subj, Body: []byte("after")})
+			return err == nil && string(reply.Body) == "after"
+		}, 30*time.Second, 100*time.Millisecond, "no successful call after the restart")
+	})
 }

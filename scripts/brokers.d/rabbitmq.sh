@@ -13,10 +13,11 @@
 #     node, so rabbitmqctl can talk to it on a fresh machine;
 #   - the guest user keeps its default loopback-only restriction.
 #
-# Overridable: MQRPC_RABBITMQ_PORT (5672), MQRPC_RABBITMQ_DIST_PORT (25672).
+# Overridable: MQRPC_RABBITMQ_NODE (rabbit@localhost; the tests read it too),
+# MQRPC_RABBITMQ_PORT (5672), MQRPC_RABBITMQ_DIST_PORT (25672).
 
 rabbitmq_env() {
-	export RABBITMQ_NODENAME=rabbit@localhost
+	export RABBITMQ_NODENAME="${MQRPC_RABBITMQ_NODE:-rabbit@localhost}"
 	export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
 	export RABBITMQ_NODE_PORT="${MQRPC_RABBITMQ_PORT:-5672}"
 	export RABBITMQ_DIST_PORT="${MQRPC_RABBITMQ_DIST_PORT:-25672}"
