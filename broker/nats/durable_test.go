@@ -204,3 +204,34 @@ func TestDurableDeadlineIsStreamTTL(t *testing.T) {
 	require.Eventually(t, func() bool { return msgs() == 1 }, 10*time.Second, 100*time.Millisecond,
 		"the expired request leaves the stream without any server")
 }
+
+// A memory stream and its consumer vanish when the server restarts; the
+// client makes the stream again and the server its consumer, by themselves.
+func TestDurableRecoversLostMemoryStream(t *testing.T) {
+	srv := startEmbedded(t)
+	js := testJetStream(t, srv.URL()) // MemoryStorage
+	opts := []natsbroker.Option{natsbroker.WithURL(srv.URL()), natsbroker.WithJetStream(js),
+		natsbroker.WithReconnectWait(50 * time.Millisecond)}
+	server := newBroker(t, opts...)
+	client := newBroker(t, opts...)
+	subj := uniqueSubject(t)
+	_, err := server.Serve(subj, broker.HandlerFunc(echoHandler))
+	require.NoError(t, err)
+	_, err = client.Request(ctxTimeout(t, 5*time.Second), &broker.Message{Subject: subj, Body: []byte("before")})
+	require.NoError(t, err)
+
+	require.NoError(t, srv.Restart())
+	start := time.Now()
+	var lastErr error
+	for time.Since(start) < 90*time.Second {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, lastErr = client.Request(ctx, &broker.Message{Subject: subj, Body: []byte("after")})
+		cancel()
+		if lastErr == nil {
+			t.Logf("recovered after %v", time.Since(start).Round(time.Millisecond))
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("no call succeeded after the restart: %v", lastErr)
+}

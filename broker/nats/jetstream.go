@@ -19,6 +19,9 @@ import (
 // first durable publish.
 const setupTimeout = 10 * time.Second
 
+// pullExpiry is how long one pull request of a server waits for messages.
+const pullExpiry = 10 * time.Second
+
 // ensureStreams creates the request and dead-letter streams when missing.
 // Existing streams are used as they are: clients with slightly different
 // settings must not keep rewriting a shared stream.
@@ -139,7 +142,7 @@ func (s *subscription) startDurable(cfg broker.ServeConfig) error {
 	if err := b.ensureStreams(ctx); err != nil {
 		return err
 	}
-	cons, err := b.js.CreateOrUpdateConsumer(ctx, js.Stream, jetstream.ConsumerConfig{
+	consumer := jetstream.ConsumerConfig{
 		Durable:       consumerName(cfg.Queue),
 		Description:   "mqrpc servers of " + s.subject,
 		FilterSubject: js.SubjectPrefix + "." + s.subject,
@@ -149,15 +152,21 @@ func (s *subscription) startDurable(cfg broker.ServeConfig) error {
 		// limit would strand the message in the work queue instead.
 		MaxDeliver:        -1,
 		InactiveThreshold: js.InactiveThreshold,
-	})
+	}
+	s.mu.Lock()
+	s.consumer = consumer
+	s.mu.Unlock()
+	cons, err := b.js.CreateOrUpdateConsumer(ctx, js.Stream, consumer)
 	if err != nil {
 		return fmt.Errorf("consumer %s: %w", cfg.Queue, err)
 	}
 	cc, err := cons.Consume(s.onDurable,
 		jetstream.PullMaxMessages(cfg.Concurrency),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			b.log.Debug("nats: consume", "subject", s.subject, "error", err)
-		}))
+		// Short pulls with heartbeats: a pull lost in a server restart
+		// is noticed and renewed within seconds, not half a minute.
+		jetstream.PullExpiry(pullExpiry),
+		jetstream.PullHeartbeat(pullExpiry/5),
+		jetstream.ConsumeErrHandler(s.onConsumeError))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", cfg.Queue, err)
 	}
@@ -165,6 +174,55 @@ func (s *subscription) startDurable(cfg broker.ServeConfig) error {
 	s.cc = cc
 	s.mu.Unlock()
 	return nil
+}
+
+// onConsumeError repairs the consumer when it has gone (deleted, or lost
+// with a memory stream in a server restart). The pull loop keeps asking for
+// messages by the consumer's name, so it resumes once the consumer exists
+// again.
+func (s *subscription) onConsumeError(_ jetstream.ConsumeContext, err error) {
+	s.b.log.Debug("nats: consume", "subject", s.subject, "error", err)
+	if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
+		errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, natsgo.ErrNoResponders) {
+		s.repairConsumer()
+	}
+}
+
+func (s *subscription) repairConsumer() {
+	if !s.repairing.CompareAndSwap(false, true) {
+		return
+	}
+	s.mu.Lock()
+	consumer := s.consumer
+	if s.stopped || consumer.Durable == "" {
+		s.mu.Unlock()
+		s.repairing.Store(false)
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		defer s.repairing.Store(false)
+		ctx, cancel := context.WithTimeout(s.ctx, setupTimeout)
+		defer cancel()
+		b, stream := s.b, s.b.cfg.js.Stream
+		if _, err := b.js.Consumer(ctx, stream, consumer.Durable); err == nil {
+			return
+		}
+		b.streamMu.Lock()
+		b.streamReady = false
+		b.streamMu.Unlock()
+		if err := b.ensureStreams(ctx); err != nil {
+			b.log.Warn("nats: repair stream", "subject", s.subject, "error", err)
+			return
+		}
+		if _, err := b.js.CreateOrUpdateConsumer(ctx, stream, consumer); err != nil {
+			b.log.Warn("nats: repair consumer", "subject", s.subject, "error", err)
+			return
+		}
+		b.log.Info("nats: consumer recreated", "subject", s.subject, "consumer", consumer.Durable)
+	}()
 }
 
 func (s *subscription) onDurable(m jetstream.Msg) {

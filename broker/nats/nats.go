@@ -127,6 +127,16 @@ func (b *Broker) onDisconnect(_ *natsgo.Conn, err error) {
 
 func (b *Broker) onReconnect(nc *natsgo.Conn) {
 	b.log.Info("nats: reconnected", "url", nc.ConnectedUrlRedacted())
+	if b.js == nil {
+		return
+	}
+	// The server may have come back without its memory streams and their
+	// consumers; servers make theirs again.
+	b.subsMu.Lock()
+	defer b.subsMu.Unlock()
+	for s := range b.subs {
+		s.repairConsumer()
+	}
 }
 
 func (b *Broker) onClosed(*natsgo.Conn) {

@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	natsgo "github.com/nats-io/nats.go"
@@ -73,8 +74,10 @@ type subscription struct {
 	ctx     context.Context
 	cancel  context.CancelFunc // cancels every delivery's ctx
 
-	sub *natsgo.Subscription     // core mode
-	cc  jetstream.ConsumeContext // durable mode
+	sub       *natsgo.Subscription     // core mode
+	cc        jetstream.ConsumeContext // durable mode
+	consumer  jetstream.ConsumerConfig // durable mode
+	repairing atomic.Bool              // durable mode: consumer being recreated
 
 	mu      sync.Mutex
 	stopped bool // no new handler goroutine may start
