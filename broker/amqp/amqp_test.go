@@ -311,3 +311,33 @@ func TestMessageTooLarge(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, reply.Body, 1024)
 }
+
+// TestReplyToGoneClient: a server replying to a caller whose connection is
+// gone (direct reply-to of a dead connection) keeps serving others.
+func TestReplyToGoneClient(t *testing.T) {
+	url := testenv.AMQPURL(t)
+	srv := open(t, url)
+	subj := "gone-" + broker.NewID()
+	started := make(chan struct{}, 1)
+	serve(t, srv, subj, func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+		if string(req.Body) == "slow" {
+			started <- struct{}{}
+			time.Sleep(300 * time.Millisecond)
+		}
+		return echo(ctx, req)
+	})
+	gone := open(t, url)
+	go func() { _, _ = gone.Request(ctxT(t, 10*time.Second), &broker.Message{Subject: subj, Body: []byte("slow")}) }()
+	<-started
+	require.NoError(t, gone.Close())
+	time.Sleep(500 * time.Millisecond) // the server replied into the void by now
+
+	client := open(t, url)
+	for i := 0; i < 3; i++ {
+		reply, err := client.Request(ctxT(t, 5*time.Second), &broker.Message{Subject: subj, Body: []byte("next"),
+			Header: broker.Header{broker.HeaderContentType: ""}})
+		require.NoError(t, err)
+		assert.Equal(t, "next", string(reply.Body))
+		assert.Equal(t, broker.Header{broker.HeaderContentType: ""}, reply.Header, "an empty content-type round-trips")
+	}
+}

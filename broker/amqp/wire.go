@@ -43,12 +43,14 @@ func toPublishing(m *broker.Message, deadline time.Time, now time.Time, persiste
 	}
 	for k, v := range m.Header {
 		k = strings.ToLower(k)
-		switch k {
-		case broker.HeaderContentType:
+		switch {
+		case k == broker.HeaderContentType && v != "":
 			p.ContentType = v
-		case broker.HeaderDeadline:
+		case k == broker.HeaderDeadline:
 			// The field is authoritative; a stale header is not copied.
 		default:
+			// An empty content-type stays a header: an empty property
+			// would not come back as a header.
 			p.Headers[k] = v
 		}
 	}

@@ -1,0 +1,86 @@
+package amqp
+
+import (
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mqrpc/mqrpc/broker"
+)
+
+// These tests need no RabbitMQ: they pin the mapping of docs/PROTOCOL.md.
+
+func TestMappingRoundTrip(t *testing.T) {
+	now := time.UnixMilli(1_700_000_000_000)
+	deadline := now.Add(1500*time.Millisecond + 300*time.Microsecond)
+	tests := []struct {
+		name string
+		msg  broker.Message
+	}{
+		{"Empty", broker.Message{ID: "a"}},
+		{"ContentType", broker.Message{ID: "b", Header: broker.Header{"content-type": "application/json", "mqrpc-method": "Add"}}},
+		{"EmptyContentType", broker.Message{ID: "c", Header: broker.Header{"content-type": ""}}},
+		{"Deadline", broker.Message{ID: "d", Header: broker.Header{"x": "y"}, Body: []byte{0, 1, 2}, Deadline: deadline}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := toPublishing(&tt.msg, tt.msg.Deadline, now, false)
+			d := amqp091.Delivery{
+				MessageId: p.MessageId, ContentType: p.ContentType, Headers: p.Headers,
+				Body: p.Body, Expiration: p.Expiration, DeliveryMode: p.DeliveryMode,
+			}
+			got, err := fromDelivery(&d)
+			require.NoError(t, err)
+			assert.Equal(t, tt.msg.ID, got.ID)
+			assert.Equal(t, len(tt.msg.Header), len(got.Header))
+			for k, v := range tt.msg.Header {
+				assert.Equal(t, v, got.Header.Get(k), k)
+			}
+			assert.Equal(t, string(tt.msg.Body), string(got.Body))
+			if tt.msg.Deadline.IsZero() {
+				assert.True(t, got.Deadline.IsZero())
+				assert.Empty(t, p.Expiration)
+			} else {
+				// Rounded up to the millisecond, never earlier.
+				assert.False(t, got.Deadline.Before(tt.msg.Deadline))
+				assert.Less(t, got.Deadline.Sub(tt.msg.Deadline), time.Millisecond)
+				assert.Equal(t, "1501", p.Expiration)
+			}
+		})
+	}
+}
+
+func TestMappingForeignHeaders(t *testing.T) {
+	d := amqp091.Delivery{Headers: amqp091.Table{
+		"X-Upper":            "v",
+		"x-int":              int32(7),
+		"x-bool":             true,
+		"x-bytes":            []byte("raw"),
+		"x-death":            []any{amqp091.Table{"count": int64(1)}},
+		"x-mqrpc-deliveries": int32(2),
+		"mqrpc-deadline":     "not-a-number",
+	}}
+	m, err := fromDelivery(&d)
+	var herr *broker.HeaderError
+	require.ErrorAs(t, err, &herr, "a malformed deadline is reported")
+	assert.Equal(t, broker.Header{"x-upper": "v", "x-int": "7", "x-bool": "true", "x-bytes": "raw"}, m.Header)
+}
+
+func TestBackoff(t *testing.T) {
+	for n := 0; n < 20; n++ {
+		d := backoff(100*time.Millisecond, 5*time.Second, n)
+		assert.GreaterOrEqual(t, d, 50*time.Millisecond)
+		assert.LessOrEqual(t, d, 5*time.Second)
+	}
+	assert.LessOrEqual(t, backoff(100*time.Millisecond, 5*time.Second, 0), 100*time.Millisecond)
+}
+
+func TestNewBadURL(t *testing.T) {
+	_, err := New("amqp://127.0.0.1:1/", WithDialTimeout(time.Second))
+	require.Error(t, err, "nothing listens on port 1")
+	_, err = New("ftp://x/")
+	require.Error(t, err)
+}
