@@ -327,7 +327,9 @@ func TestReplyToGoneClient(t *testing.T) {
 		return echo(ctx, req)
 	})
 	gone := open(t, url)
-	go func() { _, _ = gone.Request(ctxT(t, 10*time.Second), &broker.Message{Subject: subj, Body: []byte("slow")}) }()
+	go func() {
+		_, _ = gone.Request(ctxT(t, 10*time.Second), &broker.Message{Subject: subj, Body: []byte("slow")})
+	}()
 	<-started
 	require.NoError(t, gone.Close())
 	time.Sleep(500 * time.Millisecond) // the server replied into the void by now
