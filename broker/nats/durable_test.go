@@ -130,20 +130,20 @@ func TestDurableDeduplicatesByID(t *testing.T) {
 // acknowledgements), so it is not handed to a second server meanwhile.
 func TestDurableSlowHandlerIsNotRedelivered(t *testing.T) {
 	url := testenv.NATSURL(t)
-	js := testJetStream(t, url, func(c *natsbroker.JetStreamConfig) { c.AckWait = 600 * time.Millisecond })
+	js := testJetStream(t, url, func(c *natsbroker.JetStreamConfig) { c.AckWait = 2 * time.Second })
 	b := newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
 	subj := uniqueSubject(t)
 	var served atomic.Int64
 	_, err := b.Serve(subj, broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 		served.Add(1)
-		time.Sleep(1500 * time.Millisecond)
+		time.Sleep(3 * time.Second) // 1.5 ack waits
 		return &broker.Message{Body: []byte("slow")}, nil
 	}))
 	require.NoError(t, err)
 	rep, err := b.Request(ctxTimeout(t, 10*time.Second), &broker.Message{Subject: subj})
 	require.NoError(t, err)
 	assert.Equal(t, []byte("slow"), rep.Body)
-	time.Sleep(700 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond)
 	assert.Equal(t, int64(1), served.Load(), "delivered once")
 }
 
