@@ -105,6 +105,16 @@ func Open(rawURL string, opts ...Option) (broker.Broker, error) {
 	return nil, fmt.Errorf("%w %q in %q (want memory, embedded, nats, tls, amqp, amqps or rocketmq)", ErrUnknownScheme, scheme, rawURL)
 }
 
+// Redact returns rawURL with any password replaced by "xxxxx", fit to print
+// or log.
+func Redact(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.User == nil {
+		return rawURL
+	}
+	return u.Redacted()
+}
+
 func natsOptions(cfg config, urls ...string) []nats.Option {
 	opts := []nats.Option{nats.WithURL(urls...), nats.WithLogger(cfg.logger)}
 	if cfg.name != "" {

@@ -4,7 +4,7 @@
 // unchanged, through mqgrpc.
 //
 //	go run ./examples/grpc-greeter                                 # in-process broker
-//	go run ./examples/grpc-greeter -broker embedded-nats          # NATS server inside the program
+//	go run ./examples/grpc-greeter -broker memory          # the in-process memory broker (default: an embedded NATS server)
 //	go run ./examples/grpc-greeter -broker nats://127.0.0.1:4222
 //	go run ./examples/grpc-greeter -broker amqp://guest:guest@127.0.0.1:5672/
 //	go run ./examples/grpc-greeter -name Alice
@@ -24,11 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	mqgrpc "github.com/mqrpc/mqrpc/adapters/grpc"
-	"github.com/mqrpc/mqrpc/broker"
-	"github.com/mqrpc/mqrpc/broker/amqp"
-	"github.com/mqrpc/mqrpc/broker/memory"
-	"github.com/mqrpc/mqrpc/broker/nats"
-	"github.com/mqrpc/mqrpc/broker/nats/embedded"
+	"github.com/mqrpc/mqrpc/broker/dial"
 	pb "github.com/mqrpc/mqrpc/examples/grpc-greeter/helloworld"
 )
 
@@ -47,8 +43,8 @@ func (greeter) SayHello(ctx context.Context, in *pb.HelloRequest) (*pb.HelloRepl
 }
 
 func main() {
-	brokerFlag := flag.String("broker", "memory",
-		"broker to run on: memory, embedded-nats, a nats:// URL or an amqp:// URL")
+	brokerFlag := flag.String("broker", "embedded",
+		`broker: "embedded" (a NATS server in this process), "memory", or a URL: nats://, tls://, amqp://, amqps://, rocketmq://host:port`)
 	name := flag.String("name", "world", "name to greet")
 	flag.Parse()
 	if err := run(*brokerFlag, *name); err != nil {
@@ -61,12 +57,12 @@ func run(brokerArg, name string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	b, desc, closeBroker, err := openBroker(brokerArg)
+	b, err := dial.Open(brokerArg, dial.WithName("grpc-greeter"))
 	if err != nil {
 		return err
 	}
-	defer closeBroker()
-	fmt.Println("broker:", desc)
+	defer b.Close()
+	fmt.Println("broker:", dial.Redact(brokerArg))
 
 	// Server side: the generated registration function, with an mqgrpc
 	// Server as the grpc.ServiceRegistrar. It serves the subject
@@ -101,38 +97,4 @@ func run(brokerArg, name string) error {
 	}
 	fmt.Println("SayHello with no name failed as expected:", status.Code(err), status.Convert(err).Message())
 	return nil
-}
-
-// openBroker returns the broker named by the -broker flag and a function
-// that closes it.
-func openBroker(arg string) (broker.Broker, string, func(), error) {
-	switch {
-	case arg == "memory":
-		b := memory.New()
-		return b, "in-process (memory)", func() { _ = b.Close() }, nil
-	case arg == "embedded-nats":
-		srv, err := embedded.Start(embedded.WithoutJetStream())
-		if err != nil {
-			return nil, "", nil, fmt.Errorf("start embedded NATS: %w", err)
-		}
-		b, err := nats.New(nats.WithURL(srv.URL()))
-		if err != nil {
-			srv.Close()
-			return nil, "", nil, err
-		}
-		return b, "embedded NATS at " + srv.URL(), func() { _ = b.Close(); srv.Close() }, nil
-	case strings.HasPrefix(arg, "nats://"), strings.HasPrefix(arg, "tls://"):
-		b, err := nats.New(nats.WithURL(arg))
-		if err != nil {
-			return nil, "", nil, err
-		}
-		return b, "NATS at " + arg, func() { _ = b.Close() }, nil
-	case strings.HasPrefix(arg, "amqp://"), strings.HasPrefix(arg, "amqps://"):
-		b, err := amqp.New(arg)
-		if err != nil {
-			return nil, "", nil, err
-		}
-		return b, "RabbitMQ", func() { _ = b.Close() }, nil
-	}
-	return nil, "", nil, fmt.Errorf("unknown broker %q (want memory, embedded-nats, nats://... or amqp://...)", arg)
 }

@@ -4,7 +4,7 @@
 // RabbitMQ's Java client (with system.describe).
 //
 //	go run ./examples/jsonrpc                       # in-process broker
-//	go run ./examples/jsonrpc -broker embedded-nats # NATS server inside the program
+//	go run ./examples/jsonrpc -broker memory # the in-process memory broker (default: an embedded NATS server)
 //	go run ./examples/jsonrpc -broker nats://127.0.0.1:4222
 //	go run ./examples/jsonrpc -broker amqp://guest:guest@127.0.0.1:5672/
 package main
@@ -19,11 +19,7 @@ import (
 	"time"
 
 	"github.com/mqrpc/mqrpc/adapters/jsonrpc"
-	"github.com/mqrpc/mqrpc/broker"
-	"github.com/mqrpc/mqrpc/broker/amqp"
-	"github.com/mqrpc/mqrpc/broker/memory"
-	"github.com/mqrpc/mqrpc/broker/nats"
-	"github.com/mqrpc/mqrpc/broker/nats/embedded"
+	"github.com/mqrpc/mqrpc/broker/dial"
 	"github.com/mqrpc/mqrpc/rpc"
 )
 
@@ -35,8 +31,8 @@ type DivParams struct {
 }
 
 func main() {
-	brokerFlag := flag.String("broker", "memory",
-		"broker to run on: memory, embedded-nats, a nats:// URL or an amqp:// URL")
+	brokerFlag := flag.String("broker", "embedded",
+		`broker: "embedded" (a NATS server in this process), "memory", or a URL: nats://, tls://, amqp://, amqps://, rocketmq://host:port`)
 	flag.Parse()
 	if err := run(*brokerFlag); err != nil {
 		fmt.Fprintln(os.Stderr, "jsonrpc:", err)
@@ -45,12 +41,12 @@ func main() {
 }
 
 func run(brokerArg string) error {
-	b, name, closeBroker, err := openBroker(brokerArg)
+	b, err := dial.Open(brokerArg, dial.WithName("jsonrpc-example"))
 	if err != nil {
 		return err
 	}
-	defer closeBroker()
-	fmt.Println("broker:", name)
+	defer b.Close()
+	fmt.Println("broker:", dial.Redact(brokerArg))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -154,38 +150,4 @@ func run(brokerArg string) error {
 	}
 	fmt.Println("calcSum([10 20]) over JSON-RPC 1.1 =", sum)
 	return nil
-}
-
-// openBroker returns the broker named by the -broker flag and a function
-// that closes it.
-func openBroker(arg string) (broker.Broker, string, func(), error) {
-	switch {
-	case arg == "memory":
-		b := memory.New()
-		return b, "in-process (memory)", func() { _ = b.Close() }, nil
-	case arg == "embedded-nats":
-		srv, err := embedded.Start(embedded.WithoutJetStream())
-		if err != nil {
-			return nil, "", nil, fmt.Errorf("start embedded NATS: %w", err)
-		}
-		b, err := nats.New(nats.WithURL(srv.URL()))
-		if err != nil {
-			srv.Close()
-			return nil, "", nil, err
-		}
-		return b, "embedded NATS", func() { _ = b.Close(); srv.Close() }, nil
-	case strings.HasPrefix(arg, "nats://"), strings.HasPrefix(arg, "tls://"):
-		b, err := nats.New(nats.WithURL(arg))
-		if err != nil {
-			return nil, "", nil, err
-		}
-		return b, "NATS", func() { _ = b.Close() }, nil
-	case strings.HasPrefix(arg, "amqp://"), strings.HasPrefix(arg, "amqps://"):
-		b, err := amqp.New(arg)
-		if err != nil {
-			return nil, "", nil, err
-		}
-		return b, "RabbitMQ", func() { _ = b.Close() }, nil
-	}
-	return nil, "", nil, fmt.Errorf("unknown broker %q (want memory, embedded-nats, nats://... or amqp://...)", arg)
 }

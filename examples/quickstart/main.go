@@ -5,6 +5,8 @@
 //
 //	go run ./examples/quickstart                                  # embedded NATS
 //	go run ./examples/quickstart -broker nats://127.0.0.1:4222    # an external NATS server
+//	go run ./examples/quickstart -broker amqp://guest:guest@127.0.0.1:5672/
+//	go run ./examples/quickstart -broker rocketmq://127.0.0.1:9876
 //	go run ./examples/quickstart -broker memory                   # the in-process memory broker
 //
 // The -broker default can also be set with MQRPC_BROKER.
@@ -16,13 +18,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
-	"github.com/mqrpc/mqrpc/broker"
-	"github.com/mqrpc/mqrpc/broker/memory"
-	"github.com/mqrpc/mqrpc/broker/nats"
-	"github.com/mqrpc/mqrpc/broker/nats/embedded"
+	"github.com/mqrpc/mqrpc/broker/dial"
 	"github.com/mqrpc/mqrpc/rpc"
 )
 
@@ -63,7 +61,7 @@ func main() {
 }
 
 var brokerFlag = flag.String("broker", envOr("MQRPC_BROKER", "embedded"),
-	`broker to use: "embedded" (an in-process NATS server), "memory", or a nats:// URL`)
+	`broker: "embedded" (a NATS server in this process), "memory", or a URL: nats://, tls://, amqp://, amqps://, rocketmq://host:port`)
 
 func envOr(name, def string) string {
 	if v := os.Getenv(name); v != "" {
@@ -77,12 +75,13 @@ func run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	b, name, cleanup, err := openBroker()
+	// One URL picks the broker; nothing else in the program changes.
+	b, err := dial.Open(*brokerFlag, dial.WithName("quickstart"))
 	if err != nil {
 		return err
 	}
-	defer cleanup()
-	fmt.Println("broker:", name)
+	defer b.Close()
+	fmt.Println("broker:", dial.Redact(*brokerFlag))
 
 	// Server side: register typed methods and serve them on the
 	// "Calculator" subject.
@@ -147,31 +146,4 @@ func run() error {
 	}
 	fmt.Println(n, "concurrent calls: all correct")
 	return nil
-}
-
-// openBroker returns the broker the example runs on.
-func openBroker() (broker.Broker, string, func(), error) {
-	switch {
-	case *brokerFlag == "memory":
-		b := memory.New()
-		return b, "in-process (memory)", func() { _ = b.Close() }, nil
-	case *brokerFlag == "embedded":
-		srv, err := embedded.Start(embedded.WithoutJetStream())
-		if err != nil {
-			return nil, "", nil, fmt.Errorf("start embedded NATS server: %w", err)
-		}
-		b, err := nats.New(nats.WithURL(srv.URL()), nats.WithName("quickstart"))
-		if err != nil {
-			srv.Close()
-			return nil, "", nil, err
-		}
-		return b, "embedded NATS server (in this process, loopback)", func() { _ = b.Close(); srv.Close() }, nil
-	case strings.HasPrefix(*brokerFlag, "nats://") || strings.HasPrefix(*brokerFlag, "tls://"):
-		b, err := nats.New(nats.WithURL(*brokerFlag), nats.WithName("quickstart"))
-		if err != nil {
-			return nil, "", nil, err
-		}
-		return b, "NATS at " + *brokerFlag, func() { _ = b.Close() }, nil
-	}
-	return nil, "", nil, fmt.Errorf("unknown -broker %q", *brokerFlag)
 }

@@ -4,16 +4,25 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/mqrpc/mqrpc/internal/testenv"
 )
 
 // The quickstart is the first thing a user runs: keep it working on both
-// zero-setup brokers.
+// zero-setup brokers and on every real one.
 func TestQuickstart(t *testing.T) {
-	for _, b := range []string{"embedded", "memory"} {
-		t.Run(b, func(t *testing.T) {
+	brokers := map[string]func(testing.TB) string{
+		"embedded": func(testing.TB) string { return "embedded" },
+		"memory":   func(testing.TB) string { return "memory" },
+		"nats":     testenv.NATSURL,
+		"rabbitmq": testenv.AMQPURL,
+		"rocketmq": func(t testing.TB) string { return "rocketmq://" + testenv.RocketMQNameServer(t) },
+	}
+	for name, url := range brokers {
+		t.Run(name, func(t *testing.T) {
 			old := *brokerFlag
 			defer func() { *brokerFlag = old }()
-			*brokerFlag = b
+			*brokerFlag = url(t)
 			require.NoError(t, run())
 		})
 	}

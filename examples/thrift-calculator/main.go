@@ -4,7 +4,7 @@
 // transport is a broker.
 //
 //	go run ./examples/thrift-calculator                       # in-process broker
-//	go run ./examples/thrift-calculator -broker embedded-nats # NATS server inside the program
+//	go run ./examples/thrift-calculator -broker memory # the in-process memory broker (default: an embedded NATS server)
 //	go run ./examples/thrift-calculator -broker nats://127.0.0.1:4222
 //	go run ./examples/thrift-calculator -broker amqp://guest:guest@127.0.0.1:5672/ -protocol compact
 package main
@@ -15,15 +15,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	mqthrift "github.com/mqrpc/mqrpc/adapters/thrift"
-	"github.com/mqrpc/mqrpc/broker"
-	"github.com/mqrpc/mqrpc/broker/amqp"
-	"github.com/mqrpc/mqrpc/broker/memory"
-	"github.com/mqrpc/mqrpc/broker/nats"
-	"github.com/mqrpc/mqrpc/broker/nats/embedded"
+	"github.com/mqrpc/mqrpc/broker/dial"
 	"github.com/mqrpc/mqrpc/examples/thrift-calculator/calculator"
 )
 
@@ -57,8 +52,8 @@ func (h *handler) Record(_ context.Context, note string) error {
 }
 
 func main() {
-	brokerFlag := flag.String("broker", "memory",
-		"broker to run on: memory, embedded-nats, a nats:// URL or an amqp:// URL")
+	brokerFlag := flag.String("broker", "embedded",
+		`broker: "embedded" (a NATS server in this process), "memory", or a URL: nats://, tls://, amqp://, amqps://, rocketmq://host:port`)
 	protoFlag := flag.String("protocol", "binary", "thrift protocol: binary, compact or json")
 	flag.Parse()
 	if err := run(*brokerFlag, *protoFlag); err != nil {
@@ -72,12 +67,12 @@ func run(brokerArg, protoArg string) error {
 	if err != nil {
 		return err
 	}
-	b, name, closeBroker, err := openBroker(brokerArg)
+	b, err := dial.Open(brokerArg, dial.WithName("thrift-calculator"))
 	if err != nil {
 		return err
 	}
-	defer closeBroker()
-	fmt.Printf("broker: %s, protocol: %s\n", name, proto)
+	defer b.Close()
+	fmt.Printf("broker: %s, protocol: %s\n", dial.Redact(brokerArg), proto)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -141,38 +136,4 @@ func parseProtocol(s string) (mqthrift.Protocol, error) {
 		}
 	}
 	return 0, fmt.Errorf("unknown protocol %q (want binary, compact or json)", s)
-}
-
-// openBroker returns the broker named by the -broker flag and a function
-// that closes it.
-func openBroker(arg string) (broker.Broker, string, func(), error) {
-	switch {
-	case arg == "memory":
-		b := memory.New()
-		return b, "in-process (memory)", func() { _ = b.Close() }, nil
-	case arg == "embedded-nats":
-		srv, err := embedded.Start(embedded.WithoutJetStream())
-		if err != nil {
-			return nil, "", nil, fmt.Errorf("start embedded NATS: %w", err)
-		}
-		b, err := nats.New(nats.WithURL(srv.URL()))
-		if err != nil {
-			srv.Close()
-			return nil, "", nil, err
-		}
-		return b, "embedded NATS at " + srv.URL(), func() { _ = b.Close(); srv.Close() }, nil
-	case strings.HasPrefix(arg, "nats://"), strings.HasPrefix(arg, "tls://"):
-		b, err := nats.New(nats.WithURL(arg))
-		if err != nil {
-			return nil, "", nil, err
-		}
-		return b, "NATS at " + arg, func() { _ = b.Close() }, nil
-	case strings.HasPrefix(arg, "amqp://"), strings.HasPrefix(arg, "amqps://"):
-		b, err := amqp.New(arg)
-		if err != nil {
-			return nil, "", nil, err
-		}
-		return b, "RabbitMQ", func() { _ = b.Close() }, nil
-	}
-	return nil, "", nil, fmt.Errorf("unknown broker %q (want memory, embedded-nats, nats://... or amqp://...)", arg)
 }
