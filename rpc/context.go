@@ -34,6 +34,13 @@ func (c *callCtx) Value(key any) any {
 	return c.Context.Value(key)
 }
 
+// ContextWithCallInfo returns a ctx carrying info, for clients built on
+// rpc.Middleware other than Client (adapters of other RPC systems), so
+// client middleware such as retry sees what the call is.
+func ContextWithCallInfo(ctx context.Context, info CallInfo) context.Context {
+	return &callCtx{Context: ctx, info: info}
+}
+
 // CallInfoFromContext returns the CallInfo of the client call ctx belongs
 // to.
 func CallInfoFromContext(ctx context.Context) (CallInfo, bool) {

@@ -75,10 +75,10 @@ func NewClient(b broker.Broker, subject string, opts ...ClientOption) *Client {
 	return c
 }
 
-type onewayKey struct{}
-
+// roundTrip is the innermost handler: Send for notifications, Request
+// otherwise.
 func (c *Client) roundTrip(ctx context.Context, msg *broker.Message) (*broker.Message, error) {
-	if ow, _ := ctx.Value(onewayKey{}).(bool); ow {
+	if ci, _ := rpc.CallInfoFromContext(ctx); ci.OneWay {
 		return nil, c.b.Send(ctx, msg)
 	}
 	reply, err := c.b.Request(ctx, msg)
@@ -136,9 +136,8 @@ func (c *Client) send(ctx context.Context, method string, body []byte, oneway bo
 	if d, ok := ctx.Deadline(); ok {
 		msg.Deadline = d
 	}
-	if oneway {
-		ctx = context.WithValue(ctx, onewayKey{}, true)
-	}
+	// Client middleware (retry, logging, ...) reads what the call is.
+	ctx = rpc.ContextWithCallInfo(ctx, rpc.CallInfo{Service: c.subject, Method: method, OneWay: oneway})
 	reply, err := c.handler.ServeMessage(ctx, msg)
 	if err != nil {
 		var re *rpc.Error

@@ -22,8 +22,6 @@ type conn struct {
 	handler broker.Handler
 }
 
-type onewayKey struct{}
-
 func newConn(b broker.Broker, subject string, opts []Option) conn {
 	c := conn{b: b, subject: subject, cfg: newConfig(opts)}
 	c.pf = c.cfg.protocol.Factory(c.cfg.tconf)
@@ -35,7 +33,7 @@ func newConn(b broker.Broker, subject string, opts []Option) conn {
 // otherwise, with a status reply turned into an *rpc.Error (the reply is
 // returned too: it may carry a Thrift exception).
 func (c *conn) roundTrip(ctx context.Context, msg *broker.Message) (*broker.Message, error) {
-	if ow, _ := ctx.Value(onewayKey{}).(bool); ow {
+	if ci, _ := rpc.CallInfoFromContext(ctx); ci.OneWay {
 		return nil, c.b.Send(ctx, msg)
 	}
 	reply, err := c.b.Request(ctx, msg)
@@ -67,9 +65,8 @@ func (c *conn) send(ctx context.Context, method string, body []byte, oneway bool
 	if d, ok := ctx.Deadline(); ok {
 		msg.Deadline = d
 	}
-	if oneway {
-		ctx = context.WithValue(ctx, onewayKey{}, true)
-	}
+	// Client middleware (retry, logging, ...) reads what the call is.
+	ctx = rpc.ContextWithCallInfo(ctx, rpc.CallInfo{Service: c.subject, Method: method, OneWay: oneway})
 	reply, err := c.handler.ServeMessage(ctx, msg)
 	if oneway {
 		if err != nil {
