@@ -21,17 +21,21 @@ var errNack = errors.New("not confirmed by the broker (basic.nack)")
 // comes back on the connection's single reply consumer.
 func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 	deadline := req.Deadline
-	if d, ok := ctx.Deadline(); ok && deadline.IsZero() {
-		deadline = d
+	ctxDeadline, hasCtxDeadline := ctx.Deadline()
+	if deadline.IsZero() && hasCtxDeadline {
+		deadline = ctxDeadline
 	}
 	now := time.Now()
 	if !deadline.IsZero() {
 		if !now.Before(deadline) {
 			return nil, fmt.Errorf("amqp: request to %s: %w: %w", req.Subject, broker.ErrTimeout, context.DeadlineExceeded)
 		}
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, deadline)
-		defer cancel()
+		// Message.Deadline bounds the wait too, unless ctx ends first.
+		if !hasCtxDeadline || deadline.Before(ctxDeadline) {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, deadline)
+			defer cancel()
+		}
 	}
 	if ctx.Err() != nil {
 		return nil, b.ctxErr("request to", req.Subject, ctx)
