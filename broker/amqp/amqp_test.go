@@ -267,6 +267,23 @@ func TestOptions(t *testing.T) {
 		_, err := amqp.New("http://127.0.0.1:5672/")
 		require.Error(t, err)
 	})
+	t.Run("QueueArgs", func(t *testing.T) {
+		subj := "args-" + broker.NewID()
+		b := open(t, url, amqp.WithQueueArgs(amqp091.Table{"x-max-length": int32(1000)}))
+		serve(t, b, subj, echo)
+		_, err := b.Request(ctxT(t, 10*time.Second), &broker.Message{Subject: subj})
+		require.NoError(t, err)
+		// RabbitMQ refuses to redeclare the queue with other arguments,
+		// which shows the arguments were applied, and the error says so.
+		other := open(t, url)
+		_, err = other.Serve(subj, broker.HandlerFunc(echo))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "x-max-length")
+	})
+	t.Run("ConnectionName", func(t *testing.T) {
+		open(t, url, amqp.WithConnectionName("mqrpc-name-check"))
+		assert.Contains(t, ctl(t, "list_connections", "-p", vhost, "client_properties"), "mqrpc-name-check")
+	})
 	t.Run("Prefetch", func(t *testing.T) {
 		b := open(t, base, amqp.WithPrefetch(1))
 		subj := "prefetch-" + broker.NewID()

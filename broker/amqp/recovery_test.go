@@ -1,8 +1,10 @@
 package amqp_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -51,9 +53,10 @@ func echo(_ context.Context, req *broker.Message) (*broker.Message, error) {
 func TestInFlightFailDisconnected(t *testing.T) {
 	url, vhost := vhostURL(t)
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	var logs lockedBuffer
 	func() {
 		srv := open(t, url)
-		client := open(t, url)
+		client := open(t, url, amqp.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 		subj := "inflight-" + broker.NewID()
 		release := make(chan struct{})
 		var started atomic.Int64
@@ -102,6 +105,26 @@ func TestInFlightFailDisconnected(t *testing.T) {
 		require.NoError(t, client.Close())
 		require.NoError(t, srv.Close())
 	}()
+	assert.Contains(t, logs.String(), "amqp: connection lost; reconnecting", "WithLogger receives the broker's reports")
+	assert.Contains(t, logs.String(), "amqp: reconnected")
+}
+
+// lockedBuffer is an io.Writer safe for concurrent use, for loggers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // TestRestart restarts a private RabbitMQ node (gracefully, and
