@@ -1,0 +1,420 @@
+//go:build chaos
+
+package chaos_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/internal/chaos"
+	"github.com/mqrpc/mqrpc/internal/testenv"
+	"github.com/mqrpc/mqrpc/middleware"
+	"github.com/mqrpc/mqrpc/rpc"
+)
+
+// Knobs, from the environment (scripts/chaos sets them).
+const (
+	envDuration = "MQRPC_CHAOS_DURATION" // load per scenario, a Go duration; default 12s
+	envCallers  = "MQRPC_CHAOS_CALLERS"  // concurrent callers; default 100
+)
+
+const (
+	// callDeadline is every call's deadline.
+	callDeadline = 2500 * time.Millisecond
+	// grace is how far past its deadline a call may return before it
+	// counts as late: scheduling on a loaded 2-core machine under -race.
+	grace = time.Second
+	// goroutineSlack is how many more goroutines than at the start a
+	// scenario may leave behind once it settled (timers, the runtime).
+	goroutineSlack = 10
+	// heapBound is the most heap a scenario may keep in use after it
+	// ended and a GC ran, above what the process used before it.
+	heapBound = 64 << 20
+	// recoverWithin bounds how long after a restart or kill the service
+	// must answer again.
+	recoverWithin = 90 * time.Second
+	// drainWithin bounds how long accepted one-way requests may take to
+	// be served after the load stopped.
+	drainWithin = 90 * time.Second
+)
+
+var report chaos.Report
+
+func TestMain(m *testing.M) {
+	if os.Getenv(chaos.EnvChild) == "1" {
+		os.Exit(chaos.RunChild())
+	}
+	code := m.Run()
+	report.Write(os.Stdout)
+	os.Exit(code)
+}
+
+func loadDuration(t testing.TB) time.Duration {
+	v := os.Getenv(envDuration)
+	if v == "" {
+		return 12 * time.Second
+	}
+	d, err := time.ParseDuration(v)
+	require.NoError(t, err, "%s=%q", envDuration, v)
+	require.Positive(t, d, envDuration)
+	return d
+}
+
+func callers(t testing.TB) int {
+	v := os.Getenv(envCallers)
+	if v == "" {
+		return 100
+	}
+	n, err := strconv.Atoi(v)
+	require.NoError(t, err, "%s=%q", envCallers, v)
+	return n
+}
+
+// TestChaos runs every scenario on every broker and mode:
+// TestChaos/<target>/<restart|kill|poison>. One private broker per kind
+// serves all its modes.
+func TestChaos(t *testing.T) {
+	var (
+		node     *chaos.Node
+		nodeKind string
+	)
+	t.Cleanup(func() {
+		if node != nil {
+			node.Close()
+		}
+	})
+	for _, target := range chaos.Targets {
+		t.Run(target.Name, func(t *testing.T) {
+			if nodeKind != target.Kind {
+				if node != nil {
+					node.Close()
+					node = nil
+				}
+				nodeKind = target.Kind
+				node = startNode(t, target.Kind)
+			}
+			if node == nil {
+				t.Fatalf("%s: the private %s broker did not start (see the first %s test)", target.Name, target.Kind, target.Kind)
+			}
+			t.Run("restart", func(t *testing.T) { runRestart(t, target, node) })
+			t.Run("kill", func(t *testing.T) { runKill(t, target, node) })
+			t.Run("poison", func(t *testing.T) { runPoison(t, target, node) })
+		})
+	}
+}
+
+// startNode starts a private broker, skipping (failing under CI=true) when
+// its software is not installed.
+func startNode(t *testing.T, kind string) *chaos.Node {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "mqrpc-chaos-"+kind+"-")
+	require.NoError(t, err)
+	begin := time.Now()
+	n, err := chaos.StartNode(kind, dir)
+	if errors.Is(err, chaos.ErrNotInstalled) {
+		if testenv.CI() {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	require.NoError(t, err)
+	t.Logf("private %s broker at %s up in %v (data in %s)", kind, n.Addr, time.Since(begin).Round(time.Millisecond), dir)
+	return n
+}
+
+// open connects to node in target's mode and closes the broker at cleanup.
+func open(t *testing.T, target chaos.Target, node *chaos.Node, name string) broker.Broker {
+	t.Helper()
+	b, err := target.Open(node.Addr, "chaos-"+name)
+	require.NoError(t, err, "%s: connect to %s", target.Name, node.Addr)
+	t.Cleanup(func() { _ = b.Close() })
+	return b
+}
+
+// newClient returns the client under load: a Retry that may repeat any
+// call (the servers deduplicate by message ID) over b.
+func newClient(b broker.Broker) *rpc.Client {
+	return rpc.NewClient(b, rpc.WithClientMiddleware(
+		middleware.Retry(middleware.RetryPolicy{
+			Idempotent:     middleware.AlwaysIdempotent,
+			InitialBackoff: 50 * time.Millisecond,
+			MaxBackoff:     500 * time.Millisecond,
+			Budget:         middleware.UnlimitedRetryBudget(),
+		}),
+	))
+}
+
+// awaitService waits until a call succeeds and returns how long it took.
+func awaitService(t *testing.T, c *rpc.Client, subject string, within time.Duration) time.Duration {
+	t.Helper()
+	begin := time.Now()
+	var last error
+	for time.Since(begin) < within {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		var out chaos.WorkReply
+		last = c.Call(ctx, subject, chaos.MethodWork, &chaos.WorkRequest{N: -1}, &out)
+		cancel()
+		if last == nil {
+			return time.Since(begin)
+		}
+		time.Sleep(200 * time.Millisecond) // poll interval of a bounded wait, not synchronisation
+	}
+	t.Fatalf("service %s did not answer within %v; last error: %v", subject, within, last)
+	return 0
+}
+
+func subject(scenario string) string {
+	return "chaos-" + scenario + "-" + strings.ReplaceAll(broker.NewID(), "-", "")
+}
+
+// baseline is the process state a scenario is measured against.
+type baseline struct {
+	goroutines int
+	heap       uint64
+}
+
+func measure() baseline {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return baseline{goroutines: runtime.NumGoroutine(), heap: ms.HeapAlloc}
+}
+
+// settle waits (bounded) for the goroutines to come back to the baseline:
+// some clients' background goroutines end a few seconds after Close
+// (rocketmq-client-go's up to 10 s, as its package doc says).
+func settle(before baseline) baseline {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		now := measure()
+		if now.goroutines <= before.goroutines+goroutineSlack || time.Now().After(deadline) {
+			return now
+		}
+		time.Sleep(250 * time.Millisecond) // poll interval of a bounded wait
+	}
+}
+
+// scenario holds what every scenario counts and asserts.
+type scenario struct {
+	t        *testing.T
+	target   chaos.Target
+	name     string
+	before   baseline
+	log      *chaos.ExecLog
+	closers  []func()
+	row      chaos.Row
+	accepted []string
+}
+
+func newScenario(t *testing.T, target chaos.Target, name string) *scenario {
+	return &scenario{t: t, target: target, name: name, before: measure(), log: chaos.NewExecLog(),
+		row: chaos.Row{Target: target.Name, Scenario: name}}
+}
+
+// note adds to the row's note.
+func (s *scenario) note(format string, args ...any) {
+	if s.row.Note != "" {
+		s.row.Note += "; "
+	}
+	s.row.Note += fmt.Sprintf(format, args...)
+}
+
+// load records the load's counts and checks that every call ended in time,
+// with its own reply or a clear error.
+func (s *scenario) load(res *chaos.LoadResult) {
+	t := s.t
+	s.row.Calls, s.row.Codes, s.row.Late = res.Calls, chaos.FormatCodes(res.Codes), res.Late
+	s.row.MaxWait, s.row.Mismatched = res.MaxWait, res.Mismatched
+	s.accepted = res.Accepted
+	s.row.Accepted = len(res.Accepted)
+	t.Logf("%d calls: %s; late %d (max wait %v, deadline %v + grace %v); wrong replies %d; tracked sends accepted %d, refused %s",
+		res.Calls, chaos.FormatCodes(res.Codes), res.Late, res.MaxWait.Round(time.Millisecond), callDeadline, grace,
+		res.Mismatched, len(res.Accepted), chaos.FormatCodes(res.SendErrors))
+	for code, msg := range res.Errors {
+		t.Logf("  example %s: %s", code, msg)
+	}
+	assert.Positive(t, res.Codes[rpc.OK], "no call succeeded")
+	assert.Zero(t, res.Late, "calls waited past deadline+grace (max wait %v)", res.MaxWait)
+	assert.Zero(t, res.Mismatched, "replies reached the wrong caller")
+	// A clear error has a code that says what happened; Unknown and
+	// Internal mean an error nobody classified or a bug.
+	assert.Zero(t, res.Codes[rpc.Unknown], "calls failed with unclassified errors: %s", res.Errors[rpc.Unknown])
+	assert.Zero(t, res.Codes[rpc.Internal], "calls failed with internal errors: %s", res.Errors[rpc.Internal])
+}
+
+// finish checks the served requests, duplicates, goroutines and heap, and
+// adds the row to the report. Call it deferred, after the load.
+func (s *scenario) finish() {
+	t := s.t
+	if len(s.accepted) > 0 {
+		wait := drainWithin
+		if !s.target.Durable {
+			// Lost sends are expected here and never come; wait only for
+			// those still in flight.
+			wait = 3 * time.Second
+		}
+		missing := s.log.WaitServed(chaos.MethodRecord, s.accepted, wait)
+		s.row.Lost = len(missing)
+		if s.target.Durable {
+			assert.Empty(t, missing, "%d of %d accepted (confirmed) requests never served, e.g. %v",
+				len(missing), len(s.accepted), head(missing))
+		} else if len(missing) > 0 {
+			s.note("%d sends lost (at-most-once)", len(missing))
+		}
+	}
+	s.row.Executions, s.row.Duplicates = s.log.Executions()
+	assert.Zero(t, s.row.Duplicates, "requests executed more than once despite Dedup")
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		s.closers[i]()
+	}
+	after := settle(s.before)
+	s.row.GoroutinesBefore, s.row.GoroutinesAfter = s.before.goroutines, after.goroutines
+	s.row.HeapMiB = float64(after.heap) / (1 << 20)
+	assert.LessOrEqual(t, after.goroutines, s.before.goroutines+goroutineSlack, "goroutines leaked")
+	var grown uint64
+	if after.heap > s.before.heap {
+		grown = after.heap - s.before.heap
+	}
+	assert.LessOrEqual(t, grown, uint64(heapBound), "heap grew by %d MiB", grown>>20)
+	s.row.Failed = t.Failed()
+	report.Add(s.row)
+}
+
+func head(s []string) []string {
+	if len(s) > 5 {
+		return s[:5]
+	}
+	return s
+}
+
+// serveInProcess serves the service under test on its own connection.
+func (s *scenario) serveInProcess(node *chaos.Node, subj string, srv *rpc.Server, name string) {
+	t := s.t
+	b, err := s.target.Open(node.Addr, name)
+	require.NoError(t, err)
+	sub, err := b.Serve(subj, srv, broker.WithConcurrency(64))
+	require.NoError(t, err)
+	s.closers = append(s.closers, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = sub.Stop(ctx)
+		_ = b.Close()
+	})
+}
+
+// client opens the client connection under load.
+func (s *scenario) client(node *chaos.Node) (broker.Broker, *rpc.Client) {
+	b, err := s.target.Open(node.Addr, "client")
+	require.NoError(s.t, err)
+	s.closers = append(s.closers, func() { _ = b.Close() })
+	return b, newClient(b)
+}
+
+func (s *scenario) loadConfig(subj string) chaos.LoadConfig {
+	cfg := chaos.LoadConfig{
+		Subject:   subj,
+		Callers:   callers(s.t),
+		Deadline:  callDeadline,
+		Grace:     grace,
+		Duration:  10 * time.Minute, // the scenario stops it; this only bounds it
+		Senders:   4,
+		SendEvery: 20 * time.Millisecond,
+	}
+	return cfg
+}
+
+// startLoad runs the load in the background; the returned function stops
+// it and returns its result. The load is also stopped when the scenario
+// ends early (a failed require), so no caller outlives its test.
+func (s *scenario) startLoad(c *rpc.Client, b broker.Broker, cfg chaos.LoadConfig) func() *chaos.LoadResult {
+	stop := make(chan struct{})
+	done := make(chan *chaos.LoadResult, 1)
+	go func() { done <- chaos.RunLoad(c, b, cfg, stop) }()
+	var (
+		once sync.Once
+		res  *chaos.LoadResult
+	)
+	stopLoad := func() *chaos.LoadResult {
+		once.Do(func() {
+			close(stop)
+			res = <-done
+		})
+		return res
+	}
+	s.closers = append(s.closers, func() { stopLoad() })
+	return stopLoad
+}
+
+// runRestart restarts the broker under load. Two servers in this process
+// (each on its own connection) share one Dedup.
+func runRestart(t *testing.T, target chaos.Target, node *chaos.Node) {
+	s := newScenario(t, target, "restart")
+	defer s.finish()
+	subj := subject("restart")
+	srv := chaos.NewServer(s.log, middleware.NewMemoryDedupStore(0, 0))
+	s.serveInProcess(node, subj, srv, "server-1")
+	s.serveInProcess(node, subj, srv, "server-2")
+	b, c := s.client(node)
+	awaitService(t, c, subj, recoverWithin)
+
+	d := loadDuration(t)
+	stopLoad := s.startLoad(c, b, s.loadConfig(subj))
+	time.Sleep(d / 3) // load before the restart: part of the scenario's shape, not synchronisation
+	outage, err := node.Restart()
+	require.NoError(t, err, "restart %s", target.Kind)
+	recovered := awaitService(t, newClient(b), subj, recoverWithin)
+	s.note("broker down and up in %v, service answered %v later", outage.Round(time.Millisecond), recovered.Round(time.Millisecond))
+	time.Sleep(d * 2 / 3) // load after recovery
+	s.load(stopLoad())
+}
+
+// runKill kills one of two child server processes (SIGKILL) while it has
+// requests in flight. The children share a file-backed DedupStore, as
+// servers in production share Redis.
+func runKill(t *testing.T, target chaos.Target, node *chaos.Node) {
+	s := newScenario(t, target, "kill")
+	defer s.finish()
+	subj := subject("kill")
+	env := chaos.ChildEnv(target, node.Addr, subj, t.TempDir())
+	var children []*chaos.Child
+	for i := 0; i < 2; i++ {
+		c, err := chaos.StartChild(env, s.log, recoverWithin)
+		require.NoError(t, err)
+		children = append(children, c)
+		s.closers = append(s.closers, func() { c.Stop(15 * time.Second) })
+	}
+	b, c := s.client(node)
+	awaitService(t, c, subj, recoverWithin)
+
+	d := loadDuration(t)
+	stopLoad := s.startLoad(c, b, s.loadConfig(subj))
+	victim := children[0]
+	// Kill it mid-request: once it has taken work and holds some now.
+	killAt := time.Now().Add(d / 3)
+	for !(victim.Busy(50) && time.Now().After(killAt)) {
+		if time.Since(killAt) > recoverWithin {
+			t.Fatalf("child server never had requests in flight (started %v)", victim.InFlight())
+		}
+		time.Sleep(5 * time.Millisecond) // poll interval of a bounded wait
+	}
+	inFlight := victim.InFlight()
+	victim.Kill()
+	s.note("killed a server with %d requests in flight", inFlight)
+	time.Sleep(d * 2 / 3) // load after the kill
+	res := stopLoad()
+	s.load(res)
+	// The survivor serves alone now.
+	awaitService(t, c, subj, recoverWithin)
+}
