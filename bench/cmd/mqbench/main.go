@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"regexp"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -35,7 +36,7 @@ func main() {
 
 func run() error {
 	var (
-		brokers   = flag.String("brokers", "memory,tcp,nats,amqp,rocketmq", "comma-separated case groups to run: memory, tcp, nats, amqp, rocketmq")
+		brokers   = flag.String("brokers", "memory,tcp,nats,amqp,rocketmq", "comma-separated case groups to run: memory, tcp, nats, amqp, rocketmq; nats-split (diagnostic: mqrpc's NATS client and server each against a raw peer)")
 		concs     = flag.String("c", "1,16,64", "comma-separated numbers of concurrent callers")
 		sizes     = flag.String("sizes", "64,4096", "comma-separated payload sizes in bytes")
 		rounds    = flag.Int("rounds", 3, "how many times every case is measured at every concurrency and size")
@@ -53,6 +54,7 @@ func run() error {
 		command   = flag.String("command", "", "the command line to print in the report (default: this one)")
 		cpuprof   = flag.String("cpuprofile", "", "write a CPU profile of the measured rounds to this file")
 		quiet     = flag.Bool("q", false, "do not print a line per measurement")
+		only      = flag.String("only", "", "run only the cases whose \"group/name\" matches this regular expression (for profiling one case)")
 	)
 	flag.Parse()
 
@@ -85,6 +87,8 @@ func run() error {
 			if v, err := cases.NATSServerVersion(*natsURL); err == nil {
 				env.Brokers["nats"] = "nats-server " + v
 			}
+		case "nats-split":
+			all = append(all, cases.NATSSplit(ccfg)...)
 		case "amqp":
 			all = append(all, cases.AMQP(ccfg)...)
 			if v, err := cases.RabbitMQVersion(*amqpURL); err == nil {
@@ -105,6 +109,20 @@ func run() error {
 		default:
 			return fmt.Errorf("-brokers: unknown group %q", g)
 		}
+	}
+
+	if *only != "" {
+		re, err := regexp.Compile(*only)
+		if err != nil {
+			return fmt.Errorf("-only: %w", err)
+		}
+		var kept []harness.Case
+		for _, c := range all {
+			if re.MatchString(c.Group + "/" + c.Name) {
+				kept = append(kept, c)
+			}
+		}
+		all = kept
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
