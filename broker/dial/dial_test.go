@@ -23,7 +23,7 @@ func TestOpen(t *testing.T) {
 		{"embedded", func(*testing.T) string { return "embedded:" }},
 		{"nats", func(t *testing.T) string { return testenv.NATSURL(t) }},
 		{"amqp", func(t *testing.T) string { return testenv.AMQPURL(t) }},
-		{"rocketmq", func(t *testing.T) string { return "rocketmq://" + testenv.RocketMQNameServer(t) }},
+		{"rocketmq", func(t *testing.T) string { return "rocketmq://" + testenv.RocketMQNoRace(t) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -61,3 +61,5 @@ func TestOpenErrors(t *testing.T) {
 	_, err = dial.Open("rocketmq://")
 	assert.ErrorContains(t, err, "want rocketmq://host:port")
 }
+
+func TestRocketMQWithoutRace(t *testing.T) { testenv.RerunWithoutRace(t, "^TestOpen$") }

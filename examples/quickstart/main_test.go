@@ -16,7 +16,7 @@ func TestQuickstart(t *testing.T) {
 		"memory":   func(testing.TB) string { return "memory" },
 		"nats":     testenv.NATSURL,
 		"rabbitmq": testenv.AMQPURL,
-		"rocketmq": func(t testing.TB) string { return "rocketmq://" + testenv.RocketMQNameServer(t) },
+		"rocketmq": func(t testing.TB) string { return "rocketmq://" + testenv.RocketMQNoRace(t) },
 	}
 	for name, url := range brokers {
 		t.Run(name, func(t *testing.T) {
@@ -27,3 +27,5 @@ func TestQuickstart(t *testing.T) {
 		})
 	}
 }
+
+func TestRocketMQWithoutRace(t *testing.T) { testenv.RerunWithoutRace(t, "^TestQuickstart$") }
