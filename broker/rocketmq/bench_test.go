@@ -63,7 +63,43 @@ func BenchmarkRequest(b *testing.B) {
 	for _, c := range []int{1, 64} {
 		b.Run(fmt.Sprintf("c=%d/mqrpc", c), func(b *testing.B) { runConcurrent(b, c, mqCall) })
 		b.Run(fmt.Sprintf("c=%d/raw", c), func(b *testing.B) { runConcurrent(b, c, rawCall) })
+		// The machine is shared and noisy: the ratio is measured in
+		// alternating rounds of both, so a slow spell hits both sides.
+		b.Run(fmt.Sprintf("c=%d/ratio", c), func(b *testing.B) {
+			const rounds = 10
+			per := max(b.N/rounds, c)
+			var mq, raw time.Duration
+			for r := 0; r < rounds; r++ {
+				mq += timeCalls(b, c, per, mqCall)
+				raw += timeCalls(b, c, per, rawCall)
+			}
+			n := float64(rounds * per)
+			b.ReportMetric(float64(mq.Nanoseconds())/n, "mqrpc-ns/call")
+			b.ReportMetric(float64(raw.Nanoseconds())/n, "raw-ns/call")
+			b.ReportMetric(float64(mq)/float64(raw), "mqrpc/raw")
+		})
 	}
+}
+
+// timeCalls makes n calls over c goroutines and returns the elapsed time.
+func timeCalls(b *testing.B, c, n int, call func() error) time.Duration {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < c; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				if err := call(); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return time.Since(start)
 }
 
 // warm makes the first calls succeed before timing: routes, connections

@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	rmq "github.com/apache/rocketmq-client-go/v2"
@@ -98,6 +99,7 @@ type Broker struct {
 	// hides it); heartbeatTopics remembers the topics it was sent for.
 	heartbeat       func()
 	heartbeatTopics sync.Map
+	lastHeartbeat   atomic.Int64
 
 	// ctx is cancelled by Close: it ends handler contexts and waits.
 	ctx    context.Context
@@ -339,10 +341,29 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 		}
 		return reply, nil
 	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			// A reply may have been refused for want of registration
+			// (a new connection after a broker restart is registered only
+			// by the next heartbeat, up to 30 s away): register now.
+			b.heartbeatSoon()
+		}
 		return nil, timeoutError(req.Subject, ctx.Err())
 	case <-b.ctx.Done():
 		return nil, fmt.Errorf("rocketmq: request to %s: %w", req.Subject, broker.ErrClosed)
 	}
+}
+
+// heartbeatSoon sends a heartbeat in the background, at most once a second.
+func (b *Broker) heartbeatSoon() {
+	if b.heartbeat == nil || b.isClosed() {
+		return
+	}
+	now := time.Now().UnixNano()
+	last := b.lastHeartbeat.Load()
+	if now-last < int64(time.Second) || !b.lastHeartbeat.CompareAndSwap(last, now) {
+		return
+	}
+	go b.heartbeat()
 }
 
 // sendError classifies an error of the client's send path.
@@ -362,6 +383,11 @@ func (b *Broker) sendError(ctx context.Context, subject string, err error) error
 		return fmt.Errorf("rocketmq: send to %s: %w: %w", subject, broker.ErrNoResponders, err)
 	case strings.Contains(s, "CODE: 13,"):
 		return fmt.Errorf("rocketmq: send to %s: %w: %w", subject, broker.ErrMessageTooLarge, err)
+	case strings.Contains(s, "request timeout"), strings.Contains(s, "connect"),
+		strings.Contains(s, "EOF"), strings.Contains(s, "broken pipe"), strings.Contains(s, "reset by peer"):
+		// The broker did not confirm the send: it may or may not have
+		// stored the message.
+		return fmt.Errorf("rocketmq: send to %s: %w: %w", subject, broker.ErrDisconnected, err)
 	}
 	return fmt.Errorf("rocketmq: send to %s: %w", subject, err)
 }

@@ -227,13 +227,26 @@ func (s *subscription) consume(_ context.Context, msgs ...*primitive.MessageExt)
 			// client sends it back to the broker for later redelivery.
 			return consumer.ConsumeRetryLater, nil
 		}
-		res := s.handle(m)
-		s.inflight.Done()
+		res := s.handleSafe(m)
 		if res != consumer.ConsumeSuccess {
 			return res, nil
 		}
 	}
 	return consumer.ConsumeSuccess, nil
+}
+
+// handleSafe is handle with the in-flight count released and a panicking
+// handler turned into a failed delivery: the client's own recovery would
+// leave the message unacknowledged and Stop waiting forever.
+func (s *subscription) handleSafe(m *primitive.MessageExt) (res consumer.ConsumeResult) {
+	defer s.inflight.Done()
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("rocketmq: handler panicked; message will be redelivered", "msgId", m.MsgId, "panic", v)
+			res = consumer.ConsumeRetryLater
+		}
+	}()
+	return s.handle(m)
 }
 
 func (s *subscription) handle(m *primitive.MessageExt) consumer.ConsumeResult {
