@@ -36,10 +36,13 @@ type result struct {
 	err error
 }
 
+// init binds m to its connection. m.pending is made before the connection
+// exists, because the connection's callbacks may fail calls at any time.
 func (m *replyMux) init(nc *natsgo.Conn) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.nc = nc
 	m.prefix = nc.NewInbox() + "."
-	m.pending = make(map[string]*call)
 }
 
 // register makes a pending call. With byID the reply token is derived from

@@ -82,7 +82,10 @@ func New(opts ...Option) (*Broker, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Everything the connection callbacks touch exists before Connect
+	// starts them.
 	b := &Broker{cfg: cfg, log: cfg.logger, subs: make(map[*subscription]struct{})}
+	b.mux.pending = make(map[string]*call)
 	nopts := []natsgo.Option{
 		natsgo.Name(cfg.name),
 		natsgo.MaxReconnects(-1),
@@ -127,7 +130,7 @@ func (b *Broker) onDisconnect(_ *natsgo.Conn, err error) {
 
 func (b *Broker) onReconnect(nc *natsgo.Conn) {
 	b.log.Info("nats: reconnected", "url", nc.ConnectedUrlRedacted())
-	if b.js == nil {
+	if b.cfg.js == nil {
 		return
 	}
 	// The server may have come back without its memory streams and their

@@ -1,16 +1,20 @@
 package nats_test
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -184,4 +188,42 @@ func operatorMode(t *testing.T, dir string) func(*server.Options) {
 		require.NoError(t, r.Store(accPub, accJWT))
 		o.AccountResolver = r
 	}
+}
+
+// recordingHandler keeps the messages of the records logged to it.
+type recordingHandler struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (h *recordingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *recordingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.msgs = append(h.msgs, r.Message)
+	return nil
+}
+func (h *recordingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *recordingHandler) WithGroup(string) slog.Handler      { return h }
+func (h *recordingHandler) has(msg string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Contains(h.msgs, msg)
+}
+
+func TestNameAndLogger(t *testing.T) {
+	srv := startEmbedded(t, embedded.WithoutJetStream())
+	rec := &recordingHandler{}
+	b := newBroker(t, natsbroker.WithURL(srv.URL()), natsbroker.WithName("billing-client"),
+		natsbroker.WithLogger(slog.New(rec)), natsbroker.WithReconnectWait(20*time.Millisecond))
+
+	connz, err := srv.NATSServer().Connz(&server.ConnzOptions{})
+	require.NoError(t, err)
+	require.Len(t, connz.Conns, 1)
+	assert.Equal(t, "billing-client", connz.Conns[0].Name)
+
+	require.NoError(t, srv.Restart())
+	require.Eventually(t, func() bool { return rec.has("nats: reconnected") }, 10*time.Second, 10*time.Millisecond)
+	assert.True(t, rec.has("nats: disconnected"))
+	roundTrip(t, b)
 }
