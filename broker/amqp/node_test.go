@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -248,7 +249,14 @@ func (n *node) stop(t testing.TB, kill bool) {
 		return
 	}
 	if kill {
-		_ = cmd.Process.Kill()
+		// rabbitmq-server runs the Erlang VM as a child of a shell script
+		// in the foreground, so the VM itself is killed, by the pid it
+		// wrote at boot: a crash, with no chance to flush anything.
+		pidText, err := os.ReadFile(filepath.Join(n.dir, "pid"))
+		pid, perr := strconv.Atoi(strings.TrimSpace(string(pidText)))
+		require.NoError(t, err, "pid file of the private node")
+		require.NoError(t, perr, "pid file of the private node")
+		require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
 	} else if out, err := n.ctlErr("shutdown"); err != nil {
 		t.Logf("rabbitmqctl shutdown: %v: %s", err, out)
 		_ = cmd.Process.Kill()
@@ -258,11 +266,6 @@ func (n *node) stop(t testing.TB, kill bool) {
 	case <-time.After(60 * time.Second):
 		_ = cmd.Process.Kill()
 		<-exited
-	}
-	if kill {
-		// The Erlang VM runs under a shell script; make sure beam is gone
-		// too before its ports are reused.
-		_, _ = n.ctlErr("shutdown")
 	}
 }
 
