@@ -147,13 +147,16 @@ func WithLogger(l *slog.Logger) Option {
 }
 
 // WithDurable switches the broker to durable mode: request queues of type qt
-// that survive a broker restart, persistent requests, publisher confirms
-// awaited by Request and Send, acknowledgement only after the reply was
-// published, and dead-lettering after repeated failures (see
-// WithDeadLetter). Clients also declare the request queue of a subject
-// before the first request, so requests sent while no server runs are kept
-// until one starts. Default: fast mode, with transient auto-delete queues
-// and non-persistent messages.
+// (ClassicQueue when empty) that survive a broker restart, persistent
+// requests, publisher confirms (Send returns once RabbitMQ stored the
+// message; a request RabbitMQ refuses, basic.nack, fails its call),
+// acknowledgement only after the reply was published, and dead-lettering
+// after repeated failures (see WithDeadLetter). On the default exchange,
+// clients also declare the request queue of a subject before their first
+// request, so requests sent while no server runs are kept until one starts.
+// All clients and servers of a subject must agree on the mode and queue
+// type. Default: fast mode, with transient auto-delete queues and
+// non-persistent messages.
 func WithDurable(qt QueueType) Option {
 	return optionFunc(func(c *config) {
 		c.durable = true

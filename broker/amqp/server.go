@@ -13,10 +13,14 @@ import (
 	"github.com/mqrpc/mqrpc/broker"
 )
 
-// Serve implements broker.Broker. It declares the request queue, sets the prefetch to the concurrency (or WithPrefetch) and consumes
-// with manual acknowledgement: a request is acknowledged after its handler
-// returned and its reply was published. The queue and consumer are
-// re-created after a reconnection.
+// Serve implements broker.Broker. It declares the request queue, sets the
+// prefetch to the concurrency (or WithPrefetch) and consumes with manual
+// acknowledgement: a request is acknowledged after its handler returned and
+// its reply was published. A request whose deadline has passed is dropped
+// without reaching h. A handler that returns an error or panics fails the
+// delivery: fast mode drops it, durable mode retries it and finally
+// dead-letters it (WithDeadLetter). The queue and consumer are re-created
+// after a reconnection.
 //
 // On the default exchange the queue is named after the subject and
 // broker.WithQueue has no effect: all servers of a subject compete on that
