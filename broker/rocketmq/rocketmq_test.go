@@ -100,6 +100,29 @@ func TestRealBrokerWithoutRace(t *testing.T) {
 	require.NoError(t, err, "real-broker tests without -race failed")
 }
 
+// restartFunc restarts the broker (not the name server) through
+// scripts/brokers, keeping its store, when the tests run against the broker
+// that script manages; otherwise it returns nil and the suite skips its
+// restart test.
+func restartFunc(t testing.TB) func(testing.TB) {
+	script, err := filepath.Abs(filepath.Join("..", "..", "scripts", "brokers"))
+	require.NoError(t, err)
+	if v := os.Getenv(testenv.EnvRocketMQ); v != "" && v != testenv.DefaultRocketMQ {
+		return nil
+	}
+	if exec.Command(script, "status", "rocketmq").Run() != nil {
+		return nil // not the script's broker
+	}
+	return func(t testing.TB) {
+		for _, cmd := range []string{"down", "up"} {
+			c := exec.Command(script, cmd, "rocketmq")
+			c.Env = append(os.Environ(), "MQRPC_ROCKETMQ_KEEP_STORE=1")
+			out, err := c.CombinedOutput()
+			require.NoError(t, err, "scripts/brokers %s rocketmq: %s", cmd, out)
+		}
+	}
+}
+
 func newBroker(t testing.TB) *rocketmq.Broker {
 	t.Helper()
 	addr := realBroker(t)
@@ -120,5 +143,6 @@ func TestConformance(t *testing.T) {
 		ServeSettle: 3 * time.Second,
 		Timeout:     20 * time.Second,
 		LeakOptions: clientLeaks,
+		Restart:     restartFunc(t),
 	}, func(t testing.TB) broker.Broker { return newBroker(t) })
 }

@@ -16,6 +16,9 @@
 #
 # Environment knobs: MQRPC_ROCKETMQ_VERSION (default below),
 # MQRPC_ROCKETMQ_NAMESRV_HEAP / MQRPC_ROCKETMQ_BROKER_HEAP (JVM -Xmx).
+# MQRPC_ROCKETMQ_KEEP_STORE=1 makes `down` stop only the broker and keep its
+# store, and `up` start it on the kept store: a broker restart, which the
+# broker/rocketmq tests use to check that clients recover.
 
 rocketmq_version() { printf '%s' "${MQRPC_ROCKETMQ_VERSION:-5.1.4}"; }
 rocketmq_dir() { printf '%s' "$MQRPC_STATE_DIR/rocketmq"; }
@@ -162,7 +165,9 @@ EOF
 			log "rocketmq: 127.0.0.1:10911 is taken by another process; not starting a broker"
 			return 1
 		fi
-		rm -rf "$root/store"
+		if [[ "${MQRPC_ROCKETMQ_KEEP_STORE:-}" != 1 ]]; then
+			rm -rf "$root/store"
+		fi
 		mkdir -p "$root/store"
 		# Small files: a 100 MiB commit log, an index sized for tests, no
 		# timer wheel (its files are sized for days of delays). Disk checks
@@ -233,6 +238,10 @@ rocketmq_stop_one() {
 rocketmq_down() {
 	# Broker first, so it does not spend its shutdown retrying the name server.
 	rocketmq_stop_one broker
+	if [[ "${MQRPC_ROCKETMQ_KEEP_STORE:-}" == 1 ]]; then
+		log "rocketmq: broker down (name server and store kept)"
+		return 0
+	fi
 	rocketmq_stop_one namesrv
 	rm -rf "$(rocketmq_dir)/store"
 	log "rocketmq: down"
