@@ -53,9 +53,14 @@ func (f HandlerFunc) ServeMessage(ctx context.Context, req *Message) (*Message, 
 type Broker interface {
 	// Request sends req to req.Subject and waits for the reply of one
 	// server. It returns ErrNoResponders at once when no server can
-	// receive the request, an error wrapping ErrTimeout and ctx.Err()
-	// when ctx ends first, and ErrClosed after Close. If req.Deadline is
-	// zero and ctx has a deadline, the broker uses the ctx deadline.
+	// receive the request (brokers that can tell), an error wrapping
+	// ErrTimeout and ctx.Err() when ctx ends first, ErrDisconnected when
+	// the connection is lost (or is down when the call starts), and
+	// ErrClosed after Close.
+	//
+	// The earlier of the ctx deadline and req.Deadline bounds the wait and
+	// is the deadline sent with the request. With neither, Request waits
+	// as long as ctx lives.
 	Request(ctx context.Context, req *Message) (*Message, error)
 
 	// Send delivers msg to msg.Subject without waiting for a reply
@@ -103,8 +108,10 @@ var (
 	ErrTimeout = errors.New("broker: timeout")
 
 	// ErrDisconnected means the connection to the broker was lost while a
-	// request was in flight. The request may or may not have been served;
-	// retry only when that is safe (the call is idempotent or deduplicated).
+	// request was in flight, or was down when the call started. The
+	// request may or may not have been served; retry only when that is
+	// safe (the call is idempotent or deduplicated). Brokers reconnect by
+	// themselves, so a later call may succeed.
 	ErrDisconnected = errors.New("broker: disconnected")
 
 	// ErrMessageTooLarge means a message exceeds the size limit of the
