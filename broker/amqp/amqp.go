@@ -80,15 +80,10 @@ func New(url string, opts ...Option) (*Broker, error) {
 		Vhost:           uri.Vhost,
 		Heartbeat:       cfg.heartbeat,
 		TLSClientConfig: cfg.tls,
-		Properties:      amqp091.NewConnectionProperties(),
 		Dial:            amqp091.DefaultDial(cfg.dialTimeout),
 	}
-	b.amq.Properties.SetClientConnectionName(cfg.connName)
 	if cfg.vhost != nil {
 		b.amq.Vhost = *cfg.vhost
-	}
-	if cfg.user != nil {
-		b.amq.SASL = []amqp091.Authentication{&amqp091.PlainAuth{Username: *cfg.user, Password: *cfg.password}}
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	s, err := b.connect()
@@ -172,7 +167,16 @@ type result struct {
 // connect dials and sets up a session: the two client channels, the reply
 // consumer, and per channel a listener for returns and confirms.
 func (b *Broker) connect() (*session, error) {
-	conn, err := amqp091.DialConfig(b.url, b.amq)
+	amq := b.amq
+	// amqp091-go writes into the properties table while dialing.
+	amq.Properties = amqp091.NewConnectionProperties()
+	amq.Properties.SetClientConnectionName(b.cfg.connName)
+	if b.cfg.user != nil {
+		// Fresh for every dial: some amqp091-go versions clear the
+		// credentials of a PlainAuth after the handshake.
+		amq.SASL = []amqp091.Authentication{&amqp091.PlainAuth{Username: *b.cfg.user, Password: *b.cfg.password}}
+	}
+	conn, err := amqp091.DialConfig(b.url, amq)
 	if err != nil {
 		return nil, fmt.Errorf("amqp: dial: %w", err)
 	}
