@@ -25,12 +25,14 @@ type ExecLog struct {
 	mu       sync.Mutex
 	started  map[string]int
 	executed map[string]int // method+" "+id -> executions
+	by       map[string][]string // method+" "+id -> who executed it, when
+	commits  map[string]int      // dedup key -> outcomes stored for it
 	waiters  []chan struct{}
 }
 
 // NewExecLog returns an empty log.
 func NewExecLog() *ExecLog {
-	return &ExecLog{started: map[string]int{}, executed: map[string]int{}}
+	return &ExecLog{started: map[string]int{}, executed: map[string]int{}, by: map[string][]string{}, commits: map[string]int{}}
 }
 
 var _ Recorder = (*ExecLog)(nil)
@@ -43,9 +45,13 @@ func (l *ExecLog) Started(method, id string) {
 }
 
 // Executed implements Recorder.
-func (l *ExecLog) Executed(method, id string) {
+func (l *ExecLog) Executed(method, id string) { l.ExecutedBy(method, id, "this process") }
+
+// ExecutedBy records an execution by the server named who.
+func (l *ExecLog) ExecutedBy(method, id, who string) {
 	l.mu.Lock()
 	l.executed[method+" "+id]++
+	l.by[method+" "+id] = append(l.by[method+" "+id], who+"@"+time.Now().Format("05.000"))
 	ws := l.waiters
 	l.waiters = nil
 	l.mu.Unlock()
@@ -75,6 +81,67 @@ func (l *ExecLog) Executions() (total, duplicates int) {
 		}
 	}
 	return total, duplicates
+}
+
+// Committed records that a server stored the outcome of key in the
+// dedup store shared by the servers of a test.
+func (l *ExecLog) Committed(key string) {
+	l.mu.Lock()
+	l.commits[key]++
+	l.mu.Unlock()
+}
+
+// DuplicateCommits returns how many outcomes were stored for a key that
+// already had one: two servers ran the request at the same time, which
+// a shared store cannot stop.
+func (l *ExecLog) DuplicateCommits() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d := 0
+	for _, n := range l.commits {
+		if n > 1 {
+			d += n - 1
+		}
+	}
+	return d
+}
+
+// DuplicatesWithout returns the duplicate executions in which the server
+// named who took no part.
+func (l *ExecLog) DuplicatesWithout(who string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d := 0
+	for k, n := range l.executed {
+		if n < 2 {
+			continue
+		}
+		involved := false
+		for _, w := range l.by[k] {
+			if strings.HasPrefix(w, who+"@") {
+				involved = true
+			}
+		}
+		if !involved {
+			d += n - 1
+		}
+	}
+	return d
+}
+
+// DuplicateKeys describes up to max requests executed more than once:
+// method, ID and the servers that executed it.
+func (l *ExecLog) DuplicateKeys(max int) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for k, n := range l.executed {
+		if n > 1 && len(out) < max {
+			out = append(out, k+" by "+strings.Join(l.by[k], ","))
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Missing returns the IDs of ids that method never executed.
@@ -281,6 +348,8 @@ type Child struct {
 	stdin  io.WriteCloser
 	ready  chan struct{}
 	exited chan struct{}
+	// Name identifies the child in the ExecLog ("child pid N").
+	Name string
 	// inFlight counts started minus executed Work requests.
 	inFlight atomic.Int64
 	started  atomic.Int64
@@ -309,6 +378,8 @@ func StartChild(env []string, log *ExecLog, timeout time.Duration) (*Child, erro
 		return nil, fmt.Errorf("chaos: start child: %w", err)
 	}
 	c := &Child{cmd: cmd, stdin: stdin, ready: make(chan struct{}), exited: make(chan struct{})}
+	who := fmt.Sprintf("child pid %d", cmd.Process.Pid)
+	c.Name = who
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		readyOnce := sync.Once{}
@@ -323,8 +394,10 @@ func StartChild(env []string, log *ExecLog, timeout time.Duration) (*Child, erro
 					c.inFlight.Add(1)
 					c.started.Add(1)
 				}
+			case len(f) == 2 && f[0] == "C":
+				log.Committed(f[1])
 			case len(f) == 3 && f[0] == "E":
-				log.Executed(f[1], f[2])
+				log.ExecutedBy(f[1], f[2], who)
 				if f[1] == MethodWork {
 					c.inFlight.Add(-1)
 				}

@@ -157,6 +157,9 @@ func runPoison(t *testing.T, target chaos.Target, node *chaos.Node) {
 						err = rpc.ErrorFromReply(reply)
 					}
 					outcome = rpc.CodeOf(err).String()
+					if !strings.Contains(strings.Join(p.want, " "), outcome) {
+						t.Logf("poison %s: unexpected outcome: %v", p.name, err)
+					}
 				}
 				mu.Lock()
 				results = append(results, result{p.name, outcome, time.Since(start)})

@@ -171,6 +171,9 @@ func NewServer(rec Recorder, store middleware.DedupStore) *rpc.Server {
 // the outcome stored there.
 type FileDedupStore struct {
 	Dir string
+	// OnStore, if not nil, is called after an outcome was stored for a
+	// key that had none: the request's outcome is committed.
+	OnStore func(key string)
 }
 
 var _ middleware.DedupStore = FileDedupStore{}
@@ -217,12 +220,16 @@ func (s FileDedupStore) Store(_ context.Context, key string, reply *broker.Messa
 		return fmt.Errorf("chaos: dedup store: %w", err)
 	}
 	p := s.path(key)
+	_, statErr := os.Stat(p) // a repeat's Store overwrites: not a new commit
 	tmp := p + ".tmp" + broker.NewID()
 	if err := os.WriteFile(tmp, b, 0o644); err != nil {
 		return fmt.Errorf("chaos: dedup store: %w", err)
 	}
 	if err := os.Rename(tmp, p); err != nil {
 		return fmt.Errorf("chaos: dedup store: %w", err)
+	}
+	if statErr != nil && s.OnStore != nil {
+		s.OnStore(key)
 	}
 	return nil
 }
@@ -249,7 +256,8 @@ func ChildEnv(target Target, addr, subject, dedupDir string) []string {
 }
 
 // lineRecorder writes the protocol a parent reads from a child's stdout:
-// "ready", "S <method> <id>" (started) and "E <method> <id>" (executed),
+// "ready", "S <method> <id>" (started), "E <method> <id>" (executed) and
+// "C <id>" (outcome stored in the shared dedup store),
 // one unbuffered write per line, so the parent has every line written
 // before a SIGKILL.
 type lineRecorder struct {
@@ -282,7 +290,8 @@ func RunChild() int {
 	}
 	defer b.Close()
 	rec := &lineRecorder{w: os.Stdout}
-	srv := NewServer(rec, FileDedupStore{Dir: os.Getenv(envChildDedup)})
+	store := FileDedupStore{Dir: os.Getenv(envChildDedup), OnStore: func(key string) { rec.line("C " + key) }}
+	srv := NewServer(rec, store)
 	sub, err := b.Serve(os.Getenv(envChildSubj), srv, broker.WithConcurrency(64))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chaos child: serve:", err)
