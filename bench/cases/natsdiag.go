@@ -109,3 +109,104 @@ func (t *natsServerOnly) Close() error {
 	t.cli.Close()
 	return t.mq.Close()
 }
+
+// NATSServerShapes returns diagnostic cases that take the raw baseline
+// one step towards mqrpc at a time: the same plain client and echo server,
+// but with mqrpc's headers on the request and the reply, with the handler
+// run on a goroutine per message (bounded at 64), or with 64 workers
+// reading a synchronous subscription.
+func NATSServerShapes(cfg Config) []harness.Case {
+	shape := func(name string, headers bool, mode int) harness.Case {
+		return harness.Case{Group: "nats-shapes", Name: name, Role: harness.RolePeer,
+			Setup: func(context.Context) (harness.Target, error) { return cfg.natsShape(headers, mode) }}
+	}
+	return []harness.Case{
+		{Group: "nats-shapes", Name: "nats.go Request", Role: harness.RoleRaw, Setup: cfg.natsRaw},
+		shape("+ mqrpc headers", true, shapeInline),
+		shape("+ goroutine per message", false, shapeGoroutine),
+		shape("+ 64 workers on NextMsg", false, shapeWorkers),
+	}
+}
+
+const (
+	shapeInline = iota
+	shapeGoroutine
+	shapeWorkers
+)
+
+type natsShapeTarget struct {
+	natsRawTarget
+	headers bool
+	done    chan struct{}
+}
+
+func (c Config) natsShape(headers bool, mode int) (harness.Target, error) {
+	cli, srv, err := natsPair(c.NATSURL)
+	if err != nil {
+		return nil, err
+	}
+	t := &natsShapeTarget{natsRawTarget: natsRawTarget{cli: cli, srv: srv, subject: subject("mqbench")}, headers: headers}
+	respond := func(m *natsgo.Msg) {
+		r := &natsgo.Msg{Subject: m.Reply, Data: m.Data}
+		if headers {
+			r.Header = natsgo.Header{broker.HeaderContentType: {"application/msgpack"}}
+		}
+		_ = srv.PublishMsg(r)
+	}
+	var sub *natsgo.Subscription
+	switch mode {
+	case shapeInline:
+		sub, err = srv.QueueSubscribe(t.subject, t.subject, respond)
+	case shapeGoroutine:
+		sem := make(chan struct{}, 64)
+		sub, err = srv.QueueSubscribe(t.subject, t.subject, func(m *natsgo.Msg) {
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem }()
+				respond(m)
+			}()
+		})
+	case shapeWorkers:
+		sub, err = srv.QueueSubscribeSync(t.subject, t.subject)
+		if err == nil {
+			for i := 0; i < 64; i++ {
+				go func() {
+					for {
+						m, err := sub.NextMsgWithContext(context.Background())
+						if err != nil {
+							return
+						}
+						respond(m)
+					}
+				}()
+			}
+		}
+	}
+	if err == nil {
+		_ = sub.SetPendingLimits(-1, -1)
+		err = srv.Flush()
+	}
+	if err != nil {
+		_ = t.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+func (t *natsShapeTarget) Call(ctx context.Context, p []byte) error {
+	if !t.headers {
+		return t.natsRawTarget.Call(ctx, p)
+	}
+	m := &natsgo.Msg{Subject: t.subject, Data: p, Header: natsgo.Header{
+		broker.HeaderMethod:      {Method},
+		broker.HeaderContentType: {"application/msgpack"},
+		"Nats-Msg-Id":            {broker.NewID()},
+		broker.HeaderDeadline:    {"1893456000000"},
+	}}
+	rep, err := t.cli.RequestMsgWithContext(ctx, m)
+	if err != nil {
+		return err
+	}
+	_ = rep.Header.Get(broker.HeaderContentType)
+	return checkEcho(p, rep.Data)
+}

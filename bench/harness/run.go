@@ -85,8 +85,8 @@ type Cell struct {
 	// CPU is the CPU time (user + system) the process used during the
 	// slices: callers, broker clients and in-process servers, not the
 	// broker server's own process.
-	CPU time.Duration
-	Hist    Histogram
+	CPU  time.Duration
+	Hist Histogram
 	// PerRound is the throughput (calls/s) of each round.
 	PerRound []float64
 	// FirstErr is the first error seen, for the report.

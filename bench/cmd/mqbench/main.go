@@ -36,7 +36,7 @@ func main() {
 
 func run() error {
 	var (
-		brokers   = flag.String("brokers", "memory,tcp,nats,amqp,rocketmq", "comma-separated case groups to run: memory, tcp, nats, amqp, rocketmq; nats-split (diagnostic: mqrpc's NATS client and server each against a raw peer)")
+		brokers   = flag.String("brokers", "memory,tcp,nats,amqp,rocketmq", "comma-separated case groups to run: memory, tcp, nats, amqp, rocketmq; diagnostic: nats-split (mqrpc's NATS client and server each against a raw peer), nats-shapes (the raw case with mqrpc's headers or dispatch)")
 		concs     = flag.String("c", "1,16,64", "comma-separated numbers of concurrent callers")
 		sizes     = flag.String("sizes", "64,4096", "comma-separated payload sizes in bytes")
 		rounds    = flag.Int("rounds", 3, "how many times every case is measured at every concurrency and size")
@@ -89,6 +89,8 @@ func run() error {
 			}
 		case "nats-split":
 			all = append(all, cases.NATSSplit(ccfg)...)
+		case "nats-shapes":
+			all = append(all, cases.NATSServerShapes(ccfg)...)
 		case "amqp":
 			all = append(all, cases.AMQP(ccfg)...)
 			if v, err := cases.RabbitMQVersion(*amqpURL); err == nil {
