@@ -18,6 +18,8 @@ type Environment struct {
 	NumCPU                  int
 	// Codec is the media type of the codec mqrpc used.
 	Codec string
+	// Revision names the mqrpc source measured (a commit), if known.
+	Revision string
 	// Brokers maps a group to the version of its broker server.
 	Brokers map[string]string
 }
@@ -201,6 +203,9 @@ func (rp *Report) Markdown(svgPath, relTo string) string {
 	fmt.Fprintf(&sb, "\nRun of %s, %s in all; %d rounds of %v per case, concurrency and size, interleaved; codec %s.\n\n",
 		r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Took.Round(time.Second), r.Config.Rounds, r.Config.Slice, e.Codec)
 	sb.WriteString("```\n" + rp.Command + "\n```\n\n")
+	if e.Revision != "" {
+		fmt.Fprintf(&sb, "mqrpc revision measured: %s.\n\n", e.Revision)
+	}
 	sb.WriteString("| machine | |\n|---|---|\n")
 	fmt.Fprintf(&sb, "| CPU | %s, %d cores (nproc) |\n| memory | %s |\n| OS | %s |\n| Go | %s |\n", e.CPU, e.NumCPU, e.Memory, e.Kernel, e.Go)
 	groups := make([]string, 0, len(e.Brokers))

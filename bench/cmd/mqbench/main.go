@@ -53,6 +53,7 @@ func run() error {
 		svg       = flag.String("svg", "", "write the chart (throughput against concurrency) to this SVG file")
 		command   = flag.String("command", "", "the command line to print in the report (default: this one)")
 		cpuprof   = flag.String("cpuprofile", "", "write a CPU profile of the measured rounds to this file")
+		revision  = flag.String("revision", "", "the mqrpc revision measured, for the report (scripts/bench passes git's)")
 		quiet     = flag.Bool("q", false, "do not print a line per measurement")
 		only      = flag.String("only", "", "run only the cases whose \"group/name\" matches this regular expression (for profiling one case)")
 	)
@@ -74,7 +75,7 @@ func run() error {
 		Codec: cd, NATSURL: *natsURL, AMQPURL: *amqpURL,
 		RocketMQNameServer: *rmqNS, RocketMQBroker: *rmqBroker,
 	}
-	env := harness.Environment{Codec: cd.Name(), Brokers: map[string]string{}}
+	env := harness.Environment{Codec: cd.Name(), Revision: *revision, Brokers: map[string]string{}}
 	var all []harness.Case
 	for _, g := range strings.Split(*brokers, ",") {
 		switch g = strings.TrimSpace(g); g {
