@@ -13,10 +13,19 @@
 // Clients connect to the name server and the broker directly (the 5.x proxy
 // does not forward replies).
 //
-// rocketmq-client-go has process-wide state: its logger (see WithLogger),
-// the table of pending requests and its connection cache keyed by client ID.
-// Each Broker uses its own client instance name, so Brokers in one process
-// do not share connections or close each other's.
+// rocketmq-client-go has process-wide state: its logger (rlog, see
+// WithLogger), its panic handler (primitive.PanicHandler, which New sets if
+// the application did not, because without one a failed asynchronous send
+// crashes the process), the table of pending requests and its client cache
+// keyed by client ID. Each Broker and each Serve uses its own client instance
+// name, so they do not share connections or close each other's.
+//
+// The package works around the client's request-reply defects (v2.1.2):
+// replies are built by hand (CreateReplyMessage drops the body, #890/#1046),
+// the requester registers with the broker on its first request to a topic
+// (#1047; done through reflection, see the source) and servers retry a reply
+// the broker could not route yet, and Request does its own waiting (see
+// Broker.Request).
 package rocketmq
 
 import (
@@ -420,8 +429,14 @@ func (b *Broker) Send(ctx context.Context, m *broker.Message) error {
 // Close implements broker.Broker. It stops every subscription without
 // draining (handler contexts are cancelled; Close waits up to a second for
 // them to return), fails calls in flight with broker.ErrClosed and shuts
-// the client down. Some of rocketmq-client-go's background goroutines sleep
-// before they notice the shutdown and linger up to 10 s after Close.
+// the client down.
+//
+// rocketmq-client-go leaves goroutines behind after its shutdown: timers
+// that sleep before they check for it (10 s; 15 min for a consumer's
+// expired-message cleaner; until the next minute, hour and month for each
+// consumer's statistics), pulls in flight (up to 30 s) and the reader of a
+// name-server connection it never closes (until the name server drops it).
+// They exit by themselves but make short-lived Brokers and Serves costly.
 func (b *Broker) Close() error {
 	b.mu.Lock()
 	if b.closed {

@@ -162,10 +162,12 @@ type subscription struct {
 
 var _ broker.Subscription = (*subscription)(nil)
 
-// Stop implements broker.Subscription: it stops pulling, waits for the
-// handlers in flight and their replies, then shuts the consumer down, which
-// commits the consumed offsets and hands the queues to the group's other
-// servers.
+// Stop implements broker.Subscription: it stops handling new messages,
+// waits for the handlers in flight and their replies, then shuts the
+// consumer down, which commits the consumed offsets and hands the queues to
+// the group's other servers. Messages the consumer had already fetched but
+// not handed to a handler go back to the broker, which redelivers them to
+// the group later (RocketMQ's retry backoff, 10 s first).
 func (s *subscription) Stop(ctx context.Context) error {
 	return s.stop(ctx, true)
 }
