@@ -16,7 +16,7 @@ func Memory(cfg Config) []harness.Case {
 			Setup: func(context.Context) (harness.Target, error) { return directTarget{cd: cfg.Codec}, nil },
 		},
 		{
-			Group: "memory", Name: "mqrpc", Role: harness.RoleMQRPC,
+			Group: "memory", Name: "mqrpc", Role: harness.RoleMQRPC, NoTarget: true,
 			Setup: func(context.Context) (harness.Target, error) {
 				srvB := memory.New()
 				cliB := srvB.Connect()

@@ -44,6 +44,10 @@ type Case struct {
 	Name string
 	// Role is RoleRaw, RoleMQRPC or RolePeer.
 	Role string
+	// NoTarget says the ratio target does not apply to the case: its
+	// baseline is not a broker client (the memory broker against a direct
+	// function call).
+	NoTarget bool
 	// Setup starts the case. It is called once per run.
 	Setup func(ctx context.Context) (Target, error)
 }
