@@ -319,9 +319,9 @@ func (rp *Report) SVG() string {
 	r := rp.Results
 	const (
 		panelW, panelH = 420.0, 320.0
-		left, top      = 70.0, 50.0
+		left, top      = 70.0, 60.0
 		gap            = 60.0
-		legendW        = 260.0
+		legendW        = 280.0
 	)
 	n := float64(len(r.Config.Sizes))
 	width := left + n*panelW + (n-1)*gap + 30 + legendW
@@ -409,7 +409,9 @@ func (rp *Report) SVG() string {
 		fmt.Fprintf(&sb, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="%s" stroke-width="2"%s/>`+"\n", lx, lx+30, ly, ly, col, dash)
 		fmt.Fprintf(&sb, `<text x="%.1f" y="%.1f" dominant-baseline="middle">%s: %s</text>`+"\n", lx+36, ly, cs.Group, xmlEscape(cs.Name))
 	}
-	fmt.Fprintf(&sb, `<text x="%.1f" y="%.1f" fill="#555">solid: baseline, dashed: mqrpc, dotted: peer</text>`+"\n", lx, top+20+float64(len(r.Cases))*20)
+	fy := top + 20 + float64(len(r.Cases))*20
+	fmt.Fprintf(&sb, `<text x="%.1f" y="%.1f" fill="#555">solid: baseline (raw client)</text>`+"\n", lx, fy)
+	fmt.Fprintf(&sb, `<text x="%.1f" y="%.1f" fill="#555">dashed: mqrpc, dotted: peer</text>`+"\n", lx, fy+16)
 	sb.WriteString("</svg>\n")
 	return sb.String()
 }

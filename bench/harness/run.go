@@ -164,7 +164,7 @@ func Run(ctx context.Context, cfg Config, cases []Case) (*Results, error) {
 		}
 	}()
 	for _, c := range cases {
-		t, err := c.Setup(ctx)
+		t, err := setup(ctx, c, progress)
 		if err != nil {
 			res.Skipped = append(res.Skipped, Skipped{Group: c.Group, Name: c.Name, Role: c.Role, Reason: err.Error()})
 			progress(fmt.Sprintf("skip %s/%s: %v", c.Group, c.Name, err))
@@ -235,6 +235,29 @@ func Run(ctx context.Context, cfg Config, cases []Case) (*Results, error) {
 	}
 	res.Took = time.Since(res.Started)
 	return res, nil
+}
+
+// setupTries is how often a failing Setup is tried: a broker restarted by
+// something else on the machine should not cost the run its case.
+const setupTries = 3
+
+func setup(ctx context.Context, c Case, progress func(string)) (Target, error) {
+	var err error
+	for i := 0; i < setupTries; i++ {
+		var t Target
+		if t, err = c.Setup(ctx); err == nil {
+			return t, nil
+		}
+		if i < setupTries-1 {
+			progress(fmt.Sprintf("setup %s/%s failed (%v); trying again in 5s", c.Group, c.Name, err))
+			select {
+			case <-time.After(5 * time.Second):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+	}
+	return nil, err
 }
 
 type slice struct {
