@@ -312,7 +312,10 @@ func measure(ctx context.Context, t Target, conc, size int, d, timeout time.Dura
 				err := t.Call(cctx, p)
 				if err != nil {
 					errs[i]++
-					firstErr.CompareAndSwap(nil, &err)
+					// A copy made here, so that only failing calls put
+					// an error variable on the heap.
+					e := err
+					firstErr.CompareAndSwap(nil, &e)
 					if cctx.Err() != nil {
 						return
 					}
