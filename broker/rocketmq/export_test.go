@@ -16,3 +16,9 @@ func NewWithProducer(p Producer, opts ...Option) *Broker {
 	b.producer = p
 	return b
 }
+
+// HooksFound reports which client hooks hooksOf finds on p.
+func HooksFound(p any) (heartbeat, lookup bool) {
+	h := hooksOf(p)
+	return h.heartbeat != nil, h.lookup != nil
+}

@@ -104,11 +104,11 @@ type Broker struct {
 	instance string
 	log      *slog.Logger
 	producer rocketProducer
-	// heartbeat registers this client with the brokers (nil if the client
-	// hides it); heartbeatTopics remembers the topics it was sent for.
-	heartbeat       func()
-	heartbeatTopics sync.Map
-	lastHeartbeat   atomic.Int64
+	// hooks reach into the client (see clientHooks); topics holds a
+	// *topicInit per topic requested so far.
+	hooks         clientHooks
+	topics        sync.Map
+	lastHeartbeat atomic.Int64
 
 	// ctx is cancelled by Close: it ends handler contexts and waits.
 	ctx    context.Context
@@ -168,7 +168,7 @@ func New(nameServer string, opts ...Option) (*Broker, error) {
 		return nil, fmt.Errorf("rocketmq: start producer: %w", err)
 	}
 	b.producer = producerAdapter{p}
-	b.heartbeat = heartbeatFunc(p)
+	b.hooks = hooksOf(p)
 	return b, nil
 }
 
@@ -320,17 +320,9 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 	// The send itself is not tied to ctx: Request stops waiting on ctx by
 	// itself, and an async send the client sees cancelled takes its
 	// panicking error path (see installClientHooks).
+	b.register(req.Subject)
 	if err := b.producer.RequestAsync(context.WithoutCancel(ctx), ttl, callback, msg); err != nil {
 		return nil, b.sendError(ctx, req.Subject, err)
-	}
-	if b.heartbeat != nil {
-		// The first request to a topic may have taught the client a new
-		// broker: register with it now, not in up to 30 s (see
-		// heartbeatFunc). The reply may still race ahead of it; the server
-		// retries such a reply (Broker.reply).
-		if _, seen := b.heartbeatTopics.LoadOrStore(req.Subject, struct{}{}); !seen {
-			b.heartbeat()
-		}
 	}
 	select {
 	case r := <-done:
@@ -362,9 +354,32 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 	}
 }
 
+// topicInit makes the first requests to a topic wait for register.
+type topicInit struct{ once sync.Once }
+
+// register makes sure, before the first request to topic, that the client
+// knows the topic's brokers and has sent them its heartbeat, so they can
+// push the replies (see clientHooks). Later calls return at once.
+func (b *Broker) register(topic string) {
+	if b.hooks.heartbeat == nil {
+		return
+	}
+	v, ok := b.topics.Load(topic)
+	if !ok {
+		v, _ = b.topics.LoadOrStore(topic, &topicInit{})
+	}
+	v.(*topicInit).once.Do(func() {
+		if b.hooks.lookup != nil {
+			// A missing topic is fine here: the send reports it.
+			_ = b.hooks.lookup(topic)
+		}
+		b.hooks.heartbeat()
+	})
+}
+
 // heartbeatSoon sends a heartbeat in the background, at most once a second.
 func (b *Broker) heartbeatSoon() {
-	if b.heartbeat == nil || b.isClosed() {
+	if b.hooks.heartbeat == nil || b.isClosed() {
 		return
 	}
 	now := time.Now().UnixNano()
@@ -372,7 +387,7 @@ func (b *Broker) heartbeatSoon() {
 	if now-last < int64(time.Second) || !b.lastHeartbeat.CompareAndSwap(last, now) {
 		return
 	}
-	go b.heartbeat()
+	go b.hooks.heartbeat()
 }
 
 // sendError classifies an error of the client's send path.

@@ -51,6 +51,15 @@ func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOpt
 		cancel:  cancel,
 		stopped: make(chan struct{}),
 	}
+	if b.hooks.lookup != nil && b.hooks.lookup(subject) != nil {
+		// Create the topic first: a consumer that fails for want of it
+		// leaves its goroutines and connection behind (see Close).
+		if err := b.createTopic(subject); err != nil {
+			cancel()
+			return nil, fmt.Errorf("rocketmq: serve %s: create topic: %w", subject, err)
+		}
+		b.waitTopic(subject)
+	}
 	pc, err := b.startConsumer(s, cfg)
 	if err != nil && strings.Contains(err.Error(), "route info not found") {
 		err = b.createTopic(subject)
@@ -119,6 +128,19 @@ func (b *Broker) waitConsumer(s *subscription, cfg broker.ServeConfig) (rmq.Push
 		case <-time.After(100 * time.Millisecond):
 		case <-b.ctx.Done():
 			return nil, broker.ErrClosed
+		}
+	}
+}
+
+// waitTopic waits (up to topicCreateWait) until the name server knows
+// subject.
+func (b *Broker) waitTopic(subject string) {
+	deadline := time.Now().Add(topicCreateWait)
+	for b.hooks.lookup(subject) != nil && time.Now().Before(deadline) {
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-b.ctx.Done():
+			return
 		}
 	}
 }

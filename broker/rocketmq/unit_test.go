@@ -13,8 +13,10 @@ import (
 	"testing"
 	"time"
 
+	rmq "github.com/apache/rocketmq-client-go/v2"
 	"github.com/apache/rocketmq-client-go/v2/consumer"
 	"github.com/apache/rocketmq-client-go/v2/primitive"
+	"github.com/apache/rocketmq-client-go/v2/producer"
 	"github.com/apache/rocketmq-client-go/v2/rlog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -319,4 +321,15 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// The #1047 workaround reaches into the client by reflection; this pins
+// the client's shape (a producer needs no broker to be created).
+func TestClientHooksFound(t *testing.T) {
+	p, err := rmq.NewProducer(producer.WithNsResolver(primitive.NewPassthroughResolver([]string{"127.0.0.1:1"})),
+		producer.WithInstanceName("hooks-"+broker.NewID()))
+	require.NoError(t, err)
+	heartbeat, lookup := rocketmq.HooksFound(p)
+	assert.True(t, heartbeat, "SendHeartbeatToAllBrokerWithLock not found on the producer's client")
+	assert.True(t, lookup, "GetNameSrv not found on the producer's client")
 }
