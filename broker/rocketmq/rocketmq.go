@@ -417,7 +417,8 @@ func (b *Broker) sendError(ctx context.Context, subject string, err error) error
 }
 
 // Send implements broker.Broker: a normal (synchronous) send, which returns
-// once the broker stored the message.
+// once the broker stored the message. The message expires at m.Deadline
+// (none when zero); ctx only bounds the send itself.
 func (b *Broker) Send(ctx context.Context, m *broker.Message) error {
 	if b.isClosed() {
 		return fmt.Errorf("rocketmq: send to %s: %w", m.Subject, broker.ErrClosed)
@@ -425,10 +426,16 @@ func (b *Broker) Send(ctx context.Context, m *broker.Message) error {
 	if err := validName(m.Subject, maxNameLen); err != nil {
 		return fmt.Errorf("rocketmq: topic %q: %w", m.Subject, err)
 	}
+	// Only m.Deadline limits a one-way message; ctx bounds the send. A
+	// stored notification must not expire because its send had a short
+	// timeout.
+	if m.Expired(time.Now()) {
+		return fmt.Errorf("rocketmq: send to %s: %w (%w)", m.Subject, broker.ErrTimeout, context.DeadlineExceeded)
+	}
 	if m.ID == "" {
 		m.ID = broker.NewID()
 	}
-	msg, err := rocketMessage(m.Subject, m, deadlineOf(ctx, m))
+	msg, err := rocketMessage(m.Subject, m, m.Deadline)
 	if err != nil {
 		return err
 	}

@@ -333,3 +333,23 @@ func TestClientHooksFound(t *testing.T) {
 	assert.True(t, heartbeat, "SendHeartbeatToAllBrokerWithLock not found on the producer's client")
 	assert.True(t, lookup, "GetNameSrv not found on the producer's client")
 }
+
+// A one-way message expires at its own Deadline only: the ctx bounds the
+// send call, not the stored message.
+func TestSendDeadline(t *testing.T) {
+	var got *primitive.Message
+	b := newFake(t, &fakeProducer{send: func(_ context.Context, msgs ...*primitive.Message) (*primitive.SendResult, error) {
+		got = msgs[0]
+		return &primitive.SendResult{Status: primitive.SendOK}, nil
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	require.NoError(t, b.Send(ctx, &broker.Message{Subject: "svc", Body: []byte("n")}))
+	assert.NotContains(t, got.GetProperties(), broker.HeaderDeadline)
+	assert.NotContains(t, got.GetProperties(), "TTL")
+
+	got = nil
+	err := b.Send(ctx, &broker.Message{Subject: "svc", Deadline: time.Now().Add(-time.Millisecond)})
+	assert.ErrorIs(t, err, broker.ErrTimeout)
+	assert.Nil(t, got, "an expired one-way message was sent")
+}
