@@ -235,7 +235,7 @@ func (rp *Report) Markdown(svgPath, relTo string) string {
 
 	// Summary: ratio to the baseline per case, size and concurrency.
 	sb.WriteString("\n### Throughput ratio to the baseline of the same broker\n\n")
-	fmt.Fprintf(&sb, "The baseline is the broker's raw client (memory: a direct handler call with the codec). Target: mqrpc ≥ %.1f at c=1 and c=64 on every broker (✗: missed; the memory broker's ratio is against a function call and has no target). In brackets: lowest and highest ratio of the single rounds.\n\n", TargetRatio)
+	fmt.Fprintf(&sb, "The baseline is the broker's raw client (memory: a direct handler call with the codec). Target: mqrpc ≥ %.1f at c=1 and c=64 on every broker (✗: missed; ⚠: calls failed in this cell, see the tables below; the memory broker's ratio is against a function call and has no target). In brackets: lowest and highest ratio of the single rounds.\n\n", TargetRatio)
 	sb.WriteString("| broker | case |")
 	for _, size := range r.Config.Sizes {
 		for _, c := range r.Config.Concurrency {
@@ -273,6 +273,9 @@ func (rp *Report) Markdown(svgPath, relTo string) string {
 				spread := ""
 				if len(rr) > 1 {
 					spread = fmt.Sprintf(" [%.2f–%.2f]", rr[0], rr[len(rr)-1])
+				}
+				if b := r.baseline(c); c.Errors > 0 || (b != nil && b.Errors > 0) {
+					mark += " ⚠ errors"
 				}
 				fmt.Fprintf(&sb, " **%.2f**%s%s |", x, spread, mark)
 			}
