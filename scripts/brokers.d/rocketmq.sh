@@ -171,7 +171,11 @@ EOF
 		mkdir -p "$root/store"
 		# Small files: a 100 MiB commit log, an index sized for tests, no
 		# timer wheel (its files are sized for days of delays). Disk checks
-		# relaxed so a busy shared disk does not make the broker refuse writes.
+		# relaxed so a busy shared disk does not make the broker refuse writes;
+		# send/pull queue waits raised so a loaded two-core machine does not
+		# trip the broker's flow control ([TIMEOUT_CLEAN_QUEUE] broker busy).
+		# Replies are pushed to the requester, not also stored in the reply
+		# topic (storeReplyMessageEnable): nobody reads them there.
 		cat >"$root/home/conf/broker.conf" <<EOF
 brokerClusterName=DefaultCluster
 brokerName=broker-a
@@ -192,6 +196,7 @@ autoCreateSubscriptionGroup=true
 diskMaxUsedSpaceRatio=95
 waitTimeMillsInSendQueue=5000
 waitTimeMillsInPullQueue=10000
+storeReplyMessageEnable=false
 deleteWhen=04
 fileReservedTime=1
 EOF
