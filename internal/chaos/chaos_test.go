@@ -3,11 +3,13 @@
 package chaos_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,7 +49,7 @@ const (
 	recoverWithin = 90 * time.Second
 	// drainWithin bounds how long accepted one-way requests may take to
 	// be served after the load stopped.
-	drainWithin = 90 * time.Second
+	drainWithin = 60 * time.Second
 )
 
 var report chaos.Report
@@ -111,6 +113,9 @@ func TestChaos(t *testing.T) {
 			t.Run("restart", func(t *testing.T) { runRestart(t, target, node) })
 			t.Run("kill", func(t *testing.T) { runKill(t, target, node) })
 			t.Run("poison", func(t *testing.T) { runPoison(t, target, node) })
+			if target.Durable {
+				t.Run("late-server", func(t *testing.T) { runLateServer(t, target, node) })
+			}
 		})
 	}
 }
@@ -181,15 +186,52 @@ func subject(scenario string) string {
 
 // baseline is the process state a scenario is measured against.
 type baseline struct {
-	goroutines int
-	heap       uint64
+	goroutines, lingering int
+	heap                  uint64
+}
+
+// lingering are goroutines of rocketmq-client-go that outlive Close by
+// minutes or more (the list and the reasons are broker/rocketmq's
+// clientLeaks): they are counted apart, not as our leaks.
+var lingering = []string{
+	"rocketmq-client-go/v2/consumer.(*statsItemSet).init.func",
+	"rocketmq-client-go/v2/consumer.(*pushConsumer).Start.func1.2",
+	"rocketmq-client-go/v2/internal.(*rmqClient).Start.func1.1",
+	"rocketmq-client-go/v2/internal.(*rmqClient).Start.func1.4",
+	"rocketmq-client-go/v2/internal.(*rmqClient).PullMessage",
+	"rocketmq-client-go/v2/internal/remote.(*remotingClient).receiveResponse",
+	"rocketmq-client-go/v2/internal/remote.(*ResponseFuture).waitResponse",
+	"patrickmn/go-cache.(*janitor).Run",
+}
+
+// goroutines counts the goroutines alive now, and apart from them those
+// on the lingering list.
+func goroutines() (ours, lingered int) {
+	buf := make([]byte, 16<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		known := false
+		for _, l := range lingering {
+			if strings.Contains(g, l) {
+				known = true
+				break
+			}
+		}
+		if known {
+			lingered++
+		} else {
+			ours++
+		}
+	}
+	return ours, lingered
 }
 
 func measure() baseline {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return baseline{goroutines: runtime.NumGoroutine(), heap: ms.HeapAlloc}
+	g, l := goroutines()
+	return baseline{goroutines: g, lingering: l, heap: ms.HeapAlloc}
 }
 
 // settle waits (bounded) for the goroutines to come back to the baseline:
@@ -218,6 +260,9 @@ type scenario struct {
 	accepted []string
 	// victim names the server process killed by the scenario, if any.
 	victim string
+	// drained is true when the scenario already waited for the accepted
+	// requests to be served.
+	drained bool
 }
 
 func newScenario(t *testing.T, target chaos.Target, name string) *scenario {
@@ -267,6 +312,9 @@ func (s *scenario) finish() {
 			// those still in flight.
 			wait = 3 * time.Second
 		}
+		if s.drained {
+			wait = 0
+		}
 		missing := s.log.WaitServed(chaos.MethodRecord, s.accepted, wait)
 		s.row.Lost = len(missing)
 		if s.target.Durable {
@@ -299,8 +347,13 @@ func (s *scenario) finish() {
 	}
 	after := settle(s.before)
 	s.row.GoroutinesBefore, s.row.GoroutinesAfter = s.before.goroutines, after.goroutines
+	if d := after.lingering - s.before.lingering; d > 0 {
+		s.note("%d rocketmq-client-go goroutines linger after Close (known, not counted)", d)
+	}
 	s.row.HeapMiB = float64(after.heap) / (1 << 20)
-	assert.LessOrEqual(t, after.goroutines, s.before.goroutines+goroutineSlack, "goroutines leaked")
+	if !assert.LessOrEqual(t, after.goroutines, s.before.goroutines+goroutineSlack, "goroutines leaked") {
+		t.Logf("goroutines left:\n%s", goroutineSummary())
+	}
 	var grown uint64
 	if after.heap > s.before.heap {
 		grown = after.heap - s.before.heap
@@ -308,6 +361,34 @@ func (s *scenario) finish() {
 	assert.LessOrEqual(t, grown, uint64(heapBound), "heap grew by %d MiB", grown>>20)
 	s.row.Failed = t.Failed()
 	report.Add(s.row)
+}
+
+// goroutineSummary lists the goroutines alive now, grouped by stack: the
+// count and the innermost frames outside the runtime.
+func goroutineSummary() string {
+	var buf bytes.Buffer
+	_ = pprof.Lookup("goroutine").WriteTo(&buf, 1)
+	var out []string
+	for _, block := range strings.Split(buf.String(), "\n\n") {
+		lines := strings.Split(strings.TrimSpace(block), "\n")
+		if len(lines) < 2 || !strings.Contains(lines[0], " @ ") {
+			continue
+		}
+		count := strings.Fields(lines[0])[0]
+		var frames []string
+		for _, l := range lines[1:] {
+			f := strings.Fields(l)
+			if len(f) < 3 || strings.HasPrefix(f[2], "runtime.") || strings.HasPrefix(f[2], "internal/") {
+				continue
+			}
+			frames = append(frames, f[2])
+			if len(frames) == 2 {
+				break
+			}
+		}
+		out = append(out, "  "+count+" × "+strings.Join(frames, " < "))
+	}
+	return strings.Join(out, "\n")
 }
 
 func head(s []string) []string {
@@ -436,4 +517,80 @@ func runKill(t *testing.T, target chaos.Target, node *chaos.Node) {
 	s.load(res)
 	// The survivor serves alone now.
 	awaitService(t, c, subj, recoverWithin)
+}
+
+// runLateServer sends one-way requests with no Message.Deadline, through a
+// Send whose ctx has a short deadline, while no server runs, and starts the
+// server only after that ctx deadline passed. A durable broker must keep
+// them: the ctx bounds how long Send waits for the broker's confirmation
+// (broker.Broker.Send), it is not the message's time-to-live; only
+// Message.Deadline is (as broker/amqp documents).
+func runLateServer(t *testing.T, target chaos.Target, node *chaos.Node) {
+	s := newScenario(t, target, "late-server")
+	defer s.finish()
+	subj := subject("late")
+	b, c := s.client(node)
+	srv := chaos.NewServer(s.log, middleware.NewMemoryDedupStore(0, 0))
+	// A server runs once and stops, so the topic (RocketMQ), queue and
+	// consumer group exist, as for a service being redeployed.
+	first, err := s.target.Open(node.Addr, "first-server")
+	require.NoError(t, err)
+	sub, err := first.Serve(subj, srv)
+	require.NoError(t, err)
+	awaitService(t, c, subj, recoverWithin)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	require.NoError(t, sub.Stop(ctx))
+	cancel()
+	require.NoError(t, first.Close())
+
+	const sends = 20
+	sendCtx := 1500 * time.Millisecond
+	var accepted []string
+	for i := 0; i < sends; i++ {
+		id := "late-" + broker.NewID()
+		ctx, cancel := context.WithTimeout(context.Background(), sendCtx)
+		err := b.Send(ctx, &broker.Message{
+			ID: id, Subject: subj,
+			Header: broker.Header{broker.HeaderMethod: chaos.MethodRecord, broker.HeaderContentType: "application/json"},
+			Body:   []byte(`{"n":0}`),
+		})
+		cancel()
+		if err == nil {
+			accepted = append(accepted, id)
+		} else {
+			t.Logf("send %d: %v", i, err)
+		}
+	}
+	require.NotEmpty(t, accepted, "no send accepted")
+	// Control: the same sends with a ctx that has no deadline (bounded by
+	// a timer instead). If these are served and the others are not, the
+	// broker took the ctx deadline for the message's time-to-live.
+	var control []string
+	for i := 0; i < sends; i++ {
+		id := "late-control-" + broker.NewID()
+		ctx, cancel := context.WithCancel(context.Background())
+		timer := time.AfterFunc(sendCtx, cancel)
+		err := b.Send(ctx, &broker.Message{
+			ID: id, Subject: subj,
+			Header: broker.Header{broker.HeaderMethod: chaos.MethodRecord, broker.HeaderContentType: "application/json"},
+			Body:   []byte(`{"n":0}`),
+		})
+		timer.Stop()
+		cancel()
+		if err == nil {
+			control = append(control, id)
+		}
+	}
+	time.Sleep(2 * sendCtx) // the send ctx deadlines pass before any server runs: the point of the scenario
+	s.serveInProcess(node, subj, srv, "late-server")
+	s.accepted = append(accepted, control...)
+	s.row.Accepted = len(s.accepted)
+	missing := s.log.WaitServed(chaos.MethodRecord, s.accepted, drainWithin)
+	s.drained = true
+	lostCtx := len(missing) - len(s.log.Missing(chaos.MethodRecord, control))
+	if lostCtx > 0 && len(s.log.Missing(chaos.MethodRecord, control)) == 0 {
+		s.note("%d of %d sends whose ctx had a deadline were dropped, all %d without one were served: "+
+			"Send made the ctx deadline the message's TTL", lostCtx, len(accepted), len(control))
+	}
+	// finish counts them again and fails if any is missing.
 }

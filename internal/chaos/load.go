@@ -296,8 +296,14 @@ func RunLoad(c *rpc.Client, b broker.Broker, cfg LoadConfig, stop <-chan struct{
 					},
 					Body: []byte(`{"n":0}`),
 				}
-				ctx, cancel := context.WithTimeout(context.Background(), cfg.Deadline)
+				// Bounded by a timer, not a ctx deadline: a broker may
+				// turn the ctx deadline of Send into the message's TTL
+				// (broker/rocketmq does), and these sends must be served
+				// however late, to count losses.
+				ctx, cancel := context.WithCancel(context.Background())
+				t := time.AfterFunc(2*cfg.Deadline, cancel)
 				err := b.Send(ctx, msg)
+				t.Stop()
 				cancel()
 				mu.Lock()
 				if err == nil {

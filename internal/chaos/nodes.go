@@ -2,9 +2,11 @@ package chaos
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"go/build"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -526,7 +528,16 @@ func (n *Node) setupRocketMQ() error {
 			return err
 		}
 		n.register(role, p)
-		return waitPort(p, port, 120*time.Second)
+		if err := waitPort(p, port, 120*time.Second); err != nil {
+			return err
+		}
+		if role == "broker" {
+			// Clients find the broker (and the default topic that
+			// auto-creates topics) through the name server only once
+			// the broker registered there.
+			return waitRegistered(p, nsAddr, "127.0.0.1:"+strconv.Itoa(bPort), 120*time.Second)
+		}
+		return nil
 	}
 	n.stopOne = func(_ string, p *proc) error {
 		// SIGTERM runs the broker's shutdown hook, which flushes the
@@ -535,4 +546,58 @@ func (n *Node) setupRocketMQ() error {
 		return nil
 	}
 	return nil
+}
+
+// waitRegistered polls the RocketMQ name server at nsAddr until its cluster
+// info lists brokerAddr.
+func waitRegistered(p *proc, nsAddr, brokerAddr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		info, err := clusterInfo(nsAddr)
+		if err == nil && strings.Contains(info, brokerAddr) {
+			return nil
+		}
+		select {
+		case <-p.exited:
+			return fmt.Errorf("broker exited before registering; log:\n%s", p.tail())
+		case <-time.After(250 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("broker %s not registered with %s after %v (last: %v)", brokerAddr, nsAddr, timeout, err)
+		}
+	}
+}
+
+// clusterInfo asks a RocketMQ name server for its cluster info (remoting
+// request code 106, GET_BROKER_CLUSTER_INFO) and returns the raw answer.
+// The frame is: total length, header length (serialization type JSON in
+// the high byte: 0), JSON header, no body.
+func clusterInfo(nsAddr string) (string, error) {
+	c, err := net.DialTimeout("tcp", nsAddr, time.Second)
+	if err != nil {
+		return "", fmt.Errorf("chaos: dial name server: %w", err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	hdr := []byte(`{"code":106,"flag":0,"language":"GO","opaque":1,"serializeTypeCurrentRPC":"JSON","version":500}`)
+	frame := make([]byte, 8+len(hdr))
+	binary.BigEndian.PutUint32(frame[0:], uint32(4+len(hdr)))
+	binary.BigEndian.PutUint32(frame[4:], uint32(len(hdr)))
+	copy(frame[8:], hdr)
+	if _, err := c.Write(frame); err != nil {
+		return "", fmt.Errorf("chaos: name server request: %w", err)
+	}
+	var lenBuf [4]byte
+	if _, err := io.ReadFull(c, lenBuf[:]); err != nil {
+		return "", fmt.Errorf("chaos: name server answer: %w", err)
+	}
+	n := binary.BigEndian.Uint32(lenBuf[:])
+	if n > 16<<20 {
+		return "", fmt.Errorf("chaos: name server answer of %d bytes", n)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(c, body); err != nil {
+		return "", fmt.Errorf("chaos: name server answer: %w", err)
+	}
+	return string(body), nil
 }
