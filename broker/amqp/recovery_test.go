@@ -134,13 +134,24 @@ func (b *lockedBuffer) String() string {
 // from a restart too.
 func TestRestart(t *testing.T) {
 	n := startNode(t, nil)
-	for _, kill := range []bool{false, true} {
-		name := "Graceful"
-		if kill {
-			name = "Kill"
-		}
+	for _, tc := range []struct {
+		name string
+		qt   amqp.QueueType
+		kill bool
+	}{
+		{"ClassicGraceful", amqp.ClassicQueue, false},
+		{"ClassicKill", amqp.ClassicQueue, true},
+		// Not QuorumKill: on RabbitMQ 3.10.8 (Debian 12) a single-node
+		// quorum queue declared shortly before the node is SIGKILLed comes
+		// back with an empty Raft log, term 0 and no leader (its Ra
+		// registration had not reached disk), and every operation on it
+		// times out; our client had awaited the confirms. A RabbitMQ
+		// limitation, seen with plain amqp091-go too.
+		{"QuorumGraceful", amqp.QuorumQueue, false},
+	} {
+		name, kill := tc.name, tc.kill
 		t.Run(name, func(t *testing.T) {
-			opts := []amqp.Option{amqp.WithDurable(amqp.ClassicQueue)}
+			opts := []amqp.Option{amqp.WithDurable(tc.qt)}
 			srv := open(t, n.URL(), opts...)
 			client := open(t, n.URL(), opts...)
 			subj := "restart-" + broker.NewID()
@@ -209,8 +220,12 @@ func TestRestart(t *testing.T) {
 			beforeRestart := countAccepted()
 			n.restart(t, kill)
 			afterRestart := countAccepted()
-			require.Eventually(t, func() bool { return countAccepted() >= afterRestart+200 }, 60*time.Second, 10*time.Millisecond,
-				"sending did not resume after the restart")
+			if !assert.Eventually(t, func() bool { return countAccepted() >= afterRestart+200 }, 60*time.Second, 10*time.Millisecond,
+				"sending did not resume after the restart") {
+				mu.Lock()
+				t.Fatalf("accepted %d, refused %v", len(accepted), failed)
+				mu.Unlock()
+			}
 			close(stop)
 			wg.Wait()
 
