@@ -33,6 +33,8 @@ func TestConformanceFast(t *testing.T) {
 		NoResponders: true,
 		// Auto-delete queues go with their last server.
 		Durable: false,
+		// RabbitMQ's own limit is 128 MiB; 8 MiB keeps the suite quick.
+		MaxBodySize: 8 << 20,
 		Restart: func(t testing.TB) { closeVhostConnections(t, vhost) },
 	}, newBrokerFunc(url))
 }
