@@ -94,7 +94,14 @@ func TestRealBrokerWithoutRace(t *testing.T) {
 		args = append(args, "-v")
 	}
 	cmd := exec.Command(goBin, append(args, ".")...)
-	cmd.Env = append(os.Environ(), "MQRPC_ROCKETMQ_CHILD=1")
+	// GOFLAGS may carry -race; the child must run without it.
+	var flags []string
+	for _, f := range strings.Fields(os.Getenv("GOFLAGS")) {
+		if f != "-race" && f != "--race" && f != "-race=true" {
+			flags = append(flags, f)
+		}
+	}
+	cmd.Env = append(os.Environ(), "MQRPC_ROCKETMQ_CHILD=1", "GOFLAGS="+strings.Join(flags, " "))
 	out, err := cmd.CombinedOutput()
 	t.Logf("go %s .\n%s", strings.Join(args, " "), out)
 	require.NoError(t, err, "real-broker tests without -race failed")
