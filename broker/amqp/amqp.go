@@ -141,6 +141,11 @@ type session struct {
 	calls    map[string]*call // waiting for a reply or return, by correlation id
 	declared map[string]bool  // subjects (durable) and the exchange
 	declMu   sync.Mutex       // serializes declarations
+	// unblocked is closed while RabbitMQ lets the connection publish, and
+	// replaced by an open channel while it blocks it (connection.blocked,
+	// on a memory or disk alarm); blockReason says why.
+	unblocked   chan struct{}
+	blockReason string
 }
 
 // pubChan is a client channel and its confirms in flight. Its maps are
@@ -184,9 +189,11 @@ func (b *Broker) connect() (*session, error) {
 		b:        b,
 		conn:     conn,
 		lost:     make(chan struct{}),
-		calls:    make(map[string]*call),
-		declared: make(map[string]bool),
+		calls:     make(map[string]*call),
+		declared:  make(map[string]bool),
+		unblocked: make(chan struct{}),
 	}
+	close(s.unblocked)
 	fail := func(what string, err error) (*session, error) {
 		_ = conn.Close()
 		return nil, fmt.Errorf("amqp: %s: %w", what, err)
@@ -201,11 +208,18 @@ func (b *Broker) connect() (*session, error) {
 	if err != nil {
 		return fail("consume "+directReplyTo, err)
 	}
+	blocks := conn.NotifyBlocked(make(chan amqp091.Blocking, 4))
 	connClosed := conn.NotifyClose(make(chan *amqp091.Error, 1))
 	reqClosed := s.req.ch.NotifyClose(make(chan *amqp091.Error, 1))
 	sendClosed := s.send.ch.NotifyClose(make(chan *amqp091.Error, 1))
 
-	b.wg.Add(2)
+	b.wg.Add(3)
+	go func() {
+		defer b.wg.Done()
+		for bl := range blocks {
+			s.setBlocked(bl)
+		}
+	}()
 	go func() {
 		defer b.wg.Done()
 		var e *amqp091.Error
@@ -273,6 +287,53 @@ func remoteAddr(c *amqp091.Connection) string {
 		return a.String()
 	}
 	return ""
+}
+
+// setBlocked records a connection.blocked or connection.unblocked.
+func (s *session) setBlocked(bl amqp091.Blocking) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	blockedNow := !isClosed(s.unblocked)
+	switch {
+	case bl.Active && !blockedNow:
+		s.unblocked = make(chan struct{})
+		s.blockReason = bl.Reason
+		s.b.cfg.logger.Warn("amqp: connection blocked by the broker", "reason", bl.Reason)
+	case !bl.Active && blockedNow:
+		close(s.unblocked)
+		s.b.cfg.logger.Info("amqp: connection unblocked")
+	}
+}
+
+// waitUnblocked returns at once while the connection may publish, and
+// otherwise waits for RabbitMQ to unblock it or ctx to end: a publish on a
+// blocked connection would hang in a socket write that no ctx can cancel.
+func (s *session) waitUnblocked(ctx context.Context) error {
+	s.mu.Lock()
+	unblocked, reason := s.unblocked, s.blockReason
+	s.mu.Unlock()
+	select {
+	case <-unblocked:
+		return nil
+	default:
+	}
+	select {
+	case <-unblocked:
+		return nil
+	case <-s.lost:
+		return broker.ErrDisconnected
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w (connection blocked by the broker: %s)", broker.ErrTimeout, ctx.Err(), reason)
+	}
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // markLost fails every call in flight on the session with ErrDisconnected

@@ -115,6 +115,9 @@ func (b *Broker) publish(ctx context.Context, m *broker.Message, deadline, now t
 	if err := b.declareForClient(s, m.Subject); err != nil {
 		return nil, nil, fmt.Errorf("amqp: %s %s: %w", op, m.Subject, err)
 	}
+	if err := s.waitUnblocked(ctx); err != nil {
+		return nil, nil, fmt.Errorf("amqp: %s %s: %w", op, m.Subject, err)
+	}
 	c, err := s.register(oneway)
 	if err != nil {
 		return nil, nil, fmt.Errorf("amqp: %s %s: %w", op, m.Subject, err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -302,4 +303,37 @@ func TestRestart(t *testing.T) {
 			return err == nil && string(reply.Body) == "after"
 		}, 30*time.Second, 100*time.Millisecond, "no successful call after the restart")
 	})
+}
+
+// TestBlocked raises a memory alarm on a private node: RabbitMQ blocks
+// publishing connections (connection.blocked). Calls must still end at their
+// deadline, saying why, instead of hanging in a socket write, and work again
+// once the alarm clears.
+func TestBlocked(t *testing.T) {
+	n := startNode(t, nil)
+	b := open(t, n.URL())
+	subj := "blocked-" + broker.NewID()
+	serve(t, b, subj, echo)
+	_, err := b.Request(ctxT(t, 10*time.Second), &broker.Message{Subject: subj, Body: []byte("before")})
+	require.NoError(t, err)
+
+	n.ctl(t, "set_vm_memory_high_watermark", "0")
+	var lastErr error
+	require.Eventually(t, func() bool {
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		_, lastErr = b.Request(ctx, &broker.Message{Subject: subj, Body: bytes.Repeat([]byte("x"), 1<<20)})
+		assert.Less(t, time.Since(start), 2*time.Second, "a call on a blocked connection ends at its deadline")
+		return lastErr != nil && strings.Contains(lastErr.Error(), "connection blocked by the broker")
+	}, 20*time.Second, 100*time.Millisecond, "no call reported the blocked connection; last error: %v", lastErr)
+	assert.ErrorIs(t, lastErr, broker.ErrTimeout)
+
+	n.ctl(t, "set_vm_memory_high_watermark", "0.4")
+	require.Eventually(t, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err := b.Request(ctx, &broker.Message{Subject: subj, Body: []byte("after")})
+		return err == nil
+	}, 30*time.Second, 100*time.Millisecond, "calls did not resume after the alarm cleared")
 }
