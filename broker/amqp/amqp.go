@@ -186,9 +186,9 @@ func (b *Broker) connect() (*session, error) {
 		return nil, fmt.Errorf("amqp: dial: %w", err)
 	}
 	s := &session{
-		b:        b,
-		conn:     conn,
-		lost:     make(chan struct{}),
+		b:         b,
+		conn:      conn,
+		lost:      make(chan struct{}),
 		calls:     make(map[string]*call),
 		declared:  make(map[string]bool),
 		unblocked: make(chan struct{}),

@@ -35,7 +35,7 @@ func TestConformanceFast(t *testing.T) {
 		Durable: false,
 		// RabbitMQ's own limit is 128 MiB; 8 MiB keeps the suite quick.
 		MaxBodySize: 8 << 20,
-		Restart: func(t testing.TB) { closeVhostConnections(t, vhost) },
+		Restart:     func(t testing.TB) { closeVhostConnections(t, vhost) },
 	}, newBrokerFunc(url))
 }
 
