@@ -490,6 +490,7 @@ func (n *Node) setupRocketMQ() error {
 			"diskMaxUsedSpaceRatio=95",
 			"waitTimeMillsInSendQueue=5000",
 			"waitTimeMillsInPullQueue=10000",
+			"storeReplyMessageEnable=false",
 		}, "\n") + "\n",
 	}
 	for f, c := range confs {
