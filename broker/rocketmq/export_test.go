@@ -22,3 +22,8 @@ func HooksFound(p any) (heartbeat, lookup bool) {
 	h := hooksOf(p)
 	return h.heartbeat != nil, h.lookup != nil
 }
+
+// SetHooks replaces b's client hooks.
+func SetHooks(b *Broker, heartbeat func(), lookup func(topic string) error) {
+	b.hooks = clientHooks{heartbeat: heartbeat, lookup: lookup}
+}

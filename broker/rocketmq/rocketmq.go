@@ -317,10 +317,12 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 	// The client's TTL is whole seconds, and its table entry expires with
 	// it: round up so the entry outlives our own wait.
 	ttl = time.Duration(ttlSeconds(ttl)) * time.Second
+	if err := b.register(ctx, req.Subject); err != nil {
+		return nil, err
+	}
 	// The send itself is not tied to ctx: Request stops waiting on ctx by
 	// itself, and an async send the client sees cancelled takes its
 	// panicking error path (see installClientHooks).
-	b.register(req.Subject)
 	if err := b.producer.RequestAsync(context.WithoutCancel(ctx), ttl, callback, msg); err != nil {
 		return nil, b.sendError(ctx, req.Subject, err)
 	}
@@ -354,27 +356,46 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 	}
 }
 
-// topicInit makes the first requests to a topic wait for register.
-type topicInit struct{ once sync.Once }
+// topicInit makes the first requests to a topic wait for register; done is
+// closed once the registration ran.
+type topicInit struct {
+	once sync.Once
+	done chan struct{}
+}
 
 // register makes sure, before the first request to topic, that the client
 // knows the topic's brokers and has sent them its heartbeat, so they can
-// push the replies (see clientHooks). Later calls return at once.
-func (b *Broker) register(topic string) {
+// push the replies (see clientHooks). Later calls return at once. The
+// client's calls ignore ctx (and take up to 3 s each against an unreachable
+// broker), so they run in their own goroutine and register returns when ctx
+// ends.
+func (b *Broker) register(ctx context.Context, topic string) error {
 	if b.hooks.heartbeat == nil {
-		return
+		return nil
 	}
 	v, ok := b.topics.Load(topic)
 	if !ok {
-		v, _ = b.topics.LoadOrStore(topic, &topicInit{})
+		v, _ = b.topics.LoadOrStore(topic, &topicInit{done: make(chan struct{})})
 	}
-	v.(*topicInit).once.Do(func() {
-		if b.hooks.lookup != nil {
-			// A missing topic is fine here: the send reports it.
-			_ = b.hooks.lookup(topic)
-		}
-		b.hooks.heartbeat()
+	ti := v.(*topicInit)
+	ti.once.Do(func() {
+		go func() {
+			defer close(ti.done)
+			if b.hooks.lookup != nil {
+				// A missing topic is fine here: the send reports it.
+				_ = b.hooks.lookup(topic)
+			}
+			b.hooks.heartbeat()
+		}()
 	})
+	select {
+	case <-ti.done:
+		return nil
+	case <-ctx.Done():
+		return timeoutError(topic, ctx.Err())
+	case <-b.ctx.Done():
+		return fmt.Errorf("rocketmq: request to %s: %w", topic, broker.ErrClosed)
+	}
 }
 
 // heartbeatSoon sends a heartbeat in the background, at most once a second.

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -352,4 +353,39 @@ func TestSendDeadline(t *testing.T) {
 	err := b.Send(ctx, &broker.Message{Subject: "svc", Deadline: time.Now().Add(-time.Millisecond)})
 	assert.ErrorIs(t, err, broker.ErrTimeout)
 	assert.Nil(t, got, "an expired one-way message was sent")
+}
+
+// Registering with a topic's brokers before the first request (#1047) uses
+// client calls that ignore ctx; Request still returns when ctx ends, and
+// concurrent first requests wait for the one registration.
+func TestRequestRegistrationHonoursCtx(t *testing.T) {
+	release := make(chan struct{})
+	var heartbeats, lookups atomic.Int32
+	b := newFake(t, &fakeProducer{request: func(_ context.Context, _ time.Duration, cb func(context.Context, *primitive.Message, error), msg *primitive.Message) error {
+		go cb(context.Background(), replyTo(msg, "ok", nil), nil)
+		return nil
+	}})
+	rocketmq.SetHooks(b, func() { heartbeats.Add(1); <-release }, func(string) error { lookups.Add(1); return nil })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := b.Request(ctx, &broker.Message{Subject: "svc"})
+	assert.ErrorIs(t, err, broker.ErrTimeout)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Less(t, time.Since(start), 500*time.Millisecond)
+
+	close(release)
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := b.Request(context.Background(), &broker.Message{Subject: "svc", Deadline: time.Now().Add(5 * time.Second)})
+			assert.NoError(t, err)
+		}()
+	}
+	wg.Wait()
+	assert.Equal(t, int32(1), heartbeats.Load(), "one registration per topic")
+	assert.Equal(t, int32(1), lookups.Load())
 }
