@@ -24,7 +24,7 @@ import (
 type ExecLog struct {
 	mu       sync.Mutex
 	started  map[string]int
-	executed map[string]int // method+" "+id -> executions
+	executed map[string]int      // method+" "+id -> executions
 	by       map[string][]string // method+" "+id -> who executed it, when
 	commits  map[string]int      // dedup key -> outcomes stored for it
 	waiters  []chan struct{}
