@@ -18,6 +18,7 @@ import (
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/amqp"
+	"github.com/mqrpc/mqrpc/internal/testenv"
 )
 
 func open(t testing.TB, url string, opts ...amqp.Option) *amqp.Broker {
@@ -336,4 +337,26 @@ func TestBlocked(t *testing.T) {
 		_, err := b.Request(ctx, &broker.Message{Subject: subj, Body: []byte("after")})
 		return err == nil
 	}, 30*time.Second, 100*time.Millisecond, "calls did not resume after the alarm cleared")
+}
+
+// TestQueueDeletedRecovers: an operator deletes a served queue; RabbitMQ
+// cancels the consumer, and the server re-declares the queue and resumes on
+// the same connection.
+func TestQueueDeletedRecovers(t *testing.T) {
+	url := testenv.AMQPURL(t)
+	b := open(t, url)
+	subj := "deleted-" + broker.NewID()
+	serve(t, b, subj, echo)
+	_, err := b.Request(ctxT(t, 5*time.Second), &broker.Message{Subject: subj})
+	require.NoError(t, err)
+
+	_, ch := rawChannel(t, url)
+	_, err = ch.QueueDelete(subj, false, false, false)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := b.Request(ctx, &broker.Message{Subject: subj})
+		return err == nil
+	}, 20*time.Second, 50*time.Millisecond, "the server did not re-declare its deleted queue")
 }
