@@ -54,7 +54,6 @@ type Broker struct {
 	mu     sync.Mutex
 	sess   *session      // nil while reconnecting
 	ready  chan struct{} // closed when sess is set
-	subs   map[*subscription]struct{}
 	closed bool
 }
 
@@ -70,7 +69,6 @@ func New(url string, opts ...Option) (*Broker, error) {
 		url:   url,
 		cfg:   cfg,
 		ready: make(chan struct{}),
-		subs:  make(map[*subscription]struct{}),
 	}
 	uri, err := amqp091.ParseURI(url)
 	if err != nil {
@@ -89,6 +87,7 @@ func New(url string, opts ...Option) (*Broker, error) {
 	s, err := b.connect()
 	if err != nil {
 		b.cancel()
+		b.wg.Wait() // listeners of a half-set-up session
 		return nil, err
 	}
 	b.sess = s
