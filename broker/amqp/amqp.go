@@ -226,6 +226,7 @@ func (b *Broker) connect() (*session, error) {
 		case e = <-connClosed:
 		case e = <-reqClosed:
 		case e = <-sendClosed:
+		case <-s.lost: // Close, which may not notify the listeners
 		}
 		s.markLost(e)
 	}()
@@ -363,11 +364,17 @@ func (s *session) markLost(e *amqp091.Error) {
 	_ = s.conn.Close()
 }
 
+// close closes the connection, waiting a bounded time for RabbitMQ to
+// acknowledge: on a dead network the handshake would otherwise wait for the
+// heartbeat timeout.
 func (s *session) close() error {
-	err := s.conn.Close()
+	err := s.conn.CloseDeadline(time.Now().Add(closeTimeout))
 	s.markLost(nil)
 	return err
 }
+
+// closeTimeout bounds the connection.close handshake in Close.
+const closeTimeout = 5 * time.Second
 
 // register adds a call that waits for a reply, return or confirm.
 func (s *session) register(oneway bool) (*call, error) {
