@@ -360,3 +360,69 @@ func TestQueueDeletedRecovers(t *testing.T) {
 		return err == nil
 	}, 20*time.Second, 50*time.Millisecond, "the server did not re-declare its deleted queue")
 }
+
+// closeConnectionNamed makes RabbitMQ close the connection whose client
+// provided name contains name, as if its process had crashed.
+func closeConnectionNamed(t testing.TB, vhost, name string) {
+	t.Helper()
+	for _, line := range strings.Split(ctl(t, "list_connections", "-p", vhost, "pid", "client_properties"), "\n") {
+		if strings.Contains(line, name) {
+			pid := strings.Fields(line)[0]
+			ctl(t, "close_connection", pid, "mqrpc test: simulated server crash")
+			return
+		}
+	}
+	t.Fatalf("no connection named %q in vhost %s", name, vhost)
+}
+
+// TestDurableServerCrash: in durable mode a server that dies while handling
+// a request does not lose it: RabbitMQ hands the unacknowledged request to
+// another server, whose reply still reaches the waiting caller.
+func TestDurableServerCrash(t *testing.T) {
+	url, vhost := vhostURL(t)
+	opts := []amqp.Option{amqp.WithDurable(amqp.ClassicQueue)}
+	subj := "crash-" + broker.NewID()
+	crashName := "crashing-server-" + broker.NewID()
+
+	// It comes back late, so the redelivery goes to the healthy server.
+	crashing := open(t, url, append(opts, amqp.WithConnectionName(crashName), amqp.WithReconnectBackoff(10*time.Second, 20*time.Second))...)
+	started := make(chan struct{}, 1)
+	release := make(chan struct{})
+	defer close(release)
+	serve(t, crashing, subj, func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+		select {
+		case started <- struct{}{}:
+		default:
+		}
+		<-release // "crashes" before it can answer
+		return nil, errors.New("crashed")
+	})
+	client := open(t, url, opts...)
+	type res struct {
+		m   *broker.Message
+		err error
+	}
+	resc := make(chan res, 1)
+	go func() {
+		m, err := client.Request(ctxT(t, 30*time.Second), &broker.Message{ID: "crash-1", Subject: subj, Body: []byte("work")})
+		resc <- res{m, err}
+	}()
+	<-started
+
+	var servedBy atomic.Value
+	healthy := open(t, url, opts...)
+	serve(t, healthy, subj, func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+		servedBy.Store(req.ID)
+		return echo(ctx, req)
+	})
+	closeConnectionNamed(t, vhost, crashName)
+
+	select {
+	case r := <-resc:
+		require.NoError(t, r.err)
+		assert.Equal(t, "work", string(r.m.Body))
+		assert.Equal(t, "crash-1", servedBy.Load())
+	case <-time.After(20 * time.Second):
+		t.Fatal("the request of the crashed server was not served by the other one")
+	}
+}
