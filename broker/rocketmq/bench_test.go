@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -68,17 +69,44 @@ func BenchmarkRequest(b *testing.B) {
 		b.Run(fmt.Sprintf("c=%d/ratio", c), func(b *testing.B) {
 			const rounds = 10
 			per := max(b.N/rounds, c)
-			var mq, raw time.Duration
+			var mq, raw, mqCPU, rawCPU time.Duration
+			side := func(call func() error, wall, cpu *time.Duration) {
+				c0 := cpuTime()
+				*wall += timeCalls(b, c, per, call)
+				*cpu += cpuTime() - c0
+			}
 			for r := 0; r < rounds; r++ {
-				mq += timeCalls(b, c, per, mqCall)
-				raw += timeCalls(b, c, per, rawCall)
+				// Alternate which side goes first, so neither always
+				// follows the other's garbage or warm caches.
+				if r%2 == 0 {
+					side(mqCall, &mq, &mqCPU)
+					side(rawCall, &raw, &rawCPU)
+				} else {
+					side(rawCall, &raw, &rawCPU)
+					side(mqCall, &mq, &mqCPU)
+				}
 			}
 			n := float64(rounds * per)
 			b.ReportMetric(float64(mq.Nanoseconds())/n, "mqrpc-ns/call")
 			b.ReportMetric(float64(raw.Nanoseconds())/n, "raw-ns/call")
 			b.ReportMetric(float64(mq)/float64(raw), "mqrpc/raw")
+			// Go CPU (client and server, both in this process; the broker's
+			// JVM is the same for both): steadier than wall time on a
+			// shared machine.
+			b.ReportMetric(float64(mqCPU.Nanoseconds())/n, "mqrpc-cpu-ns/call")
+			b.ReportMetric(float64(rawCPU.Nanoseconds())/n, "raw-cpu-ns/call")
+			b.ReportMetric(float64(mqCPU)/float64(rawCPU), "cpu-mqrpc/raw")
 		})
 	}
+}
+
+// cpuTime is the user plus system CPU time this process used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // timeCalls makes n calls over c goroutines and returns the elapsed time.
