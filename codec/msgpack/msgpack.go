@@ -3,6 +3,9 @@
 package msgpack
 
 import (
+	"bytes"
+	"sync"
+
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/mqrpc/mqrpc/codec"
@@ -21,8 +24,27 @@ var _ codec.Codec = Codec{}
 // Name returns "application/msgpack".
 func (Codec) Name() string { return Name }
 
-// Marshal encodes v.
-func (Codec) Marshal(v any) ([]byte, error) { return msgpack.Marshal(v) }
+// buffers keeps encode buffers between calls: msgpack.Marshal grows a new
+// one each time, which cost two extra allocations per message.
+var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// Marshal encodes v. The result is a fresh slice the caller owns.
+func (Codec) Marshal(v any) ([]byte, error) {
+	buf := buffers.Get().(*bytes.Buffer)
+	buf.Reset()
+	enc := msgpack.GetEncoder()
+	enc.Reset(buf)
+	err := enc.Encode(v)
+	msgpack.PutEncoder(enc)
+	var out []byte
+	if err == nil {
+		out = bytes.Clone(buf.Bytes())
+	}
+	if buf.Cap() <= 64<<10 { // don't keep rare huge buffers alive
+		buffers.Put(buf)
+	}
+	return out, err
+}
 
 // Unmarshal decodes data into v. An empty body decodes as the zero value.
 func (Codec) Unmarshal(data []byte, v any) error {
