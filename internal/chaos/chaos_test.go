@@ -293,7 +293,7 @@ func (s *scenario) load(res *chaos.LoadResult) {
 		t.Logf("  example %s: %s", code, msg)
 	}
 	assert.Positive(t, res.Codes[rpc.OK], "no call succeeded")
-	assert.Zero(t, res.Late, "calls waited past deadline+grace (max wait %v)", res.MaxWait)
+	assert.Zero(t, res.Late, "calls waited past deadline+grace (max wait %v); the last: %s", res.MaxWait, res.LateExample)
 	assert.Zero(t, res.Mismatched, "replies reached the wrong caller")
 	// A clear error has a code that says what happened; Unknown and
 	// Internal mean an error nobody classified or a bug.

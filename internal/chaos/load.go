@@ -216,6 +216,9 @@ type LoadResult struct {
 	// Errors keeps one example message per failed call code, for the
 	// report.
 	Errors map[rpc.Code]string
+	// LateExample describes the latest late call: how long it took and
+	// how it ended.
+	LateExample string
 }
 
 // RunLoad runs cfg's load until cfg.Duration passes or stop is closed,
@@ -262,6 +265,7 @@ func RunLoad(c *rpc.Client, b broker.Broker, cfg LoadConfig, stop <-chan struct{
 				res.Codes[code]++
 				if took > cfg.Deadline+cfg.Grace {
 					res.Late++
+					res.LateExample = fmt.Sprintf("took %v, ended %s: %v", took.Round(time.Millisecond), code, err)
 				}
 				if err == nil && out.N != n {
 					res.Mismatched++
