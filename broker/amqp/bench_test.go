@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -50,7 +51,7 @@ func BenchmarkRequest(b *testing.B) {
 // BenchmarkRequest, but in alternating phases of phase calls each within one
 // benchmark, so that load from other processes on the machine hits both
 // sides alike. It reports mqrpc-ns/op, raw-ns/op and their ratio
-// mqrpc/raw. Calls carry a deadline (as real calls do), so mqrpc requests
+// mqrpc/raw, and the same for the CPU time of this process per call. Calls carry a deadline (as real calls do), so mqrpc requests
 // also carry mqrpc-deadline and an expiration that RabbitMQ enforces; the
 // raw ones carry neither:
 //
@@ -65,7 +66,7 @@ func BenchmarkRequestRatio(b *testing.B) {
 			if phase > 4000 {
 				phase = 4000
 			}
-			var spent [2]time.Duration
+			var spent, cpu [2]time.Duration
 			var done [2]int
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -74,9 +75,10 @@ func BenchmarkRequestRatio(b *testing.B) {
 				if left := b.N - done[0] - done[1]; n > left {
 					n = left
 				}
-				start := time.Now()
+				start, startCPU := time.Now(), processCPU()
 				runN(b, c, n, func(ctx context.Context) error { return calls[side](ctx, body) })
 				spent[side] += time.Since(start)
+				cpu[side] += processCPU() - startCPU
 				done[side] += n
 			}
 			b.StopTimer()
@@ -86,9 +88,26 @@ func BenchmarkRequestRatio(b *testing.B) {
 				b.ReportMetric(m, "mqrpc-ns/op")
 				b.ReportMetric(r, "raw-ns/op")
 				b.ReportMetric(m/r, "mqrpc/raw")
+				// CPU of this process (both clients and both servers) per
+				// call: the framework's own cost, free of RabbitMQ's and of
+				// other processes' noise.
+				mc := float64(cpu[0].Nanoseconds()) / float64(done[0])
+				rc := float64(cpu[1].Nanoseconds()) / float64(done[1])
+				b.ReportMetric(mc, "mqrpc-cpu-ns/op")
+				b.ReportMetric(rc, "raw-cpu-ns/op")
+				b.ReportMetric(mc/rc, "cpu-mqrpc/raw")
 			}
 		})
 	}
+}
+
+// processCPU returns the user and system CPU time this process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // runN makes n calls of f from c goroutines.
