@@ -360,3 +360,24 @@ func TestReplyToGoneClient(t *testing.T) {
 		assert.Equal(t, broker.Header{broker.HeaderContentType: ""}, reply.Header, "an empty content-type round-trips")
 	}
 }
+
+// TestNotConfirmed: in durable mode a message RabbitMQ refuses (basic.nack;
+// here a full queue with x-overflow reject-publish) fails the call clearly
+// instead of being lost silently.
+func TestNotConfirmed(t *testing.T) {
+	url, _ := vhostURL(t)
+	b := open(t, url, amqp.WithDurable(amqp.ClassicQueue),
+		amqp.WithQueueArgs(amqp091.Table{"x-max-length": int32(1), "x-overflow": "reject-publish"}))
+	subj := "nack-" + broker.NewID() // no server: the client declares the queue
+	require.NoError(t, b.Send(ctxT(t, 5*time.Second), &broker.Message{Subject: subj, Body: []byte("fits")}))
+
+	err := b.Send(ctxT(t, 5*time.Second), &broker.Message{Subject: subj, Body: []byte("rejected")})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "not confirmed by the broker")
+
+	start := time.Now()
+	_, err = b.Request(ctxT(t, 10*time.Second), &broker.Message{Subject: subj, Body: []byte("rejected too")})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "not confirmed by the broker")
+	assert.Less(t, time.Since(start), 5*time.Second, "a refused request fails at once, not at its deadline")
+}
