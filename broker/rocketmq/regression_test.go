@@ -259,3 +259,23 @@ func TestRealHandlerErrorRedelivers(t *testing.T) {
 		t.Fatal("a failed delivery was not redelivered within 60s")
 	}
 }
+
+// A name server that cannot be reached is a lost connection, not a missing
+// topic: Request and Send fail at once with broker.ErrDisconnected.
+func TestRealNameServerDown(t *testing.T) {
+	if raceDetector {
+		t.Skip("real client: run by TestRealBrokerWithoutRace (rocketmq-client-go races internally)")
+	}
+	b, err := rocketmq.New("127.0.0.1:1", rocketmq.WithLogger(testLogger()))
+	require.NoError(t, err)
+	defer b.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = b.Request(ctx, &broker.Message{Subject: "nobody_home"})
+	assert.ErrorIs(t, err, broker.ErrDisconnected)
+	assert.NotErrorIs(t, err, broker.ErrNoResponders)
+	err = b.Send(ctx, &broker.Message{Subject: "nobody_home"})
+	assert.ErrorIs(t, err, broker.ErrDisconnected)
+	assert.Less(t, time.Since(start), 10*time.Second)
+}

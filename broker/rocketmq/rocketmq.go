@@ -49,9 +49,9 @@ import (
 // WithProducerGroup says otherwise.
 const DefaultProducerGroup = "mqrpc"
 
-// DefaultRequestTTL bounds a request that has neither a Message.Deadline nor
-// a ctx deadline (see WithRequestTTL).
-const DefaultRequestTTL = 5 * time.Minute
+// unboundedTTL is the time-to-live handed to the client for a request with
+// no deadline at all (see WithRequestTTL).
+const unboundedTTL = 24 * time.Hour
 
 // DefaultMaxMessageSize is the broker's default maxMessageSize (4 MiB).
 const DefaultMaxMessageSize = 4 << 20
@@ -77,10 +77,13 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l }
 // DefaultProducerGroup; an empty name selects the default.
 func WithProducerGroup(name string) Option { return func(c *config) { c.group = name } }
 
-// WithRequestTTL sets how long a request without any deadline (no
-// Message.Deadline, no ctx deadline) may wait for its reply. RocketMQ needs
-// a time-to-live on every request: the client keeps each pending request in
-// a table until then. Default DefaultRequestTTL; values <= 0 select it.
+// WithRequestTTL bounds how long a request without any deadline (no
+// Message.Deadline, no ctx deadline) waits for its reply; it then fails with
+// broker.ErrTimeout. Default (0 or less): no bound, the request waits as
+// long as ctx lives. RocketMQ needs a time-to-live on every request: the
+// client keeps each pending request in a table until it expires, even when
+// the caller gave up, so unbounded requests are given 24 h there, and one
+// cancelled early occupies its entry (a few hundred bytes) that long.
 func WithRequestTTL(d time.Duration) Option { return func(c *config) { c.requestTTL = d } }
 
 // WithMaxMessageSize sets the largest message (body plus properties) that
@@ -185,9 +188,6 @@ func newBroker(nameServer string, opts ...Option) (*Broker, error) {
 	if err := validName(cfg.group, 255); err != nil {
 		return nil, fmt.Errorf("rocketmq: producer group %q: %w", cfg.group, err)
 	}
-	if cfg.requestTTL <= 0 {
-		cfg.requestTTL = DefaultRequestTTL
-	}
 	if cfg.maxMessageSize <= 0 {
 		cfg.maxMessageSize = DefaultMaxMessageSize
 	}
@@ -228,13 +228,13 @@ func (b *Broker) isClosed() bool {
 	return b.closed
 }
 
-// deadline returns the effective deadline of a call: m.Deadline, else the
-// ctx deadline.
+// deadlineOf returns the effective deadline of a call: the earlier of
+// m.Deadline and the ctx deadline (zero if neither).
 func deadlineOf(ctx context.Context, m *broker.Message) time.Time {
-	if !m.Deadline.IsZero() {
+	d, ok := ctx.Deadline()
+	if !ok || (!m.Deadline.IsZero() && m.Deadline.Before(d)) {
 		return m.Deadline
 	}
-	d, _ := ctx.Deadline()
 	return d
 }
 
@@ -274,7 +274,10 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 		return nil, fmt.Errorf("rocketmq: topic %q: %w", req.Subject, err)
 	}
 	deadline := deadlineOf(ctx, req)
-	ttl := b.cfg.requestTTL
+	if deadline.IsZero() && b.cfg.requestTTL > 0 {
+		deadline = time.Now().Add(b.cfg.requestTTL)
+	}
+	ttl := unboundedTTL
 	if !deadline.IsZero() {
 		ttl = time.Until(deadline)
 		if ttl <= 0 {
@@ -286,10 +289,6 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 			ctx, cancel = context.WithDeadline(ctx, deadline)
 			defer cancel()
 		}
-	} else {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, ttl)
-		defer cancel()
 	}
 	if req.ID == "" {
 		req.ID = broker.NewID()
@@ -423,8 +422,14 @@ func (b *Broker) sendError(ctx context.Context, subject string, err error) error
 	switch {
 	case strings.Contains(s, "route info not found"), strings.Contains(s, "topic not exist"),
 		strings.Contains(s, "CODE: 17,"):
-		// The topic does not exist (and the broker does not create topics
-		// on send): nobody can serve it.
+		// No route: either the topic does not exist (and the broker does
+		// not create topics on send), so nobody can serve it, or the name
+		// server could not be asked.
+		if b.hooks.lookup != nil {
+			if lerr := b.hooks.lookup(subject); lerr != nil && !strings.Contains(lerr.Error(), "not exist") {
+				return fmt.Errorf("rocketmq: send to %s: %w: %w (name server: %w)", subject, broker.ErrDisconnected, err, lerr)
+			}
+		}
 		return fmt.Errorf("rocketmq: send to %s: %w: %w", subject, broker.ErrNoResponders, err)
 	case strings.Contains(s, "CODE: 13,"):
 		return fmt.Errorf("rocketmq: send to %s: %w: %w", subject, broker.ErrMessageTooLarge, err)

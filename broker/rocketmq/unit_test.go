@@ -144,6 +144,29 @@ func TestRequestTTL(t *testing.T) {
 	_, err = b.Request(context.Background(), &broker.Message{Subject: "svc"})
 	require.NoError(t, err)
 	assert.Equal(t, 42*time.Second, got, "no deadline: WithRequestTTL")
+
+	// Without WithRequestTTL a request with no deadline waits as long as
+	// ctx lives; the client's table entry gets a day.
+	b2 := newFake(t, &fakeProducer{request: func(_ context.Context, ttl time.Duration, cb func(context.Context, *primitive.Message, error), msg *primitive.Message) error {
+		got, props = ttl, msg.GetProperties()
+		cb(context.Background(), replyTo(msg, "", nil), nil)
+		return nil
+	}})
+	_, err = b2.Request(context.Background(), &broker.Message{Subject: "svc"})
+	require.NoError(t, err)
+	assert.Equal(t, 24*time.Hour, got)
+	assert.NotContains(t, props, broker.HeaderDeadline)
+
+	// The earlier of ctx deadline and Message.Deadline is sent.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	ctxDeadline, _ := ctx.Deadline()
+	_, err = b2.Request(ctx, &broker.Message{Subject: "svc", Deadline: time.Now().Add(time.Minute)})
+	require.NoError(t, err)
+	sent, err := broker.ParseDeadline(props[broker.HeaderDeadline])
+	require.NoError(t, err)
+	assert.WithinDuration(t, ctxDeadline, sent, time.Millisecond)
+	assert.Equal(t, 3*time.Second, got)
 }
 
 // Send errors reach the caller at once, classified, instead of after the
