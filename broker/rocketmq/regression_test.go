@@ -279,3 +279,44 @@ func TestRealNameServerDown(t *testing.T) {
 	assert.ErrorIs(t, err, broker.ErrDisconnected)
 	assert.Less(t, time.Since(start), 10*time.Second)
 }
+
+// A plain RocketMQ client calling an mqrpc service with a malformed
+// deadline gets an InvalidArgument reply at once (as on every mqrpc broker).
+func TestRealMalformedDeadline(t *testing.T) {
+	subj := topic(t)
+	var served atomic.Int32
+	serve(t, subj, func(context.Context, *broker.Message) (*broker.Message, error) {
+		served.Add(1)
+		return &broker.Message{}, nil
+	})
+	// mqrpc's own client never sends a malformed deadline: speak raw, with
+	// the registration nudge a fresh raw requester needs (#1047).
+	p := rawProducer(t)
+	msg := primitive.NewMessage(subj, []byte("x"))
+	msg.WithProperty(broker.HeaderDeadline, "tomorrow")
+	errc := make(chan error, 1)
+	replyc := make(chan *primitive.Message, 1)
+	require.NoError(t, p.RequestAsync(context.Background(), 10*time.Second, func(_ context.Context, m *primitive.Message, err error) {
+		if m != nil || err != nil {
+			select {
+			case replyc <- m:
+			default:
+			}
+			select {
+			case errc <- err:
+			default:
+			}
+		}
+	}, msg))
+	rocketmq.HeartbeatFunc(p)()
+	select {
+	case m := <-replyc:
+		require.NoError(t, <-errc)
+		require.NotNil(t, m)
+		assert.Equal(t, "3", m.GetProperty(broker.HeaderStatus))
+		assert.Contains(t, m.GetProperty(broker.HeaderStatusMessage), "mqrpc-deadline")
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reply to a malformed deadline")
+	}
+	assert.Zero(t, served.Load(), "the handler saw a request with a malformed deadline")
+}

@@ -280,9 +280,18 @@ func (s *subscription) handle(m *primitive.MessageExt) consumer.ConsumeResult {
 	}
 	req, err := fromProperties(s.subject, props, m.Body)
 	if err != nil {
-		// A malformed deadline cannot be honoured; redelivery would not
-		// fix it.
-		s.log.Warn("rocketmq: dropping malformed message", "msgId", m.MsgId, "err", err)
+		// A malformed deadline cannot be honoured and redelivery would not
+		// fix it: answer InvalidArgument (gRPC code 3), as every mqrpc
+		// broker does, or drop a one-way message.
+		s.log.Warn("rocketmq: malformed message", "msgId", m.MsgId, "err", err)
+		if isRequest(m) {
+			ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+			defer cancel()
+			reply := &broker.Message{Header: broker.Header{broker.HeaderStatus: "3", broker.HeaderStatusMessage: err.Error()}}
+			if err := s.b.reply(ctx, m, reply); err != nil {
+				s.log.Warn("rocketmq: reply not delivered", "msgId", m.MsgId, "err", err)
+			}
+		}
 		return consumer.ConsumeSuccess
 	}
 	if req.Expired(time.Now()) {
