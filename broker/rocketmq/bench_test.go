@@ -172,7 +172,7 @@ type rawRPC struct {
 	consumer  rmq.PushConsumer
 }
 
-func newRawRPC(b *testing.B, addr, topic string) *rawRPC {
+func newRawRPC(b testing.TB, addr, topic string) *rawRPC {
 	ns := primitive.NewPassthroughResolver([]string{addr})
 	r := &rawRPC{}
 	var err error

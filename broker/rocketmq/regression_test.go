@@ -320,3 +320,21 @@ func TestRealMalformedDeadline(t *testing.T) {
 	}
 	assert.Zero(t, served.Load(), "the handler saw a request with a malformed deadline")
 }
+
+// An mqrpc client calls a server written with plain rocketmq-client-go as
+// docs/PROTOCOL.md describes (the benchmarks' raw server: it echoes the
+// body and copies no headers).
+func TestRealPlainServer(t *testing.T) {
+	addr := realBroker(t)
+	subj := topic(t)
+	c := client(t) // first: it routes the client library's logs (silence)
+	raw := newRawRPC(t, addr, subj)
+	t.Cleanup(raw.close)
+	time.Sleep(settle)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	reply, err := c.Request(ctx, &broker.Message{Subject: subj, Body: []byte("hello"), Header: broker.Header{"mqrpc-method": "Echo"}})
+	require.NoError(t, err)
+	assert.Equal(t, "hello", string(reply.Body))
+	assert.Empty(t, reply.Header, "RocketMQ's own properties leaked into the reply headers")
+}
