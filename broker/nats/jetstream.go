@@ -110,7 +110,20 @@ func (b *Broker) publishDurable(ctx context.Context, m *natsgo.Msg, deadline tim
 	return nil
 }
 
+// JetStream API error codes the library has no names for.
+const (
+	jsErrMessageTooLarge jetstream.ErrorCode = 10054 // message size exceeds maximum allowed
+	jsErrHeaderTooLarge  jetstream.ErrorCode = 10097 // header size exceeds maximum allowed
+)
+
 func mapJSError(err error) error {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case jsErrMessageTooLarge, jsErrHeaderTooLarge:
+			return fmt.Errorf("%w: %w", broker.ErrMessageTooLarge, err)
+		}
+	}
 	switch {
 	case errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, natsgo.ErrNoResponders):
 		return fmt.Errorf("%w: no stream stores this subject: %w", broker.ErrNoResponders, err)
