@@ -99,7 +99,7 @@ func New(opts ...Option) (*Broker, error) {
 	nopts = append(nopts, cfg.natsOpts...)
 	nc, err := natsgo.Connect(strings.Join(cfg.urls, ","), nopts...)
 	if err != nil {
-		return nil, fmt.Errorf("nats: connect %s: %w", strings.Join(cfg.urls, ","), err)
+		return nil, fmt.Errorf("nats: connect %s: %w", redactURLs(cfg.urls), err)
 	}
 	b.nc = nc
 	b.mux.init(nc)
@@ -129,7 +129,7 @@ func (b *Broker) onDisconnect(_ *natsgo.Conn, err error) {
 }
 
 func (b *Broker) onReconnect(nc *natsgo.Conn) {
-	b.log.Info("nats: reconnected", "url", nc.ConnectedUrlRedacted())
+	b.log.Info("nats: reconnected", "url", redactURLs([]string{nc.ConnectedUrl()}))
 	if b.cfg.js == nil {
 		return
 	}
@@ -140,6 +140,28 @@ func (b *Broker) onReconnect(nc *natsgo.Conn) {
 	for s := range b.subs {
 		s.repairConsumer()
 	}
+}
+
+// redactURLs joins urls for errors and logs with their user info hidden.
+// nats.go's ConnectedUrlRedacted hides only a password, but a URL's user
+// info alone is a token (nats://token@host), and a password that was not
+// percent-encoded can spill out of what net/url takes for the user info, so
+// everything before a URL's last '@' goes.
+func redactURLs(urls []string) string {
+	out := make([]string, len(urls))
+	for i, u := range urls {
+		scheme, rest, ok := strings.Cut(u, "://")
+		if !ok {
+			scheme, rest = "", u
+		} else {
+			scheme += "://"
+		}
+		if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+			rest = "redacted@" + rest[at+1:]
+		}
+		out[i] = scheme + rest
+	}
+	return strings.Join(out, ",")
 }
 
 func (b *Broker) onClosed(*natsgo.Conn) {
