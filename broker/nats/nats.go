@@ -422,7 +422,17 @@ func fromNATS(m *natsgo.Msg, subject string) (*broker.Message, error) {
 			k = strings.ToLower(k)
 			switch k {
 			case broker.HeaderDeadline:
-				out.Deadline, err = broker.ParseDeadline(vs[0])
+				// Names differing in case are distinct NATS headers
+				// and come in map order: any malformed one is an
+				// error, else the earliest deadline wins, whatever
+				// the order.
+				d, perr := broker.ParseDeadline(vs[0])
+				switch {
+				case perr != nil:
+					err = perr
+				case !d.IsZero() && (out.Deadline.IsZero() || d.Before(out.Deadline)):
+					out.Deadline = d
+				}
 			case HeaderReply:
 			default:
 				out.Header[k] = vs[0]
