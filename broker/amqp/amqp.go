@@ -31,6 +31,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	neturl "net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -72,7 +74,7 @@ func New(url string, opts ...Option) (*Broker, error) {
 	}
 	uri, err := amqp091.ParseURI(url)
 	if err != nil {
-		return nil, fmt.Errorf("amqp: parse url: %w", err)
+		return nil, fmt.Errorf("amqp: parse url %s: %w", redactURL(url), parseError(url, err))
 	}
 	b.amq = amqp091.Config{
 		Vhost:           uri.Vhost,
@@ -95,6 +97,41 @@ func New(url string, opts ...Option) (*Broker, error) {
 	b.wg.Add(1)
 	go b.supervise(s)
 	return b, nil
+}
+
+// redactURL hides a URL's user info for errors. It does not parse the URL:
+// a password that was not percent-encoded can spill out of what a parser
+// takes for the user info, so everything between the scheme and the last
+// '@' goes.
+func redactURL(raw string) string {
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		scheme, rest = "", raw
+	} else {
+		scheme += "://"
+	}
+	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+		rest = "redacted@" + rest[at+1:]
+	}
+	return scheme + rest
+}
+
+// parseError is the cause of a URL that amqp091-go could not parse, without
+// the URL's credentials: net/url's errors quote the URL, and their detail
+// (an invalid port, escape or host) may be a piece of a password, so with
+// user info present only the kind of mistake is kept.
+func parseError(raw string, err error) error {
+	var uerr *neturl.Error
+	if !errors.As(err, &uerr) {
+		// amqp091-go's own errors (scheme, white space, port range,
+		// parameters) name no part of the user info.
+		return err
+	}
+	if !strings.Contains(raw, "@") {
+		return uerr.Err
+	}
+	return errors.New("malformed URL (a user name or password with reserved characters such as " +
+		"@ : / ? # must be percent-encoded)")
 }
 
 // Close implements broker.Broker. Subscriptions stop without draining (their
