@@ -352,7 +352,10 @@ func (b *Broker) reply(ctx context.Context, req *primitive.MessageExt, reply *br
 	backoff := 20 * time.Millisecond
 	for {
 		_, err = b.producer.SendSync(sendCtx, msg)
-		if err == nil || !strings.Contains(err.Error(), "push reply message") {
+		if err == nil || !replyUnroutable(err) {
+			// A push the broker attempted ("push reply message to <client>
+			// fail") may well have arrived: the requester may have closed
+			// before acknowledging it. Only an unknown requester is retried.
 			return err
 		}
 		t := time.NewTimer(backoff)
@@ -366,6 +369,14 @@ func (b *Broker) reply(ctx context.Context, req *primitive.MessageExt, reply *br
 			backoff *= 2
 		}
 	}
+}
+
+// replyUnroutable reports whether the broker refused a reply because it
+// does not know the requester's connection (yet): "push reply message
+// fail, channel of <client> not found".
+func replyUnroutable(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "push reply message") && strings.Contains(s, "not found")
 }
 
 // replyRetryMax bounds reply retries for requests without a deadline.
