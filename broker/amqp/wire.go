@@ -95,12 +95,17 @@ func fromDelivery(d *amqp091.Delivery) (*broker.Message, error) {
 		}
 		switch k {
 		case broker.HeaderDeadline:
+			// Names differing in case are distinct table fields and
+			// come in map order: any malformed one is an error, else
+			// the earliest deadline wins, whatever the order.
 			dl, perr := broker.ParseDeadline(s)
 			if perr != nil {
 				err = perr
 				continue
 			}
-			m.Deadline = dl
+			if !dl.IsZero() && (m.Deadline.IsZero() || dl.Before(m.Deadline)) {
+				m.Deadline = dl
+			}
 		case headerFailures, headerError:
 			// Internal bookkeeping of durable mode.
 		default:
