@@ -161,7 +161,7 @@ func TestRegressionDeadlineOnTime(t *testing.T) {
 	_, err := c.Request(context.Background(), &broker.Message{Subject: subj, Deadline: time.Now().Add(time.Second)})
 	assert.ErrorIs(t, err, broker.ErrTimeout)
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
-	assert.Less(t, time.Since(start), 1500*time.Millisecond)
+	assert.Less(t, time.Since(start), 2*time.Second)
 }
 
 func TestUpstreamTimeoutFiresLate(t *testing.T) {
@@ -191,7 +191,7 @@ func TestRegressionCancel(t *testing.T) {
 	_, err := c.Request(ctx, &broker.Message{Subject: subj, Deadline: time.Now().Add(10 * time.Second)})
 	assert.ErrorIs(t, err, broker.ErrTimeout)
 	assert.ErrorIs(t, err, context.Canceled)
-	assert.Less(t, time.Since(start), 700*time.Millisecond)
+	assert.Less(t, time.Since(start), 1200*time.Millisecond)
 }
 
 func TestUpstreamRequestIgnoresCtx(t *testing.T) {

@@ -116,13 +116,13 @@ func TestRequestReturnsOnCtxAndDeadline(t *testing.T) {
 	_, err := b.Request(ctx, &broker.Message{Subject: "svc", Deadline: time.Now().Add(time.Minute)})
 	assert.ErrorIs(t, err, broker.ErrTimeout)
 	assert.ErrorIs(t, err, context.Canceled)
-	assert.Less(t, time.Since(start), 500*time.Millisecond)
+	assert.Less(t, time.Since(start), time.Second)
 
 	start = time.Now()
 	_, err = b.Request(context.Background(), &broker.Message{Subject: "svc", Deadline: time.Now().Add(100 * time.Millisecond)})
 	assert.ErrorIs(t, err, broker.ErrTimeout)
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
-	assert.Less(t, time.Since(start), 500*time.Millisecond)
+	assert.Less(t, time.Since(start), time.Second)
 }
 
 // The TTL handed to the client is the time to the deadline rounded up to
@@ -396,7 +396,7 @@ func TestRequestRegistrationHonoursCtx(t *testing.T) {
 	_, err := b.Request(ctx, &broker.Message{Subject: "svc"})
 	assert.ErrorIs(t, err, broker.ErrTimeout)
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
-	assert.Less(t, time.Since(start), 500*time.Millisecond)
+	assert.Less(t, time.Since(start), time.Second)
 
 	close(release)
 	var wg sync.WaitGroup
