@@ -264,7 +264,7 @@ func TestRealHandlerErrorRedelivers(t *testing.T) {
 // topic: Request and Send fail at once with broker.ErrDisconnected.
 func TestRealNameServerDown(t *testing.T) {
 	if raceDetector {
-		t.Skip("real client: run by TestRealBrokerWithoutRace (rocketmq-client-go races internally)")
+		t.Skip("real client: run by TestRealBrokerConformanceWithoutRace (rocketmq-client-go races internally)")
 	}
 	b, err := rocketmq.New("127.0.0.1:1", rocketmq.WithLogger(testLogger()))
 	require.NoError(t, err)

@@ -1,10 +1,12 @@
 package rocketmq_test
 
 import (
+	"flag"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -63,13 +65,13 @@ func testLogger() *slog.Logger {
 // InvokeAsync callback reads; pushConsumer.messageQueueChanged writing
 // SubscriptionData that rmqClient.UpdateTopicRouteInfo clones), and -race
 // fails any test during which one fires, whoever caused it. Under -race,
-// TestRealBrokerWithoutRace runs these tests again in a child `go test`
+// TestRealBrokerConformanceWithoutRace runs these tests again in a child `go test`
 // without the race detector, so `go test -race ./...` still covers them;
 // mqrpc's own code is race-checked by the fake-producer tests.
 func realBroker(t testing.TB) string {
 	t.Helper()
 	if raceDetector {
-		t.Skip("real-broker test: run by TestRealBrokerWithoutRace (rocketmq-client-go races internally)")
+		t.Skip("real-broker test: run by TestRealBrokerConformanceWithoutRace (rocketmq-client-go races internally)")
 	}
 	return testenv.RocketMQNameServer(t)
 }
@@ -77,7 +79,7 @@ func realBroker(t testing.TB) string {
 // realTests selects the tests realBroker guards, for the child run.
 const realTests = "^(TestConformance|TestReal.*|TestRegression.*|TestUpstream.*|Example.*)$"
 
-func TestRealBrokerWithoutRace(t *testing.T) {
+func TestRealBrokerConformanceWithoutRace(t *testing.T) {
 	if !raceDetector {
 		t.Skip("only under -race: without it the real-broker tests run directly")
 	}
@@ -89,7 +91,18 @@ func TestRealBrokerWithoutRace(t *testing.T) {
 	if _, err := os.Stat(goBin); err != nil {
 		goBin = "go"
 	}
-	args := []string{"test", "-count=1", "-run", realTests}
+	// Pass the parent's -run through (scripts/test -run Conformance runs
+	// TestConformance in the child); by default run every real-broker test.
+	pattern := realTests
+	if f := flag.Lookup("test.run"); f != nil && f.Value.String() != "" {
+		pattern = f.Value.String()
+		// A pattern that names only this test means "all of them".
+		top, _, _ := strings.Cut(pattern, "/")
+		if re, err := regexp.Compile(top); err == nil && !re.MatchString("TestConformance") {
+			pattern = realTests
+		}
+	}
+	args := []string{"test", "-count=1", "-run", pattern}
 	if testing.Verbose() {
 		args = append(args, "-v")
 	}
