@@ -100,7 +100,8 @@ func (m *Message) Expired(now time.Time) bool {
 // up so a deadline never moves earlier than the caller's.
 func FormatDeadline(t time.Time) string {
 	ms := t.UnixMilli()
-	if t.UnixNano()%int64(time.Millisecond) != 0 {
+	// Nanosecond, not UnixNano: UnixNano overflows after the year 2262.
+	if t.Nanosecond()%int(time.Millisecond) != 0 {
 		ms++
 	}
 	return strconv.FormatInt(ms, 10)
