@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/brokertest"
@@ -35,17 +34,13 @@ import (
 //     Shutdown and waits for its own timeout (gone within 30 s);
 //   - remotingClient.receiveResponse: each producer and consumer opens a
 //     name-server connection through a remoting client that Shutdown never
-//     closes; it ends when the name server drops the idle connection.
-var clientLeaks = []goleak.Option{
-	goleak.IgnoreAnyFunction("github.com/apache/rocketmq-client-go/v2/consumer.(*statsItemSet).init.func4"),
-	goleak.IgnoreAnyFunction("github.com/apache/rocketmq-client-go/v2/consumer.(*statsItemSet).init.func5"),
-	goleak.IgnoreAnyFunction("github.com/apache/rocketmq-client-go/v2/consumer.(*statsItemSet).init.func6"),
-	goleak.IgnoreAnyFunction("github.com/apache/rocketmq-client-go/v2/consumer.(*pushConsumer).Start.func1.2"),
-	goleak.IgnoreAnyFunction("github.com/apache/rocketmq-client-go/v2/internal.(*rmqClient).Start.func1.1"),
-	goleak.IgnoreAnyFunction("github.com/apache/rocketmq-client-go/v2/internal.(*rmqClient).Start.func1.4"),
-	goleak.IgnoreAnyFunction("github.com/apache/rocketmq-client-go/v2/internal.(*rmqClient).PullMessage"),
-	goleak.IgnoreAnyFunction("github.com/apache/rocketmq-client-go/v2/internal/remote.(*remotingClient).receiveResponse"),
-}
+//     closes; it ends when the name server drops the idle connection;
+//   - rmqClient.RebalanceImmediately: a rebalance started by Start can
+//     still wait for the client's lock after Shutdown.
+//
+// The list is kept in internal/testenv, shared with the other packages
+// whose tests use RocketMQ.
+var clientLeaks = testenv.RocketMQLeaks()
 
 // testLogger logs to stderr when MQRPC_TEST_LOG names a level (debug,
 // info, warn, error); otherwise it is nil and nothing is logged.
