@@ -2,5 +2,4 @@
 
 package calculator
 
-var GoUnusedProtection__ int;
-
+var GoUnusedProtection__ int
