@@ -21,6 +21,7 @@ import (
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/rocketmq"
+	"github.com/mqrpc/mqrpc/internal/testenv"
 )
 
 // settle is how long a new consumer needs before queues are assigned to it.
@@ -263,9 +264,7 @@ func TestRealHandlerErrorRedelivers(t *testing.T) {
 // A name server that cannot be reached is a lost connection, not a missing
 // topic: Request and Send fail at once with broker.ErrDisconnected.
 func TestRealNameServerDown(t *testing.T) {
-	if raceDetector {
-		t.Skip("real client: run by TestRealBrokerConformanceWithoutRace (rocketmq-client-go races internally)")
-	}
+	testenv.SkipUnderRace(t) // run by TestRealBrokerConformanceWithoutRace
 	b, err := rocketmq.New("127.0.0.1:1", rocketmq.WithLogger(testLogger()))
 	require.NoError(t, err)
 	defer b.Close()

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -53,7 +52,7 @@ func testLogger() *slog.Logger {
 }
 
 // realBroker returns the name server address for a test against the real
-// RocketMQ, or skips it under the race detector.
+// RocketMQ, or skips it under the race detector (testenv.RocketMQNoRace).
 //
 // rocketmq-client-go v2.1.2 has data races in its own goroutines (among
 // others: remotingClient.processCMD writing a ResponseFuture that the
@@ -65,27 +64,13 @@ func testLogger() *slog.Logger {
 // mqrpc's own code is race-checked by the fake-producer tests.
 func realBroker(t testing.TB) string {
 	t.Helper()
-	if raceDetector {
-		t.Skip("real-broker test: run by TestRealBrokerConformanceWithoutRace (rocketmq-client-go races internally)")
-	}
-	return testenv.RocketMQNameServer(t)
+	return testenv.RocketMQNoRace(t)
 }
 
 // realTests selects the tests realBroker guards, for the child run.
 const realTests = "^(TestConformance|TestReal.*|TestRegression.*|TestUpstream.*|Example.*)$"
 
 func TestRealBrokerConformanceWithoutRace(t *testing.T) {
-	if !raceDetector {
-		t.Skip("only under -race: without it the real-broker tests run directly")
-	}
-	testenv.RocketMQNameServer(t) // skip locally / fail under CI before building
-	if os.Getenv("MQRPC_ROCKETMQ_CHILD") != "" {
-		t.Fatal("recursive child run")
-	}
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goBin); err != nil {
-		goBin = "go"
-	}
 	// Pass the parent's -run through (scripts/test -run Conformance runs
 	// TestConformance in the child); by default run every real-broker test.
 	pattern := realTests
@@ -97,22 +82,7 @@ func TestRealBrokerConformanceWithoutRace(t *testing.T) {
 			pattern = realTests
 		}
 	}
-	args := []string{"test", "-count=1", "-run", pattern}
-	if testing.Verbose() {
-		args = append(args, "-v")
-	}
-	cmd := exec.Command(goBin, append(args, ".")...)
-	// GOFLAGS may carry -race; the child must run without it.
-	var flags []string
-	for _, f := range strings.Fields(os.Getenv("GOFLAGS")) {
-		if f != "-race" && f != "--race" && f != "-race=true" {
-			flags = append(flags, f)
-		}
-	}
-	cmd.Env = append(os.Environ(), "MQRPC_ROCKETMQ_CHILD=1", "GOFLAGS="+strings.Join(flags, " "))
-	out, err := cmd.CombinedOutput()
-	t.Logf("go %s .\n%s", strings.Join(args, " "), out)
-	require.NoError(t, err, "real-broker tests without -race failed")
+	testenv.RerunWithoutRace(t, pattern)
 }
 
 // restartFunc restarts the broker (not the name server) through

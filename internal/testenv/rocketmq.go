@@ -22,10 +22,17 @@ const childEnv = "MQRPC_NORACE_CHILD"
 // go test without the race detector; `go test -race ./...` still runs it.
 func RocketMQNoRace(tb testing.TB) string {
 	tb.Helper()
+	SkipUnderRace(tb)
+	return RocketMQNameServer(tb)
+}
+
+// SkipUnderRace skips a test that uses rocketmq-client-go under -race,
+// unless it runs in the child that RerunWithoutRace starts.
+func SkipUnderRace(tb testing.TB) {
+	tb.Helper()
 	if Race && os.Getenv(childEnv) == "" {
 		tb.Skip("uses rocketmq-client-go, which races internally: run without -race by RerunWithoutRace")
 	}
-	return RocketMQNameServer(tb)
 }
 
 // RerunWithoutRace runs the tests matching pattern in the current package
@@ -49,7 +56,14 @@ func RerunWithoutRace(t *testing.T, pattern string) {
 		args = append(args, "-v")
 	}
 	cmd := exec.Command(goBin, append(args, ".")...)
-	cmd.Env = append(os.Environ(), childEnv+"=1")
+	// GOFLAGS may carry -race; the child must run without it.
+	var flags []string
+	for _, f := range strings.Fields(os.Getenv("GOFLAGS")) {
+		if f != "-race" && f != "--race" && f != "-race=true" {
+			flags = append(flags, f)
+		}
+	}
+	cmd.Env = append(os.Environ(), childEnv+"=1", "GOFLAGS="+strings.Join(flags, " "))
 	out, err := cmd.CombinedOutput()
 	t.Logf("go %s .\n%s", strings.Join(args, " "), out)
 	if err != nil {
