@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mqrpc/mqrpc/broker"
@@ -41,6 +42,7 @@ type hub struct {
 	mu       sync.RWMutex
 	subjects map[string]map[string]*group // subject -> queue -> group
 	faults   Faults                       // guarded by mu
+	faulty   atomic.Bool                  // faults != Faults{}: the fault-free path takes no lock
 	rng      *rand.Rand                   // guarded by mu (write lock)
 }
 
@@ -136,6 +138,7 @@ type Faults struct {
 func (b *Broker) SetFaults(f Faults) {
 	b.hub.mu.Lock()
 	b.hub.faults = f
+	b.hub.faulty.Store(f != (Faults{}))
 	b.hub.mu.Unlock()
 }
 
@@ -183,19 +186,6 @@ func (h *hub) dropReply() bool {
 		return true
 	}
 	return f.DropReplyRate > 0 && h.rng.Float64() < f.DropReplyRate
-}
-
-// faultsOn reports whether any fault is configured; the caller holds h.mu
-// for reading.
-func (h *hub) faultsOn() bool {
-	return h.faults != (Faults{})
-}
-
-// faultsOnLocked is faultsOn taking the read lock.
-func (h *hub) faultsOnLocked() bool {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	return h.faultsOn()
 }
 
 // Request implements broker.Broker.
@@ -265,11 +255,10 @@ func (b *Broker) publish(ctx context.Context, m *broker.Message, c chan result) 
 		m.ID = broker.NewID()
 	}
 	normalizeHeader(m)
-	b.mu.Lock()
-	closed := b.closed
-	b.mu.Unlock()
-	if closed {
+	select {
+	case <-b.done:
 		return broker.ErrClosed
+	default:
 	}
 	h := b.hub
 	h.mu.RLock()
@@ -279,13 +268,12 @@ func (b *Broker) publish(ctx context.Context, m *broker.Message, c chan result) 
 	for _, g := range groups {
 		targets = append(targets, g)
 	}
-	faulty := h.faultsOn()
 	h.mu.RUnlock()
 	if len(targets) == 0 {
 		return broker.ErrNoResponders
 	}
 	n := 1
-	if faulty {
+	if h.faulty.Load() {
 		drop, dup, delay := h.decide()
 		if drop {
 			return nil // lost on the way: the caller will time out
@@ -422,7 +410,7 @@ func (s *subscription) handle(d delivery) {
 		// memory), or no answer: the caller gets no reply.
 		return
 	}
-	if s.b.hub.faultsOnLocked() && s.b.hub.dropReply() {
+	if s.b.hub.faulty.Load() && s.b.hub.dropReply() {
 		return
 	}
 	select {
