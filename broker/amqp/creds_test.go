@@ -3,7 +3,6 @@ package amqp_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"net/url"
 	"strings"
 	"testing"
@@ -14,39 +13,8 @@ import (
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/amqp"
+	"github.com/mqrpc/mqrpc/internal/testenv"
 )
-
-// credsLogger logs every record, at debug level and above, as text and as
-// JSON (which escapes differently) into buf.
-func credsLogger(buf *lockedBuffer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: slog.LevelDebug}
-	return slog.New(credsFanout{slog.NewTextHandler(buf, opts), slog.NewJSONHandler(buf, opts)})
-}
-
-type credsFanout []slog.Handler
-
-func (f credsFanout) Enabled(ctx context.Context, l slog.Level) bool { return f[0].Enabled(ctx, l) }
-func (f credsFanout) Handle(ctx context.Context, r slog.Record) error {
-	var errs []error
-	for _, h := range f {
-		errs = append(errs, h.Handle(ctx, r.Clone()))
-	}
-	return errors.Join(errs...)
-}
-func (f credsFanout) WithAttrs(as []slog.Attr) slog.Handler {
-	out := make(credsFanout, len(f))
-	for i, h := range f {
-		out[i] = h.WithAttrs(as)
-	}
-	return out
-}
-func (f credsFanout) WithGroup(name string) slog.Handler {
-	out := make(credsFanout, len(f))
-	for i, h := range f {
-		out[i] = h.WithGroup(name)
-	}
-	return out
-}
 
 // withUserInfo returns raw with its user info replaced by user and
 // password (none when user is empty).
@@ -101,7 +69,7 @@ func TestCredentialsNeverLogged(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			logs := &lockedBuffer{}
+			logs := &testenv.LogBuffer{}
 			var errs []string
 			note := func(err error) {
 				if err != nil {
@@ -109,7 +77,7 @@ func TestCredentialsNeverLogged(t *testing.T) {
 				}
 			}
 			common := []amqp.Option{
-				amqp.WithLogger(credsLogger(logs)),
+				amqp.WithLogger(testenv.DebugLogger(logs)),
 				amqp.WithReconnectBackoff(20*time.Millisecond, 100*time.Millisecond),
 				amqp.WithDialTimeout(5 * time.Second),
 				amqp.WithConnectionName(t.Name()),
@@ -160,8 +128,8 @@ func TestCredentialsNeverLogged(t *testing.T) {
 			require.Error(t, err)
 			note(err)
 
-			assertNoSecret(t, secrets, "a log record", logs.String())
-			assertNoSecret(t, secrets, "an error", errs...)
+			testenv.AssertNoSecret(t, secrets, "a log record", logs.String())
+			testenv.AssertNoSecret(t, secrets, "an error", errs...)
 		})
 	}
 }
@@ -181,21 +149,11 @@ func TestCredentialsNotInDialErrors(t *testing.T) {
 		"amqp://u:" + password + " @127.0.0.1:5672/",            // white space
 	} {
 		t.Run("", func(t *testing.T) {
-			logs := &lockedBuffer{}
-			_, err := amqp.New(raw, amqp.WithDialTimeout(time.Second), amqp.WithLogger(credsLogger(logs)))
+			logs := &testenv.LogBuffer{}
+			_, err := amqp.New(raw, amqp.WithDialTimeout(time.Second), amqp.WithLogger(testenv.DebugLogger(logs)))
 			require.Error(t, err)
-			assertNoSecret(t, []string{password, "Sekr1t"}, "an error", err.Error())
-			assertNoSecret(t, []string{password, "Sekr1t"}, "a log record", logs.String())
+			testenv.AssertNoSecret(t, []string{password, "Sekr1t"}, "an error", err.Error())
+			testenv.AssertNoSecret(t, []string{password, "Sekr1t"}, "a log record", logs.String())
 		})
-	}
-}
-
-// assertNoSecret fails when any secret appears in any of texts.
-func assertNoSecret(t *testing.T, secrets []string, what string, texts ...string) {
-	t.Helper()
-	for _, s := range secrets {
-		for _, txt := range texts {
-			assert.NotContains(t, txt, s, "a credential appears in %s", what)
-		}
 	}
 }

@@ -55,7 +55,7 @@ func echo(_ context.Context, req *broker.Message) (*broker.Message, error) {
 func TestInFlightFailDisconnected(t *testing.T) {
 	url, vhost := vhostURL(t)
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	var logs lockedBuffer
+	var logs testenv.LogBuffer
 	func() {
 		srv := open(t, url)
 		client := open(t, url, amqp.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
@@ -109,24 +109,6 @@ func TestInFlightFailDisconnected(t *testing.T) {
 	}()
 	assert.Contains(t, logs.String(), "amqp: connection lost; reconnecting", "WithLogger receives the broker's reports")
 	assert.Contains(t, logs.String(), "amqp: reconnected")
-}
-
-// lockedBuffer is an io.Writer safe for concurrent use, for loggers.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // TestRestart restarts a private RabbitMQ node (gracefully, and

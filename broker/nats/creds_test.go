@@ -1,84 +1,19 @@
 package nats_test
 
 import (
-	"bytes"
-	"context"
-	"errors"
-	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	natsgo "github.com/nats-io/nats.go"
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/mqrpc/mqrpc/broker"
 	natsbroker "github.com/mqrpc/mqrpc/broker/nats"
 	"github.com/mqrpc/mqrpc/broker/nats/embedded"
+	"github.com/mqrpc/mqrpc/internal/testenv"
 )
-
-// syncBuffer is a log sink safe for the broker's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// debugLogger logs every record, at debug level and above, as text and as
-// JSON (which escapes differently) into buf.
-func debugLogger(buf *syncBuffer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: slog.LevelDebug}
-	return slog.New(fanout{slog.NewTextHandler(buf, opts), slog.NewJSONHandler(buf, opts)})
-}
-
-type fanout []slog.Handler
-
-func (f fanout) Enabled(ctx context.Context, l slog.Level) bool { return f[0].Enabled(ctx, l) }
-func (f fanout) Handle(ctx context.Context, r slog.Record) error {
-	var errs []error
-	for _, h := range f {
-		errs = append(errs, h.Handle(ctx, r.Clone()))
-	}
-	return errors.Join(errs...)
-}
-func (f fanout) WithAttrs(as []slog.Attr) slog.Handler {
-	out := make(fanout, len(f))
-	for i, h := range f {
-		out[i] = h.WithAttrs(as)
-	}
-	return out
-}
-func (f fanout) WithGroup(name string) slog.Handler {
-	out := make(fanout, len(f))
-	for i, h := range f {
-		out[i] = h.WithGroup(name)
-	}
-	return out
-}
-
-// assertNoSecret fails when any secret appears in any of texts.
-func assertNoSecret(t *testing.T, secrets []string, what string, texts ...string) {
-	t.Helper()
-	for _, s := range secrets {
-		for _, txt := range texts {
-			assert.NotContains(t, txt, s, "a credential appears in %s", what)
-		}
-	}
-}
 
 // withCreds puts user info into a nats:// URL.
 func withCreds(url, userinfo string) string {
@@ -151,7 +86,7 @@ func TestCredentialsNeverLogged(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := startEmbedded(t, embedded.WithoutJetStream(), embedded.WithServerOptions(tt.server))
-			logs := &syncBuffer{}
+			logs := &testenv.LogBuffer{}
 			var errs []string
 			note := func(err error) {
 				if err != nil {
@@ -160,7 +95,7 @@ func TestCredentialsNeverLogged(t *testing.T) {
 			}
 
 			url, opts := tt.good(srv.URL())
-			b := newBroker(t, append(opts, natsbroker.WithURL(url), natsbroker.WithLogger(debugLogger(logs)),
+			b := newBroker(t, append(opts, natsbroker.WithURL(url), natsbroker.WithLogger(testenv.DebugLogger(logs)),
 				natsbroker.WithReconnectWait(20*time.Millisecond))...)
 			roundTrip(t, b)
 
@@ -190,17 +125,17 @@ func TestCredentialsNeverLogged(t *testing.T) {
 			// Wrong credentials, and right ones for a server that is not
 			// there.
 			url, opts = tt.bad(srv.URL())
-			_, err = natsbroker.New(append(opts, natsbroker.WithURL(url), natsbroker.WithLogger(debugLogger(logs)))...)
+			_, err = natsbroker.New(append(opts, natsbroker.WithURL(url), natsbroker.WithLogger(testenv.DebugLogger(logs)))...)
 			require.Error(t, err)
 			note(err)
 			url, opts = tt.good(srv.URL())
 			srv.Close()
-			_, err = natsbroker.New(append(opts, natsbroker.WithURL(url), natsbroker.WithLogger(debugLogger(logs)))...)
+			_, err = natsbroker.New(append(opts, natsbroker.WithURL(url), natsbroker.WithLogger(testenv.DebugLogger(logs)))...)
 			require.Error(t, err)
 			note(err)
 
-			assertNoSecret(t, secrets, "a log record", logs.String())
-			assertNoSecret(t, secrets, "an error", errs...)
+			testenv.AssertNoSecret(t, secrets, "a log record", logs.String())
+			testenv.AssertNoSecret(t, secrets, "an error", errs...)
 		})
 	}
 }

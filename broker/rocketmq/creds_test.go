@@ -4,34 +4,15 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/rocketmq"
+	"github.com/mqrpc/mqrpc/internal/testenv"
 )
-
-// credsBuffer is a log sink safe for the client's goroutines.
-type credsBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (c *credsBuffer) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.b.Write(p)
-}
-
-func (c *credsBuffer) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.b.String()
-}
 
 // TestRealCredentialsNeverLogged uses ACL credentials (WithCredentials)
 // with a debug-level logger, which also receives rocketmq-client-go's own
@@ -46,7 +27,7 @@ func TestRealCredentialsNeverLogged(t *testing.T) {
 		accessKey = "ak-mqrpc-creds"
 		secret    = "sk-Sekr1t-Rq"
 	)
-	logs := &credsBuffer{}
+	logs := &testenv.LogBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	var errs []string
 	note := func(err error) {
@@ -86,8 +67,5 @@ func TestRealCredentialsNeverLogged(t *testing.T) {
 
 	require.NotEmpty(t, logs.String(), "the logger saw the client's records")
 	t.Logf("%d errors, %d log records checked; errors: %q", len(errs), bytes.Count([]byte(logs.String()), []byte("\n")), errs)
-	for _, txt := range append(errs, logs.String()) {
-		assert.NotContains(t, txt, secret, "the secret key appears in a log record or an error")
-		assert.NotContains(t, txt, "Sekr1t")
-	}
+	testenv.AssertNoSecret(t, []string{secret, "Sekr1t"}, "a log record or an error", append(errs, logs.String())...)
 }

@@ -5,7 +5,6 @@ package rocketmq_test
 // upstream defects that can be reproduced by a producer's behaviour.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/rocketmq"
+	"github.com/mqrpc/mqrpc/internal/testenv"
 )
 
 // fakeProducer stands in for rocketmq-client-go's producer.
@@ -319,7 +319,7 @@ func TestUpstreamCreateReplyMessageDropsBody(t *testing.T) {
 // rocketmq-client-go logs through the process-wide rlog; mqrpc routes it
 // into the Brokers' slog loggers and prints nothing when none is given.
 func TestClientLogRouting(t *testing.T) {
-	var buf syncBuffer
+	var buf testenv.LogBuffer
 	b := rocketmq.NewWithProducer(&fakeProducer{}, rocketmq.WithLogger(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 	rlog.Warning("routed-line", map[string]interface{}{"k": "v"})
 	require.NoError(t, b.Close())
@@ -328,23 +328,6 @@ func TestClientLogRouting(t *testing.T) {
 	assert.Contains(t, out, "routed-line")
 	assert.Contains(t, out, "k=v")
 	assert.NotContains(t, out, "after-close-line")
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // The #1047 workaround reaches into the client by reflection; this pins
