@@ -120,6 +120,23 @@ func ParseDeadline(s string) (time.Time, error) {
 	return time.UnixMilli(ms), nil
 }
 
+// MergeDeadline folds one received HeaderDeadline value into d, the
+// deadline gathered so far (zero for none). A broker whose wire headers can
+// carry the name more than once, differing in case (NATS headers, AMQP
+// tables), calls it for each value, so the result does not depend on map
+// order: a malformed value gives an error and leaves d as it was, and
+// otherwise the earliest deadline wins.
+func MergeDeadline(d time.Time, value string) (time.Time, error) {
+	v, err := ParseDeadline(value)
+	if err != nil {
+		return d, err
+	}
+	if !v.IsZero() && (d.IsZero() || v.Before(d)) {
+		return v, nil
+	}
+	return d, nil
+}
+
 // HeaderError reports a malformed header on a received message.
 type HeaderError struct {
 	Name, Value string

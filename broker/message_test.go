@@ -53,6 +53,35 @@ func TestDeadlineRoundTrip(t *testing.T) {
 	}
 }
 
+func TestMergeDeadline(t *testing.T) {
+	early, late := time.UnixMilli(1_700_000_000_000), time.UnixMilli(1_700_000_001_000)
+	tests := []struct {
+		name    string
+		d       time.Time
+		value   string
+		want    time.Time
+		wantErr bool
+	}{
+		{"FirstValue", time.Time{}, broker.FormatDeadline(late), late, false},
+		{"EarlierWins", late, broker.FormatDeadline(early), early, false},
+		{"LaterIgnored", early, broker.FormatDeadline(late), early, false},
+		{"EmptyKeeps", early, "", early, false},
+		{"MalformedKeepsAndErrs", early, "soon", early, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := broker.MergeDeadline(tt.d, tt.value)
+			if tt.wantErr {
+				var he *broker.HeaderError
+				assert.ErrorAs(t, err, &he)
+			} else {
+				assert.NoError(t, err)
+			}
+			assert.True(t, tt.want.Equal(got), "got %v, want %v", got, tt.want)
+		})
+	}
+}
+
 func TestExpired(t *testing.T) {
 	now := time.Now()
 	assert.False(t, (&broker.Message{}).Expired(now))

@@ -96,15 +96,10 @@ func fromDelivery(d *amqp091.Delivery) (*broker.Message, error) {
 		switch k {
 		case broker.HeaderDeadline:
 			// Names differing in case are distinct table fields and
-			// come in map order: any malformed one is an error, else
-			// the earliest deadline wins, whatever the order.
-			dl, perr := broker.ParseDeadline(s)
-			if perr != nil {
+			// come in map order.
+			var perr error
+			if m.Deadline, perr = broker.MergeDeadline(m.Deadline, s); perr != nil {
 				err = perr
-				continue
-			}
-			if !dl.IsZero() && (m.Deadline.IsZero() || dl.Before(m.Deadline)) {
-				m.Deadline = dl
 			}
 		case headerFailures, headerError:
 			// Internal bookkeeping of durable mode.

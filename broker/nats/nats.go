@@ -423,15 +423,10 @@ func fromNATS(m *natsgo.Msg, subject string) (*broker.Message, error) {
 			switch k {
 			case broker.HeaderDeadline:
 				// Names differing in case are distinct NATS headers
-				// and come in map order: any malformed one is an
-				// error, else the earliest deadline wins, whatever
-				// the order.
-				d, perr := broker.ParseDeadline(vs[0])
-				switch {
-				case perr != nil:
+				// and come in map order.
+				var perr error
+				if out.Deadline, perr = broker.MergeDeadline(out.Deadline, vs[0]); perr != nil {
 					err = perr
-				case !d.IsZero() && (out.Deadline.IsZero() || d.Before(out.Deadline)):
-					out.Deadline = d
 				}
 			case HeaderReply:
 			default:
