@@ -13,7 +13,9 @@
 //	rocketmq://host:port             RocketMQ through its name server (broker/rocketmq)
 //
 // Importing dial links every broker client; a program that needs one broker
-// can import that broker's package alone.
+// can import that broker's package alone. Linking rocketmq-client-go (as
+// dial and broker/rocketmq do) starts one goroutine of its own when the
+// program starts, a cache janitor that never ends.
 package dial
 
 import (
