@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/internal/dispatch"
 )
 
 // Status codes the broker itself puts in replies (gRPC's numbers, as in
@@ -75,6 +76,7 @@ type subscription struct {
 	cancel  context.CancelFunc // cancels every delivery's ctx
 
 	sub       *natsgo.Subscription     // core mode
+	pool      *dispatch.Pool[*natsgo.Msg] // core mode
 	cc        jetstream.ConsumeContext // durable mode
 	consumer  jetstream.ConsumerConfig // durable mode
 	repairing atomic.Bool              // durable mode: consumer being recreated
@@ -103,29 +105,31 @@ func (s *subscription) startCore(cfg broker.ServeConfig) error {
 		_ = sub.Unsubscribe()
 		return fmt.Errorf("flush subscription: %w", mapPublishError(err))
 	}
-	// A fixed set of workers takes messages straight from the connection's
-	// reader: one goroutine hop per request, as with a plain nats.go
-	// responder, and no more handlers at once than the concurrency.
-	s.wg.Add(cfg.Concurrency)
-	for i := 0; i < cfg.Concurrency; i++ {
-		go s.coreWorker()
+	// The pool's goroutines take messages straight from the connection's
+	// reader and handle them themselves: under load no goroutine hand-off
+	// per request, as with a plain nats.go responder, but without its
+	// one-at-a-time handling (see internal/dispatch).
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return broker.ErrClosed
 	}
+	s.pool = dispatch.Start(cfg.Concurrency, s.nextCore, s.handleCore)
 	return nil
 }
 
-func (s *subscription) coreWorker() {
-	defer s.wg.Done()
+// nextCore returns the next request for the pool, or false once the
+// subscription is drained, unsubscribed or closed.
+func (s *subscription) nextCore() (*natsgo.Msg, bool) {
 	for {
 		m, err := s.sub.NextMsgWithContext(s.ctx)
-		if err != nil {
-			if errors.Is(err, natsgo.ErrSlowConsumer) {
-				s.b.log.Warn("nats: slow consumer, messages dropped", "subject", s.subject)
-				continue
-			}
-			// Drained, unsubscribed, closed or aborted.
-			return
+		if err == nil {
+			return m, true
 		}
-		s.handleCore(m)
+		if !errors.Is(err, natsgo.ErrSlowConsumer) {
+			return nil, false
+		}
+		s.b.log.Warn("nats: slow consumer, messages dropped", "subject", s.subject)
 	}
 }
 
@@ -251,7 +255,7 @@ func (s *subscription) Stop(ctx context.Context) error {
 
 	done := make(chan struct{})
 	go func() {
-		s.wg.Wait()
+		s.wait()
 		close(done)
 	}()
 	select {
@@ -303,4 +307,12 @@ func (s *subscription) abort() {
 }
 
 // wait waits for the handlers in flight to return.
-func (s *subscription) wait() { s.wg.Wait() }
+func (s *subscription) wait() {
+	s.mu.Lock()
+	pool := s.pool
+	s.mu.Unlock()
+	if pool != nil {
+		pool.Wait()
+	}
+	s.wg.Wait()
+}
