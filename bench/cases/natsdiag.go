@@ -125,6 +125,8 @@ func NATSServerShapes(cfg Config) []harness.Case {
 		shape("+ mqrpc headers", true, shapeInline),
 		shape("+ goroutine per message", false, shapeGoroutine),
 		shape("+ 64 workers on NextMsg", false, shapeWorkers),
+		shape("+ 1 worker on NextMsg", false, shapeWorkers1),
+		shape("+ 2 workers on NextMsg", false, shapeWorkers2),
 	}
 }
 
@@ -132,6 +134,8 @@ const (
 	shapeInline = iota
 	shapeGoroutine
 	shapeWorkers
+	shapeWorkers1
+	shapeWorkers2
 )
 
 type natsShapeTarget struct {
@@ -166,10 +170,11 @@ func (c Config) natsShape(headers bool, mode int) (harness.Target, error) {
 				respond(m)
 			}()
 		})
-	case shapeWorkers:
+	case shapeWorkers, shapeWorkers1, shapeWorkers2:
+		n := map[int]int{shapeWorkers: 64, shapeWorkers1: 1, shapeWorkers2: 2}[mode]
 		sub, err = srv.QueueSubscribeSync(t.subject, t.subject)
 		if err == nil {
-			for i := 0; i < 64; i++ {
+			for i := 0; i < n; i++ {
 				go func() {
 					for {
 						m, err := sub.NextMsgWithContext(context.Background())

@@ -75,11 +75,11 @@ type subscription struct {
 	ctx     context.Context
 	cancel  context.CancelFunc // cancels every delivery's ctx
 
-	sub       *natsgo.Subscription     // core mode
+	sub       *natsgo.Subscription        // core mode
 	pool      *dispatch.Pool[*natsgo.Msg] // core mode
-	cc        jetstream.ConsumeContext // durable mode
-	consumer  jetstream.ConsumerConfig // durable mode
-	repairing atomic.Bool              // durable mode: consumer being recreated
+	cc        jetstream.ConsumeContext    // durable mode
+	consumer  jetstream.ConsumerConfig    // durable mode
+	repairing atomic.Bool                 // durable mode: consumer being recreated
 
 	mu      sync.Mutex
 	stopped bool // no new handler goroutine may start
