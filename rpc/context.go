@@ -93,8 +93,7 @@ func RequestMessage(ctx context.Context) *broker.Message {
 
 // SetReplyHeader sets a header on the reply of the request a typed handler
 // is serving. It reports false outside a handler. Names reserved by mqrpc
-// (content-type, mqrpc-status, mqrpc-message) are overwritten by the
-// server.
+// (content-type, mqrpc-status, mqrpc-message) are the server's to set.
 func SetReplyHeader(ctx context.Context, name, value string) bool {
 	sc := serverCallFrom(ctx)
 	if sc == nil {

@@ -3,6 +3,7 @@ package rpc_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,8 +55,35 @@ func TestCallCodecs(t *testing.T) {
 			got, err := rpc.Invoke[addRes](context.Background(), c, "calc", "Add", &addReq{A: 2, B: 3}, rpc.WithReplyHeader(&reply))
 			require.NoError(t, err)
 			assert.Equal(t, 5, got.Sum)
-			assert.Equal(t, cd.Name(), reply.Get("content-type"), "reply in the caller's codec")
+			assert.Empty(t, reply.Get("content-type"), "a reply in the request's codec does not name it again")
 		})
+	}
+}
+
+// A reply names its codec when the request did not name it the same way.
+func TestReplyContentType(t *testing.T) {
+	srv, _, _ := newPair(t, []rpc.ServerOption{rpc.WithCodecs(jsoncodec.Codec{}, msgpackcodec.Codec{})})
+	for _, tt := range []struct{ request, reply string }{
+		{"", "application/json"},                                // the server's default codec
+		{"application/json; charset=utf-8", "application/json"}, // parameters
+		{"Application/MsgPack", "application/msgpack"},          // case
+		{"application/json", ""},
+		{"application/msgpack", ""},
+	} {
+		h := broker.Header{"mqrpc-method": "Add"}
+		if tt.request != "" {
+			h.Set("content-type", tt.request)
+		}
+		body := []byte(`{"A":1,"B":2}`)
+		if strings.Contains(strings.ToLower(tt.request), "msgpack") {
+			var err error
+			body, err = msgpackcodec.Codec{}.Marshal(&addReq{A: 1, B: 2})
+			require.NoError(t, err)
+		}
+		rep, err := srv.ServeMessage(context.Background(), &broker.Message{Header: h, Body: body})
+		require.NoError(t, err, tt.request)
+		require.Empty(t, rep.Header.Get(broker.HeaderStatus), "%s: %s", tt.request, rep.Header.Get(broker.HeaderStatusMessage))
+		assert.Equal(t, tt.reply, rep.Header.Get("content-type"), "request content-type %q", tt.request)
 	}
 }
 

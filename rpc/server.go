@@ -219,7 +219,8 @@ func (s *Server) dispatch(ctx context.Context, req *broker.Message) (reply *brok
 		}
 	}
 	cd := s.defaultCodec
-	if ct := req.Header.Get(broker.HeaderContentType); ct != "" {
+	ct := req.Header.Get(broker.HeaderContentType)
+	if ct != "" {
 		var ok bool
 		if cd, ok = s.codecs[codec.MediaType(ct)]; !ok {
 			return nil, Errorf(InvalidArgument, "unsupported content type %q (accepted: %s)", ct, s.accepted)
@@ -248,11 +249,18 @@ func (s *Server) dispatch(ctx context.Context, req *broker.Message) (reply *brok
 		return nil, Errorf(ResourceExhausted, "reply of %d bytes exceeds the server's limit of %d: %w",
 			len(body), s.maxSize, broker.ErrMessageTooLarge)
 	}
+	// The reply is in the request's codec; it names it only when the
+	// request did not name it the same way (docs/PROTOCOL.md), which
+	// spares most replies any header at all.
 	h := sc.replyHeader
-	if h == nil {
-		h = make(broker.Header, 1)
+	if ct != cd.Name() {
+		if h == nil {
+			h = make(broker.Header, 1)
+		}
+		h[broker.HeaderContentType] = cd.Name()
+	} else if h != nil {
+		delete(h, broker.HeaderContentType)
 	}
-	h[broker.HeaderContentType] = cd.Name()
 	st.reply = broker.Message{Header: h, Body: body}
 	return &st.reply, nil
 }

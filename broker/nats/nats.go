@@ -255,14 +255,16 @@ func (b *Broker) publishRequest(ctx context.Context, req *broker.Message, id, re
 		}
 		return fmt.Errorf("%w (connection %s)", broker.ErrDisconnected, st)
 	}
-	m := &natsgo.Msg{Subject: req.Subject, Header: toNATS(req, id, deadline), Data: req.Body}
 	if b.js == nil {
-		m.Reply = reply
-		return mapPublishError(b.nc.PublishMsg(m))
+		o := newOutbound(req.Subject, req, id, deadline)
+		defer o.release()
+		o.msg.Reply = reply
+		return mapPublishError(b.nc.PublishMsg(&o.msg))
 	}
-	m.Subject = b.cfg.js.SubjectPrefix + "." + req.Subject
-	m.Header[HeaderReply] = []string{reply}
-	return b.publishDurable(ctx, m, deadline)
+	o := newOutbound(b.cfg.js.SubjectPrefix+"."+req.Subject, req, id, deadline)
+	defer o.release()
+	o.set(HeaderReply, reply)
+	return b.publishDurable(ctx, &o.msg, deadline)
 }
 
 // Send delivers msg to msg.Subject without waiting for a reply. In core
@@ -283,7 +285,9 @@ func (b *Broker) Send(ctx context.Context, msg *broker.Message) error {
 	if id == "" {
 		id = broker.NewID()
 	}
-	m := &natsgo.Msg{Subject: msg.Subject, Header: toNATS(msg, id, msg.Deadline), Data: msg.Body}
+	o := newOutbound(msg.Subject, msg, id, msg.Deadline)
+	defer o.release()
+	m := &o.msg
 	var err error
 	if b.js == nil {
 		if st := b.nc.Status(); st == natsgo.CLOSED {
@@ -372,32 +376,81 @@ func isNoResponders(m *natsgo.Msg) bool {
 
 // toNATS maps a message's ID, headers and deadline to NATS headers. Names
 // are written in lower case; HeaderDeadline in Message.Header is ignored
-// because the field is the source of truth.
+// because the field is the source of truth. A message with nothing to put
+// in headers gets none.
 func toNATS(m *broker.Message, id string, deadline time.Time) natsgo.Header {
+	var o outbound
+	o.fill(m, id, deadline)
+	return o.msg.Header
+}
+
+// outbound is a NATS message being published. nats.go encodes the headers
+// while publishing and keeps no reference to the message, so the message,
+// its header map and the header values are reused from call to call.
+type outbound struct {
+	msg  natsgo.Msg
+	vals []string // one backing array for all header values
+}
+
+var outbounds = sync.Pool{New: func() any { return new(outbound) }}
+
+// newOutbound returns a pooled message to subject carrying m; release it
+// once it was published.
+func newOutbound(subject string, m *broker.Message, id string, deadline time.Time) *outbound {
+	o := outbounds.Get().(*outbound)
+	o.msg.Subject = subject
+	o.msg.Data = m.Body
+	o.fill(m, id, deadline)
+	return o
+}
+
+func (o *outbound) release() {
+	h, vals := o.msg.Header, o.vals
+	if len(vals) > 16 {
+		return // an unusual message: do not keep its large map around
+	}
+	clear(h)
+	clear(vals)
+	o.msg = natsgo.Msg{Header: h}
+	o.vals = vals[:0]
+	outbounds.Put(o)
+}
+
+func (o *outbound) fill(m *broker.Message, id string, deadline time.Time) {
 	n := len(m.Header) + 2
-	h := make(natsgo.Header, n+1) // +1: room for HeaderReply
-	// One backing array for all values; each value's slice is capped so
-	// an append by nats.go never writes into its neighbour.
-	vals := make([]string, 0, n)
-	set := func(k, v string) {
-		vals = append(vals, v)
-		i := len(vals)
-		h[k] = vals[i-1 : i : i]
+	if len(m.Header) == 0 && id == "" && deadline.IsZero() {
+		return
+	}
+	if o.msg.Header == nil {
+		o.msg.Header = make(natsgo.Header, n+1) // +1: room for HeaderReply
+	}
+	if cap(o.vals) < n {
+		o.vals = make([]string, 0, n)
 	}
 	for k, v := range m.Header {
 		k = strings.ToLower(k)
 		if k == broker.HeaderDeadline || k == HeaderReply {
 			continue
 		}
-		set(k, v)
+		o.set(k, v)
 	}
 	if id != "" {
-		set(HeaderMsgID, id)
+		o.set(HeaderMsgID, id)
 	}
 	if !deadline.IsZero() {
-		set(broker.HeaderDeadline, broker.FormatDeadline(deadline))
+		o.set(broker.HeaderDeadline, broker.FormatDeadline(deadline))
 	}
-	return h
+}
+
+// set sets header k to v. Each value's slice is capped so that an append by
+// nats.go never writes into its neighbour.
+func (o *outbound) set(k, v string) {
+	if o.msg.Header == nil {
+		o.msg.Header = make(natsgo.Header, 4)
+	}
+	o.vals = append(o.vals, v)
+	i := len(o.vals)
+	o.msg.Header[k] = o.vals[i-1 : i : i]
 }
 
 // fromNATS maps a received NATS message to a broker.Message. Header names

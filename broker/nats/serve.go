@@ -208,8 +208,9 @@ func (s *subscription) serve(req *broker.Message) (rep *broker.Message, err erro
 // replaced by a ResourceExhausted status so the caller does not wait for
 // nothing.
 func (s *subscription) sendReply(reply string, rep *broker.Message) error {
-	m := &natsgo.Msg{Subject: reply, Header: toNATS(rep, rep.ID, time.Time{}), Data: rep.Body}
-	err := mapPublishError(s.b.nc.PublishMsg(m))
+	o := newOutbound(reply, rep, rep.ID, time.Time{})
+	err := mapPublishError(s.b.nc.PublishMsg(&o.msg))
+	o.release()
 	if errors.Is(err, broker.ErrMessageTooLarge) {
 		s.replyStatus(reply, statusResourceExhausted,
 			"reply of "+strconv.Itoa(len(rep.Body))+" bytes exceeds the NATS max payload")
