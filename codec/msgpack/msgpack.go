@@ -51,5 +51,26 @@ func (Codec) Unmarshal(data []byte, v any) error {
 	if len(data) == 0 {
 		return nil
 	}
-	return msgpack.Unmarshal(data, v)
+	d := decoders.Get().(*decoder)
+	d.r.Reset(data)
+	d.dec.Reset(&d.r)
+	d.dec.UsePreallocateValues(true) // as msgpack.Unmarshal
+	err := d.dec.Decode(v)
+	d.r.Reset(nil)
+	d.dec.Reset(&d.r)
+	decoders.Put(d)
+	return err
 }
+
+// decoder is msgpack.Unmarshal's decoder with its reader, pooled together:
+// msgpack.Unmarshal allocates a bytes.Reader per call.
+type decoder struct {
+	r   bytes.Reader
+	dec *msgpack.Decoder
+}
+
+var decoders = sync.Pool{New: func() any {
+	d := new(decoder)
+	d.dec = msgpack.NewDecoder(&d.r)
+	return d
+}}
