@@ -9,15 +9,17 @@
 // which handles every message in its delivery goroutine, does without them
 // but handles one message at a time.
 //
-// A Pool keeps a few goroutines (GOMAXPROCS, at most the limit) that each
-// receive a message and handle it themselves, so under load the goroutine
-// that received a message handles it and picks the next one up without
-// sleeping. A watchdog that ticks while handlers run adds a goroutine for
-// every handler that has run for longer than a tick: a handler waiting on
-// I/O, a lock or a slow downstream service never keeps the next message
-// waiting for more than about two ticks, up to the limit of handlers at
-// once. Goroutines beyond the base retire after their handler once the
-// handlers that called for them have finished.
+// A Pool keeps a few goroutines (GOMAXPROCS but at least two, at most the
+// limit) that each receive a message and handle it themselves, so under
+// load the goroutine that received a message handles it and picks the next
+// one up without sleeping. While every goroutine is busy handling, a
+// watchdog ticks and adds a goroutine for every handler that has run for
+// longer than a tick: a handler waiting on I/O, a lock or a slow downstream
+// service never keeps the next message waiting for more than about two
+// ticks, up to the limit of handlers at once. Goroutines beyond the base
+// retire after their handler once the handlers that called for them have
+// finished. While some goroutine waits for a message, the watchdog sleeps:
+// a server under light load pays nothing for it.
 package dispatch
 
 import (
@@ -27,8 +29,8 @@ import (
 	"time"
 )
 
-// Tick is how often the watchdog looks for long-running handlers while any
-// handler runs. A handler running for between one and two ticks counts as
+// Tick is how often the watchdog looks for long-running handlers while no
+// goroutine waits for a message. A handler running for between one and two ticks counts as
 // long-running.
 const Tick = time.Millisecond
 
@@ -40,7 +42,7 @@ type Pool[M any] struct {
 	base   int
 
 	tick    atomic.Int64 // watchdog ticks so far
-	running atomic.Int32 // handlers running
+	receiving atomic.Int32 // goroutines waiting in recv
 	want    atomic.Int32 // goroutines wanted: base + long-running handlers
 	alive   atomic.Int32 // goroutines receiving or handling
 	idle    atomic.Bool  // the watchdog waits for wake
@@ -70,7 +72,7 @@ func Start[M any](limit int, recv func() (M, bool), handle func(M)) *Pool[M] {
 		recv:    recv,
 		handle:  handle,
 		max:     limit,
-		base:    min(limit, runtime.GOMAXPROCS(0)),
+		base:    min(limit, max(2, runtime.GOMAXPROCS(0))),
 		wake:    make(chan struct{}, 1),
 		quit:    make(chan struct{}),
 		workers: make(map[*worker]struct{}),
@@ -104,21 +106,22 @@ func (p *Pool[M]) spawnLocked() {
 func (p *Pool[M]) work(w *worker) {
 	defer p.wg.Done()
 	for {
+		p.receiving.Add(1)
 		m, ok := p.recv()
+		last := p.receiving.Add(-1) == 0
 		if !ok {
 			p.retire(w, true)
 			return
 		}
 		w.started.Store(p.tick.Load() + 1)
-		p.running.Add(1)
-		if p.idle.Load() && p.idle.CompareAndSwap(true, false) {
+		if last && p.idle.Load() && p.idle.CompareAndSwap(true, false) {
+			// Nobody receives while this handler runs: watch it.
 			select {
 			case p.wake <- struct{}{}:
 			default:
 			}
 		}
 		p.handle(m)
-		p.running.Add(-1)
 		w.started.Store(0)
 		if p.alive.Load() > p.want.Load() && p.retire(w, false) {
 			return
@@ -143,8 +146,8 @@ func (p *Pool[M]) retire(w *worker, end bool) bool {
 	return true
 }
 
-// watch ticks while handlers run, and keeps base + (handlers running for
-// longer than a tick) goroutines alive, up to the limit.
+// watch ticks while no goroutine receives, and keeps base + (handlers
+// running for longer than a tick) goroutines alive, up to the limit.
 func (p *Pool[M]) watch() {
 	defer p.wg.Done()
 	t := time.NewTimer(Tick)
@@ -168,8 +171,8 @@ func (p *Pool[M]) watch() {
 	}
 }
 
-// check is one tick of the watchdog. It reports false when no handler
-// runs, so the watchdog may sleep until one starts.
+// check is one tick of the watchdog. It reports false when a goroutine
+// waits for a message, so the watchdog may sleep until none does.
 func (p *Pool[M]) check() bool {
 	now := p.tick.Add(1)
 	p.mu.Lock()
@@ -187,11 +190,11 @@ func (p *Pool[M]) check() bool {
 		p.spawnLocked()
 	}
 	p.mu.Unlock()
-	if p.running.Load() > 0 {
+	if p.receiving.Load() == 0 {
 		return true
 	}
 	p.idle.Store(true)
-	// A handler that started between the load and the store found the
-	// watchdog busy and sent no wake-up: look again.
-	return p.running.Load() > 0 && p.idle.CompareAndSwap(true, false)
+	// A goroutine that took a message between the load and the store
+	// found the watchdog busy and sent no wake-up: look again.
+	return p.receiving.Load() == 0 && p.idle.CompareAndSwap(true, false)
 }

@@ -86,7 +86,7 @@ func TestBlockedHandlersGetGoroutinesUpToTheLimit(t *testing.T) {
 // its base.
 func TestPoolShrinksAfterLongHandlers(t *testing.T) {
 	const limit = 32
-	base := min(limit, runtime.GOMAXPROCS(0))
+	base := min(limit, max(2, runtime.GOMAXPROCS(0)))
 	src := make(source)
 	release := make(chan struct{})
 	p := Start(limit, src.recv, func(m int) {
@@ -119,7 +119,7 @@ func TestPoolShrinksAfterLongHandlers(t *testing.T) {
 // handler) may add one for a moment; it retires again.
 func TestFastHandlersKeepTheBase(t *testing.T) {
 	const limit = 64
-	base := min(limit, runtime.GOMAXPROCS(0))
+	base := min(limit, max(2, runtime.GOMAXPROCS(0)))
 	src := make(source, 1024)
 	var maxSize atomic.Int32
 	var p *Pool[int]
@@ -156,4 +156,24 @@ func TestLimitBelowGOMAXPROCS(t *testing.T) {
 	close(src)
 	p.Wait()
 	assert.Equal(t, int32(1), peak.Load())
+}
+
+// Under light load some goroutine always waits for the next message, so
+// the watchdog sleeps instead of ticking.
+func TestWatchdogSleepsUnderLightLoad(t *testing.T) {
+	src := make(source)
+	done := make(chan struct{})
+	p := Start(8, src.recv, func(int) { done <- struct{}{} })
+	const n = 200
+	for i := range n {
+		src <- i
+		<-done
+		time.Sleep(100 * time.Microsecond) // let the handler's goroutine go back to recv
+	}
+	close(src)
+	p.Wait()
+	// A goroutine scheduled late can leave nobody receiving for a moment
+	// and wake the watchdog for a tick or two; ticking through the run
+	// would take n/10 ticks and more.
+	assert.Less(t, p.tick.Load(), int64(n/10), "watchdog ticks during %d sequential calls", n)
 }
