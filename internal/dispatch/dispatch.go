@@ -41,13 +41,13 @@ type Pool[M any] struct {
 	max    int
 	base   int
 
-	tick    atomic.Int64 // watchdog ticks so far
+	tick      atomic.Int64 // watchdog ticks so far
 	receiving atomic.Int32 // goroutines waiting in recv
-	want    atomic.Int32 // goroutines wanted: base + long-running handlers
-	alive   atomic.Int32 // goroutines receiving or handling
-	idle    atomic.Bool  // the watchdog waits for wake
-	wake    chan struct{}
-	quit    chan struct{} // closed once the last goroutine retired for good
+	want      atomic.Int32 // goroutines wanted: base + long-running handlers
+	alive     atomic.Int32 // goroutines receiving or handling
+	idle      atomic.Bool  // the watchdog waits for wake
+	wake      chan struct{}
+	quit      chan struct{} // closed once the last goroutine retired for good
 
 	mu       sync.Mutex
 	workers  map[*worker]struct{}
