@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -380,4 +381,107 @@ func TestNotConfirmed(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "not confirmed by the broker")
 	assert.Less(t, time.Since(start), 5*time.Second, "a refused request fails at once, not at its deadline")
+}
+
+// TestStopRequeuesUnstarted: a server holding more prefetched requests than
+// it runs at once hands those it did not start back to the queue on Stop,
+// where another server of the subject serves them; the one in flight
+// finishes on the stopping server.
+func TestStopRequeuesUnstarted(t *testing.T) {
+	url := testenv.AMQPURL(t)
+	const n = 8
+	subj := "requeue-" + broker.NewID()
+	a := open(t, url, amqp.WithPrefetch(n))
+	started := make(chan struct{}, n)
+	release := make(chan struct{})
+	var servedA atomic.Int64
+	subA := serve(t, a, subj, func(_ context.Context, req *broker.Message) (*broker.Message, error) {
+		servedA.Add(1)
+		started <- struct{}{}
+		<-release
+		return &broker.Message{Body: []byte("a")}, nil
+	}, broker.WithConcurrency(1))
+
+	client := open(t, url)
+	replies := make(chan string, n)
+	for range n {
+		go func() {
+			rep, err := client.Request(ctxT(t, 20*time.Second), &broker.Message{Subject: subj})
+			if err != nil {
+				replies <- err.Error()
+				return
+			}
+			replies <- string(rep.Body)
+		}()
+	}
+	<-started
+	// Let RabbitMQ push the other requests to the only consumer's prefetch.
+	time.Sleep(300 * time.Millisecond)
+	assert.Equal(t, int64(1), servedA.Load(), "a server with concurrency 1 ran two handlers at once")
+
+	b := open(t, url)
+	serve(t, b, subj, func(_ context.Context, _ *broker.Message) (*broker.Message, error) {
+		return &broker.Message{Body: []byte("b")}, nil
+	})
+	stopped := make(chan error, 1)
+	go func() { stopped <- subA.Stop(ctxT(t, 10*time.Second)) }()
+	time.Sleep(100 * time.Millisecond)
+	close(release)
+	require.NoError(t, <-stopped)
+
+	got := map[string]int{}
+	for range n {
+		got[<-replies]++
+	}
+	assert.Equal(t, map[string]int{"a": 1, "b": n - 1}, got)
+	assert.Equal(t, int64(1), servedA.Load())
+}
+
+// TestSlowHandlersRunConcurrently: handlers that block run side by side up
+// to the concurrency, and no further.
+func TestSlowHandlersRunConcurrently(t *testing.T) {
+	url := testenv.AMQPURL(t)
+	const limit = 6
+	subj := "slow-" + broker.NewID()
+	srv := open(t, url)
+	var running, peak atomic.Int64
+	all := make(chan struct{})
+	var allOnce sync.Once
+	serve(t, srv, subj, func(_ context.Context, _ *broker.Message) (*broker.Message, error) {
+		n := running.Add(1)
+		for {
+			old := peak.Load()
+			if n <= old || peak.CompareAndSwap(old, n) {
+				break
+			}
+		}
+		if n == limit {
+			allOnce.Do(func() { close(all) })
+		}
+		select {
+		case <-all:
+		case <-time.After(5 * time.Second):
+		}
+		time.Sleep(20 * time.Millisecond) // room for a handler beyond the limit to start
+		running.Add(-1)
+		return &broker.Message{}, nil
+	}, broker.WithConcurrency(limit))
+
+	client := open(t, url)
+	errs := make(chan error, 2*limit)
+	for range 2 * limit {
+		go func() {
+			_, err := client.Request(ctxT(t, 20*time.Second), &broker.Message{Subject: subj})
+			errs <- err
+		}()
+	}
+	for range 2 * limit {
+		require.NoError(t, <-errs)
+	}
+	select {
+	case <-all:
+	default:
+		t.Fatalf("at most %d of %d blocked handlers ran at once", peak.Load(), limit)
+	}
+	assert.Equal(t, int64(limit), peak.Load())
 }

@@ -11,6 +11,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/internal/dispatch"
 )
 
 // Serve implements broker.Broker. It declares the request queue, sets the
@@ -43,14 +44,13 @@ func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOpt
 		prefetch = cfg.Concurrency
 	}
 	sub := &subscription{
-		b:        b,
-		subject:  subject,
-		queue:    cfg.Queue,
-		h:        h,
-		prefetch: prefetch,
-		sem:      make(chan struct{}, cfg.Concurrency),
-		stopping: make(chan struct{}),
-		done:     make(chan struct{}),
+		b:           b,
+		subject:     subject,
+		queue:       cfg.Queue,
+		h:           h,
+		prefetch:    prefetch,
+		concurrency: cfg.Concurrency,
+		done:        make(chan struct{}),
 	}
 	sub.ctx, sub.cancel = context.WithCancel(b.ctx)
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.dialTimeout)
@@ -84,16 +84,14 @@ type subscription struct {
 	subject, queue string
 	h              broker.Handler
 	prefetch       int
-	sem            chan struct{}  // bounds handlers in flight to the concurrency
-	handlers       sync.WaitGroup // every handler goroutine, across reconnections
+	concurrency    int            // handlers running at once, at most
+	handlers       sync.WaitGroup // every consumer's pool and channel, across reconnections
 
 	// ctx ends with Stop or Close and bounds resuming; handlers' contexts
 	// derive from the broker's instead, since Stop drains them.
-	ctx      context.Context
-	cancel   context.CancelFunc
-	stopOnce sync.Once
-	stopping chan struct{} // closed by Stop
-	done     chan struct{} // closed when the consumer and all handlers ended
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the consumer and all handlers ended
 }
 
 var _ broker.Subscription = (*subscription)(nil)
@@ -104,10 +102,7 @@ var _ broker.Subscription = (*subscription)(nil)
 // for other servers. In fast mode the auto-delete queue disappears with its
 // last server, and requests still in it with it.
 func (sub *subscription) Stop(ctx context.Context) error {
-	sub.stopOnce.Do(func() {
-		close(sub.stopping)
-		sub.cancel()
-	})
+	sub.cancel()
 	select {
 	case <-sub.done:
 		return nil
@@ -180,15 +175,16 @@ func (sub *subscription) run(c consumer) {
 	defer sub.handlers.Wait()
 	defer sub.cancel()
 	for {
-		var round sync.WaitGroup
-		stopped := sub.consume(c, &round)
+		sub.handlers.Add(1) // done when the pool and the channel are
+		pool, stopped := sub.consume(c)
 		if stopped {
 			// Drain: no new deliveries, and the handlers acknowledge on
 			// the channel, so it closes after them; closing it returns
 			// deliveries prefetched but not started to the queue.
 			_ = c.ch.Cancel(c.tag, false)
-			round.Wait()
+			pool.Wait()
 			_ = c.ch.Close()
+			sub.handlers.Done()
 			return
 		}
 		// The channel or connection is gone (or the queue was deleted):
@@ -196,8 +192,9 @@ func (sub *subscription) run(c consumer) {
 		b.wg.Add(1)
 		go func(ch *amqp091.Channel) {
 			defer b.wg.Done()
-			round.Wait()
+			pool.Wait()
 			_ = ch.Close()
+			sub.handlers.Done()
 		}(c.ch)
 		b.cfg.logger.Warn("amqp: consumer lost; resuming", "queue", sub.queue)
 		for attempt := 0; ; attempt++ {
@@ -217,37 +214,41 @@ func (sub *subscription) run(c consumer) {
 	}
 }
 
-// consume dispatches deliveries to handlers until the delivery channel
-// closes (false) or Stop or Close (true).
-func (sub *subscription) consume(c consumer, round *sync.WaitGroup) bool {
-	b := sub.b
-	for {
+// consume serves c's deliveries on a dispatch pool until the delivery
+// channel closes (stopped false) or Stop or Close (stopped true). The pool's
+// goroutines receive deliveries and handle them themselves, so under load a
+// delivery costs no goroutine start and no hand-off; the pool bounds the
+// handlers running at once to the concurrency. Its Wait returns once the
+// handlers of c are done: the channel they acknowledge on may close then.
+func (sub *subscription) consume(c consumer) (pool *dispatch.Pool[amqp091.Delivery], stopped bool) {
+	lost := make(chan struct{})
+	var lostOnce sync.Once
+	// sub.ctx ends with Stop and with Close.
+	stop := sub.ctx.Done()
+	recv := func() (amqp091.Delivery, bool) {
 		select {
 		case d, ok := <-c.deliveries:
 			if !ok {
-				return false
+				lostOnce.Do(func() { close(lost) })
+				return d, false
 			}
 			select {
-			case sub.sem <- struct{}{}:
-			case <-sub.stopping:
+			case <-stop:
 				// Not started: closing the channel requeues it.
-				return true
-			case <-b.ctx.Done():
-				return true
+				return d, false
+			default:
+				return d, true
 			}
-			round.Add(1)
-			sub.handlers.Add(1)
-			go func() {
-				defer sub.handlers.Done()
-				defer round.Done()
-				defer func() { <-sub.sem }()
-				sub.handle(c.ch, &d)
-			}()
-		case <-sub.stopping:
-			return true
-		case <-b.ctx.Done():
-			return true
+		case <-stop:
+			return amqp091.Delivery{}, false
 		}
+	}
+	pool = dispatch.Start(sub.concurrency, recv, func(d amqp091.Delivery) { sub.handle(c.ch, &d) })
+	select {
+	case <-lost:
+		return pool, false
+	case <-stop:
+		return pool, true
 	}
 }
 
