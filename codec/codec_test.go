@@ -12,6 +12,7 @@ import (
 	jsoncodec "github.com/mqrpc/mqrpc/codec/json"
 	msgpackcodec "github.com/mqrpc/mqrpc/codec/msgpack"
 	protocodec "github.com/mqrpc/mqrpc/codec/proto"
+	rawcodec "github.com/mqrpc/mqrpc/codec/raw"
 )
 
 type sample struct {
@@ -47,6 +48,38 @@ func TestRoundTrip(t *testing.T) {
 		assert.Equal(t, in.AsMap(), out.AsMap())
 	})
 }
+
+func TestRawPassesBytesThrough(t *testing.T) {
+	c := rawcodec.Codec{}
+	in := []byte{0, 1, 0xff}
+	b, err := c.Marshal(in)
+	require.NoError(t, err)
+	assert.Equal(t, in, b)
+	for _, v := range []any{&in, "\x00\x01\xff", ptr("\x00\x01\xff")} {
+		b, err := c.Marshal(v)
+		require.NoError(t, err, "%T", v)
+		assert.Equal(t, in, b, "%T", v)
+	}
+
+	buf := make([]byte, 0, 16)
+	require.NoError(t, c.Unmarshal(in, &buf))
+	assert.Equal(t, in, buf)
+	in[0] = 9
+	assert.Equal(t, byte(0), buf[0], "Unmarshal copies: a broker may reuse the body")
+	var s string
+	require.NoError(t, c.Unmarshal([]byte("hi"), &s))
+	assert.Equal(t, "hi", s)
+	var empty []byte
+	require.NoError(t, c.Unmarshal(nil, &empty))
+	assert.Empty(t, empty)
+
+	_, err = c.Marshal(&sample{})
+	assert.ErrorIs(t, err, codec.ErrUnsupported)
+	assert.ErrorIs(t, c.Unmarshal(in, &sample{}), codec.ErrUnsupported)
+	assert.ErrorIs(t, c.Unmarshal(in, (*[]byte)(nil)), codec.ErrUnsupported)
+}
+
+func ptr[T any](v T) *T { return &v }
 
 func TestProtoRefusesNonProto(t *testing.T) {
 	c := protocodec.Codec{}

@@ -1,8 +1,10 @@
 package rpc_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 	jsoncodec "github.com/mqrpc/mqrpc/codec/json"
 	msgpackcodec "github.com/mqrpc/mqrpc/codec/msgpack"
 	protocodec "github.com/mqrpc/mqrpc/codec/proto"
+	rawcodec "github.com/mqrpc/mqrpc/codec/raw"
 	"github.com/mqrpc/mqrpc/rpc"
 
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -58,6 +61,27 @@ func TestCallCodecs(t *testing.T) {
 			assert.Empty(t, reply.Get("content-type"), "a reply in the request's codec does not name it again")
 		})
 	}
+}
+
+// Bytes that are already encoded pass through a call with the raw codec,
+// to a raw method and to a typed one.
+func TestRawBytes(t *testing.T) {
+	srv, _, b := newPair(t, []rpc.ServerOption{rpc.WithCodecs(jsoncodec.Codec{}, rawcodec.Codec{})})
+	require.NoError(t, rpc.HandleRaw(srv, "Upper", func(_ context.Context, body []byte) ([]byte, error) {
+		return bytes.ToUpper(body), nil
+	}))
+	require.NoError(t, rpc.Handle(srv, "Len", func(_ context.Context, in *[]byte) (*[]byte, error) {
+		out := []byte(strconv.Itoa(len(*in)))
+		return &out, nil
+	}))
+	c := rpc.NewClient(b, rpc.WithCodec(rawcodec.Codec{}))
+	var out []byte
+	require.NoError(t, c.Call(context.Background(), "calc", "Upper", []byte("abc\x00"), &out))
+	assert.Equal(t, []byte("ABC\x00"), out)
+	require.NoError(t, c.Call(context.Background(), "calc", "Len", "four", &out))
+	assert.Equal(t, "4", string(out))
+	err := c.Call(context.Background(), "calc", "Upper", 42, &out)
+	assert.Equal(t, rpc.InvalidArgument, rpc.CodeOf(err), "%v", err)
 }
 
 // A reply names its codec when the request did not name it the same way.
