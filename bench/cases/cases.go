@@ -20,6 +20,7 @@ import (
 	"github.com/mqrpc/mqrpc/codec"
 	jsoncodec "github.com/mqrpc/mqrpc/codec/json"
 	msgpackcodec "github.com/mqrpc/mqrpc/codec/msgpack"
+	rawcodec "github.com/mqrpc/mqrpc/codec/raw"
 	"github.com/mqrpc/mqrpc/rpc"
 )
 
@@ -87,6 +88,7 @@ func checkEcho(req, rep []byte) error {
 type mqrpcTarget struct {
 	cli     *rpc.Client
 	service string
+	raw     bool // bytes in and out (newMQRPCRaw)
 	closers []func() error
 }
 
@@ -115,11 +117,44 @@ func newMQRPC(cd codec.Codec, cliB, srvB broker.Broker, service string, closers 
 }
 
 func (t *mqrpcTarget) Call(ctx context.Context, p []byte) error {
+	if t.raw {
+		var out []byte
+		if err := t.cli.Call(ctx, t.service, Method, p, &out); err != nil {
+			return err
+		}
+		return checkEcho(p, out)
+	}
 	var out Echo
 	if err := t.cli.Call(ctx, t.service, Method, &Echo{Data: p}, &out); err != nil {
 		return err
 	}
 	return checkEcho(p, out.Data)
+}
+
+// newMQRPCRaw is newMQRPC with bytes in and out, the same work as the raw
+// client's: the caller's bytes go out as the body (the raw codec), the
+// server echoes the body with rpc.HandleRaw, and the reply body is copied
+// into the caller's slice.
+func newMQRPCRaw(cliB, srvB broker.Broker, service string, closers ...func() error) (*mqrpcTarget, error) {
+	srv := rpc.NewServer(rpc.WithCodecs(rawcodec.Codec{}))
+	if err := rpc.HandleRaw(srv, Method, func(_ context.Context, body []byte) ([]byte, error) { return body, nil }); err != nil {
+		return nil, err
+	}
+	sub, err := srvB.Serve(service, srv)
+	if err != nil {
+		return nil, err
+	}
+	stop := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return sub.Stop(ctx)
+	}
+	return &mqrpcTarget{
+		cli:     rpc.NewClient(cliB, rpc.WithCodec(rawcodec.Codec{})),
+		service: service,
+		raw:     true,
+		closers: append([]func() error{stop}, closers...),
+	}, nil
 }
 
 func (t *mqrpcTarget) Close() error {

@@ -20,6 +20,7 @@ func NATS(cfg Config) []harness.Case {
 	return []harness.Case{
 		{Group: "nats", Name: "nats.go Request", Role: harness.RoleRaw, Setup: cfg.natsRaw},
 		{Group: "nats", Name: "mqrpc", Role: harness.RoleMQRPC, Setup: cfg.natsMQRPC},
+		{Group: "nats", Name: "mqrpc, raw bytes", Role: harness.RoleMQRPC, Setup: cfg.natsMQRPCRaw},
 		{Group: "nats", Name: "go-kit transport/nats", Role: harness.RolePeer, Setup: cfg.natsGoKit},
 	}
 }
@@ -97,6 +98,25 @@ func (c Config) natsMQRPC(context.Context) (harness.Target, error) {
 		return nil, err
 	}
 	t, err := newMQRPC(c.Codec, cliB, srvB, subject("mqbench"), cliB.Close, srvB.Close)
+	if err != nil {
+		_ = cliB.Close()
+		_ = srvB.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+func (c Config) natsMQRPCRaw(context.Context) (harness.Target, error) {
+	srvB, err := mqnats.New(mqnats.WithURL(c.NATSURL), mqnats.WithName("mqbench-server"))
+	if err != nil {
+		return nil, err
+	}
+	cliB, err := mqnats.New(mqnats.WithURL(c.NATSURL), mqnats.WithName("mqbench-client"))
+	if err != nil {
+		_ = srvB.Close()
+		return nil, err
+	}
+	t, err := newMQRPCRaw(cliB, srvB, subject("mqbench"), cliB.Close, srvB.Close)
 	if err != nil {
 		_ = cliB.Close()
 		_ = srvB.Close()
