@@ -84,8 +84,12 @@ func Start[M any](limit int, recv func() (M, bool), handle func(M)) *Pool[M] {
 		p.spawnLocked()
 	}
 	p.mu.Unlock()
-	p.wg.Add(1)
-	go p.watch()
+	if p.max > p.base {
+		p.wg.Add(1)
+		go p.watch()
+	} else {
+		p.idle.Store(false) // no watchdog: the pool cannot grow
+	}
 	return p
 }
 
