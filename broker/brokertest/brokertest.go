@@ -78,6 +78,7 @@ func Run(t *testing.T, f Features, newBroker NewBroker) {
 		{"HandlerContext", s.testHandlerContext},
 		{"OneWay", s.testOneWay},
 		{"ConcurrentCalls", s.testConcurrentCalls},
+		{"ConcurrencyLimit", s.testConcurrencyLimit},
 		{"CompetingServers", s.testCompetingServers},
 		{"QueueGroups", s.testQueueGroups},
 		{"NoResponders", s.testNoResponders},
@@ -301,6 +302,52 @@ func (s *suite) testConcurrentCalls(t *testing.T) {
 		break
 	}
 	assert.Zero(t, failed.Load(), "failed calls out of %d", n)
+}
+
+// testConcurrencyLimit checks WithConcurrency both ways: handlers that wait
+// for each other all run at once up to the limit, and never more than the
+// limit run at once.
+func (s *suite) testConcurrencyLimit(t *testing.T) {
+	const limit, n = 4, 12
+	b := s.open(t)
+	subj := subject(t)
+	var running, peak atomic.Int32
+	full := make(chan struct{})
+	var fullOnce sync.Once
+	s.serve(t, b, subj, func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+		now := running.Add(1)
+		defer running.Add(-1)
+		for {
+			old := peak.Load()
+			if now <= old || peak.CompareAndSwap(old, now) {
+				break
+			}
+		}
+		if now == limit {
+			fullOnce.Do(func() { close(full) })
+		}
+		// Wait (bounded) until limit handlers run at once, then give
+		// the other requests time to show they are held back.
+		select {
+		case <-full:
+		case <-time.After(s.f.Timeout / 2):
+		case <-ctx.Done():
+		}
+		time.Sleep(20 * time.Millisecond)
+		return echo(ctx, req)
+	}, broker.WithConcurrency(limit))
+	ctx := s.ctx(t)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := b.Request(ctx, &broker.Message{Subject: subj, Body: []byte("x")})
+			assert.NoError(t, err)
+		}()
+	}
+	wg.Wait()
+	assert.Equal(t, int32(limit), peak.Load(), "handlers running at once with WithConcurrency(%d)", limit)
 }
 
 func (s *suite) testCompetingServers(t *testing.T) {
