@@ -152,7 +152,7 @@ func hasASCIIUpper(s string) bool {
 // encoding, and asserts it comes back the same.
 func checkOutbound(t *testing.T, req *primitive.MessageExt, got *broker.Message) {
 	t.Helper()
-	rm, err := rocketMessage(got.Subject, got, got.Deadline)
+	rm, _, err := rocketMessage(got.Subject, got, got.Deadline, 0)
 	require.NoError(t, err, "a received message cannot be sent on")
 	back := &primitive.Message{}
 	back.UnmarshalProperties([]byte(rm.MarshallProperties()))
@@ -179,7 +179,7 @@ func checkOutbound(t *testing.T, req *primitive.MessageExt, got *broker.Message)
 		return
 	}
 	reply := &broker.Message{ID: "r", Header: got.Header, Body: got.Body}
-	rm, err = replyMessage(req, reply)
+	rm, _, err = replyMessage(req, reply)
 	require.NoError(t, err)
 	assert.Equal(t, msgTypeReply, rm.GetProperty(propMsgType))
 	assert.Equal(t, req.GetProperty(propCorrelationID), rm.GetProperty(propCorrelationID))

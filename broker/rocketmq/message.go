@@ -101,13 +101,28 @@ func checkHeader(name, value string) error {
 
 // toProperties builds the property map of an outgoing message: headers
 // under their lower-case names, the ID as KEYS, the method as TAGS and the
-// deadline as mqrpc-deadline plus TTL.
+// deadline as mqrpc-deadline plus TTL. extra is how many more properties
+// the map will receive (from the caller and from the client as it sends):
+// a map sized for all of them never grows.
 //
 // The map is handed to primitive.Message.WithProperties as a whole because
 // WithProperty silently drops empty values, and an empty header value is
 // still a header.
 func toProperties(m *broker.Message, deadline time.Time, extra int) (map[string]string, error) {
-	props := make(map[string]string, len(m.Header)+4+extra)
+	n := len(m.Header) + extra
+	if m.ID != "" {
+		n++ // KEYS
+	}
+	if _, ok := m.Header[broker.HeaderMethod]; ok {
+		n++ // TAGS
+	}
+	if !deadline.IsZero() {
+		n += 2 // mqrpc-deadline, TTL
+	}
+	if len(m.Body) == 0 {
+		n++ // propEmptyBody
+	}
+	props := make(map[string]string, n)
 	for k, v := range m.Header {
 		name := strings.ToLower(k)
 		if err := checkHeader(name, v); err != nil {
@@ -135,6 +150,17 @@ func toProperties(m *broker.Message, deadline time.Time, extra int) (map[string]
 	return props, nil
 }
 
+// wireSize is the size a message with body and props takes in RocketMQ's
+// property encoding (name 0x01 value 0x02), the measure of the broker's
+// maxMessageSize.
+func wireSize(body []byte, props map[string]string) int {
+	n := len(body)
+	for k, v := range props {
+		n += len(k) + len(v) + 2
+	}
+	return n
+}
+
 // ttlSeconds rounds d up to whole seconds, at least 1: RocketMQ's TTL is in
 // seconds and "0" would read as already expired.
 func ttlSeconds(d time.Duration) int64 {
@@ -146,11 +172,20 @@ func ttlSeconds(d time.Duration) int64 {
 }
 
 // fromProperties builds a broker.Message from a received message's
-// properties and body. It copies the body, since the client may reuse it.
+// properties and body. The body is not copied: the client decodes every
+// response into a buffer of its own and never reuses it.
 func fromProperties(topic string, props map[string]string, body []byte) (*broker.Message, error) {
 	m := &broker.Message{Subject: topic, ID: props[propKeys]}
 	if len(body) > 0 && props[propEmptyBody] == "" {
 		m.Body = body
+	}
+	// Most properties are RocketMQ's own: size the header map for the
+	// headers alone.
+	n := 0
+	for k := range props {
+		if headerName(k) && k != broker.HeaderDeadline {
+			n++
+		}
 	}
 	var err error
 	for k, v := range props {
@@ -162,35 +197,47 @@ func fromProperties(topic string, props map[string]string, body []byte) (*broker
 			continue
 		}
 		if m.Header == nil {
-			m.Header = make(broker.Header, len(props))
+			m.Header = make(broker.Header, n)
 		}
 		m.Header[k] = v
 	}
 	return m, err
 }
 
-// rocketMessage converts m into a RocketMQ message for topic.
-func rocketMessage(topic string, m *broker.Message, deadline time.Time) (*primitive.Message, error) {
-	props, err := toProperties(m, deadline, 1)
+// Properties rocketmq-client-go adds to a message as it sends it: UNIQ_KEY
+// to every message, and CORRELATION_ID and REPLY_TO_CLIENT to a request
+// (and TTL when the request has none).
+const (
+	clientSendProps    = 1
+	clientRequestProps = 3
+)
+
+// rocketMessage converts m into a RocketMQ message for topic, with room
+// for extra more properties, and returns its size (wireSize).
+func rocketMessage(topic string, m *broker.Message, deadline time.Time, extra int) (*primitive.Message, int, error) {
+	props, err := toProperties(m, deadline, extra)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	rm := &primitive.Message{Topic: topic, Body: wireBody(m.Body, props)}
+	size := wireSize(rm.Body, props)
 	rm.WithProperties(props)
-	return rm, nil
+	return rm, size, nil
 }
 
 // replyMessage builds the reply to req by hand instead of with
 // consumer.CreateReplyMessage, which drops the body (it parses the body as
 // properties and never sets Message.Body: rocketmq-client-go #890, #1046).
-func replyMessage(req *primitive.MessageExt, reply *broker.Message) (*primitive.Message, error) {
+// It returns the reply's size (wireSize).
+func replyMessage(req *primitive.MessageExt, reply *broker.Message) (*primitive.Message, int, error) {
 	cluster := req.GetProperty(propCluster)
 	if cluster == "" {
-		return nil, errors.New("rocketmq: request carries no CLUSTER property; the broker is too old for request-reply")
+		return nil, 0, errors.New("rocketmq: request carries no CLUSTER property; the broker is too old for request-reply")
 	}
-	props, err := toProperties(reply, time.Time{}, 5)
+	// + MSG_TYPE, CORRELATION_ID, REPLY_TO_CLIENT, TTL and the client's.
+	props, err := toProperties(reply, time.Time{}, 4+clientSendProps)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	props[propMsgType] = msgTypeReply
 	props[propCorrelationID] = req.GetProperty(propCorrelationID)
@@ -200,8 +247,9 @@ func replyMessage(req *primitive.MessageExt, reply *broker.Message) (*primitive.
 	}
 	delete(props, propTags)
 	rm := &primitive.Message{Topic: cluster + replyTopicSuffix, Body: wireBody(reply.Body, props)}
+	size := wireSize(rm.Body, props)
 	rm.WithProperties(props)
-	return rm, nil
+	return rm, size, nil
 }
 
 // wireBody returns the body to send, substituting emptyBody (and marking

@@ -243,13 +243,11 @@ func timeoutError(subject string, err error) error {
 	return fmt.Errorf("rocketmq: request to %s: %w (%w)", subject, broker.ErrTimeout, err)
 }
 
-func (b *Broker) checkSize(subject string, m *primitive.Message) error {
-	n := len(m.Body)
-	for k, v := range m.GetProperties() {
-		n += len(k) + len(v) + 2
-	}
-	if n > b.cfg.maxMessageSize {
-		return fmt.Errorf("rocketmq: message to %s is %d bytes, more than %d: %w", subject, n, b.cfg.maxMessageSize, broker.ErrMessageTooLarge)
+// checkSize fails a message of size bytes (wireSize) larger than the
+// configured maximum.
+func (b *Broker) checkSize(subject string, size int) error {
+	if size > b.cfg.maxMessageSize {
+		return fmt.Errorf("rocketmq: message to %s is %d bytes, more than %d: %w", subject, size, b.cfg.maxMessageSize, broker.ErrMessageTooLarge)
 	}
 	return nil
 }
@@ -293,11 +291,15 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 	if req.ID == "" {
 		req.ID = broker.NewID()
 	}
-	msg, err := rocketMessage(req.Subject, req, deadline)
+	extra := clientSendProps + clientRequestProps
+	if deadline.IsZero() {
+		extra++ // the client's TTL
+	}
+	msg, size, err := rocketMessage(req.Subject, req, deadline, extra)
 	if err != nil {
 		return nil, err
 	}
-	if err := b.checkSize(req.Subject, msg); err != nil {
+	if err := b.checkSize(req.Subject, size); err != nil {
 		return nil, err
 	}
 
@@ -461,11 +463,11 @@ func (b *Broker) Send(ctx context.Context, m *broker.Message) error {
 	if m.ID == "" {
 		m.ID = broker.NewID()
 	}
-	msg, err := rocketMessage(m.Subject, m, m.Deadline)
+	msg, size, err := rocketMessage(m.Subject, m, m.Deadline, clientSendProps)
 	if err != nil {
 		return err
 	}
-	if err := b.checkSize(m.Subject, msg); err != nil {
+	if err := b.checkSize(m.Subject, size); err != nil {
 		return err
 	}
 	if _, err := b.producer.SendSync(ctx, msg); err != nil {

@@ -336,11 +336,11 @@ func (b *Broker) reply(ctx context.Context, req *primitive.MessageExt, reply *br
 	if reply.ID == "" {
 		reply.ID = broker.NewID()
 	}
-	msg, err := replyMessage(req, reply)
+	msg, size, err := replyMessage(req, reply)
 	if err != nil {
 		return err
 	}
-	if err := b.checkSize(req.Topic, msg); err != nil {
+	if err := b.checkSize(req.Topic, size); err != nil {
 		return err
 	}
 	sendCtx := ctx
