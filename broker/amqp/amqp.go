@@ -80,7 +80,7 @@ func New(url string, opts ...Option) (*Broker, error) {
 		Vhost:           uri.Vhost,
 		Heartbeat:       cfg.heartbeat,
 		TLSClientConfig: cfg.tls,
-		Dial:            amqp091.DefaultDial(cfg.dialTimeout),
+		Dial:            batchDial(amqp091.DefaultDial(cfg.dialTimeout)),
 	}
 	if cfg.vhost != nil {
 		b.amq.Vhost = *cfg.vhost
