@@ -284,7 +284,7 @@ func (sub *subscription) handle(ch *amqp091.Channel, d *amqp091.Delivery) {
 			sub.fail(ch, d, fmt.Errorf("reply: %w: %d bytes, limit %d", broker.ErrMessageTooLarge, len(reply.Body), b.cfg.maxSize))
 			return
 		}
-		p := toPublishing(reply, time.Time{}, time.Now(), false)
+		p := toReply(reply)
 		if p.MessageId == "" {
 			p.MessageId = broker.NewID()
 		}

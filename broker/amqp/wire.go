@@ -21,40 +21,61 @@ const (
 	headerError = "x-mqrpc-error"
 )
 
-// toPublishing maps m onto an AMQP message. The content-type header travels
-// as the content_type property, which plain AMQP clients read, and comes back
-// as the header on receipt, so the round trip is exact.
+// toPublishing maps m onto an AMQP request or one-way message, sent at now.
+// The content-type header travels as the content_type property, which plain
+// AMQP clients read, and comes back as the header on receipt, so the round
+// trip is exact.
 func toPublishing(m *broker.Message, deadline time.Time, now time.Time, persistent bool) amqp091.Publishing {
-	p := amqp091.Publishing{
-		MessageId: m.ID,
-		Body:      m.Body,
-		Timestamp: now,
-	}
+	p := mapMessage(m, deadline, now)
+	p.Timestamp = now
 	p.DeliveryMode = amqp091.Transient
 	if persistent {
 		p.DeliveryMode = amqp091.Persistent
 	}
+	return p
+}
+
+// toReply maps a reply onto an AMQP message. A reply carries neither a
+// timestamp nor a delivery mode: nothing stores it (a direct reply-to
+// reply never touches a queue), and each property costs an encoding on
+// both ends of every call.
+func toReply(m *broker.Message) amqp091.Publishing {
+	return mapMessage(m, time.Time{}, time.Time{})
+}
+
+// mapMessage maps m's ID, body and headers, and the deadline (relative to
+// now) onto an AMQP message.
+func mapMessage(m *broker.Message, deadline time.Time, now time.Time) amqp091.Publishing {
+	p := amqp091.Publishing{
+		MessageId: m.ID,
+		Body:      m.Body,
+	}
 	n := len(m.Header)
 	if !deadline.IsZero() {
 		n++
-	}
-	if n > 0 {
-		p.Headers = make(amqp091.Table, n)
 	}
 	for k, v := range m.Header {
 		k = strings.ToLower(k)
 		switch {
 		case k == broker.HeaderContentType && v != "":
 			p.ContentType = v
+			n--
 		case k == broker.HeaderDeadline:
 			// The field is authoritative; a stale header is not copied.
+			n--
 		default:
 			// An empty content-type stays a header: an empty property
 			// would not come back as a header.
+			if p.Headers == nil {
+				p.Headers = make(amqp091.Table, n)
+			}
 			p.Headers[k] = v
 		}
 	}
 	if !deadline.IsZero() {
+		if p.Headers == nil {
+			p.Headers = make(amqp091.Table, 1)
+		}
 		p.Headers[broker.HeaderDeadline] = broker.FormatDeadline(deadline)
 		// Rounded up so RabbitMQ never drops a request before its caller
 		// gave up; servers compare against the exact header anyway.
