@@ -245,6 +245,7 @@ func (s *subscription) begin() bool {
 
 // consume is the push consumer's callback (batch size 1).
 func (s *subscription) consume(_ context.Context, msgs ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
+	reserveStack(0)
 	for _, m := range msgs {
 		if !s.begin() {
 			// Stopping: leave the message to the group's other servers. The
@@ -257,6 +258,27 @@ func (s *subscription) consume(_ context.Context, msgs ...*primitive.MessageExt)
 		}
 	}
 	return consumer.ConsumeSuccess, nil
+}
+
+// reserveStack makes the calling goroutine's stack large enough for a
+// typical handler while the stack is still shallow.
+//
+// rocketmq-client-go runs every delivery on a goroutine of its own, which
+// starts with a small stack (2 KiB, or the runtime's running average). A
+// handler that decodes, dispatches and encodes outgrows it, and the runtime
+// then grows the stack two or three times over, the last time deep inside
+// the handler, each time copying it and adjusting every frame: 8 µs per
+// request at 64 concurrent requests and 12-18 µs at one (an rpc server with
+// msgpack, 4 KiB bodies), on the path of every reply. A 4 KiB frame here,
+// a few frames below the goroutine's start, grows the stack once to 8 KiB,
+// which that handler fits in: 3-5 µs and 0-5 µs. Reserving more costs more
+// than it saves: the garbage collector shrinks (copies) a stack that is less
+// than a quarter used, as a 16 KiB one is while the reply is being sent.
+//
+//go:noinline
+func reserveStack(i int) byte {
+	var frame [4 << 10]byte
+	return frame[i]
 }
 
 // handleSafe is handle with the in-flight count released and a panicking
