@@ -19,7 +19,8 @@ import (
 func AMQP(cfg Config) []harness.Case {
 	return []harness.Case{
 		{Group: "amqp", Name: "amqp091-go direct reply-to", Role: harness.RoleRaw, Setup: cfg.amqpRaw},
-		{Group: "amqp", Name: "mqrpc", Role: harness.RoleMQRPC, Setup: cfg.amqpMQRPC},
+		{Group: "amqp", Name: "mqrpc", Role: harness.RoleMQRPC, Setup: cfg.amqpMQRPC(false)},
+		{Group: "amqp", Name: "mqrpc, raw bytes", Role: harness.RoleMQRPC, Setup: cfg.amqpMQRPC(true)},
 	}
 }
 
@@ -156,7 +157,12 @@ func (t *amqpRawTarget) Close() error {
 	return errors.Join(errs...)
 }
 
-func (c Config) amqpMQRPC(context.Context) (harness.Target, error) {
+// amqpMQRPC sets up mqrpc over RabbitMQ, typed or with raw bytes.
+func (c Config) amqpMQRPC(raw bool) func(context.Context) (harness.Target, error) {
+	return func(context.Context) (harness.Target, error) { return target(c.amqpMQRPCTarget(raw)) }
+}
+
+func (c Config) amqpMQRPCTarget(raw bool) (*mqrpcTarget, error) {
 	srvB, err := mqamqp.New(c.AMQPURL, mqamqp.WithConnectionName("mqbench-server"))
 	if err != nil {
 		return nil, err
@@ -166,7 +172,7 @@ func (c Config) amqpMQRPC(context.Context) (harness.Target, error) {
 		_ = srvB.Close()
 		return nil, err
 	}
-	t, err := newMQRPC(c.Codec, cliB, srvB, subject("mqbench"), cliB.Close, srvB.Close)
+	t, err := c.newTarget(raw, cliB, srvB, subject("mqbench"), cliB.Close, srvB.Close)
 	if err != nil {
 		_ = cliB.Close()
 		_ = srvB.Close()

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mqrpc/mqrpc/bench/harness"
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/codec"
 	jsoncodec "github.com/mqrpc/mqrpc/codec/json"
@@ -129,6 +130,23 @@ func (t *mqrpcTarget) Call(ctx context.Context, p []byte) error {
 		return err
 	}
 	return checkEcho(p, out.Data)
+}
+
+// target returns t as a harness.Target, and a nil Target (not a nil
+// *mqrpcTarget in one) with an error.
+func target(t *mqrpcTarget, err error) (harness.Target, error) {
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// newTarget is newMQRPC with the configured codec, or newMQRPCRaw.
+func (c Config) newTarget(raw bool, cliB, srvB broker.Broker, service string, closers ...func() error) (*mqrpcTarget, error) {
+	if raw {
+		return newMQRPCRaw(cliB, srvB, service, closers...)
+	}
+	return newMQRPC(c.Codec, cliB, srvB, service, closers...)
 }
 
 // newMQRPCRaw is newMQRPC with bytes in and out, the same work as the raw

@@ -19,8 +19,8 @@ import (
 func NATS(cfg Config) []harness.Case {
 	return []harness.Case{
 		{Group: "nats", Name: "nats.go Request", Role: harness.RoleRaw, Setup: cfg.natsRaw},
-		{Group: "nats", Name: "mqrpc", Role: harness.RoleMQRPC, Setup: cfg.natsMQRPC},
-		{Group: "nats", Name: "mqrpc, raw bytes", Role: harness.RoleMQRPC, Setup: cfg.natsMQRPCRaw},
+		{Group: "nats", Name: "mqrpc", Role: harness.RoleMQRPC, Setup: cfg.natsMQRPC(false)},
+		{Group: "nats", Name: "mqrpc, raw bytes", Role: harness.RoleMQRPC, Setup: cfg.natsMQRPC(true)},
 		{Group: "nats", Name: "go-kit transport/nats", Role: harness.RolePeer, Setup: cfg.natsGoKit},
 	}
 }
@@ -87,26 +87,12 @@ func (t *natsRawTarget) Close() error {
 	return nil
 }
 
-func (c Config) natsMQRPC(context.Context) (harness.Target, error) {
-	srvB, err := mqnats.New(mqnats.WithURL(c.NATSURL), mqnats.WithName("mqbench-server"))
-	if err != nil {
-		return nil, err
-	}
-	cliB, err := mqnats.New(mqnats.WithURL(c.NATSURL), mqnats.WithName("mqbench-client"))
-	if err != nil {
-		_ = srvB.Close()
-		return nil, err
-	}
-	t, err := newMQRPC(c.Codec, cliB, srvB, subject("mqbench"), cliB.Close, srvB.Close)
-	if err != nil {
-		_ = cliB.Close()
-		_ = srvB.Close()
-		return nil, err
-	}
-	return t, nil
+// natsMQRPC sets up mqrpc over NATS, typed or with raw bytes.
+func (c Config) natsMQRPC(raw bool) func(context.Context) (harness.Target, error) {
+	return func(context.Context) (harness.Target, error) { return target(c.natsMQRPCTarget(raw)) }
 }
 
-func (c Config) natsMQRPCRaw(context.Context) (harness.Target, error) {
+func (c Config) natsMQRPCTarget(raw bool) (*mqrpcTarget, error) {
 	srvB, err := mqnats.New(mqnats.WithURL(c.NATSURL), mqnats.WithName("mqbench-server"))
 	if err != nil {
 		return nil, err
@@ -116,7 +102,7 @@ func (c Config) natsMQRPCRaw(context.Context) (harness.Target, error) {
 		_ = srvB.Close()
 		return nil, err
 	}
-	t, err := newMQRPCRaw(cliB, srvB, subject("mqbench"), cliB.Close, srvB.Close)
+	t, err := c.newTarget(raw, cliB, srvB, subject("mqbench"), cliB.Close, srvB.Close)
 	if err != nil {
 		_ = cliB.Close()
 		_ = srvB.Close()

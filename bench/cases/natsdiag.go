@@ -69,11 +69,10 @@ type natsServerOnly struct {
 }
 
 func (c Config) natsMQRPCServerOnly(ctx context.Context) (harness.Target, error) {
-	mt, err := c.natsMQRPC(ctx)
+	mq, err := c.natsMQRPCTarget(false)
 	if err != nil {
 		return nil, err
 	}
-	mq := mt.(*mqrpcTarget)
 	cli, err := natsgo.Connect(c.NATSURL)
 	if err != nil {
 		_ = mq.Close()

@@ -29,7 +29,8 @@ import (
 func RocketMQ(cfg Config) []harness.Case {
 	return []harness.Case{
 		{Group: "rocketmq", Name: "rocketmq-client-go Request", Role: harness.RoleRaw, Setup: cfg.rocketRaw},
-		{Group: "rocketmq", Name: "mqrpc", Role: harness.RoleMQRPC, Setup: cfg.rocketMQRPC},
+		{Group: "rocketmq", Name: "mqrpc", Role: harness.RoleMQRPC, Setup: cfg.rocketMQRPC(false)},
+		{Group: "rocketmq", Name: "mqrpc, raw bytes", Role: harness.RoleMQRPC, Setup: cfg.rocketMQRPC(true)},
 	}
 }
 
@@ -199,7 +200,12 @@ func (t *rocketRawTarget) Close() error {
 	return nil
 }
 
-func (c Config) rocketMQRPC(ctx context.Context) (harness.Target, error) {
+// rocketMQRPC sets up mqrpc over RocketMQ, typed or with raw bytes.
+func (c Config) rocketMQRPC(raw bool) func(context.Context) (harness.Target, error) {
+	return func(ctx context.Context) (harness.Target, error) { return target(c.rocketMQRPCTarget(ctx, raw)) }
+}
+
+func (c Config) rocketMQRPCTarget(ctx context.Context, raw bool) (*mqrpcTarget, error) {
 	service := subject("mqbench")
 	if err := c.createTopic(ctx, service); err != nil {
 		return nil, err
@@ -213,7 +219,7 @@ func (c Config) rocketMQRPC(ctx context.Context) (harness.Target, error) {
 		_ = srvB.Close()
 		return nil, err
 	}
-	t, err := newMQRPC(c.Codec, cliB, srvB, service, cliB.Close, srvB.Close)
+	t, err := c.newTarget(raw, cliB, srvB, service, cliB.Close, srvB.Close)
 	if err != nil {
 		_ = cliB.Close()
 		_ = srvB.Close()
