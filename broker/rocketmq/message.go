@@ -179,14 +179,6 @@ func fromProperties(topic string, props map[string]string, body []byte) (*broker
 	if len(body) > 0 && props[propEmptyBody] == "" {
 		m.Body = body
 	}
-	// Most properties are RocketMQ's own: size the header map for the
-	// headers alone.
-	n := 0
-	for k := range props {
-		if headerName(k) && k != broker.HeaderDeadline {
-			n++
-		}
-	}
 	var err error
 	for k, v := range props {
 		if !headerName(k) {
@@ -197,7 +189,9 @@ func fromProperties(topic string, props map[string]string, body []byte) (*broker
 			continue
 		}
 		if m.Header == nil {
-			m.Header = make(broker.Header, n)
+			// Not sized like props, most of which are RocketMQ's own: a
+			// small map holds 8 headers without growing.
+			m.Header = make(broker.Header)
 		}
 		m.Header[k] = v
 	}
