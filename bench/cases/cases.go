@@ -101,6 +101,12 @@ func newMQRPC(cd codec.Codec, cliB, srvB broker.Broker, service string, closers 
 	if err := rpc.Handle(srv, Method, echo); err != nil {
 		return nil, err
 	}
+	return serveTarget(srv, cd, false, cliB, srvB, service, closers)
+}
+
+// serveTarget serves srv on srvB and returns a target calling it through
+// cliB with cd.
+func serveTarget(srv *rpc.Server, cd codec.Codec, raw bool, cliB, srvB broker.Broker, service string, closers []func() error) (*mqrpcTarget, error) {
 	sub, err := srvB.Serve(service, srv)
 	if err != nil {
 		return nil, err
@@ -113,6 +119,7 @@ func newMQRPC(cd codec.Codec, cliB, srvB broker.Broker, service string, closers 
 	return &mqrpcTarget{
 		cli:     rpc.NewClient(cliB, rpc.WithCodec(cd)),
 		service: service,
+		raw:     raw,
 		closers: append([]func() error{stop}, closers...),
 	}, nil
 }
@@ -158,21 +165,7 @@ func newMQRPCRaw(cliB, srvB broker.Broker, service string, closers ...func() err
 	if err := rpc.HandleRaw(srv, Method, func(_ context.Context, body []byte) ([]byte, error) { return body, nil }); err != nil {
 		return nil, err
 	}
-	sub, err := srvB.Serve(service, srv)
-	if err != nil {
-		return nil, err
-	}
-	stop := func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return sub.Stop(ctx)
-	}
-	return &mqrpcTarget{
-		cli:     rpc.NewClient(cliB, rpc.WithCodec(rawcodec.Codec{})),
-		service: service,
-		raw:     true,
-		closers: append([]func() error{stop}, closers...),
-	}, nil
+	return serveTarget(srv, rawcodec.Codec{}, true, cliB, srvB, service, closers)
 }
 
 func (t *mqrpcTarget) Close() error {
