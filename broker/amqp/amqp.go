@@ -39,6 +39,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/internal/redact"
 )
 
 // Broker is a broker.Broker over one RabbitMQ connection. It is safe for
@@ -74,7 +75,7 @@ func New(url string, opts ...Option) (*Broker, error) {
 	}
 	uri, err := amqp091.ParseURI(url)
 	if err != nil {
-		return nil, fmt.Errorf("amqp: parse url %s: %w", redactURL(url), parseError(url, err))
+		return nil, fmt.Errorf("amqp: parse url %s: %w", redact.URL(url), parseError(url, err))
 	}
 	b.amq = amqp091.Config{
 		Vhost:           uri.Vhost,
@@ -97,23 +98,6 @@ func New(url string, opts ...Option) (*Broker, error) {
 	b.wg.Add(1)
 	go b.supervise(s)
 	return b, nil
-}
-
-// redactURL hides a URL's user info for errors. It does not parse the URL:
-// a password that was not percent-encoded can spill out of what a parser
-// takes for the user info, so everything between the scheme and the last
-// '@' goes.
-func redactURL(raw string) string {
-	scheme, rest, ok := strings.Cut(raw, "://")
-	if !ok {
-		scheme, rest = "", raw
-	} else {
-		scheme += "://"
-	}
-	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
-		rest = "redacted@" + rest[at+1:]
-	}
-	return scheme + rest
 }
 
 // parseError is the cause of a URL that amqp091-go could not parse, without

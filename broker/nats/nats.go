@@ -36,6 +36,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/internal/redact"
 )
 
 // NATS header names used on the wire besides broker's shared ones.
@@ -142,24 +143,13 @@ func (b *Broker) onReconnect(nc *natsgo.Conn) {
 	}
 }
 
-// redactURLs joins urls for errors and logs with their user info hidden.
-// nats.go's ConnectedUrlRedacted hides only a password, but a URL's user
-// info alone is a token (nats://token@host), and a password that was not
-// percent-encoded can spill out of what net/url takes for the user info, so
-// everything before a URL's last '@' goes.
+// redactURLs joins urls for errors and logs with their user info hidden
+// (redact.URL). nats.go's ConnectedUrlRedacted hides only a password, but a
+// URL's user info alone is a token (nats://token@host).
 func redactURLs(urls []string) string {
 	out := make([]string, len(urls))
 	for i, u := range urls {
-		scheme, rest, ok := strings.Cut(u, "://")
-		if !ok {
-			scheme, rest = "", u
-		} else {
-			scheme += "://"
-		}
-		if at := strings.LastIndexByte(rest, '@'); at >= 0 {
-			rest = "redacted@" + rest[at+1:]
-		}
-		out[i] = scheme + rest
+		out[i] = redact.URL(u)
 	}
 	return strings.Join(out, ",")
 }
