@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/internal/testenv"
 )
 
 // FuzzDelivery feeds the inbound path deliveries as amqp091-go hands them
@@ -108,16 +109,7 @@ func checkDelivery(t *testing.T, d *amqp091.Delivery, got *broker.Message, err e
 	}
 	// Names differing only in case are distinct table fields: any
 	// malformed deadline is an error, else the earliest one counts.
-	bad, earliest := false, time.Time{}
-	for _, v := range values[broker.HeaderDeadline] {
-		dl, perr := broker.ParseDeadline(v)
-		switch {
-		case perr != nil:
-			bad = true
-		case !dl.IsZero() && (earliest.IsZero() || dl.Before(earliest)):
-			earliest = dl
-		}
-	}
+	earliest, bad := testenv.WantDeadline(values[broker.HeaderDeadline])
 	if bad {
 		var herr *broker.HeaderError
 		require.ErrorAs(t, err, &herr, "a malformed deadline is an error")
@@ -164,7 +156,7 @@ func checkPublishing(t *testing.T, m *broker.Message) {
 	require.NoError(t, err)
 	assert.Equal(t, m.ID, back.ID)
 	assert.Equal(t, string(m.Body), string(back.Body))
-	assert.True(t, sameDeadline(m.Deadline, back.Deadline), "deadline %v came back as %v", m.Deadline, back.Deadline)
+	assert.True(t, testenv.SameDeadline(m.Deadline, back.Deadline), "deadline %v came back as %v", m.Deadline, back.Deadline)
 	require.Len(t, back.Header, len(m.Header))
 	for k, v := range m.Header {
 		require.Equal(t, v, back.Header[k], k)
@@ -347,19 +339,4 @@ func firstByte(b []byte) byte {
 		return 0
 	}
 	return b[0]
-}
-
-// sameDeadline compares deadlines that went through FormatDeadline, which
-// moves a deadline past the year 2262 (beyond time.UnixNano's range) by up
-// to a millisecond.
-func sameDeadline(a, b time.Time) bool {
-	if a.Equal(b) {
-		return true
-	}
-	const maxNanos = 1<<63 - 1
-	if a.After(time.Unix(0, maxNanos)) {
-		d := b.Sub(a)
-		return d >= 0 && d <= time.Millisecond
-	}
-	return false
 }

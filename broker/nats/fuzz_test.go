@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/internal/testenv"
 )
 
 // The fuzz targets feed the inbound path bytes shaped as nats.go delivers
@@ -97,16 +98,7 @@ func checkInbound(t *testing.T, in natsgo.Header, data []byte, subject string, g
 	}
 	// Names differing only in case are distinct NATS headers: any
 	// malformed deadline is an error, else the earliest one counts.
-	bad, earliest := false, time.Time{}
-	for _, v := range firsts[broker.HeaderDeadline] {
-		d, perr := broker.ParseDeadline(v)
-		switch {
-		case perr != nil:
-			bad = true
-		case !d.IsZero() && (earliest.IsZero() || d.Before(earliest)):
-			earliest = d
-		}
-	}
+	earliest, bad := testenv.WantDeadline(firsts[broker.HeaderDeadline])
 	if bad {
 		var herr *broker.HeaderError
 		require.ErrorAs(t, err, &herr, "a malformed deadline is an error")
@@ -138,7 +130,7 @@ func checkOutbound(t *testing.T, m *broker.Message) {
 	back, err := fromNATS(&natsgo.Msg{Header: h, Data: m.Body}, m.Subject)
 	require.NoError(t, err)
 	assert.Equal(t, m.ID, back.ID)
-	assert.True(t, sameDeadline(m.Deadline, back.Deadline), "deadline %v came back as %v", m.Deadline, back.Deadline)
+	assert.True(t, testenv.SameDeadline(m.Deadline, back.Deadline), "deadline %v came back as %v", m.Deadline, back.Deadline)
 	require.Len(t, back.Header, len(m.Header))
 	for k, v := range m.Header {
 		require.Equal(t, v, back.Header[k], k)
@@ -154,7 +146,7 @@ func checkOutbound(t *testing.T, m *broker.Message) {
 	wb, err := fromNATS(&natsgo.Msg{Header: dec, Data: m.Body}, m.Subject)
 	require.NoError(t, err)
 	assert.Equal(t, wireValue(m.ID), wb.ID)
-	assert.True(t, sameDeadline(m.Deadline, wb.Deadline), "deadline %v came back as %v", m.Deadline, wb.Deadline)
+	assert.True(t, testenv.SameDeadline(m.Deadline, wb.Deadline), "deadline %v came back as %v", m.Deadline, wb.Deadline)
 	for k, v := range wb.Header {
 		require.Equal(t, wireValue(m.Header[k]), v, k)
 	}
@@ -342,21 +334,6 @@ func (m *fakeJSMsg) settle(how string) error {
 	defer m.mu.Unlock()
 	m.settled = append(m.settled, how)
 	return nil
-}
-
-// sameDeadline compares deadlines that went through FormatDeadline, which
-// moves a deadline past the year 2262 (beyond time.UnixNano's range) by up
-// to a millisecond.
-func sameDeadline(a, b time.Time) bool {
-	if a.Equal(b) {
-		return true
-	}
-	const maxNanos = 1<<63 - 1
-	if a.After(time.Unix(0, maxNanos)) {
-		d := b.Sub(a)
-		return d >= 0 && d <= time.Millisecond
-	}
-	return false
 }
 
 // TestUpstreamShortInlineStatus pins the nats.go defect decodeWireHeader

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/internal/testenv"
 )
 
 // FuzzFromProperties feeds the inbound path messages as rocketmq-client-go
@@ -160,7 +161,7 @@ func checkOutbound(t *testing.T, req *primitive.MessageExt, got *broker.Message)
 	require.NoError(t, err)
 	assert.Equal(t, got.ID, again.ID)
 	assert.Equal(t, string(got.Body), string(again.Body))
-	assert.True(t, sameDeadline(got.Deadline, again.Deadline), "deadline %v came back as %v", got.Deadline, again.Deadline)
+	assert.True(t, testenv.SameDeadline(got.Deadline, again.Deadline), "deadline %v came back as %v", got.Deadline, again.Deadline)
 	// toProperties lower-cases names with strings.ToLower, while
 	// fromProperties passes a foreign client's names with non-ASCII
 	// upper-case letters or invalid UTF-8 (which ToLower turns into
@@ -183,21 +184,6 @@ func checkOutbound(t *testing.T, req *primitive.MessageExt, got *broker.Message)
 	require.NoError(t, err)
 	assert.Equal(t, msgTypeReply, rm.GetProperty(propMsgType))
 	assert.Equal(t, req.GetProperty(propCorrelationID), rm.GetProperty(propCorrelationID))
-}
-
-// sameDeadline compares deadlines that went through FormatDeadline, which
-// moves a deadline past the year 2262 (beyond time.UnixNano's range) by up
-// to a millisecond.
-func sameDeadline(a, b time.Time) bool {
-	if a.Equal(b) {
-		return true
-	}
-	const maxNanos = 1<<63 - 1
-	if a.After(time.Unix(0, maxNanos)) {
-		d := b.Sub(a)
-		return d >= 0 && d <= time.Millisecond
-	}
-	return false
 }
 
 // nearNow reports a deadline too close to the clock to tell whether the
