@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -435,53 +434,4 @@ func TestStopRequeuesUnstarted(t *testing.T) {
 	}
 	assert.Equal(t, map[string]int{"a": 1, "b": n - 1}, got)
 	assert.Equal(t, int64(1), servedA.Load())
-}
-
-// TestSlowHandlersRunConcurrently: handlers that block run side by side up
-// to the concurrency, and no further.
-func TestSlowHandlersRunConcurrently(t *testing.T) {
-	url := testenv.AMQPURL(t)
-	const limit = 6
-	subj := "slow-" + broker.NewID()
-	srv := open(t, url)
-	var running, peak atomic.Int64
-	all := make(chan struct{})
-	var allOnce sync.Once
-	serve(t, srv, subj, func(_ context.Context, _ *broker.Message) (*broker.Message, error) {
-		n := running.Add(1)
-		for {
-			old := peak.Load()
-			if n <= old || peak.CompareAndSwap(old, n) {
-				break
-			}
-		}
-		if n == limit {
-			allOnce.Do(func() { close(all) })
-		}
-		select {
-		case <-all:
-		case <-time.After(5 * time.Second):
-		}
-		time.Sleep(20 * time.Millisecond) // room for a handler beyond the limit to start
-		running.Add(-1)
-		return &broker.Message{}, nil
-	}, broker.WithConcurrency(limit))
-
-	client := open(t, url)
-	errs := make(chan error, 2*limit)
-	for range 2 * limit {
-		go func() {
-			_, err := client.Request(ctxT(t, 20*time.Second), &broker.Message{Subject: subj})
-			errs <- err
-		}()
-	}
-	for range 2 * limit {
-		require.NoError(t, <-errs)
-	}
-	select {
-	case <-all:
-	default:
-		t.Fatalf("at most %d of %d blocked handlers ran at once", peak.Load(), limit)
-	}
-	assert.Equal(t, int64(limit), peak.Load())
 }
