@@ -159,15 +159,7 @@ func (t *rocketRawTarget) start(ctx context.Context) error {
 	}
 	// A reply can reach the broker before the requester's first heartbeat
 	// (rocketmq-client-go #1047) and is then lost: call until one works.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		err := t.Call(cctx, []byte("warm-up"))
-		cancel()
-		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
-			return err
-		}
-	}
+	return warmUp(ctx, t)
 }
 
 func (t *rocketRawTarget) Call(ctx context.Context, p []byte) error {
@@ -225,5 +217,25 @@ func (c Config) rocketMQRPCTarget(ctx context.Context, raw bool) (*mqrpcTarget, 
 		_ = srvB.Close()
 		return nil, err
 	}
+	// As for the raw case: a new consumer group starts at the queue's end
+	// once its first rebalance is done, so a request sent before that is
+	// skipped. Call until one works.
+	if err := warmUp(ctx, t); err != nil {
+		_ = t.Close()
+		return nil, err
+	}
 	return t, nil
+}
+
+// warmUp calls t until a call succeeds, for up to 30 s.
+func warmUp(ctx context.Context, t harness.Target) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := t.Call(cctx, []byte("warm-up"))
+		cancel()
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+	}
 }

@@ -110,14 +110,32 @@ func (r *Results) baseline(c *Cell) *Cell {
 	return nil
 }
 
-// Ratio returns c's throughput divided by its group's raw baseline, and
+// Ratio returns c's throughput relative to its group's raw baseline, and
 // false when the group has no baseline (or c is it).
+//
+// With several rounds it is the median of the per-round ratios: each
+// round's slices of c and of its baseline ran seconds apart, so a round's
+// ratio is a paired measurement, and the median of them ignores the one
+// round a burst on the shared machine hit one side of, which the ratio of
+// the totals does not. With one round it is the ratio of the totals.
 func (r *Results) Ratio(c *Cell) (float64, bool) {
 	b := r.baseline(c)
 	if b == nil || b == c || b.Throughput() == 0 {
 		return 0, false
 	}
+	if rr := r.roundRatios(c); len(rr) >= 2 {
+		return median(rr), true
+	}
 	return c.Throughput() / b.Throughput(), true
+}
+
+// median returns the median of sorted, which is not empty.
+func median(sorted []float64) float64 {
+	n := len(sorted)
+	if n%2 == 1 {
+		return sorted[n/2]
+	}
+	return (sorted[n/2-1] + sorted[n/2]) / 2
 }
 
 // roundRatios returns the per-round ratios of c to its baseline, sorted.

@@ -386,3 +386,25 @@ func (r *Results) Groups() []string {
 	}
 	return out
 }
+
+// Failures returns an error naming every skipped case and every cell with
+// failed calls, or nil when every case ran and every call succeeded.
+func (r *Results) Failures() error {
+	var errs []error
+	for _, s := range r.Skipped {
+		errs = append(errs, fmt.Errorf("%s/%s skipped: %s", s.Group, s.Name, s.Reason))
+	}
+	keys := make([]Key, 0, len(r.Cells))
+	for k, c := range r.Cells {
+		if c.Errors > 0 {
+			keys = append(keys, k)
+		}
+	}
+	sort.Slice(keys, func(i, j int) bool { return fmt.Sprint(keys[i]) < fmt.Sprint(keys[j]) })
+	for _, k := range keys {
+		c := r.Cells[k]
+		errs = append(errs, fmt.Errorf("%s/%s c=%d %d B: %d failed calls, the first: %s",
+			k.Group, k.Name, k.Conc, k.Size, c.Errors, c.FirstErr))
+	}
+	return errors.Join(errs...)
+}

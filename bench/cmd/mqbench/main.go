@@ -39,7 +39,7 @@ func run() error {
 		brokers   = flag.String("brokers", "memory,tcp,nats,amqp,rocketmq", "comma-separated case groups to run: memory, tcp, nats, amqp, rocketmq; diagnostic: nats-split (mqrpc's NATS client and server each against a raw peer), nats-shapes (the raw case with mqrpc's headers or dispatch)")
 		concs     = flag.String("c", "1,16,64", "comma-separated numbers of concurrent callers")
 		sizes     = flag.String("sizes", "64,4096", "comma-separated payload sizes in bytes")
-		rounds    = flag.Int("rounds", 3, "how many times every case is measured at every concurrency and size")
+		rounds    = flag.Int("rounds", 5, "how many times every case is measured at every concurrency and size")
 		slice     = flag.Duration("d", time.Second, "how long one measurement (one case, concurrency and size, one round) lasts")
 		warmup    = flag.Duration("warmup", 500*time.Millisecond, "unmeasured run of every case before the first round")
 		codecName = flag.String("codec", "msgpack", "codec of mqrpc and the peer frameworks: msgpack or json")
@@ -55,6 +55,7 @@ func run() error {
 		cpuprof   = flag.String("cpuprofile", "", "write a CPU profile of the measured rounds to this file")
 		revision  = flag.String("revision", "", "the mqrpc revision measured, for the report (scripts/bench passes git's)")
 		quiet     = flag.Bool("q", false, "do not print a line per measurement")
+		strict    = flag.Bool("strict", false, "exit with an error when a case was skipped or a call failed (for smoke runs in CI)")
 		only      = flag.String("only", "", "run only the cases whose \"group/name\" matches this regular expression (for profiling one case)")
 	)
 	flag.Parse()
@@ -168,6 +169,9 @@ func run() error {
 		if err := os.WriteFile(*svg, []byte(rep.SVG()), 0o644); err != nil {
 			return err
 		}
+	}
+	if *strict {
+		return res.Failures()
 	}
 	return nil
 }
