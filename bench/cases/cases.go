@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -124,13 +125,22 @@ func serveTarget(srv *rpc.Server, cd codec.Codec, raw bool, cliB, srvB broker.Br
 	}, nil
 }
 
+// replyBufs holds the reply buffers of the raw-bytes targets' callers.
+var replyBufs = sync.Pool{New: func() any { return new([]byte) }}
+
 func (t *mqrpcTarget) Call(ctx context.Context, p []byte) error {
 	if t.raw {
-		var out []byte
-		if err := t.cli.Call(ctx, t.service, Method, p, &out); err != nil {
-			return err
+		// The reply is copied into a buffer the caller reuses (the raw
+		// codec's Unmarshal keeps the capacity of *out), so the call
+		// allocates what the raw client's does: the broker client's
+		// copy of the reply, and no second one.
+		out := replyBufs.Get().(*[]byte)
+		err := t.cli.Call(ctx, t.service, Method, p, out)
+		if err == nil {
+			err = checkEcho(p, *out)
 		}
-		return checkEcho(p, out)
+		replyBufs.Put(out)
+		return err
 	}
 	var out Echo
 	if err := t.cli.Call(ctx, t.service, Method, &Echo{Data: p}, &out); err != nil {
@@ -159,7 +169,7 @@ func (c Config) newTarget(raw bool, cliB, srvB broker.Broker, service string, cl
 // newMQRPCRaw is newMQRPC with bytes in and out, the same work as the raw
 // client's: the caller's bytes go out as the body (the raw codec), the
 // server echoes the body with rpc.HandleRaw, and the reply body is copied
-// into the caller's slice.
+// into a buffer the caller reuses.
 func newMQRPCRaw(cliB, srvB broker.Broker, service string, closers ...func() error) (*mqrpcTarget, error) {
 	srv := rpc.NewServer(rpc.WithCodecs(rawcodec.Codec{}))
 	if err := rpc.HandleRaw(srv, Method, func(_ context.Context, body []byte) ([]byte, error) { return body, nil }); err != nil {
