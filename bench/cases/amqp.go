@@ -15,12 +15,13 @@ import (
 )
 
 // AMQP returns the RabbitMQ cases: raw amqp091-go with direct reply-to
-// against a plain consumer (the baseline) and mqrpc over broker/amqp.
+// against a plain consumer (the baseline) and mqrpc over broker/amqp (bytes
+// in and out, as the baseline; and typed, through the codec).
 func AMQP(cfg Config) []harness.Case {
 	return []harness.Case{
 		{Group: "amqp", Name: "amqp091-go direct reply-to", Role: harness.RoleRaw, Setup: cfg.amqpRaw},
-		{Group: "amqp", Name: "mqrpc", Role: harness.RoleMQRPC, Setup: cfg.amqpMQRPC(false)},
-		{Group: "amqp", Name: "mqrpc, raw bytes", Role: harness.RoleMQRPC, Setup: cfg.amqpMQRPC(true)},
+		{Group: "amqp", Name: "mqrpc", Role: harness.RoleMQRPC, Setup: cfg.amqpMQRPC(true)},
+		{Group: "amqp", Name: "mqrpc, typed + codec", Role: harness.RoleMQRPC, NoTarget: true, Setup: cfg.amqpMQRPC(false)},
 	}
 }
 

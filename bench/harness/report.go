@@ -253,7 +253,7 @@ func (rp *Report) Markdown(svgPath, relTo string) string {
 
 	// Summary: ratio to the baseline per case, size and concurrency.
 	sb.WriteString("\n### Throughput ratio to the baseline of the same broker\n\n")
-	fmt.Fprintf(&sb, "The baseline is the broker's raw client (memory: a direct handler call with the codec). Target: mqrpc ≥ %.1f at c=1 and c=64 on every broker (✗: missed; ⚠: calls failed in this cell, see the tables below; the memory broker's ratio is against a function call and has no target). In brackets: lowest and highest ratio of the single rounds.\n\n", TargetRatio)
+	fmt.Fprintf(&sb, "The baseline is the broker's raw client (memory: a direct handler call with the codec). Target: mqrpc ≥ %.1f at c=1 and c=64 on every broker (✗: missed; ⚠: calls failed in this cell, see the tables below). Rows without a target: the memory broker's, whose baseline is a function call, and the typed rows, which run a codec that the raw clients do not. In brackets: lowest and highest ratio of the single rounds.\n\n", TargetRatio)
 	sb.WriteString("| broker | case |")
 	for _, size := range r.Config.Sizes {
 		for _, c := range r.Config.Concurrency {

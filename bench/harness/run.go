@@ -46,7 +46,8 @@ type Case struct {
 	Role string
 	// NoTarget says the ratio target does not apply to the case: its
 	// baseline is not a broker client (the memory broker against a direct
-	// function call).
+	// function call), or it does work its baseline does not (typed calls
+	// through a codec against a raw client moving bytes).
 	NoTarget bool
 	// Setup starts the case. It is called once per run.
 	Setup func(ctx context.Context) (Target, error)
