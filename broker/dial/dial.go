@@ -31,6 +31,7 @@ import (
 	"github.com/mqrpc/mqrpc/broker/nats"
 	"github.com/mqrpc/mqrpc/broker/nats/embedded"
 	"github.com/mqrpc/mqrpc/broker/rocketmq"
+	"github.com/mqrpc/mqrpc/internal/redact"
 )
 
 // Option configures Open.
@@ -107,14 +108,25 @@ func Open(rawURL string, opts ...Option) (broker.Broker, error) {
 	return nil, fmt.Errorf("%w %q in %q (want memory, embedded, nats, tls, amqp, amqps or rocketmq)", ErrUnknownScheme, scheme, rawURL)
 }
 
-// Redact returns rawURL with any password replaced by "xxxxx", fit to print
-// or log.
+// Redact returns rawURL fit to print or log: the user info of every URL in
+// it (a user and password, or a NATS token: nats://token@host) is replaced
+// by "redacted". It does not parse: a password that was not percent-encoded
+// still goes whole, and so does a comma inside one, which would otherwise
+// split the list of NATS URLs in the wrong place.
 func Redact(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil || u.User == nil {
-		return rawURL
+	parts := strings.Split(rawURL, ",")
+	for _, p := range parts {
+		if !strings.Contains(p, "://") {
+			// Not a list of URLs (a comma inside the user info, or
+			// a URL without a scheme): hide everything before the
+			// last '@'.
+			return redact.URL(rawURL)
+		}
 	}
-	return u.Redacted()
+	for i, p := range parts {
+		parts[i] = redact.URL(p)
+	}
+	return strings.Join(parts, ",")
 }
 
 func natsOptions(cfg config, urls ...string) []nats.Option {

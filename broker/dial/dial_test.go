@@ -63,3 +63,21 @@ func TestOpenErrors(t *testing.T) {
 }
 
 func TestRocketMQWithoutRace(t *testing.T) { testenv.RerunWithoutRace(t, "^TestOpen$") }
+
+func TestRedact(t *testing.T) {
+	for in, want := range map[string]string{
+		"amqp://guest:guest@127.0.0.1:5672/":   "amqp://redacted@127.0.0.1:5672/",
+		"nats://s3cr3t-token@127.0.0.1:4222":   "nats://redacted@127.0.0.1:4222",
+		"nats://a:1@h1:4222,tls://b:2@h2:4222": "nats://redacted@h1:4222,tls://redacted@h2:4222",
+		"nats://h1:4222,nats://tok@h2:4222":    "nats://h1:4222,nats://redacted@h2:4222",
+		"nats://u:p,ss@h1:4222":                "nats://redacted@h1:4222",
+		"amqp://u:p%zz@host/":                  "amqp://redacted@host/", // not a valid URL: hidden all the same
+		"amqp://u:p@ss@host/vhost":             "amqp://redacted@host/vhost",
+		"rocketmq://127.0.0.1:9876":            "rocketmq://127.0.0.1:9876",
+		"memory:":                              "memory:",
+		"embedded:":                            "embedded:",
+	} {
+		got := dial.Redact(in)
+		assert.Equal(t, want, got, "Redact(%q)", in)
+	}
+}
