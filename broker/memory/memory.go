@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/internal/deliveryctx"
 )
 
 // Broker is a connection to an in-process broker. New creates a broker and
@@ -400,9 +401,9 @@ func (s *subscription) handle(d delivery) {
 	}
 	ctx := s.ctx
 	if !m.Deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, m.Deadline)
-		defer cancel()
+		dc := deliveryctx.New(ctx, m.Deadline)
+		defer dc.Release()
+		ctx = dc
 	}
 	reply, err := s.h.ServeMessage(ctx, m)
 	if d.reply == nil || err != nil || reply == nil {

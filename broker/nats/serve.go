@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/internal/deliveryctx"
 	"github.com/mqrpc/mqrpc/internal/dispatch"
 )
 
@@ -192,8 +193,8 @@ func (s *subscription) handleCore(m *natsgo.Msg) {
 func (s *subscription) serve(req *broker.Message) (rep *broker.Message, err error) {
 	ctx := s.ctx
 	if !req.Deadline.IsZero() {
-		dc := newDeliveryCtx(s.ctx, req.Deadline)
-		defer dc.release()
+		dc := deliveryctx.New(s.ctx, req.Deadline)
+		defer dc.Release()
 		ctx = dc
 	}
 	defer func() {

@@ -13,6 +13,7 @@ import (
 	"github.com/apache/rocketmq-client-go/v2/primitive"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/internal/deliveryctx"
 )
 
 // topicCreateWait bounds how long Serve waits for a topic it asked the
@@ -322,9 +323,9 @@ func (s *subscription) handle(m *primitive.MessageExt) consumer.ConsumeResult {
 	}
 	ctx := s.ctx
 	if !req.Deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, req.Deadline)
-		defer cancel()
+		dc := deliveryctx.New(ctx, req.Deadline)
+		defer dc.Release()
+		ctx = dc
 	}
 	reply, err := s.h.ServeMessage(ctx, req)
 	if err != nil {

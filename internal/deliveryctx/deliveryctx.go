@@ -1,4 +1,7 @@
-package nats
+// Package deliveryctx is the context a broker hands a handler for one
+// delivery: the subscription's context bounded by the request's deadline,
+// made without a timer until someone waits on it.
+package deliveryctx
 
 import (
 	"context"
@@ -6,12 +9,11 @@ import (
 	"time"
 )
 
-// deliveryCtx is the context of one delivery: the subscription's context
-// bounded by the request's deadline. A context.WithDeadline per request
-// costs a timer and eight allocations, and most handlers never wait on
+// Ctx is the context of one delivery. A context.WithDeadline per request
+// costs a timer and four allocations, and most handlers never wait on
 // Done; so the real context is made only when Done, Err (once it would be
 // non-nil) or a derived cancelable context needs it.
-type deliveryCtx struct {
+type Ctx struct {
 	parent   context.Context
 	deadline time.Time
 
@@ -20,13 +22,15 @@ type deliveryCtx struct {
 	cancel context.CancelFunc
 }
 
-var _ context.Context = (*deliveryCtx)(nil)
+var _ context.Context = (*Ctx)(nil)
 
-func newDeliveryCtx(parent context.Context, deadline time.Time) *deliveryCtx {
-	return &deliveryCtx{parent: parent, deadline: deadline}
+// New returns parent bounded by deadline. Call Release once the handler
+// returned.
+func New(parent context.Context, deadline time.Time) *Ctx {
+	return &Ctx{parent: parent, deadline: deadline}
 }
 
-func (c *deliveryCtx) materialize() context.Context {
+func (c *Ctx) materialize() context.Context {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.real == nil {
@@ -35,14 +39,14 @@ func (c *deliveryCtx) materialize() context.Context {
 	return c.real
 }
 
-func (c *deliveryCtx) materialized() context.Context {
+func (c *Ctx) materialized() context.Context {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.real
 }
 
 // Deadline returns the request's deadline.
-func (c *deliveryCtx) Deadline() (time.Time, bool) {
+func (c *Ctx) Deadline() (time.Time, bool) {
 	if d, ok := c.parent.Deadline(); ok && d.Before(c.deadline) {
 		return d, true
 	}
@@ -50,12 +54,12 @@ func (c *deliveryCtx) Deadline() (time.Time, bool) {
 }
 
 // Done returns the real context's channel, making it on first use.
-func (c *deliveryCtx) Done() <-chan struct{} { return c.materialize().Done() }
+func (c *Ctx) Done() <-chan struct{} { return c.materialize().Done() }
 
 // Err is nil without making the real context while the deadline holds and
 // the parent lives; after that the real context answers, so Err and Done
 // stay consistent and Err sticks.
-func (c *deliveryCtx) Err() error {
+func (c *Ctx) Err() error {
 	if r := c.materialized(); r != nil {
 		return r.Err()
 	}
@@ -67,16 +71,16 @@ func (c *deliveryCtx) Err() error {
 
 // Value looks keys up in the real context once it exists, so that derived
 // contexts find its cancellation and register with it directly.
-func (c *deliveryCtx) Value(key any) any {
+func (c *Ctx) Value(key any) any {
 	if r := c.materialized(); r != nil {
 		return r.Value(key)
 	}
 	return c.parent.Value(key)
 }
 
-// release frees the timer, if one was made; call it when the handler
-// returned.
-func (c *deliveryCtx) release() {
+// Release frees the timer, if one was made; call it when the handler
+// returned. The context is done afterwards only if it was made real.
+func (c *Ctx) Release() {
 	c.mu.Lock()
 	cancel := c.cancel
 	c.mu.Unlock()

@@ -1,4 +1,4 @@
-package nats
+package deliveryctx
 
 import (
 	"context"
@@ -11,12 +11,12 @@ import (
 
 type ctxKey struct{}
 
-func TestDeliveryCtx(t *testing.T) {
+func TestCtx(t *testing.T) {
 	t.Run("DeadlineAndValue", func(t *testing.T) {
 		parent := context.WithValue(context.Background(), ctxKey{}, "v")
 		d := time.Now().Add(time.Hour)
-		c := newDeliveryCtx(parent, d)
-		defer c.release()
+		c := New(parent, d)
+		defer c.Release()
 		got, ok := c.Deadline()
 		assert.True(t, ok)
 		assert.Equal(t, d, got)
@@ -25,8 +25,8 @@ func TestDeliveryCtx(t *testing.T) {
 		assert.Nil(t, c.materialized(), "no timer while nobody waits")
 	})
 	t.Run("DoneAtDeadline", func(t *testing.T) {
-		c := newDeliveryCtx(context.Background(), time.Now().Add(30*time.Millisecond))
-		defer c.release()
+		c := New(context.Background(), time.Now().Add(30*time.Millisecond))
+		defer c.Release()
 		select {
 		case <-c.Done():
 		case <-time.After(2 * time.Second):
@@ -35,8 +35,8 @@ func TestDeliveryCtx(t *testing.T) {
 		assert.ErrorIs(t, c.Err(), context.DeadlineExceeded)
 	})
 	t.Run("ErrAfterDeadlineWithoutDone", func(t *testing.T) {
-		c := newDeliveryCtx(context.Background(), time.Now().Add(-time.Millisecond))
-		defer c.release()
+		c := New(context.Background(), time.Now().Add(-time.Millisecond))
+		defer c.Release()
 		require.ErrorIs(t, c.Err(), context.DeadlineExceeded)
 		select {
 		case <-c.Done():
@@ -46,23 +46,23 @@ func TestDeliveryCtx(t *testing.T) {
 	})
 	t.Run("ParentCancel", func(t *testing.T) {
 		parent, cancel := context.WithCancel(context.Background())
-		c := newDeliveryCtx(parent, time.Now().Add(time.Hour))
-		defer c.release()
+		c := New(parent, time.Now().Add(time.Hour))
+		defer c.Release()
 		done := c.Done()
 		cancel()
 		<-done
 		assert.ErrorIs(t, c.Err(), context.Canceled)
 
 		parent2, cancel2 := context.WithCancel(context.Background())
-		c2 := newDeliveryCtx(parent2, time.Now().Add(time.Hour))
-		defer c2.release()
+		c2 := New(parent2, time.Now().Add(time.Hour))
+		defer c2.Release()
 		cancel2()
 		assert.ErrorIs(t, c2.Err(), context.Canceled, "without Done")
 	})
 	t.Run("Derived", func(t *testing.T) {
 		parent, cancel := context.WithCancel(context.Background())
-		c := newDeliveryCtx(parent, time.Now().Add(time.Hour))
-		defer c.release()
+		c := New(parent, time.Now().Add(time.Hour))
+		defer c.Release()
 		child, cancelChild := context.WithTimeout(c, time.Hour)
 		defer cancelChild()
 		d, _ := child.Deadline()
@@ -78,7 +78,7 @@ func TestDeliveryCtx(t *testing.T) {
 		pd := time.Now().Add(time.Minute)
 		parent, cancel := context.WithDeadline(context.Background(), pd)
 		defer cancel()
-		c := newDeliveryCtx(parent, time.Now().Add(time.Hour))
+		c := New(parent, time.Now().Add(time.Hour))
 		d, _ := c.Deadline()
 		assert.Equal(t, pd, d)
 	})
