@@ -34,6 +34,7 @@ import (
 	neturl "net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
@@ -166,6 +167,7 @@ type session struct {
 	// on a memory or disk alarm); blockReason says why.
 	unblocked   chan struct{}
 	blockReason string
+	blocked     atomic.Bool // unblocked is open: publishes take the slow path
 }
 
 // pubChan is a client channel and its confirms in flight. Its maps are
@@ -184,9 +186,12 @@ type call struct {
 	res    chan result
 }
 
+// result is a call's outcome: a reply, already mapped (the reply
+// goroutine maps it, so a call's channel holds a pointer rather than a
+// whole Delivery), or an error.
 type result struct {
-	d   amqp091.Delivery
-	err error
+	reply *broker.Message
+	err   error
 }
 
 // connect dials and sets up a session: the two client channels, the reply
@@ -254,7 +259,7 @@ func (b *Broker) connect() (*session, error) {
 	go func() {
 		defer b.wg.Done()
 		for d := range replies {
-			s.reply(d)
+			s.reply(&d)
 		}
 	}()
 	b.cfg.logger.Info("amqp: connected", "vhost", b.amq.Vhost, "remote", remoteAddr(conn))
@@ -319,9 +324,11 @@ func (s *session) setBlocked(bl amqp091.Blocking) {
 	case bl.Active && !blockedNow:
 		s.unblocked = make(chan struct{})
 		s.blockReason = bl.Reason
+		s.blocked.Store(true)
 		s.b.cfg.logger.Warn("amqp: connection blocked by the broker", "reason", bl.Reason)
 	case !bl.Active && blockedNow:
 		close(s.unblocked)
+		s.blocked.Store(false)
 		s.b.cfg.logger.Info("amqp: connection unblocked")
 	}
 }
@@ -330,6 +337,9 @@ func (s *session) setBlocked(bl amqp091.Blocking) {
 // otherwise waits for RabbitMQ to unblock it or ctx to end: a publish on a
 // blocked connection would hang in a socket write that no ctx can cancel.
 func (s *session) waitUnblocked(ctx context.Context) error {
+	if !s.blocked.Load() {
+		return nil
+	}
 	s.mu.Lock()
 	unblocked, reason := s.unblocked, s.blockReason
 	s.mu.Unlock()
@@ -446,10 +456,15 @@ func (s *session) finishLocked(c *call, r result) {
 	c.res <- r // buffered; set once
 }
 
-func (s *session) reply(d amqp091.Delivery) {
+func (s *session) reply(d *amqp091.Delivery) {
+	// A reply has no deadline; a malformed mqrpc-deadline on one (from a
+	// foreign server) is ignored rather than failing the call.
+	m, _ := fromDelivery(d)
+	m.Subject = ""
+	m.Deadline = time.Time{}
 	s.mu.Lock()
 	if c, ok := s.calls[d.CorrelationId]; ok {
-		s.finishLocked(c, result{d: d})
+		s.finishLocked(c, result{reply: m})
 	}
 	s.mu.Unlock()
 }

@@ -50,12 +50,7 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 		if r.err != nil {
 			return nil, fmt.Errorf("amqp: request to %s: %w", req.Subject, b.closedOr(r.err))
 		}
-		// A reply has no deadline; a malformed mqrpc-deadline on one (from
-		// a foreign server) is ignored rather than failing the call.
-		reply, _ := fromDelivery(&r.d)
-		reply.Subject = ""
-		reply.Deadline = time.Time{}
-		return reply, nil
+		return r.reply, nil
 	case <-ctx.Done():
 		s.forget(c)
 		return nil, b.ctxErr("request to", req.Subject, ctx)

@@ -11,6 +11,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/internal/deliveryctx"
 	"github.com/mqrpc/mqrpc/internal/dispatch"
 )
 
@@ -270,9 +271,9 @@ func (sub *subscription) handle(ch *amqp091.Channel, d *amqp091.Delivery) {
 	}
 	ctx := b.ctx
 	if !m.Deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, m.Deadline)
-		defer cancel()
+		dc := deliveryctx.New(ctx, m.Deadline)
+		defer dc.Release()
+		ctx = dc
 	}
 	reply, err := serveSafely(ctx, sub.h, m)
 	if err != nil {
