@@ -11,6 +11,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqrpc/mqrpc/bench/harness"
+	"github.com/mqrpc/mqrpc/broker"
 	mqamqp "github.com/mqrpc/mqrpc/broker/amqp"
 )
 
@@ -164,20 +165,7 @@ func (c Config) amqpMQRPC(raw bool) func(context.Context) (harness.Target, error
 }
 
 func (c Config) amqpMQRPCTarget(raw bool) (*mqrpcTarget, error) {
-	srvB, err := mqamqp.New(c.AMQPURL, mqamqp.WithConnectionName("mqbench-server"))
-	if err != nil {
-		return nil, err
-	}
-	cliB, err := mqamqp.New(c.AMQPURL, mqamqp.WithConnectionName("mqbench-client"))
-	if err != nil {
-		_ = srvB.Close()
-		return nil, err
-	}
-	t, err := c.newTarget(raw, cliB, srvB, subject("mqbench"), cliB.Close, srvB.Close)
-	if err != nil {
-		_ = cliB.Close()
-		_ = srvB.Close()
-		return nil, err
-	}
-	return t, nil
+	return c.newTarget(raw, subject("mqbench"), func(name string) (broker.Broker, error) {
+		return mqamqp.New(c.AMQPURL, mqamqp.WithConnectionName(name))
+	})
 }

@@ -158,12 +158,33 @@ func target(t *mqrpcTarget, err error) (harness.Target, error) {
 	return t, nil
 }
 
-// newTarget is newMQRPC with the configured codec, or newMQRPCRaw.
-func (c Config) newTarget(raw bool, cliB, srvB broker.Broker, service string, closers ...func() error) (*mqrpcTarget, error) {
-	if raw {
-		return newMQRPCRaw(cliB, srvB, service, closers...)
+// newTarget opens the server's and the client's connection with open
+// (name is "mqbench-server" or "mqbench-client") and serves the echo
+// method of service on them: with bytes in and out (newMQRPCRaw) or typed
+// with the configured codec (newMQRPC). A failure closes what was opened;
+// the target's Close closes both connections.
+func (c Config) newTarget(raw bool, service string, open func(name string) (broker.Broker, error)) (*mqrpcTarget, error) {
+	srvB, err := open("mqbench-server")
+	if err != nil {
+		return nil, err
 	}
-	return newMQRPC(c.Codec, cliB, srvB, service, closers...)
+	cliB, err := open("mqbench-client")
+	if err != nil {
+		_ = srvB.Close()
+		return nil, err
+	}
+	var t *mqrpcTarget
+	if raw {
+		t, err = newMQRPCRaw(cliB, srvB, service, cliB.Close, srvB.Close)
+	} else {
+		t, err = newMQRPC(c.Codec, cliB, srvB, service, cliB.Close, srvB.Close)
+	}
+	if err != nil {
+		_ = cliB.Close()
+		_ = srvB.Close()
+		return nil, err
+	}
+	return t, nil
 }
 
 // newMQRPCRaw is newMQRPC with bytes in and out, the same work as the raw

@@ -10,6 +10,7 @@ import (
 	natsgo "github.com/nats-io/nats.go"
 
 	"github.com/mqrpc/mqrpc/bench/harness"
+	"github.com/mqrpc/mqrpc/broker"
 	mqnats "github.com/mqrpc/mqrpc/broker/nats"
 )
 
@@ -94,22 +95,9 @@ func (c Config) natsMQRPC(raw bool) func(context.Context) (harness.Target, error
 }
 
 func (c Config) natsMQRPCTarget(raw bool) (*mqrpcTarget, error) {
-	srvB, err := mqnats.New(mqnats.WithURL(c.NATSURL), mqnats.WithName("mqbench-server"))
-	if err != nil {
-		return nil, err
-	}
-	cliB, err := mqnats.New(mqnats.WithURL(c.NATSURL), mqnats.WithName("mqbench-client"))
-	if err != nil {
-		_ = srvB.Close()
-		return nil, err
-	}
-	t, err := c.newTarget(raw, cliB, srvB, subject("mqbench"), cliB.Close, srvB.Close)
-	if err != nil {
-		_ = cliB.Close()
-		_ = srvB.Close()
-		return nil, err
-	}
-	return t, nil
+	return c.newTarget(raw, subject("mqbench"), func(name string) (broker.Broker, error) {
+		return mqnats.New(mqnats.WithURL(c.NATSURL), mqnats.WithName(name))
+	})
 }
 
 type goKitTarget struct {

@@ -203,19 +203,10 @@ func (c Config) rocketMQRPCTarget(ctx context.Context, raw bool) (*mqrpcTarget, 
 	if err := c.createTopic(ctx, service); err != nil {
 		return nil, err
 	}
-	srvB, err := mqrocketmq.New(c.RocketMQNameServer)
+	t, err := c.newTarget(raw, service, func(string) (broker.Broker, error) {
+		return mqrocketmq.New(c.RocketMQNameServer)
+	})
 	if err != nil {
-		return nil, err
-	}
-	cliB, err := mqrocketmq.New(c.RocketMQNameServer)
-	if err != nil {
-		_ = srvB.Close()
-		return nil, err
-	}
-	t, err := c.newTarget(raw, cliB, srvB, service, cliB.Close, srvB.Close)
-	if err != nil {
-		_ = cliB.Close()
-		_ = srvB.Close()
 		return nil, err
 	}
 	// As for the raw case: a new consumer group starts at the queue's end
