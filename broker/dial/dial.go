@@ -123,10 +123,7 @@ func Redact(rawURL string) string {
 			return redact.URL(rawURL)
 		}
 	}
-	for i, p := range parts {
-		parts[i] = redact.URL(p)
-	}
-	return strings.Join(parts, ",")
+	return redact.URLs(parts)
 }
 
 func natsOptions(cfg config, urls ...string) []nats.Option {

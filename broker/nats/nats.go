@@ -100,7 +100,7 @@ func New(opts ...Option) (*Broker, error) {
 	nopts = append(nopts, cfg.natsOpts...)
 	nc, err := natsgo.Connect(strings.Join(cfg.urls, ","), nopts...)
 	if err != nil {
-		return nil, fmt.Errorf("nats: connect %s: %w", redactURLs(cfg.urls), err)
+		return nil, fmt.Errorf("nats: connect %s: %w", redact.URLs(cfg.urls), err)
 	}
 	b.nc = nc
 	b.mux.init(nc)
@@ -130,7 +130,9 @@ func (b *Broker) onDisconnect(_ *natsgo.Conn, err error) {
 }
 
 func (b *Broker) onReconnect(nc *natsgo.Conn) {
-	b.log.Info("nats: reconnected", "url", redactURLs([]string{nc.ConnectedUrl()}))
+	// Not nc.ConnectedUrlRedacted, which hides only a password: a URL's
+	// user info alone is a token (nats://token@host).
+	b.log.Info("nats: reconnected", "url", redact.URL(nc.ConnectedUrl()))
 	if b.cfg.js == nil {
 		return
 	}
@@ -141,17 +143,6 @@ func (b *Broker) onReconnect(nc *natsgo.Conn) {
 	for s := range b.subs {
 		s.repairConsumer()
 	}
-}
-
-// redactURLs joins urls for errors and logs with their user info hidden
-// (redact.URL). nats.go's ConnectedUrlRedacted hides only a password, but a
-// URL's user info alone is a token (nats://token@host).
-func redactURLs(urls []string) string {
-	out := make([]string, len(urls))
-	for i, u := range urls {
-		out[i] = redact.URL(u)
-	}
-	return strings.Join(out, ",")
 }
 
 func (b *Broker) onClosed(*natsgo.Conn) {

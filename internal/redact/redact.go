@@ -20,3 +20,13 @@ func URL(raw string) string {
 	}
 	return scheme + rest
 }
+
+// URLs returns the URLs of a list, each passed through URL, joined with
+// commas as NATS lists them.
+func URLs(urls []string) string {
+	out := make([]string, len(urls))
+	for i, u := range urls {
+		out[i] = URL(u)
+	}
+	return strings.Join(out, ",")
+}

@@ -16,3 +16,10 @@ func TestURL(t *testing.T) {
 		}
 	}
 }
+
+func TestURLs(t *testing.T) {
+	got := URLs([]string{"nats://tok@h1:4222", "nats://h2:4222", "tls://u:p@h3:4222"})
+	if want := "nats://redacted@h1:4222,nats://h2:4222,tls://redacted@h3:4222"; got != want {
+		t.Errorf("URLs = %q, want %q", got, want)
+	}
+}
