@@ -74,7 +74,8 @@ func serverCallFrom(ctx context.Context) *serverCall {
 
 // RequestHeader returns the headers of the request a typed handler is
 // serving (caller metadata, trace context, ...), or nil outside a handler.
-// The returned map must not be modified.
+// The returned map must not be modified, and not be read after the handler
+// returned (brokers reuse it for later requests): Clone it to keep it.
 func RequestHeader(ctx context.Context) broker.Header {
 	if sc := serverCallFrom(ctx); sc != nil {
 		return sc.req.Header
@@ -83,7 +84,8 @@ func RequestHeader(ctx context.Context) broker.Header {
 }
 
 // RequestMessage returns the request message a typed handler is serving,
-// or nil outside a handler. It must not be modified or retained.
+// or nil outside a handler. It must not be modified, and not be used after
+// the handler returned: brokers reuse it.
 func RequestMessage(ctx context.Context) *broker.Message {
 	if sc := serverCallFrom(ctx); sc != nil {
 		return sc.req

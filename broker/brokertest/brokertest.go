@@ -18,6 +18,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,6 +77,7 @@ func Run(t *testing.T, f Features, newBroker NewBroker) {
 		fn   func(t *testing.T)
 	}{
 		{"RoundTrip", s.testRoundTrip},
+		{"HeadersNotCarriedOver", s.testHeadersNotCarriedOver},
 		{"HandlerContext", s.testHandlerContext},
 		{"OneWay", s.testOneWay},
 		{"ConcurrentCalls", s.testConcurrentCalls},
@@ -208,6 +211,26 @@ func (s *suite) testRoundTrip(t *testing.T) {
 				assert.Equal(t, wantReq, got.Header, "request headers seen by server")
 			}
 		})
+	}
+}
+
+// testHeadersNotCarriedOver checks that a handler sees exactly its own
+// request's headers: brokers may reuse a request message and its header
+// map once its handler returned (broker.Handler), and must then start
+// every request clean.
+func (s *suite) testHeadersNotCarriedOver(t *testing.T) {
+	b := s.open(t)
+	subj := subject(t)
+	s.serve(t, b, subj, func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+		return &broker.Message{Body: []byte(strings.Join(slices.Sorted(maps.Keys(req.Header)), ","))}, nil
+	})
+	sets := []broker.Header{{"x-a": "1", "x-b": "2"}, nil, {"x-c": "3"}, manyHeaders(3)}
+	for i := range 12 {
+		h := sets[i%len(sets)]
+		reply, err := b.Request(s.ctx(t), &broker.Message{Subject: subj, Header: h.Clone()})
+		require.NoError(t, err, "request %d", i)
+		want := strings.Join(slices.Sorted(maps.Keys(h)), ",")
+		require.Equal(t, want, string(reply.Body), "request %d: header names the handler saw", i)
 	}
 }
 

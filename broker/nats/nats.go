@@ -439,10 +439,19 @@ func (o *outbound) set(k, v string) {
 // are not part of Message.Header. A malformed deadline is an error (a
 // *broker.HeaderError), with the rest of the message still filled in.
 func fromNATS(m *natsgo.Msg, subject string) (*broker.Message, error) {
-	out := &broker.Message{Subject: subject, Body: m.Data}
+	out := new(broker.Message)
+	return out, decodeInto(out, m, subject)
+}
+
+// decodeInto is fromNATS into out, whose Header, if not nil, is empty and
+// is filled instead of a new one.
+func decodeInto(out *broker.Message, m *natsgo.Msg, subject string) error {
+	out.Subject, out.Body = subject, m.Data
 	var err error
 	if len(m.Header) > 0 {
-		out.Header = make(broker.Header, len(m.Header))
+		if out.Header == nil {
+			out.Header = make(broker.Header, len(m.Header))
+		}
 		for k, vs := range m.Header {
 			if len(vs) == 0 {
 				continue
@@ -468,5 +477,27 @@ func fromNATS(m *natsgo.Msg, subject string) (*broker.Message, error) {
 			}
 		}
 	}
-	return out, err
+	return err
+}
+
+// inbound is a request being served in core mode. Handlers do not keep a
+// request after they return (broker.Handler), so the message and its
+// header map are reused from request to request.
+type inbound struct{ msg broker.Message }
+
+var inbounds = sync.Pool{New: func() any { return new(inbound) }}
+
+func newInbound(m *natsgo.Msg) (*inbound, error) {
+	in := inbounds.Get().(*inbound)
+	return in, decodeInto(&in.msg, m, m.Subject)
+}
+
+func (in *inbound) release() {
+	h := in.msg.Header
+	if len(h) > 16 {
+		h = nil // an unusual request: do not keep its large map around
+	}
+	clear(h)
+	in.msg = broker.Message{Header: h}
+	inbounds.Put(in)
 }

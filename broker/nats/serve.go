@@ -162,7 +162,9 @@ func (s *subscription) dispatch(fn func()) bool {
 }
 
 func (s *subscription) handleCore(m *natsgo.Msg) {
-	req, err := fromNATS(m, m.Subject)
+	in, err := newInbound(m)
+	defer in.release()
+	req := &in.msg
 	if err != nil {
 		s.b.log.Warn("nats: refused request", "subject", m.Subject, "error", err)
 		if m.Reply != "" {
