@@ -337,3 +337,46 @@ func TestRealPlainServer(t *testing.T) {
 	assert.Equal(t, "hello", string(reply.Body))
 	assert.Empty(t, reply.Header, "RocketMQ's own properties leaked into the reply headers")
 }
+
+// Calls made from the moment Serve returns, on a topic and group that are
+// new, are all answered: none may be stored in a queue between the new
+// consumer's query of its group offset and its query of the queue's end,
+// and skipped for good (with ConsumeFromLastOffset the quickstart's first
+// call was lost that way). The calls start a millisecond apart, so that
+// some land while the consumer is being assigned its queues.
+func TestRealFirstCallsAfterServe(t *testing.T) {
+	for round := range 3 {
+		subj := topic(t)
+		srv := newBroker(t)
+		t.Cleanup(func() { _ = srv.Close() })
+		c := client(t)
+		sub, err := srv.Serve(subj, broker.HandlerFunc(echoHandler))
+		require.NoError(t, err)
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = sub.Stop(ctx)
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		errs := make(chan error, 200)
+		for i := range cap(errs) {
+			go func() {
+				body := []byte{byte(round), byte(i)}
+				rep, err := c.Request(ctx, &broker.Message{Subject: subj, Body: body})
+				if err == nil && !bytes.Equal(rep.Body, body) {
+					err = assert.AnError
+				}
+				errs <- err
+			}()
+			time.Sleep(time.Millisecond)
+		}
+		failed := 0
+		for range cap(errs) {
+			if err := <-errs; err != nil {
+				failed++
+			}
+		}
+		cancel()
+		assert.Zero(t, failed, "round %d: calls not answered, of %d", round, cap(errs))
+	}
+}

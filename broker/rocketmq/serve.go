@@ -27,9 +27,10 @@ const topicCreateWait = 15 * time.Second
 // If the topic does not exist yet, Serve publishes one marker message (the
 // mqrpc-topic-init property, skipped by servers) so that a broker with
 // autoCreateTopicEnable creates it; otherwise create topics beforehand
-// (mqadmin updateTopic). New groups start at the topic's first message
-// still in memory, so requests sent before the first server started are
-// served (and those whose deadline passed are dropped).
+// (mqadmin updateTopic). A new group starts with the messages stored from
+// NewGroupWindow before its first Serve, so requests sent shortly before
+// the first server started, or while its consumer was still being assigned
+// queues, are served (and those whose deadline passed are dropped).
 func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOption) (broker.Subscription, error) {
 	if err := validName(subject, maxNameLen); err != nil {
 		return nil, fmt.Errorf("rocketmq: topic %q: %w", subject, err)
@@ -85,6 +86,12 @@ func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOpt
 	return s, nil
 }
 
+// NewGroupWindow is how far back a new consumer group starts: with the
+// messages the broker stored from this long before Serve was called. Groups
+// with committed offsets resume from them. It is RocketMQ's own default for
+// starting from a time.
+const NewGroupWindow = 30 * time.Minute
+
 // startConsumer creates, subscribes and starts one push consumer for s.
 func (b *Broker) startConsumer(s *subscription, cfg broker.ServeConfig) (rmq.PushConsumer, error) {
 	copts := []consumer.Option{
@@ -95,7 +102,12 @@ func (b *Broker) startConsumer(s *subscription, cfg broker.ServeConfig) (rmq.Pus
 		// connections.
 		consumer.WithInstance("mqrpc-" + broker.NewID()),
 		consumer.WithConsumerModel(consumer.Clustering),
-		consumer.WithConsumeFromWhere(consumer.ConsumeFromLastOffset),
+		// Not ConsumeFromLastOffset: for a queue the group has no offset
+		// of, the client asks the broker for the group's offset and then
+		// for the queue's end in two calls, and a request stored between
+		// them is skipped for good. A search by time has no such gap.
+		consumer.WithConsumeFromWhere(consumer.ConsumeFromTimestamp),
+		consumer.WithConsumeTimestamp(time.Now().Add(-NewGroupWindow).UTC().Format("20060102150405")),
 		consumer.WithConsumeGoroutineNums(cfg.Concurrency),
 		consumer.WithConsumeMessageBatchMaxSize(1),
 	}
