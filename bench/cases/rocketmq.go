@@ -209,9 +209,10 @@ func (c Config) rocketMQRPCTarget(ctx context.Context, raw bool) (*mqrpcTarget, 
 	if err != nil {
 		return nil, err
 	}
-	// As for the raw case: a new consumer group starts at the queue's end
-	// once its first rebalance is done, so a request sent before that is
-	// skipped. Call until one works.
+	// As for the raw case: call until one works, so that the measured
+	// rounds start with the consumer's queues assigned and the requester
+	// registered with the broker (a reply before that waits for the
+	// server's retries, rocketmq-client-go #1047).
 	if err := warmUp(ctx, t); err != nil {
 		_ = t.Close()
 		return nil, err

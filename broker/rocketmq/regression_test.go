@@ -36,6 +36,14 @@ func topic(t testing.TB) string {
 // consumer group to settle.
 func serve(t testing.TB, subject string, h broker.HandlerFunc) *rocketmq.Broker {
 	t.Helper()
+	srv := serveNow(t, subject, h)
+	time.Sleep(settle)
+	return srv
+}
+
+// serveNow is serve without the wait: it returns as soon as Serve did.
+func serveNow(t testing.TB, subject string, h broker.HandlerFunc) *rocketmq.Broker {
+	t.Helper()
 	srv := newBroker(t)
 	t.Cleanup(func() { _ = srv.Close() })
 	sub, err := srv.Serve(subject, h)
@@ -45,7 +53,6 @@ func serve(t testing.TB, subject string, h broker.HandlerFunc) *rocketmq.Broker 
 		defer cancel()
 		_ = sub.Stop(ctx)
 	})
-	time.Sleep(settle)
 	return srv
 }
 
@@ -347,16 +354,8 @@ func TestRealPlainServer(t *testing.T) {
 func TestRealFirstCallsAfterServe(t *testing.T) {
 	for round := range 3 {
 		subj := topic(t)
-		srv := newBroker(t)
-		t.Cleanup(func() { _ = srv.Close() })
 		c := client(t)
-		sub, err := srv.Serve(subj, broker.HandlerFunc(echoHandler))
-		require.NoError(t, err)
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = sub.Stop(ctx)
-		})
+		serveNow(t, subj, echoHandler)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		errs := make(chan error, 200)
 		for i := range cap(errs) {
