@@ -30,8 +30,10 @@ import (
 // ServeMessage is called concurrently from several goroutines (up to the
 // serve concurrency). The ctx carries the caller's deadline (from
 // [Message.Deadline]) and is cancelled when the delivery is abandoned.
-// Implementations must not retain req, or its Body and Header, after they
-// return; a broker may reuse them.
+// Each delivery gets a message of its own, which the handler may change
+// while it runs, except for the bytes of req.Body: an in-process broker
+// shares them with the caller. Implementations must not retain req, or its
+// Body and Header, after they return; a broker may reuse them.
 type Handler interface {
 	ServeMessage(ctx context.Context, req *Message) (*Message, error)
 }
@@ -49,7 +51,10 @@ func (f HandlerFunc) ServeMessage(ctx context.Context, req *Message) (*Message, 
 //
 // All methods are safe for concurrent use. Request and Send take ownership
 // of the message: the caller must not modify it, its Header or its Body
-// after the call starts.
+// after the call starts. A broker in turn treats the message's Header and
+// Body as read-only (it may set the message's other fields, such as an
+// empty ID): callers may share one Header map, or one Body, among
+// messages, also among calls in flight at once.
 type Broker interface {
 	// Request sends req to req.Subject and waits for the reply of one
 	// server. It returns ErrNoResponders at once when no server can

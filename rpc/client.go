@@ -3,6 +3,8 @@ package rpc
 import (
 	"context"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mqrpc/mqrpc/broker"
@@ -16,9 +18,51 @@ type Client struct {
 	b        broker.Broker
 	codec    codec.Codec
 	timeout  time.Duration
-	handler  broker.Handler
+	handler  broker.Handler // nil without middleware: calls go to the broker
 	maxSize  int
 	inflight chan struct{} // nil: unlimited
+
+	// Without middleware nothing changes a request's header after it is
+	// made (brokers treat it as read-only, see broker.Broker), so calls
+	// without header options share one header per method.
+	headersMu sync.Mutex
+	headers   atomic.Pointer[map[string]broker.Header]
+}
+
+// maxSharedHeaders bounds the shared request headers of a client: one per
+// method called, which a gateway forwarding arbitrary method names could
+// otherwise grow without end.
+const maxSharedHeaders = 256
+
+// sharedHeader returns the request header of calls to method in the
+// client's codec, made once and then shared (read-only) by every such
+// call, or nil when the client holds maxSharedHeaders already.
+func (c *Client) sharedHeader(method string) broker.Header {
+	if m := c.headers.Load(); m != nil {
+		if h, ok := (*m)[method]; ok {
+			return h
+		}
+	}
+	c.headersMu.Lock()
+	defer c.headersMu.Unlock()
+	var old map[string]broker.Header
+	if m := c.headers.Load(); m != nil {
+		old = *m
+	}
+	if h, ok := old[method]; ok {
+		return h
+	}
+	if len(old) >= maxSharedHeaders {
+		return nil
+	}
+	h := broker.Header{broker.HeaderMethod: method, broker.HeaderContentType: c.codec.Name()}
+	m := make(map[string]broker.Header, len(old)+1)
+	for k, v := range old {
+		m[k] = v
+	}
+	m[method] = h
+	c.headers.Store(&m)
+	return h
 }
 
 type clientConfig struct {
@@ -71,7 +115,9 @@ func NewClient(b broker.Broker, opts ...ClientOption) *Client {
 	if cfg.maxInFlight > 0 {
 		c.inflight = make(chan struct{}, cfg.maxInFlight)
 	}
-	c.handler = Chain(broker.HandlerFunc(c.roundTrip), cfg.middleware...)
+	if len(cfg.middleware) > 0 {
+		c.handler = Chain(broker.HandlerFunc(c.roundTrip), cfg.middleware...)
+	}
 	return c
 }
 
@@ -155,27 +201,28 @@ func (c *Client) do(ctx context.Context, service, method string, in, out any, on
 		return Errorf(ResourceExhausted, "%s.%s request of %d bytes exceeds the limit of %d: %w",
 			service, method, len(body), c.maxSize, broker.ErrMessageTooLarge)
 	}
-	h := cfg.header
-	if h == nil {
-		h = make(broker.Header, 2)
+	var h broker.Header
+	if len(opts) == 0 && c.handler == nil {
+		h = c.sharedHeader(method)
 	}
-	h[broker.HeaderMethod] = method
-	h[broker.HeaderContentType] = cfg.codec.Name()
+	if h == nil {
+		h = cfg.header
+		if h == nil {
+			h = make(broker.Header, 2)
+		}
+		h[broker.HeaderMethod] = method
+		h[broker.HeaderContentType] = cfg.codec.Name()
+	}
 	id := cfg.id
 	if id == "" {
 		id = broker.NewID()
 	}
-	st := &callState{msg: broker.Message{ID: id, Subject: service, Header: h, Body: body}}
-	msg := &st.msg
 	if c.timeout > 0 {
 		if _, ok := ctx.Deadline(); !ok {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, c.timeout)
 			defer cancel()
 		}
-	}
-	if d, ok := ctx.Deadline(); ok {
-		msg.Deadline = d
 	}
 	if c.inflight != nil {
 		select {
@@ -185,9 +232,17 @@ func (c *Client) do(ctx context.Context, service, method string, in, out any, on
 			return NewError(CodeOf(ctx.Err()), fmt.Errorf("%s.%s: waiting for a free in-flight slot: %w", service, method, ctx.Err()))
 		}
 	}
-	st.ctx = callCtx{Context: ctx, info: CallInfo{Service: service, Method: method, Idempotent: cfg.idempotent, OneWay: oneWay}}
-	cctx := &st.ctx
-	reply, err := c.handler.ServeMessage(cctx, msg)
+	var reply *broker.Message
+	if c.handler == nil {
+		msg := &broker.Message{ID: id, Subject: service, Header: h, Body: body}
+		msg.Deadline, _ = ctx.Deadline()
+		reply, err = c.send(ctx, msg, oneWay)
+	} else {
+		st := &callState{msg: broker.Message{ID: id, Subject: service, Header: h, Body: body}}
+		st.msg.Deadline, _ = ctx.Deadline()
+		st.ctx = callCtx{Context: ctx, info: CallInfo{Service: service, Method: method, Idempotent: cfg.idempotent, OneWay: oneWay}}
+		reply, err = c.handler.ServeMessage(&st.ctx, &st.msg)
+	}
 	if cfg.replyHeader != nil && reply != nil {
 		*cfg.replyHeader = reply.Header
 	}
@@ -215,7 +270,14 @@ func (c *Client) do(ctx context.Context, service, method string, in, out any, on
 // and turns an error reply into an error. The reply is returned along
 // with its error so middleware can read its headers.
 func (c *Client) roundTrip(ctx context.Context, msg *broker.Message) (*broker.Message, error) {
-	if ci, ok := ctx.Value(callInfoKey{}).(*CallInfo); ok && ci.OneWay {
+	ci, ok := ctx.Value(callInfoKey{}).(*CallInfo)
+	return c.send(ctx, msg, ok && ci.OneWay)
+}
+
+// send is roundTrip once it is known whether the call is one-way; a client
+// without middleware calls it directly.
+func (c *Client) send(ctx context.Context, msg *broker.Message, oneWay bool) (*broker.Message, error) {
+	if oneWay {
 		return nil, c.b.Send(ctx, msg)
 	}
 	reply, err := c.b.Request(ctx, msg)

@@ -95,3 +95,4 @@ func TestCasesEcho(t *testing.T) {
 		})
 	}
 }
+func BenchmarkNATSSplit(b *testing.B) { benchGroup(b, NATSSplit(testConfig())) }

@@ -3,25 +3,123 @@ package cases
 import (
 	"context"
 	"fmt"
+	"time"
 
 	natsgo "github.com/nats-io/nats.go"
 
 	"github.com/mqrpc/mqrpc/bench/harness"
 	"github.com/mqrpc/mqrpc/broker"
 	mqnats "github.com/mqrpc/mqrpc/broker/nats"
+	rawcodec "github.com/mqrpc/mqrpc/codec/raw"
 	"github.com/mqrpc/mqrpc/rpc"
 )
 
-// NATSSplit returns diagnostic cases that take mqrpc's NATS path apart: the
-// raw baseline again, mqrpc's client against a plain nats.go echo server,
-// and a plain nats.go client (with mqrpc's headers) against mqrpc's server.
-// They tell on which side the cost over the raw client lies.
+// NATSSplit returns diagnostic cases that take mqrpc's NATS path apart,
+// all carrying bytes as the mqrpc bytes case does (the raw codec and
+// rpc.HandleRaw): the raw baseline again; mqrpc's client against a plain
+// nats.go echo server, and a plain nats.go client (with mqrpc's request
+// headers) against mqrpc's server, which tell on which side the cost over
+// the raw client lies; mqrpc itself, and with a client middleware that
+// does nothing (the path every client with middleware takes); and
+// broker/nats without the rpc layer, alone and under either half of it.
 func NATSSplit(cfg Config) []harness.Case {
+	layered := func(name string, l natsLayers) harness.Case {
+		return harness.Case{Group: "nats-split", Name: name, Role: harness.RolePeer,
+			Setup: func(context.Context) (harness.Target, error) { return cfg.natsLayered(l) }}
+	}
 	return []harness.Case{
 		{Group: "nats-split", Name: "nats.go Request", Role: harness.RoleRaw, Setup: cfg.natsRaw},
 		{Group: "nats-split", Name: "mqrpc client, raw server", Role: harness.RolePeer, Setup: cfg.natsMQRPCClientOnly},
 		{Group: "nats-split", Name: "raw client, mqrpc server", Role: harness.RolePeer, Setup: cfg.natsMQRPCServerOnly},
+		layered("mqrpc", natsLayers{rpcClient: true, rpcServer: true}),
+		layered("mqrpc, no-op client middleware", natsLayers{rpcClient: true, rpcServer: true, middleware: true}),
+		layered("broker/nats, no rpc layer", natsLayers{}),
+		layered("rpc client, broker/nats handler", natsLayers{rpcClient: true}),
+		layered("broker/nats request, rpc server", natsLayers{rpcServer: true}),
 	}
+}
+
+// natsLayers says which parts of the rpc layer a natsLayered case runs
+// over broker/nats.
+type natsLayers struct {
+	rpcClient  bool // rpc.Client, not broker.Request with mqrpc's headers
+	rpcServer  bool // rpc.Server, not a broker.Handler echoing the body
+	middleware bool // a client middleware that does nothing
+}
+
+type natsLayered struct {
+	cli, srv *mqnats.Broker
+	sub      broker.Subscription
+	subject  string
+	rc       *rpc.Client   // with natsLayers.rpcClient
+	header   broker.Header // without it: the request header rpc.Client sends
+}
+
+func (c Config) natsLayered(l natsLayers) (harness.Target, error) {
+	t := &natsLayered{subject: subject("mqbench")}
+	var err error
+	if t.srv, err = mqnats.New(mqnats.WithURL(c.NATSURL)); err != nil {
+		return nil, err
+	}
+	if t.cli, err = mqnats.New(mqnats.WithURL(c.NATSURL)); err != nil {
+		_ = t.Close()
+		return nil, err
+	}
+	var h broker.Handler = broker.HandlerFunc(func(_ context.Context, m *broker.Message) (*broker.Message, error) {
+		return &broker.Message{Body: m.Body}, nil
+	})
+	if l.rpcServer {
+		srv := rpc.NewServer(rpc.WithCodecs(rawcodec.Codec{}))
+		if err := rpc.HandleRaw(srv, Method, func(_ context.Context, body []byte) ([]byte, error) { return body, nil }); err != nil {
+			_ = t.Close()
+			return nil, err
+		}
+		h = srv
+	}
+	if l.rpcClient {
+		opts := []rpc.ClientOption{rpc.WithCodec(rawcodec.Codec{})}
+		if l.middleware {
+			opts = append(opts, rpc.WithClientMiddleware(func(next broker.Handler) broker.Handler { return next }))
+		}
+		t.rc = rpc.NewClient(t.cli, opts...)
+	} else if l.rpcServer {
+		t.header = broker.Header{broker.HeaderMethod: Method, broker.HeaderContentType: rawcodec.Name}
+	}
+	if t.sub, err = t.srv.Serve(t.subject, h); err != nil {
+		_ = t.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+func (t *natsLayered) Call(ctx context.Context, p []byte) error {
+	if t.rc != nil {
+		out := replyBufs.Get().(*[]byte)
+		err := t.rc.Call(ctx, t.subject, Method, p, out)
+		if err == nil {
+			err = checkEcho(p, *out)
+		}
+		replyBufs.Put(out)
+		return err
+	}
+	// One header map for every call, as rpc.Client shares one.
+	rep, err := t.cli.Request(ctx, &broker.Message{Subject: t.subject, Header: t.header, Body: p})
+	if err != nil {
+		return err
+	}
+	return checkEcho(p, rep.Body)
+}
+
+func (t *natsLayered) Close() error {
+	if t.sub != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = t.sub.Stop(ctx)
+	}
+	if t.cli != nil {
+		_ = t.cli.Close()
+	}
+	return t.srv.Close()
 }
 
 type natsClientOnly struct {
@@ -41,15 +139,17 @@ func (c Config) natsMQRPCClientOnly(ctx context.Context) (harness.Target, error)
 		_ = raw.Close()
 		return nil, err
 	}
-	return &natsClientOnly{raw: raw, b: b, cli: rpc.NewClient(b, rpc.WithCodec(c.Codec))}, nil
+	return &natsClientOnly{raw: raw, b: b, cli: rpc.NewClient(b, rpc.WithCodec(rawcodec.Codec{}))}, nil
 }
 
 func (t *natsClientOnly) Call(ctx context.Context, p []byte) error {
-	var out Echo
-	if err := t.cli.Call(ctx, t.raw.subject, Method, &Echo{Data: p}, &out); err != nil {
-		return err
+	out := replyBufs.Get().(*[]byte)
+	err := t.cli.Call(ctx, t.raw.subject, Method, p, out)
+	if err == nil {
+		err = checkEcho(p, *out)
 	}
-	return checkEcho(p, out.Data)
+	replyBufs.Put(out)
+	return err
 }
 
 func (t *natsClientOnly) Close() error {
@@ -61,15 +161,10 @@ type natsServerOnly struct {
 	cli     *natsgo.Conn
 	mq      *mqrpcTarget
 	subject string
-	ct      string
-	cd      interface {
-		Marshal(any) ([]byte, error)
-		Unmarshal([]byte, any) error
-	}
 }
 
 func (c Config) natsMQRPCServerOnly(ctx context.Context) (harness.Target, error) {
-	mq, err := c.natsMQRPCTarget(false)
+	mq, err := c.natsMQRPCTarget(true)
 	if err != nil {
 		return nil, err
 	}
@@ -78,17 +173,13 @@ func (c Config) natsMQRPCServerOnly(ctx context.Context) (harness.Target, error)
 		_ = mq.Close()
 		return nil, err
 	}
-	return &natsServerOnly{cli: cli, mq: mq, subject: mq.service, ct: c.Codec.Name(), cd: c.Codec}, nil
+	return &natsServerOnly{cli: cli, mq: mq, subject: mq.service}, nil
 }
 
 func (t *natsServerOnly) Call(ctx context.Context, p []byte) error {
-	body, err := t.cd.Marshal(&Echo{Data: p})
-	if err != nil {
-		return err
-	}
-	m := &natsgo.Msg{Subject: t.subject, Data: body, Header: natsgo.Header{
+	m := &natsgo.Msg{Subject: t.subject, Data: p, Header: natsgo.Header{
 		broker.HeaderMethod:      {Method},
-		broker.HeaderContentType: {t.ct},
+		broker.HeaderContentType: {rawcodec.Name},
 	}}
 	rep, err := t.cli.RequestMsgWithContext(ctx, m)
 	if err != nil {
@@ -97,11 +188,7 @@ func (t *natsServerOnly) Call(ctx context.Context, p []byte) error {
 	if s := rep.Header.Get(broker.HeaderStatus); s != "" && s != "0" {
 		return fmt.Errorf("status %s: %s", s, rep.Header.Get(broker.HeaderStatusMessage))
 	}
-	var out Echo
-	if err := t.cd.Unmarshal(rep.Data, &out); err != nil {
-		return err
-	}
-	return checkEcho(p, out.Data)
+	return checkEcho(p, rep.Data)
 }
 
 func (t *natsServerOnly) Close() error {

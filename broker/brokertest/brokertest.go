@@ -78,6 +78,7 @@ func Run(t *testing.T, f Features, newBroker NewBroker) {
 	}{
 		{"RoundTrip", s.testRoundTrip},
 		{"HeadersNotCarriedOver", s.testHeadersNotCarriedOver},
+		{"SharedHeaderReadOnly", s.testSharedHeaderReadOnly},
 		{"HandlerContext", s.testHandlerContext},
 		{"OneWay", s.testOneWay},
 		{"ConcurrentCalls", s.testConcurrentCalls},
@@ -232,6 +233,48 @@ func (s *suite) testHeadersNotCarriedOver(t *testing.T) {
 		want := strings.Join(slices.Sorted(maps.Keys(h)), ",")
 		require.Equal(t, want, string(reply.Body), "request %d: header names the handler saw", i)
 	}
+}
+
+// testSharedHeaderReadOnly checks the other side of broker.Broker's
+// ownership rule: concurrent requests share one Header map and one Body,
+// as rpc.Client's calls do, while their handlers change the header they
+// were given. Every handler must see the shared values, and the shared map
+// must come out unchanged (under -race, also untouched).
+func (s *suite) testSharedHeaderReadOnly(t *testing.T) {
+	b := s.open(t)
+	subj := subject(t)
+	s.serve(t, b, subj, func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+		seen := req.Header.Get("x-shared") + "," + req.Header.Get("x-other") + "," + string(req.Body)
+		req.Header.Set("x-shared", "changed by the handler")
+		req.Header.Del("x-other")
+		req.Header.Set("x-added", "1")
+		return &broker.Message{Body: []byte(seen)}, nil
+	}, broker.WithConcurrency(4))
+	shared := broker.Header{"x-shared": "s", "x-other": "o"}
+	body := []byte("body")
+	const calls = 16
+	errs := make(chan error, calls)
+	var wg sync.WaitGroup
+	for i := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			reply, err := b.Request(s.ctx(t), &broker.Message{Subject: subj, Header: shared, Body: body})
+			switch {
+			case err != nil:
+				errs <- fmt.Errorf("call %d: %w", i, err)
+			case string(reply.Body) != "s,o,body":
+				errs <- fmt.Errorf("call %d: the handler saw %q, want %q", i, reply.Body, "s,o,body")
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	assert.Equal(t, broker.Header{"x-shared": "s", "x-other": "o"}, shared, "the callers' shared header after the calls")
+	assert.Equal(t, "body", string(body), "the callers' shared body after the calls")
 }
 
 func manyHeaders(n int) broker.Header {

@@ -175,7 +175,7 @@ func TestHeaderNamesLowerCased(t *testing.T) {
 	defer b.Close()
 	got := make(chan broker.Header, 1)
 	_, err := b.Serve("s", broker.HandlerFunc(func(_ context.Context, req *broker.Message) (*broker.Message, error) {
-		got <- req.Header
+		got <- req.Header.Clone() // the broker reuses req once the handler returned
 		return &broker.Message{}, nil
 	}))
 	require.NoError(t, err)

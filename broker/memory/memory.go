@@ -3,8 +3,10 @@
 // inject faults (delay, drop, duplicate, disconnect) so the layers above can
 // be tested against them.
 //
-// Messages are passed by pointer without copying: Request and Send take
-// ownership of the message, as the broker.Broker contract says.
+// A request is not encoded: each handler gets a copy of the message's
+// fields and header, reused once the handler returned, with the body
+// shared (read-only, as broker.Handler says); the reply goes back to the
+// caller by pointer.
 package memory
 
 import (
@@ -255,7 +257,6 @@ func (b *Broker) publish(ctx context.Context, m *broker.Message, c chan result) 
 	if m.ID == "" {
 		m.ID = broker.NewID()
 	}
-	normalizeHeader(m)
 	select {
 	case <-b.done:
 		return broker.ErrClosed
@@ -306,19 +307,39 @@ func (b *Broker) publish(ctx context.Context, m *broker.Message, c chan result) 
 	return nil
 }
 
-// normalizeHeader lower-cases header names, as every network broker
-// delivers them, allocating only when a name is not lower case already.
-func normalizeHeader(m *broker.Message) {
-	for k := range m.Header {
-		if strings.ToLower(k) != k {
-			h := make(broker.Header, len(m.Header))
-			for k, v := range m.Header {
-				h[strings.ToLower(k)] = v
-			}
-			m.Header = h
-			return
-		}
+// inbound is the message a handler gets: a copy of the one sent, so that
+// a handler changing its message or header touches neither the caller's
+// (whose header may be shared with other calls, see broker.Broker) nor
+// another delivery's. Handlers do not keep their message after they
+// return (broker.Handler), so it is reused, header map and all.
+type inbound struct{ msg broker.Message }
+
+var inbounds = sync.Pool{New: func() any { return new(inbound) }}
+
+// newInbound copies m for a handler, with header names in lower case, as
+// every network broker delivers them.
+func newInbound(m *broker.Message) *inbound {
+	in := inbounds.Get().(*inbound)
+	h := in.msg.Header
+	in.msg = *m
+	if len(m.Header) > 0 && h == nil {
+		h = make(broker.Header, len(m.Header))
 	}
+	for k, v := range m.Header {
+		h[strings.ToLower(k)] = v
+	}
+	in.msg.Header = h
+	return in
+}
+
+func (in *inbound) release() {
+	h := in.msg.Header
+	if len(h) > 16 {
+		h = nil // an unusual request: do not keep its large map around
+	}
+	clear(h)
+	in.msg = broker.Message{Header: h}
+	inbounds.Put(in)
 }
 
 // Serve implements broker.Broker. Each subscription runs Concurrency
@@ -395,10 +416,12 @@ func (s *subscription) work() {
 }
 
 func (s *subscription) handle(d delivery) {
-	m := d.msg
-	if m.Expired(time.Now()) {
+	if d.msg.Expired(time.Now()) {
 		return // the caller has given up: never serve it
 	}
+	in := newInbound(d.msg)
+	defer in.release()
+	m := &in.msg
 	ctx := s.ctx
 	if !m.Deadline.IsZero() {
 		dc := deliveryctx.New(ctx, m.Deadline)
