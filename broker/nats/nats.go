@@ -202,10 +202,15 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 	if err != nil {
 		return nil, fmt.Errorf("nats: request %s: %w", req.Subject, err)
 	}
-	if err := b.publishRequest(ctx, req, id, call.reply, deadline); err != nil {
+	o, err := b.publishRequest(ctx, req, id, call.reply, deadline)
+	if err != nil {
 		b.mux.cancel(call)
 		return nil, fmt.Errorf("nats: request %s: %w", req.Subject, err)
 	}
+	// The published message goes back to its pool only once the call
+	// ended: the flusher the publish woke waits for this goroutine's
+	// processor, which it gets as soon as the select below blocks.
+	defer o.release()
 	select {
 	case r := <-call.ch:
 		b.mux.done(call)
@@ -226,26 +231,34 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 	}
 }
 
-func (b *Broker) publishRequest(ctx context.Context, req *broker.Message, id, reply string, deadline time.Time) error {
+// publishRequest publishes req with reply as its reply subject. It
+// returns the published message, for the caller to release.
+func (b *Broker) publishRequest(ctx context.Context, req *broker.Message, id, reply string, deadline time.Time) (*outbound, error) {
 	// A request published while the connection is down would sit in
 	// nats.go's reconnect buffer with nobody to fail it; fail it now so
 	// the caller can retry once the connection is back.
 	if st := b.nc.Status(); st != natsgo.CONNECTED {
 		if st == natsgo.CLOSED {
-			return broker.ErrClosed
+			return nil, broker.ErrClosed
 		}
-		return fmt.Errorf("%w (connection %s)", broker.ErrDisconnected, st)
+		return nil, fmt.Errorf("%w (connection %s)", broker.ErrDisconnected, st)
 	}
+	var o *outbound
+	var err error
 	if b.js == nil {
-		o := newOutbound(req.Subject, req, id, deadline)
-		defer o.release()
+		o = newOutbound(req.Subject, req, id, deadline)
 		o.msg.Reply = reply
-		return mapPublishError(b.nc.PublishMsg(&o.msg))
+		err = mapPublishError(b.nc.PublishMsg(&o.msg))
+	} else {
+		o = newOutbound(b.cfg.js.SubjectPrefix+"."+req.Subject, req, id, deadline)
+		o.set(HeaderReply, reply)
+		err = b.publishDurable(ctx, &o.msg, deadline)
 	}
-	o := newOutbound(b.cfg.js.SubjectPrefix+"."+req.Subject, req, id, deadline)
-	defer o.release()
-	o.set(HeaderReply, reply)
-	return b.publishDurable(ctx, &o.msg, deadline)
+	if err != nil {
+		o.release()
+		return nil, err
+	}
+	return o, nil
 }
 
 // Send delivers msg to msg.Subject without waiting for a reply. In core
