@@ -128,19 +128,24 @@ func serveTarget(srv *rpc.Server, cd codec.Codec, raw bool, cliB, srvB broker.Br
 // replyBufs holds the reply buffers of the raw-bytes targets' callers.
 var replyBufs = sync.Pool{New: func() any { return new([]byte) }}
 
+// callBytes calls the echo method of service through cli, whose codec is
+// the raw one, with p and checks the reply. The reply is copied into a
+// buffer the caller reuses (the raw codec's Unmarshal keeps the capacity
+// of *out), so the call allocates what the raw client's does: the broker
+// client's copy of the reply, and no second one.
+func callBytes(ctx context.Context, cli *rpc.Client, service string, p []byte) error {
+	out := replyBufs.Get().(*[]byte)
+	err := cli.Call(ctx, service, Method, p, out)
+	if err == nil {
+		err = checkEcho(p, *out)
+	}
+	replyBufs.Put(out)
+	return err
+}
+
 func (t *mqrpcTarget) Call(ctx context.Context, p []byte) error {
 	if t.raw {
-		// The reply is copied into a buffer the caller reuses (the raw
-		// codec's Unmarshal keeps the capacity of *out), so the call
-		// allocates what the raw client's does: the broker client's
-		// copy of the reply, and no second one.
-		out := replyBufs.Get().(*[]byte)
-		err := t.cli.Call(ctx, t.service, Method, p, out)
-		if err == nil {
-			err = checkEcho(p, *out)
-		}
-		replyBufs.Put(out)
-		return err
+		return callBytes(ctx, t.cli, t.service, p)
 	}
 	var out Echo
 	if err := t.cli.Call(ctx, t.service, Method, &Echo{Data: p}, &out); err != nil {

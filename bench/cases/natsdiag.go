@@ -94,13 +94,7 @@ func (c Config) natsLayered(l natsLayers) (harness.Target, error) {
 
 func (t *natsLayered) Call(ctx context.Context, p []byte) error {
 	if t.rc != nil {
-		out := replyBufs.Get().(*[]byte)
-		err := t.rc.Call(ctx, t.subject, Method, p, out)
-		if err == nil {
-			err = checkEcho(p, *out)
-		}
-		replyBufs.Put(out)
-		return err
+		return callBytes(ctx, t.rc, t.subject, p)
 	}
 	// One header map for every call, as rpc.Client shares one.
 	rep, err := t.cli.Request(ctx, &broker.Message{Subject: t.subject, Header: t.header, Body: p})
@@ -143,13 +137,7 @@ func (c Config) natsMQRPCClientOnly(ctx context.Context) (harness.Target, error)
 }
 
 func (t *natsClientOnly) Call(ctx context.Context, p []byte) error {
-	out := replyBufs.Get().(*[]byte)
-	err := t.cli.Call(ctx, t.raw.subject, Method, p, out)
-	if err == nil {
-		err = checkEcho(p, *out)
-	}
-	replyBufs.Put(out)
-	return err
+	return callBytes(ctx, t.cli, t.raw.subject, p)
 }
 
 func (t *natsClientOnly) Close() error {

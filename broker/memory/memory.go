@@ -20,6 +20,7 @@ import (
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/internal/deliveryctx"
+	"github.com/mqrpc/mqrpc/internal/msgpool"
 )
 
 // Broker is a connection to an in-process broker. New creates a broker and
@@ -307,39 +308,23 @@ func (b *Broker) publish(ctx context.Context, m *broker.Message, c chan result) 
 	return nil
 }
 
-// inbound is the message a handler gets: a copy of the one sent, so that
-// a handler changing its message or header touches neither the caller's
-// (whose header may be shared with other calls, see broker.Broker) nor
-// another delivery's. Handlers do not keep their message after they
-// return (broker.Handler), so it is reused, header map and all.
-type inbound struct{ msg broker.Message }
-
-var inbounds = sync.Pool{New: func() any { return new(inbound) }}
-
 // newInbound copies m for a handler, with header names in lower case, as
-// every network broker delivers them.
-func newInbound(m *broker.Message) *inbound {
-	in := inbounds.Get().(*inbound)
-	h := in.msg.Header
-	in.msg = *m
+// every network broker delivers them. The copy keeps a handler that
+// changes its message or header from touching the caller's (whose header
+// may be shared with other calls, see broker.Broker) or another
+// delivery's; release it with msgpool.Put once the handler returned.
+func newInbound(m *broker.Message) *broker.Message {
+	in := msgpool.Get()
+	h := in.Header
+	*in = *m
 	if len(m.Header) > 0 && h == nil {
 		h = make(broker.Header, len(m.Header))
 	}
 	for k, v := range m.Header {
 		h[strings.ToLower(k)] = v
 	}
-	in.msg.Header = h
+	in.Header = h
 	return in
-}
-
-func (in *inbound) release() {
-	h := in.msg.Header
-	if len(h) > 16 {
-		h = nil // an unusual request: do not keep its large map around
-	}
-	clear(h)
-	in.msg = broker.Message{Header: h}
-	inbounds.Put(in)
 }
 
 // Serve implements broker.Broker. Each subscription runs Concurrency
@@ -419,9 +404,8 @@ func (s *subscription) handle(d delivery) {
 	if d.msg.Expired(time.Now()) {
 		return // the caller has given up: never serve it
 	}
-	in := newInbound(d.msg)
-	defer in.release()
-	m := &in.msg
+	m := newInbound(d.msg)
+	defer msgpool.Put(m)
 	ctx := s.ctx
 	if !m.Deadline.IsZero() {
 		dc := deliveryctx.New(ctx, m.Deadline)

@@ -492,25 +492,3 @@ func decodeInto(out *broker.Message, m *natsgo.Msg, subject string) error {
 	}
 	return err
 }
-
-// inbound is a request being served in core mode. Handlers do not keep a
-// request after they return (broker.Handler), so the message and its
-// header map are reused from request to request.
-type inbound struct{ msg broker.Message }
-
-var inbounds = sync.Pool{New: func() any { return new(inbound) }}
-
-func newInbound(m *natsgo.Msg) (*inbound, error) {
-	in := inbounds.Get().(*inbound)
-	return in, decodeInto(&in.msg, m, m.Subject)
-}
-
-func (in *inbound) release() {
-	h := in.msg.Header
-	if len(h) > 16 {
-		h = nil // an unusual request: do not keep its large map around
-	}
-	clear(h)
-	in.msg = broker.Message{Header: h}
-	inbounds.Put(in)
-}

@@ -16,6 +16,7 @@ import (
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/internal/deliveryctx"
 	"github.com/mqrpc/mqrpc/internal/dispatch"
+	"github.com/mqrpc/mqrpc/internal/msgpool"
 )
 
 // Status codes the broker itself puts in replies (gRPC's numbers, as in
@@ -162,9 +163,12 @@ func (s *subscription) dispatch(fn func()) bool {
 }
 
 func (s *subscription) handleCore(m *natsgo.Msg) {
-	in, err := newInbound(m)
-	defer in.release()
-	req := &in.msg
+	// Handlers do not keep a request after they return (broker.Handler),
+	// so the message and its header map are reused from request to
+	// request.
+	req := msgpool.Get()
+	defer msgpool.Put(req)
+	err := decodeInto(req, m, m.Subject)
 	if err != nil {
 		s.b.log.Warn("nats: refused request", "subject", m.Subject, "error", err)
 		if m.Reply != "" {
