@@ -141,6 +141,7 @@ func TestWireMapping(t *testing.T) {
 	case d := <-msgs:
 		assert.Equal(t, "id-1", d.MessageId)
 		assert.Equal(t, "application/json", d.ContentType)
+		assert.Equal(t, "Add", d.Type, "the method travels as the type property")
 		assert.Equal(t, "amq.rabbitmq.reply-to", d.ReplyTo[:len("amq.rabbitmq.reply-to")])
 		assert.NotEmpty(t, d.CorrelationId)
 		assert.Equal(t, "", d.Exchange)
@@ -150,7 +151,6 @@ func TestWireMapping(t *testing.T) {
 		require.NoError(t, err)
 		assert.InDelta(t, 5000, exp, 500, "expiration is the time left, in ms")
 		assert.Equal(t, amqp091.Table{
-			"mqrpc-method":   "Add",
 			"x-custom":       "v",
 			"mqrpc-deadline": broker.FormatDeadline(deadline),
 		}, d.Headers)

@@ -150,7 +150,7 @@ func checkPublishing(t *testing.T, m *broker.Message) {
 		require.NotEmpty(t, p.Expiration)
 	}
 	back, err := fromDelivery(&amqp091.Delivery{
-		MessageId: p.MessageId, ContentType: p.ContentType, Headers: p.Headers,
+		MessageId: p.MessageId, ContentType: p.ContentType, Type: p.Type, Headers: p.Headers,
 		Expiration: p.Expiration, Body: p.Body, RoutingKey: m.Subject,
 	})
 	require.NoError(t, err)

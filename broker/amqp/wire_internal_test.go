@@ -23,13 +23,14 @@ func TestMappingRoundTrip(t *testing.T) {
 		{"Empty", broker.Message{ID: "a"}},
 		{"ContentType", broker.Message{ID: "b", Header: broker.Header{"content-type": "application/json", "mqrpc-method": "Add"}}},
 		{"EmptyContentType", broker.Message{ID: "c", Header: broker.Header{"content-type": ""}}},
+		{"EmptyMethod", broker.Message{ID: "e", Header: broker.Header{"mqrpc-method": "", "x": "y"}}},
 		{"Deadline", broker.Message{ID: "d", Header: broker.Header{"x": "y"}, Body: []byte{0, 1, 2}, Deadline: deadline}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := toPublishing(&tt.msg, tt.msg.Deadline, now, false)
 			d := amqp091.Delivery{
-				MessageId: p.MessageId, ContentType: p.ContentType, Headers: p.Headers,
+				MessageId: p.MessageId, ContentType: p.ContentType, Type: p.Type, Headers: p.Headers,
 				Body: p.Body, Expiration: p.Expiration, DeliveryMode: p.DeliveryMode,
 			}
 			got, err := fromDelivery(&d)
@@ -49,6 +50,34 @@ func TestMappingRoundTrip(t *testing.T) {
 				assert.Less(t, got.Deadline.Sub(tt.msg.Deadline), time.Millisecond)
 				assert.Equal(t, "1501", p.Expiration)
 			}
+		})
+	}
+}
+
+// TestMappingProperties pins which headers travel as AMQP properties
+// rather than header table fields.
+func TestMappingProperties(t *testing.T) {
+	m := broker.Message{ID: "a", Header: broker.Header{"Content-Type": "application/json", "mqrpc-method": "Add", "x-k": "v"}}
+	p := toPublishing(&m, time.Time{}, time.Now(), false)
+	assert.Equal(t, "application/json", p.ContentType)
+	assert.Equal(t, "Add", p.Type)
+	assert.Equal(t, amqp091.Table{"x-k": "v"}, p.Headers, "only the other headers go in the table")
+
+	// A foreign client may name the method in the header table, as
+	// earlier versions of the protocol had it; the header wins over type.
+	for _, tt := range []struct {
+		name string
+		d    amqp091.Delivery
+		want string
+	}{
+		{"Type", amqp091.Delivery{Type: "Add"}, "Add"},
+		{"Header", amqp091.Delivery{Headers: amqp091.Table{"mqrpc-method": "Sub"}}, "Sub"},
+		{"Both", amqp091.Delivery{Type: "Add", Headers: amqp091.Table{"Mqrpc-Method": "Sub"}}, "Sub"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := fromDelivery(&tt.d)
+			require.NoError(t, err)
+			assert.Equal(t, broker.Header{"mqrpc-method": tt.want}, got.Header)
 		})
 	}
 }

@@ -6,8 +6,10 @@ Usage: pika_client.py AMQP_URL QUEUE
 It follows docs/PROTOCOL.md (RabbitMQ section): the request goes to the
 default exchange with the service's queue as routing key, reply_to is
 amq.rabbitmq.reply-to (direct reply-to), correlation_id matches the reply,
-the method travels in the mqrpc-method header, the codec in content_type and
-the caller's deadline in mqrpc-deadline (Unix ms) and expiration (ms left).
+the method travels in the type property (the second call names it in the
+mqrpc-method header instead, as the protocol had it until 2026-11-21), the
+codec in content_type and the caller's deadline in mqrpc-deadline (Unix ms)
+and expiration (ms left).
 Each reply is printed as one JSON line: {"status", "message", "body"}.
 """
 import json
@@ -30,9 +32,12 @@ def main():
     # Direct reply-to: consume the pseudo-queue (no-ack) before publishing.
     ch.basic_consume("amq.rabbitmq.reply-to", on_reply, auto_ack=True)
 
-    def call(method, payload, timeout=10.0):
+    def call(method, payload, timeout=10.0, method_header=False):
         corr = str(uuid.uuid4())
         deadline_ms = int((time.time() + timeout) * 1000)
+        headers = {"mqrpc-deadline": str(deadline_ms)}
+        if method_header:
+            headers["mqrpc-method"] = method
         ch.basic_publish(
             exchange="",
             routing_key=queue,
@@ -43,7 +48,8 @@ def main():
                 message_id=str(uuid.uuid4()),
                 content_type="application/json",
                 expiration=str(int(timeout * 1000)),
-                headers={"mqrpc-method": method, "mqrpc-deadline": str(deadline_ms)},
+                type=None if method_header else method,
+                headers=headers,
             ),
             body=json.dumps(payload).encode(),
         )
@@ -63,7 +69,7 @@ def main():
         }
 
     print(json.dumps(call("Add", {"a": 2, "b": 40})), flush=True)
-    print(json.dumps(call("Add", {"a": -5, "b": 5})), flush=True)
+    print(json.dumps(call("Add", {"a": -5, "b": 5}, method_header=True)), flush=True)
     print(json.dumps(call("Nope", {})), flush=True)
     conn.close()
 
