@@ -285,10 +285,9 @@ func (sub *subscription) handle(ch *amqp091.Channel, d *amqp091.Delivery) {
 			sub.fail(ch, d, fmt.Errorf("reply: %w: %d bytes, limit %d", broker.ErrMessageTooLarge, len(reply.Body), b.cfg.maxSize))
 			return
 		}
+		// A reply has a message_id only when the handler gave it an ID,
+		// as on the other brokers: nothing deduplicates replies.
 		p := toReply(reply)
-		if p.MessageId == "" {
-			p.MessageId = broker.NewID()
-		}
 		// Plain clients (the RabbitMQ tutorial's) set only correlation_id;
 		// some set only message_id.
 		p.CorrelationId = d.CorrelationId

@@ -27,12 +27,16 @@ const (
 // which plain AMQP clients read and which cost less on both ends and in
 // RabbitMQ than header table fields; both come back as headers on receipt,
 // so the round trip is exact.
+//
+// A persistent message (durable mode) carries its send time as the
+// timestamp property, for whoever inspects a queue; a transient one, gone
+// within milliseconds, does not pay for encoding it on both ends.
 func toPublishing(m *broker.Message, deadline time.Time, now time.Time, persistent bool) amqp091.Publishing {
 	p := mapMessage(m, deadline, now)
-	p.Timestamp = now
 	p.DeliveryMode = amqp091.Transient
 	if persistent {
 		p.DeliveryMode = amqp091.Persistent
+		p.Timestamp = now
 	}
 	return p
 }
