@@ -70,9 +70,9 @@ func FuzzDelivery(f *testing.F) {
 		ack := &recordingAck{}
 		d.Acknowledger = ack
 		d.ReplyTo = ""
-		var served []*broker.Message
+		var served []string // the subjects of the requests served
 		sub := fuzzSubscription(broker.HandlerFunc(func(_ context.Context, req *broker.Message) (*broker.Message, error) {
-			served = append(served, req)
+			served = append(served, req.Subject) // not req: the broker reuses it
 			return &broker.Message{Header: req.Header.Clone(), Body: req.Body}, nil
 		}))
 		sub.handle(nil, &d)
@@ -89,7 +89,7 @@ func FuzzDelivery(f *testing.F) {
 		default:
 			assert.Equal(t, "ack", ack.settled[0])
 			require.Len(t, served, 1)
-			assert.Equal(t, "fuzz", served[0].Subject)
+			assert.Equal(t, "fuzz", served[0])
 		}
 	})
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/internal/deliveryctx"
 	"github.com/mqrpc/mqrpc/internal/dispatch"
+	"github.com/mqrpc/mqrpc/internal/msgpool"
 )
 
 // Serve implements broker.Broker. It declares the request queue, sets the
@@ -257,8 +258,12 @@ func (sub *subscription) consume(c consumer) (pool *dispatch.Pool[amqp091.Delive
 // published.
 func (sub *subscription) handle(ch *amqp091.Channel, d *amqp091.Delivery) {
 	b := sub.b
-	m, err := fromDelivery(d)
-	if err != nil {
+	// Handlers do not keep a request after they return (broker.Handler),
+	// so the message and its header map are reused from request to
+	// request.
+	m := msgpool.Get()
+	defer msgpool.Put(m)
+	if err := decodeDelivery(m, d); err != nil {
 		sub.fail(ch, d, err)
 		return
 	}

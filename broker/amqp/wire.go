@@ -104,11 +104,14 @@ func mapMessage(m *broker.Message, deadline time.Time, now time.Time) amqp091.Pu
 // mqrpc-method headers; an mqrpc-method header (as foreign clients
 // following older versions of docs/PROTOCOL.md send it) wins over type.
 func fromDelivery(d *amqp091.Delivery) (*broker.Message, error) {
-	m := &broker.Message{
-		ID:      d.MessageId,
-		Subject: d.RoutingKey,
-		Body:    d.Body,
-	}
+	m := new(broker.Message)
+	return m, decodeDelivery(m, d)
+}
+
+// decodeDelivery is fromDelivery into m, whose Header, if not nil, is an
+// empty map to fill instead of making one (internal/msgpool).
+func decodeDelivery(m *broker.Message, d *amqp091.Delivery) error {
+	m.ID, m.Subject, m.Body = d.MessageId, d.RoutingKey, d.Body
 	if d.Body == nil {
 		m.Body = []byte{}
 	}
@@ -119,7 +122,7 @@ func fromDelivery(d *amqp091.Delivery) (*broker.Message, error) {
 	if d.Type != "" {
 		n++
 	}
-	if n > 0 {
+	if n > 0 && m.Header == nil {
 		m.Header = make(broker.Header, n)
 	}
 	var err error
@@ -152,7 +155,7 @@ func fromDelivery(d *amqp091.Delivery) (*broker.Message, error) {
 	if len(m.Header) == 0 {
 		m.Header = nil
 	}
-	return m, err
+	return err
 }
 
 func headerString(v any) (string, bool) {
