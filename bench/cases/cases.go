@@ -197,11 +197,21 @@ func (c Config) newTarget(raw bool, service string, open func(name string) (brok
 // server echoes the body with rpc.HandleRaw, and the reply body is copied
 // into a buffer the caller reuses.
 func newMQRPCRaw(cliB, srvB broker.Broker, service string, closers ...func() error) (*mqrpcTarget, error) {
+	srv, err := rawEchoServer()
+	if err != nil {
+		return nil, err
+	}
+	return serveTarget(srv, rawcodec.Codec{}, true, cliB, srvB, service, closers)
+}
+
+// rawEchoServer returns an rpc server whose echo method returns the
+// request body as it is (rpc.HandleRaw, the raw codec).
+func rawEchoServer() (*rpc.Server, error) {
 	srv := rpc.NewServer(rpc.WithCodecs(rawcodec.Codec{}))
 	if err := rpc.HandleRaw(srv, Method, func(_ context.Context, body []byte) ([]byte, error) { return body, nil }); err != nil {
 		return nil, err
 	}
-	return serveTarget(srv, rawcodec.Codec{}, true, cliB, srvB, service, closers)
+	return srv, nil
 }
 
 func (t *mqrpcTarget) Close() error {

@@ -69,8 +69,8 @@ func (c Config) natsLayered(l natsLayers) (harness.Target, error) {
 		return &broker.Message{Body: m.Body}, nil
 	})
 	if l.rpcServer {
-		srv := rpc.NewServer(rpc.WithCodecs(rawcodec.Codec{}))
-		if err := rpc.HandleRaw(srv, Method, func(_ context.Context, body []byte) ([]byte, error) { return body, nil }); err != nil {
+		srv, err := rawEchoServer()
+		if err != nil {
 			_ = t.Close()
 			return nil, err
 		}
