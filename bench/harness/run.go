@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -196,22 +197,27 @@ func runGroup(ctx context.Context, cfg Config, cases []Case, res *Results, progr
 		}
 	}()
 	for _, c := range cases {
-		t, err := setup(ctx, c, progress)
+		var t Target
+		var err error
+		labelled(ctx, c, func(ctx context.Context) {
+			if t, err = setup(ctx, c, progress); err != nil {
+				res.Skipped = append(res.Skipped, Skipped{Group: c.Group, Name: c.Name, Role: c.Role, Reason: err.Error()})
+				progress(fmt.Sprintf("skip %s/%s: %v", c.Group, c.Name, err))
+				return
+			}
+			// A case that cannot make one call is skipped too, rather
+			// than filling the table with errors.
+			probe := make([]byte, 16)
+			pctx, cancel := context.WithTimeout(ctx, cfg.CallTimeout)
+			err = t.Call(pctx, probe)
+			cancel()
+			if err != nil {
+				_ = t.Close()
+				res.Skipped = append(res.Skipped, Skipped{Group: c.Group, Name: c.Name, Role: c.Role, Reason: "first call: " + err.Error()})
+				progress(fmt.Sprintf("skip %s/%s: first call: %v", c.Group, c.Name, err))
+			}
+		})
 		if err != nil {
-			res.Skipped = append(res.Skipped, Skipped{Group: c.Group, Name: c.Name, Role: c.Role, Reason: err.Error()})
-			progress(fmt.Sprintf("skip %s/%s: %v", c.Group, c.Name, err))
-			continue
-		}
-		// A case that cannot make one call is skipped too, rather than
-		// filling the table with errors.
-		probe := make([]byte, 16)
-		pctx, cancel := context.WithTimeout(ctx, cfg.CallTimeout)
-		err = t.Call(pctx, probe)
-		cancel()
-		if err != nil {
-			_ = t.Close()
-			res.Skipped = append(res.Skipped, Skipped{Group: c.Group, Name: c.Name, Role: c.Role, Reason: "first call: " + err.Error()})
-			progress(fmt.Sprintf("skip %s/%s: first call: %v", c.Group, c.Name, err))
 			continue
 		}
 		live = append(live, running{c: c, t: t})
@@ -219,7 +225,7 @@ func runGroup(ctx context.Context, cfg Config, cases []Case, res *Results, progr
 	}
 	if cfg.Warmup > 0 {
 		for _, r := range live {
-			measure(ctx, r.t, 16, 64, cfg.Warmup, cfg.CallTimeout)
+			labelled(ctx, r.c, func(ctx context.Context) { measure(ctx, r.t, 16, 64, cfg.Warmup, cfg.CallTimeout) })
 		}
 	}
 	for round := 0; round < cfg.Rounds && len(live) > 0; round++ {
@@ -238,7 +244,10 @@ func runGroup(ctx context.Context, cfg Config, cases []Case, res *Results, progr
 					if err := ctx.Err(); err != nil {
 						return err
 					}
-					s := measure(ctx, r.t, conc, size, cfg.Slice, cfg.CallTimeout)
+					var s *slice
+					labelled(ctx, r.c, func(ctx context.Context) {
+						s = measure(ctx, r.t, conc, size, cfg.Slice, cfg.CallTimeout)
+					})
 					k := Key{Group: r.c.Group, Name: r.c.Name, Conc: conc, Size: size}
 					cell := res.Cells[k]
 					if cell == nil {
@@ -263,6 +272,15 @@ func runGroup(ctx context.Context, cfg Config, cases []Case, res *Results, progr
 		}
 	}
 	return nil
+}
+
+// labelled runs f with the profiler label case=<group>/<name> of c, on
+// this goroutine and in f's ctx. Goroutines inherit it: those c's setup
+// starts (the broker clients' readers and writers) and its callers. A CPU
+// profile of an interleaved run then splits by case:
+// go tool pprof -tagfocus case=nats/mqrpc.
+func labelled(ctx context.Context, c Case, f func(context.Context)) {
+	pprof.Do(ctx, pprof.Labels("case", c.Group+"/"+c.Name), f)
 }
 
 // setupTries is how often a failing Setup is tried: a broker restarted by

@@ -52,7 +52,7 @@ func run() error {
 		out       = flag.String("out", "", "write the report into this Markdown file (between the mqbench markers, or the whole file when it has none)")
 		svg       = flag.String("svg", "", "write the chart (throughput against concurrency) to this SVG file")
 		command   = flag.String("command", "", "the command line to print in the report (default: this one)")
-		cpuprof   = flag.String("cpuprofile", "", "write a CPU profile of the measured rounds to this file")
+		cpuprof   = flag.String("cpuprofile", "", "write a CPU profile of the measured rounds to this file; samples carry the label case=<group>/<name> (go tool pprof -tagfocus case=nats/mqrpc)")
 		revision  = flag.String("revision", "", "the mqrpc revision measured, for the report (scripts/bench passes git's)")
 		quiet     = flag.Bool("q", false, "do not print a line per measurement")
 		strict    = flag.Bool("strict", false, "exit with an error when a case was skipped or a call failed (for smoke runs in CI)")
