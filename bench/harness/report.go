@@ -160,7 +160,7 @@ func (rp *Report) Text() string {
 	r := rp.Results
 	for _, size := range r.Config.Sizes {
 		fmt.Fprintf(&sb, "\npayload %s\n", sizeName(size))
-		fmt.Fprintf(&sb, "%-9s %-27s %4s %11s %9s %9s %9s %7s %7s %s\n", "broker", "case", "c", "calls/s", "p50", "p99", "cpu/call", "allocs", "ratio", "errors")
+		fmt.Fprintf(&sb, "%-9s %-27s %4s %11s %9s %9s %9s %10s %7s %7s %s\n", "broker", "case", "c", "calls/s", "p50", "p99", "cpu/call", "brokercpu", "allocs", "ratio", "errors")
 		for _, g := range r.Groups() {
 			for _, c := range r.Sorted(g, size) {
 				ratio := ""
@@ -171,8 +171,8 @@ func (rp *Report) Text() string {
 				if c.Errors > 0 {
 					errs = fmt.Sprintf("%d (%s)", c.Errors, c.FirstErr)
 				}
-				fmt.Fprintf(&sb, "%-9s %-27s %4d %11.0f %9s %9s %9s %7.1f %7s %s\n", c.Group, c.Name, c.Conc, c.Throughput(),
-					dur(c.Hist.Quantile(0.5)), dur(c.Hist.Quantile(0.99)), dur(c.CPUPerCall()), c.AllocsPerCall(), ratio, errs)
+				fmt.Fprintf(&sb, "%-9s %-27s %4d %11.0f %9s %9s %9s %10s %7.1f %7s %s\n", c.Group, c.Name, c.Conc, c.Throughput(),
+					dur(c.Hist.Quantile(0.5)), dur(c.Hist.Quantile(0.99)), dur(c.CPUPerCall()), brokerCPU(c), c.AllocsPerCall(), ratio, errs)
 			}
 		}
 	}
@@ -303,7 +303,7 @@ func (rp *Report) Markdown(svgPath, relTo string) string {
 
 	for _, size := range r.Config.Sizes {
 		fmt.Fprintf(&sb, "\n### Payload %s\n\n", sizeName(size))
-		sb.WriteString("| broker | case | c | calls/s | p50 | p99 | CPU/call | allocs/call | ratio | errors |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+		sb.WriteString("| broker | case | c | calls/s | p50 | p99 | CPU/call | broker CPU/call | allocs/call | ratio | errors |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 		for _, g := range r.Groups() {
 			for _, c := range r.Sorted(g, size) {
 				ratio := "baseline"
@@ -316,13 +316,21 @@ func (rp *Report) Markdown(svgPath, relTo string) string {
 				if c.Errors > 0 {
 					errs += " (" + oneLine(c.FirstErr) + ")"
 				}
-				fmt.Fprintf(&sb, "| %s | %s | %d | %s | %s | %s | %s | %.1f | %s | %s |\n", c.Group, c.Name, c.Conc, rate(c.Throughput()),
-					dur(c.Hist.Quantile(0.5)), dur(c.Hist.Quantile(0.99)), dur(c.CPUPerCall()), c.AllocsPerCall(), ratio, errs)
+				fmt.Fprintf(&sb, "| %s | %s | %d | %s | %s | %s | %s | %s | %.1f | %s | %s |\n", c.Group, c.Name, c.Conc, rate(c.Throughput()),
+					dur(c.Hist.Quantile(0.5)), dur(c.Hist.Quantile(0.99)), dur(c.CPUPerCall()), brokerCPU(c), c.AllocsPerCall(), ratio, errs)
 			}
 		}
 	}
-	sb.WriteString("\nCPU/call and allocs/call are the CPU time (user + system) and the heap allocations of the benchmark process during the measurement, divided by the calls: caller, broker client and server together, but not the broker server's own process. On a loaded machine they are steadier than calls/s.\n\n")
+	sb.WriteString("\nCPU/call and allocs/call are the CPU time (user + system) and the heap allocations of the benchmark process during the measurement, divided by the calls: caller, broker client and server together. Broker CPU/call is the CPU time of the broker server's own processes (nats-server; RabbitMQ's Erlang VM; RocketMQ's broker and name server), read from /proc in 10 ms ticks, divided by the calls; – where there is no broker process. On a loaded machine these are steadier than calls/s.\n\n")
 	return sb.String()
+}
+
+// brokerCPU formats c's broker CPU per call, or "–" when not measured.
+func brokerCPU(c *Cell) string {
+	if d, ok := c.BrokerCPUPerCall(); ok {
+		return dur(d)
+	}
+	return "–"
 }
 
 func oneLine(s string) string {

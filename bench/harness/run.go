@@ -71,6 +71,10 @@ type Config struct {
 	CallTimeout time.Duration
 	// Progress, when set, receives a line per measured slice.
 	Progress func(string)
+	// BrokerPIDs lists, per group, the processes of the broker server the
+	// group's cases use, when they run on this machine: their CPU time
+	// is measured with each slice (Cell.BrokerCPU).
+	BrokerPIDs map[string][]int
 }
 
 // Key names one cell of the results.
@@ -91,8 +95,13 @@ type Cell struct {
 	// CPU is the CPU time (user + system) the process used during the
 	// slices: callers, broker clients and in-process servers, not the
 	// broker server's own process.
-	CPU  time.Duration
-	Hist Histogram
+	CPU time.Duration
+	// BrokerCPU is the CPU time the broker server's processes used during
+	// the slices (Config.BrokerPIDs); BrokerCPUKnown says whether it was
+	// measured in every slice.
+	BrokerCPU      time.Duration
+	BrokerCPUKnown bool
+	Hist           Histogram
 	// PerRound is the throughput (calls/s) of each round.
 	PerRound []float64
 	// FirstErr is the first error seen, for the report.
@@ -122,6 +131,15 @@ func (c *Cell) CPUPerCall() time.Duration {
 		return 0
 	}
 	return c.CPU / time.Duration(c.Calls)
+}
+
+// BrokerCPUPerCall returns the broker server's CPU time per call, and
+// false when it was not measured.
+func (c *Cell) BrokerCPUPerCall() (time.Duration, bool) {
+	if c.Calls == 0 || !c.BrokerCPUKnown {
+		return 0, false
+	}
+	return c.BrokerCPU / time.Duration(c.Calls), true
 }
 
 // Skipped is a case that could not run, with the reason.
@@ -225,7 +243,7 @@ func runGroup(ctx context.Context, cfg Config, cases []Case, res *Results, progr
 	}
 	if cfg.Warmup > 0 {
 		for _, r := range live {
-			labelled(ctx, r.c, func(ctx context.Context) { measure(ctx, r.t, 16, 64, cfg.Warmup, cfg.CallTimeout) })
+			labelled(ctx, r.c, func(ctx context.Context) { measure(ctx, r.t, 16, 64, cfg.Warmup, cfg.CallTimeout, nil) })
 		}
 	}
 	for round := 0; round < cfg.Rounds && len(live) > 0; round++ {
@@ -246,12 +264,12 @@ func runGroup(ctx context.Context, cfg Config, cases []Case, res *Results, progr
 					}
 					var s *slice
 					labelled(ctx, r.c, func(ctx context.Context) {
-						s = measure(ctx, r.t, conc, size, cfg.Slice, cfg.CallTimeout)
+						s = measure(ctx, r.t, conc, size, cfg.Slice, cfg.CallTimeout, cfg.BrokerPIDs[r.c.Group])
 					})
 					k := Key{Group: r.c.Group, Name: r.c.Name, Conc: conc, Size: size}
 					cell := res.Cells[k]
 					if cell == nil {
-						cell = &Cell{Key: k, Role: r.c.Role}
+						cell = &Cell{Key: k, Role: r.c.Role, BrokerCPUKnown: true}
 						res.Cells[k] = cell
 					}
 					cell.Calls += s.calls
@@ -259,6 +277,8 @@ func runGroup(ctx context.Context, cfg Config, cases []Case, res *Results, progr
 					cell.Elapsed += s.elapsed
 					cell.Mallocs += s.mallocs
 					cell.CPU += s.cpu
+					cell.BrokerCPU += s.brokerCPU
+					cell.BrokerCPUKnown = cell.BrokerCPUKnown && s.brokerKnown
 					cell.Hist.Merge(&s.hist)
 					cell.PerRound = append(cell.PerRound, s.throughput())
 					if cell.FirstErr == "" && s.firstErr != nil {
@@ -311,6 +331,8 @@ type slice struct {
 	elapsed       time.Duration
 	mallocs       uint64
 	cpu           time.Duration
+	brokerCPU     time.Duration
+	brokerKnown   bool
 	hist          Histogram
 	firstErr      error
 }
@@ -322,8 +344,9 @@ func (s *slice) throughput() float64 {
 	return float64(s.calls) / s.elapsed.Seconds()
 }
 
-// measure runs conc callers against t for d and returns what they did.
-func measure(ctx context.Context, t Target, conc, size int, d, timeout time.Duration) *slice {
+// measure runs conc callers against t for d and returns what they did,
+// with the CPU time of the processes brokerPIDs.
+func measure(ctx context.Context, t Target, conc, size int, d, timeout time.Duration, brokerPIDs []int) *slice {
 	// One deadline for the whole slice, made here, so that no case pays
 	// for a per-call timer that another case does not.
 	cctx, cancel := context.WithTimeout(ctx, d+timeout)
@@ -344,6 +367,7 @@ func measure(ctx context.Context, t Target, conc, size int, d, timeout time.Dura
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	cpu0 := processCPU()
+	bcpu0, bok0 := pidsCPU(brokerPIDs)
 	var wg sync.WaitGroup
 	start := time.Now()
 	timer := time.AfterFunc(d, func() { stop.Store(true) })
@@ -375,8 +399,10 @@ func measure(ctx context.Context, t Target, conc, size int, d, timeout time.Dura
 	elapsed := time.Since(start)
 	timer.Stop()
 	cpu := processCPU() - cpu0
+	bcpu1, bok1 := pidsCPU(brokerPIDs)
 	runtime.ReadMemStats(&after)
-	s := &slice{elapsed: elapsed, mallocs: after.Mallocs - before.Mallocs, cpu: cpu}
+	s := &slice{elapsed: elapsed, mallocs: after.Mallocs - before.Mallocs, cpu: cpu,
+		brokerCPU: bcpu1 - bcpu0, brokerKnown: len(brokerPIDs) > 0 && bok0 && bok1}
 	for i := range hists {
 		s.hist.Merge(&hists[i])
 		s.errors += errs[i]

@@ -15,6 +15,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"regexp"
@@ -134,6 +136,11 @@ func run() error {
 	hcfg := harness.Config{
 		Concurrency: cs, Sizes: ss, Rounds: *rounds, Slice: *slice, Warmup: *warmup,
 		CallTimeout: 10 * time.Second,
+		BrokerPIDs: brokerPIDs(all, map[string][]string{
+			"nats":     {*natsURL},
+			"amqp":     {*amqpURL},
+			"rocketmq": {*rmqBroker, *rmqNS},
+		}),
 	}
 	if !*quiet {
 		hcfg.Progress = func(s string) { fmt.Fprintln(os.Stderr, s) }
@@ -186,4 +193,52 @@ func ints(s string) ([]int, error) {
 		out = append(out, n)
 	}
 	return out, nil
+}
+
+// brokerPIDs finds the processes of the broker servers the groups of cases
+// talk to, from their addresses (URLs or host:port), when they listen on
+// this machine. A group named like "nats-split" uses the addresses of
+// "nats".
+func brokerPIDs(cases []harness.Case, addrs map[string][]string) map[string][]int {
+	out := map[string][]int{}
+	for _, c := range cases {
+		if _, done := out[c.Group]; done {
+			continue
+		}
+		base, _, _ := strings.Cut(c.Group, "-")
+		var pids []int
+		for _, a := range addrs[base] {
+			port := addrPort(a)
+			if port == 0 {
+				continue
+			}
+			pid, err := harness.ListenerPID(port)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "mqbench: %s: broker CPU not measured: %v\n", c.Group, err)
+				pids = nil
+				break
+			}
+			pids = append(pids, pid)
+		}
+		out[c.Group] = pids
+	}
+	return out
+}
+
+// addrPort returns the port of a loopback address given as a URL or as
+// host:port, or 0.
+func addrPort(a string) int {
+	host := a
+	if u, err := url.Parse(a); err == nil && u.Host != "" {
+		host = u.Host
+	}
+	h, p, err := net.SplitHostPort(host)
+	if err != nil {
+		return 0
+	}
+	if ip := net.ParseIP(h); h != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return 0
+	}
+	port, _ := strconv.Atoi(p)
+	return port
 }
