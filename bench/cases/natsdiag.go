@@ -186,10 +186,9 @@ func (t *natsServerOnly) Close() error {
 
 // NATSServerShapes returns diagnostic cases that take the raw baseline
 // one step towards mqrpc at a time: the same plain client and echo server,
-// but with mqrpc's headers on the request (the reply has none, as
-// mqrpc's), with the handler
-// run on a goroutine per message (bounded at 64), or with 64 workers
-// reading a synchronous subscription.
+// but with mqrpc's headers on the request (the reply has none, as mqrpc's
+// has not), with the handler run on a goroutine per message (bounded at
+// 64), or with 1, 2 or 64 workers reading a synchronous subscription.
 func NATSServerShapes(cfg Config) []harness.Case {
 	shape := func(name string, headers bool, mode int) harness.Case {
 		return harness.Case{Group: "nats-shapes", Name: name, Role: harness.RolePeer,
