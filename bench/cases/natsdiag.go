@@ -17,11 +17,12 @@ import (
 // NATSSplit returns diagnostic cases that take mqrpc's NATS path apart,
 // all carrying bytes as the mqrpc bytes case does (the raw codec and
 // rpc.HandleRaw): the raw baseline again; mqrpc's client against a plain
-// nats.go echo server, and a plain nats.go client (with mqrpc's request
-// headers) against mqrpc's server, which tell on which side the cost over
-// the raw client lies; mqrpc itself, and with a client middleware that
-// does nothing (the path every client with middleware takes); and
-// broker/nats without the rpc layer, alone and under either half of it.
+// nats.go echo server, and a plain nats.go client (with mqrpc's method and
+// content-type headers) against mqrpc's server, which tell on which side
+// the cost over the raw client lies; mqrpc itself, and with a client
+// middleware that does nothing (the path every client with middleware
+// takes); and broker/nats without the rpc layer, alone and under either
+// half of it.
 func NATSSplit(cfg Config) []harness.Case {
 	layered := func(name string, l natsLayers) harness.Case {
 		return harness.Case{Group: "nats-split", Name: name, Role: harness.RolePeer,
@@ -212,6 +213,19 @@ const (
 	shapeWorkers2
 )
 
+// MQRPCRequestHeader returns the NATS headers of an mqrpc request to the
+// echo method (docs/PROTOCOL.md): method, content type, a new message ID
+// and the deadline (milliseconds since the epoch), for plain nats.go
+// clients that send what mqrpc's client sends.
+func MQRPCRequestHeader(contentType, deadline string) natsgo.Header {
+	return natsgo.Header{
+		broker.HeaderMethod:      {Method},
+		broker.HeaderContentType: {contentType},
+		mqnats.HeaderMsgID:       {broker.NewID()},
+		broker.HeaderDeadline:    {deadline},
+	}
+}
+
 type natsShapeTarget struct {
 	natsRawTarget
 	headers bool
@@ -272,12 +286,7 @@ func (t *natsShapeTarget) Call(ctx context.Context, p []byte) error {
 	if !t.headers {
 		return t.natsRawTarget.Call(ctx, p)
 	}
-	m := &natsgo.Msg{Subject: t.subject, Data: p, Header: natsgo.Header{
-		broker.HeaderMethod:      {Method},
-		broker.HeaderContentType: {"application/msgpack"},
-		"Nats-Msg-Id":            {broker.NewID()},
-		broker.HeaderDeadline:    {"1893456000000"},
-	}}
+	m := &natsgo.Msg{Subject: t.subject, Data: p, Header: MQRPCRequestHeader("application/msgpack", "1893456000000")}
 	rep, err := t.cli.RequestMsgWithContext(ctx, m)
 	if err != nil {
 		return err

@@ -144,12 +144,7 @@ func run(url string, rounds int, slice time.Duration, size int) error {
 			return err
 		}},
 		{name: "nats.go Request + mqrpc's 4 headers", call: withHeader(func() natsgo.Header {
-			return natsgo.Header{
-				broker.HeaderMethod:      {cases.Method},
-				broker.HeaderContentType: {rawcodec.Name},
-				mqnats.HeaderMsgID:       {broker.NewID()},
-				broker.HeaderDeadline:    {deadline},
-			}
+			return cases.MQRPCRequestHeader(rawcodec.Name, deadline)
 		})},
 		{name: "nats.go Request + 1 header, same values", call: withHeader(func() natsgo.Header {
 			return natsgo.Header{"mqrpc": {"m=" + cases.Method + ";ct=" + rawcodec.Name + ";id=" + broker.NewID() + ";dl=" + deadline}}
