@@ -84,6 +84,45 @@ func TestRawBytes(t *testing.T) {
 	assert.Equal(t, rpc.InvalidArgument, rpc.CodeOf(err), "%v", err)
 }
 
+// A raw method takes any content type, also on a server whose codecs do
+// not include it (the default, JSON only), and answers in the request's
+// content type without naming it.
+func TestRawMethodAnyContentType(t *testing.T) {
+	srv, _, b := newPair(t, nil)
+	require.NoError(t, rpc.HandleRaw(srv, "Upper", func(_ context.Context, body []byte) ([]byte, error) {
+		return bytes.ToUpper(body), nil
+	}))
+	c := rpc.NewClient(b, rpc.WithCodec(rawcodec.Codec{}))
+	var out []byte
+	var reply broker.Header
+	require.NoError(t, c.Call(context.Background(), "calc", "Upper", []byte("abc"), &out, rpc.WithReplyHeader(&reply)))
+	assert.Equal(t, []byte("ABC"), out)
+	assert.Empty(t, reply.Get("content-type"))
+	for _, ct := range []string{"", "application/x-bogus"} {
+		h := broker.Header{"mqrpc-method": "Upper"}
+		if ct != "" {
+			h.Set("content-type", ct)
+		}
+		rep, err := srv.ServeMessage(context.Background(), &broker.Message{Header: h, Body: []byte("xy")})
+		require.NoError(t, err)
+		require.NoError(t, rpc.ErrorFromReply(rep), "content type %q", ct)
+		assert.Equal(t, "XY", string(rep.Body))
+		assert.Empty(t, rep.Header.Get("content-type"), "content type %q", ct)
+	}
+}
+
+// The method is looked up before the content type: an unknown method is
+// Unimplemented whatever content type it names.
+func TestUnknownMethodUnacceptedContentType(t *testing.T) {
+	_, _, b := newPair(t, nil)
+	reply, err := b.Request(context.Background(), &broker.Message{Subject: "calc",
+		Header: broker.Header{"mqrpc-method": "Nope", "content-type": "application/x-bogus"}, Body: []byte{1}})
+	require.NoError(t, err)
+	e := rpc.ErrorFromReply(reply)
+	assert.Equal(t, rpc.Unimplemented, rpc.CodeOf(e), "%v", e)
+	assert.Contains(t, e.Error(), `unknown method "Nope"`)
+}
+
 // A reply names its codec when the request did not name it the same way.
 func TestReplyContentType(t *testing.T) {
 	srv, _, _ := newPair(t, []rpc.ServerOption{rpc.WithCodecs(jsoncodec.Codec{}, msgpackcodec.Codec{})})

@@ -36,9 +36,13 @@ type Server struct {
 	methods atomic.Pointer[map[string]method]
 }
 
-// method decodes a request body, calls the typed handler and encodes the
-// reply.
-type method func(ctx context.Context, cd codec.Codec, body []byte) ([]byte, error)
+// method is a registered method: call decodes a request body, calls the
+// typed handler and encodes the reply. A raw method (HandleRaw) takes the
+// body as is, whatever its content type, and call gets a nil codec.
+type method struct {
+	call func(ctx context.Context, cd codec.Codec, body []byte) ([]byte, error)
+	raw  bool
+}
 
 type serverConfig struct {
 	codecs     []codec.Codec
@@ -130,7 +134,7 @@ var ErrDuplicateMethod = errors.New("rpc: method already registered")
 // other error reaches the caller as Unknown (context errors as Canceled and
 // DeadlineExceeded). A panic in fn is recovered and answered as Internal.
 func Handle[Req, Res any](s *Server, name string, fn func(ctx context.Context, req *Req) (*Res, error)) error {
-	return s.register(name, func(ctx context.Context, cd codec.Codec, body []byte) ([]byte, error) {
+	return s.register(name, method{call: func(ctx context.Context, cd codec.Codec, body []byte) ([]byte, error) {
 		in := new(Req)
 		if err := cd.Unmarshal(body, in); err != nil {
 			return nil, Errorf(InvalidArgument, "decode %s request as %s: %w", name, cd.Name(), err)
@@ -147,16 +151,17 @@ func Handle[Req, Res any](s *Server, name string, fn func(ctx context.Context, r
 			return nil, Errorf(Internal, "encode %s reply as %s: %w", name, cd.Name(), err)
 		}
 		return b, nil
-	})
+	}})
 }
 
 // HandleRaw registers fn as the handler of method, with the body passed
-// as is and no codec involved. The reply carries the request's
-// content-type. fn must not retain body.
+// as is and no codec involved: the method accepts any content type (or
+// none), whatever codecs the server has, and its reply is in the request's
+// content type. fn must not retain body.
 func HandleRaw(s *Server, name string, fn func(ctx context.Context, body []byte) ([]byte, error)) error {
-	return s.register(name, func(ctx context.Context, _ codec.Codec, body []byte) ([]byte, error) {
+	return s.register(name, method{raw: true, call: func(ctx context.Context, _ codec.Codec, body []byte) ([]byte, error) {
 		return fn(ctx, body)
-	})
+	}})
 }
 
 func (s *Server) register(name string, m method) error {
@@ -218,14 +223,8 @@ func (s *Server) dispatch(ctx context.Context, req *broker.Message) (reply *brok
 				n, s.maxHeader)
 		}
 	}
-	cd := s.defaultCodec
-	ct := req.Header.Get(broker.HeaderContentType)
-	if ct != "" {
-		var ok bool
-		if cd, ok = s.codecs[codec.MediaType(ct)]; !ok {
-			return nil, Errorf(InvalidArgument, "unsupported content type %q (accepted: %s)", ct, s.accepted)
-		}
-	}
+	// The method first: an unknown method is Unimplemented whatever its
+	// content type, and a raw method takes any content type.
 	name := req.Header.Get(broker.HeaderMethod)
 	m, ok := (*s.methods.Load())[name]
 	if !ok {
@@ -234,6 +233,16 @@ func (s *Server) dispatch(ctx context.Context, req *broker.Message) (reply *brok
 		}
 		return nil, Errorf(Unimplemented, "unknown method %q", name)
 	}
+	ct := req.Header.Get(broker.HeaderContentType)
+	var cd codec.Codec
+	if !m.raw {
+		cd = s.defaultCodec
+		if ct != "" {
+			if cd, ok = s.codecs[codec.MediaType(ct)]; !ok {
+				return nil, Errorf(InvalidArgument, "unsupported content type %q (accepted: %s)", ct, s.accepted)
+			}
+		}
+	}
 	st := &serverCallState{sc: serverCall{Context: ctx, req: req}}
 	sc := &st.sc
 	defer func() {
@@ -241,7 +250,7 @@ func (s *Server) dispatch(ctx context.Context, req *broker.Message) (reply *brok
 			reply, err = nil, Errorf(Internal, "panic in method %s: %v", name, r)
 		}
 	}()
-	body, err := m(sc, cd, req.Body)
+	body, err := m.call(sc, cd, req.Body)
 	if err != nil {
 		return nil, asError(err)
 	}
@@ -251,9 +260,10 @@ func (s *Server) dispatch(ctx context.Context, req *broker.Message) (reply *brok
 	}
 	// The reply is in the request's codec; it names it only when the
 	// request did not name it the same way (docs/PROTOCOL.md), which
-	// spares most replies any header at all.
+	// spares most replies any header at all. A raw method's reply is in
+	// the request's content type, whatever that is, so it names none.
 	h := sc.replyHeader
-	if ct != cd.Name() {
+	if cd != nil && ct != cd.Name() {
 		if h == nil {
 			h = make(broker.Header, 1)
 		}
