@@ -3,12 +3,14 @@ package rpc_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/memory"
+	jsoncodec "github.com/mqrpc/mqrpc/codec/json"
 	"github.com/mqrpc/mqrpc/rpc"
 )
 
@@ -132,4 +134,38 @@ func ExampleMiddleware() {
 	// Output:
 	// called Greeter.Greet: ok
 	// Hello, Grace from acme
+}
+
+// OutOfStock is an error detail of an inventory service.
+type OutOfStock struct {
+	SKU  string
+	Left int
+}
+
+// An error carries typed details beside its code and message; the caller
+// finds them with errors.As.
+func ExampleError_WithDetails() {
+	b := memory.New()
+	defer b.Close()
+	srv := rpc.NewServer()
+	_ = rpc.Handle(srv, "Take", func(_ context.Context, in *OutOfStock) (*OutOfStock, error) {
+		d, err := rpc.NewErrorDetail("example.com/inventory.OutOfStock", jsoncodec.Codec{}, &OutOfStock{SKU: in.SKU})
+		if err != nil {
+			return nil, err
+		}
+		return nil, rpc.Errorf(rpc.FailedPrecondition, "%s is out of stock", in.SKU).WithDetails(d)
+	})
+	_, _ = b.Serve("Inventory", srv)
+
+	err := rpc.NewClient(b).Call(context.Background(), "Inventory", "Take", &OutOfStock{SKU: "A1"}, nil)
+	var e *rpc.Error
+	if errors.As(err, &e) {
+		for _, d := range e.Details() {
+			var oos OutOfStock
+			if d.Type == "example.com/inventory.OutOfStock" && d.Unmarshal(jsoncodec.Codec{}, &oos) == nil {
+				fmt.Printf("%s: %s left %d\n", e.Code(), oos.SKU, oos.Left)
+			}
+		}
+	}
+	// Output: failed_precondition: A1 left 0
 }

@@ -56,11 +56,13 @@ func (c Code) String() string {
 //
 // An Error decoded from a reply is a wire error (Wire reports true): the
 // failure happened on the server. An Error made locally (a timeout, no
-// responders) is not.
+// responders) is not. An Error may carry typed details (WithDetails),
+// which travel with it in the reply.
 type Error struct {
-	code Code
-	err  error
-	wire bool
+	code    Code
+	err     error
+	wire    bool
+	details []ErrorDetail
 }
 
 // NewError returns an error with code c wrapping err. A nil err gives an
@@ -153,15 +155,23 @@ func ErrorFromReply(reply *broker.Message) error {
 	if err != nil {
 		c, msg = Unknown, "malformed status "+strconv.Quote(s)+": "+msg
 	}
+	var details []ErrorDetail
+	if d := reply.Header.Get(HeaderDetails); d != "" {
+		// The code and message still hold: keep them, and say why the
+		// details are missing.
+		if details, err = decodeDetails(d); err != nil {
+			msg += " (malformed " + HeaderDetails + " header: " + err.Error() + ")"
+		}
+	}
 	var inner error
 	if msg != "" {
 		inner = wireError{msg}
 	}
-	return &Error{code: c, err: inner, wire: true}
+	return &Error{code: c, err: inner, wire: true, details: details}
 }
 
-// ErrorReply returns a reply message carrying err's status code and
-// message, with an empty body. Server middleware uses it to answer a
+// ErrorReply returns a reply message carrying err's status code, message
+// and details, with an empty body. Server middleware uses it to answer a
 // request without calling the handler; most code just returns an *Error.
 func ErrorReply(err error) *broker.Message {
 	e := asError(err)
@@ -173,6 +183,9 @@ func ErrorReply(err error) *broker.Message {
 	h[broker.HeaderStatus] = strconv.FormatUint(uint64(c), 10)
 	if m := e.Message(); m != "" {
 		h[broker.HeaderStatusMessage] = m
+	}
+	if len(e.details) > 0 {
+		h[HeaderDetails] = encodeDetails(e.details)
 	}
 	return &broker.Message{Header: h}
 }

@@ -163,7 +163,7 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 		}
 	}
 	if err != nil {
-		return callError(err, replyHeader)
+		return callError(err)
 	}
 	return nil
 }

@@ -58,9 +58,12 @@
 //     mqrpc-message, exactly as mqrpc's own errors do (gRPC's code numbers
 //     are mqrpc's), so the code survives any mix of gRPC and mqrpc clients
 //     and servers. Status details (status.WithDetails, such as errdetails)
-//     travel as the base64 of the serialized google.rpc.Status in the
-//     "grpc-status-details-bin" header ([HeaderStatusDetails]), as in
-//     gRPC's own HTTP/2 trailers.
+//     travel as mqrpc error details (rpc.ErrorDetail, the mqrpc-details
+//     header): each google.protobuf.Any becomes a detail with its type URL,
+//     content type "application/protobuf" and its bytes, and back, so an
+//     rpc.Client reads a gRPC service's details and a gRPC stub reads an
+//     mqrpc service's (a detail in another codec arrives in the status as
+//     an Any that status.Details cannot decode).
 //
 // Metadata keys are lower case. A binary key (ending in "-bin") carries its
 // values base64-encoded (unpadded; padded is accepted) and separated by

@@ -206,6 +206,74 @@ func TestStatusDetails(t *testing.T) {
 	}
 }
 
+// Details map both ways between gRPC statuses and mqrpc errors: a gRPC
+// service's status details reach an rpc.Client as rpc error details in
+// protobuf, and an rpc service's error details reach a gRPC stub as
+// status details.
+func TestStatusDetailsInterop(t *testing.T) {
+	bad := &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "message", Description: "empty"}}}
+	t.Run("grpc service to rpc client", func(t *testing.T) {
+		f := setup(t, &echoServer{fn: func(context.Context, *testpb.EchoRequest) (*testpb.EchoReply, error) {
+			st, err := status.New(codes.InvalidArgument, "bad request").WithDetails(protoadapt.MessageV1Of(bad))
+			if err != nil {
+				return nil, err
+			}
+			return nil, st.Err()
+		}}, nil)
+		c := rpc.NewClient(f.b, rpc.WithCodec(protocodec.Codec{}))
+		_, err := rpc.Invoke[testpb.EchoReply](context.Background(), c, "mqrpc.grpctest.Echo", "Echo", &testpb.EchoRequest{})
+		var e *rpc.Error
+		require.ErrorAs(t, err, &e)
+		assert.Equal(t, rpc.InvalidArgument, e.Code())
+		require.Len(t, e.Details(), 1)
+		d := e.Details()[0]
+		assert.Equal(t, "type.googleapis.com/google.rpc.BadRequest", d.Type)
+		var got errdetails.BadRequest
+		require.NoError(t, d.Unmarshal(protocodec.Codec{}, &got))
+		assert.True(t, proto.Equal(bad, &got), "%v", &got)
+	})
+	t.Run("rpc error from a grpc handler", func(t *testing.T) {
+		f := setup(t, &echoServer{fn: func(context.Context, *testpb.EchoRequest) (*testpb.EchoReply, error) {
+			d, err := rpc.NewErrorDetail("type.googleapis.com/google.rpc.BadRequest", protocodec.Codec{}, bad)
+			if err != nil {
+				return nil, err
+			}
+			return nil, rpc.Errorf(rpc.InvalidArgument, "bad request").WithDetails(d)
+		}}, nil)
+		_, err := f.client.Echo(context.Background(), &testpb.EchoRequest{})
+		st := status.Convert(err)
+		assert.Equal(t, codes.InvalidArgument, st.Code())
+		require.Len(t, st.Details(), 1)
+		got, ok := st.Details()[0].(*errdetails.BadRequest)
+		require.True(t, ok, "%T: %v", st.Details()[0], st.Details()[0])
+		assert.True(t, proto.Equal(bad, got), "%v", got)
+	})
+	t.Run("rpc service to grpc stub", func(t *testing.T) {
+		b := memory.New()
+		defer b.Close()
+		srv := rpc.NewServer(rpc.WithCodecs(protocodec.Codec{}))
+		require.NoError(t, rpc.Handle(srv, "Echo", func(context.Context, *testpb.EchoRequest) (*testpb.EchoReply, error) {
+			d, err := rpc.NewErrorDetail("type.googleapis.com/google.rpc.BadRequest", protocodec.Codec{}, bad)
+			if err != nil {
+				return nil, err
+			}
+			return nil, rpc.Errorf(rpc.InvalidArgument, "bad request").WithDetails(d)
+		}))
+		sub, err := b.Serve("echo-subject", srv)
+		require.NoError(t, err)
+		defer sub.Stop(context.Background())
+		client := testpb.NewEchoClient(mqgrpc.NewClientConn(b, mqgrpc.WithShortMethodNames(),
+			mqgrpc.WithSubject(func(string) string { return "echo-subject" })))
+		_, err = client.Echo(context.Background(), &testpb.EchoRequest{})
+		st := status.Convert(err)
+		assert.Equal(t, codes.InvalidArgument, st.Code())
+		require.Len(t, st.Details(), 1)
+		got, ok := st.Details()[0].(*errdetails.BadRequest)
+		require.True(t, ok, "%T: %v", st.Details()[0], st.Details()[0])
+		assert.True(t, proto.Equal(bad, got), "%v", got)
+	})
+}
+
 func protoadaptAll(ms []proto.Message) []protoadapt.MessageV1 {
 	out := make([]protoadapt.MessageV1, len(ms))
 	for i, m := range ms {

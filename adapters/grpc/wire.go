@@ -4,7 +4,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 
 	spb "google.golang.org/genproto/googleapis/rpc/status"
@@ -13,7 +12,7 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/codec"
@@ -21,18 +20,11 @@ import (
 	"github.com/mqrpc/mqrpc/rpc"
 )
 
-// Header names of the gRPC mapping, besides mqrpc's own (mqrpc-method,
-// content-type, mqrpc-status, mqrpc-message).
-const (
-	// HeaderStatusDetails carries the details of an error status: the
-	// serialized google.rpc.Status, base64-encoded (standard alphabet,
-	// unpadded; padded is accepted). It is set only when the status has
-	// details.
-	HeaderStatusDetails = "grpc-status-details-bin"
-	// TrailerPrefix starts the reply header names that carry trailer
-	// metadata: trailer key "k" travels as "grpc-trailer-k".
-	TrailerPrefix = "grpc-trailer-"
-)
+// TrailerPrefix starts the reply header names that carry trailer
+// metadata: trailer key "k" travels as "grpc-trailer-k". The other header
+// names are mqrpc's own (mqrpc-method, content-type, mqrpc-status,
+// mqrpc-message, mqrpc-details).
+const TrailerPrefix = "grpc-trailer-"
 
 // Content types of the gRPC mapping.
 const (
@@ -143,27 +135,51 @@ func statusOf(err error) *status.Status {
 	}
 	var e *rpc.Error
 	if errors.As(err, &e) {
-		return status.New(codes.Code(e.Code()), e.Message())
+		p := &spb.Status{Code: int32(e.Code()), Message: e.Message()}
+		p.Details = anyDetails(e.Details())
+		return status.FromProto(p)
 	}
 	return status.New(codes.Code(rpc.CodeOf(err)), err.Error())
 }
 
-// putStatus writes st (not OK) into h.
+// anyDetails returns mqrpc error details as the Any messages of a gRPC
+// status. Any has no content type: a detail not in protobuf keeps its
+// bytes, which the client's status.Details reports as undecodable.
+func anyDetails(details []rpc.ErrorDetail) []*anypb.Any {
+	if len(details) == 0 {
+		return nil
+	}
+	out := make([]*anypb.Any, len(details))
+	for i, d := range details {
+		out[i] = &anypb.Any{TypeUrl: d.Type, Value: d.Value}
+	}
+	return out
+}
+
+// rpcDetails returns the details of a gRPC status as mqrpc error details
+// in protobuf.
+func rpcDetails(details []*anypb.Any) []rpc.ErrorDetail {
+	if len(details) == 0 {
+		return nil
+	}
+	out := make([]rpc.ErrorDetail, len(details))
+	for i, a := range details {
+		out[i] = rpc.ErrorDetail{Type: a.GetTypeUrl(), ContentType: ContentTypeProto, Value: a.GetValue()}
+	}
+	return out
+}
+
+// putStatus writes st (not OK) into h as mqrpc's status headers: its
+// details become mqrpc error details, so mqrpc clients read them too.
 func putStatus(h broker.Header, st *status.Status) {
-	c := st.Code()
-	if c == codes.OK {
-		c = codes.Unknown
-	}
-	h[broker.HeaderStatus] = strconv.FormatUint(uint64(c), 10)
+	var msg error
 	if m := st.Message(); m != "" {
-		h[broker.HeaderStatusMessage] = m
-	} else {
-		delete(h, broker.HeaderStatusMessage)
+		msg = errors.New(m)
 	}
-	if p := st.Proto(); len(p.GetDetails()) > 0 {
-		if b, err := proto.Marshal(p); err == nil {
-			h[HeaderStatusDetails] = base64.RawStdEncoding.EncodeToString(b)
-		}
+	delete(h, broker.HeaderStatusMessage)
+	e := rpc.NewError(rpc.Code(st.Code()), msg).WithDetails(rpcDetails(st.Proto().GetDetails())...)
+	for k, v := range rpc.ErrorReply(e).Header {
+		h[k] = v
 	}
 }
 
@@ -188,8 +204,8 @@ func (e *Error) Error() string {
 func (e *Error) Unwrap() error { return e.err }
 
 // callError turns the error of an mqrpc call into a gRPC status error,
-// adding the details the reply header h carries.
-func callError(err error, h broker.Header) error {
+// with its details.
+func callError(err error) error {
 	if _, ok := err.(interface{ GRPCStatus() *status.Status }); ok {
 		return err
 	}
@@ -197,21 +213,7 @@ func callError(err error, h broker.Header) error {
 	if !errors.As(err, &e) {
 		return &Error{st: status.New(codes.Code(rpc.CodeOf(err)), err.Error()), err: err}
 	}
-	p := &spb.Status{Code: int32(e.Code()), Message: e.Message()}
-	if e.Wire() {
-		if d := h.Get(HeaderStatusDetails); d != "" {
-			var full spb.Status
-			b, derr := decodeBase64(d)
-			if derr == nil {
-				derr = proto.Unmarshal(b, &full)
-			}
-			if derr != nil {
-				return &Error{st: status.Newf(codes.Internal, "mqgrpc: malformed %s header in a reply with status %s: %v: %v",
-					HeaderStatusDetails, codes.Code(e.Code()), derr, e.Message()), err: err}
-			}
-			p.Details = full.Details
-		}
-	}
+	p := &spb.Status{Code: int32(e.Code()), Message: e.Message(), Details: anyDetails(e.Details())}
 	return &Error{st: status.FromProto(p), err: err}
 }
 
