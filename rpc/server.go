@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"sort"
 	"strings"
 	"sync"
@@ -34,6 +35,7 @@ type Server struct {
 
 	mu      sync.Mutex // serializes registration
 	methods atomic.Pointer[map[string]method]
+	types   sync.Map // method name -> [2]reflect.Type, for Describe (serve.go)
 }
 
 // method is a registered method: call decodes a request body, calls the
@@ -134,7 +136,7 @@ var ErrDuplicateMethod = errors.New("rpc: method already registered")
 // other error reaches the caller as Unknown (context errors as Canceled and
 // DeadlineExceeded). A panic in fn is recovered and answered as Internal.
 func Handle[Req, Res any](s *Server, name string, fn func(ctx context.Context, req *Req) (*Res, error)) error {
-	return s.register(name, method{call: func(ctx context.Context, cd codec.Codec, body []byte) ([]byte, error) {
+	return s.noteTypes(name, reflect.TypeFor[Req](), reflect.TypeFor[Res](), s.register(name, method{call: func(ctx context.Context, cd codec.Codec, body []byte) ([]byte, error) {
 		in := new(Req)
 		if err := cd.Unmarshal(body, in); err != nil {
 			return nil, Errorf(InvalidArgument, "decode %s request as %s: %w", name, cd.Name(), err)
@@ -151,7 +153,7 @@ func Handle[Req, Res any](s *Server, name string, fn func(ctx context.Context, r
 			return nil, Errorf(Internal, "encode %s reply as %s: %w", name, cd.Name(), err)
 		}
 		return b, nil
-	}})
+	}}))
 }
 
 // HandleRaw registers fn as the handler of method, with the body passed

@@ -48,6 +48,7 @@ type hub struct {
 	faults   Faults                       // guarded by mu
 	faulty   atomic.Bool                  // faults != Faults{}: the fault-free path takes no lock
 	rng      *rand.Rand                   // guarded by mu (write lock)
+	each     eachTable                    // broadcast subscriptions (control.go)
 }
 
 // group is a set of competing consumers: every subscription of one queue on
