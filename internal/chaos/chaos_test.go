@@ -85,8 +85,9 @@ func callers(t testing.TB) int {
 }
 
 // TestChaos runs every scenario on every broker and mode:
-// TestChaos/<target>/<restart|kill|poison>. One private broker per kind
-// serves all its modes.
+// TestChaos/<target>/<restart|kill|poison>, and on the durable ones also
+// late-server, the side-by-side group of durable/<...> (durable_test.go)
+// and broker-sigkill. One private broker per kind serves all its modes.
 func TestChaos(t *testing.T) {
 	var (
 		node     *chaos.Node
@@ -115,6 +116,8 @@ func TestChaos(t *testing.T) {
 			t.Run("poison", func(t *testing.T) { runPoison(t, target, node) })
 			if target.Durable {
 				t.Run("late-server", func(t *testing.T) { runLateServer(t, target, node) })
+				runDurable(t, target, node)
+				t.Run("broker-sigkill", func(t *testing.T) { runBrokerKill(t, target, node) })
 			}
 		})
 	}
@@ -258,8 +261,14 @@ type scenario struct {
 	closers  []func()
 	row      chaos.Row
 	accepted []string
-	// victim names the server process killed by the scenario, if any.
-	victim string
+	// outcomes are the calls of the load by message ID.
+	outcomes map[string]rpc.Code
+	// victims name the server processes killed by the scenario, if any.
+	victims []string
+	// parallel is true for scenarios that run beside others of their
+	// target: the goroutines and heap of the process are checked once
+	// for the group (checkGroup), not per scenario.
+	parallel bool
 	// drained is true when the scenario already waited for the accepted
 	// requests to be served.
 	drained bool
@@ -284,8 +293,9 @@ func (s *scenario) load(res *chaos.LoadResult) {
 	t := s.t
 	s.row.Calls, s.row.Codes, s.row.Late = res.Calls, chaos.FormatCodes(res.Codes), res.Late
 	s.row.MaxWait, s.row.Mismatched = res.MaxWait, res.Mismatched
-	s.accepted = res.Accepted
-	s.row.Accepted = len(res.Accepted)
+	s.accepted = append(s.accepted, res.Accepted...)
+	s.row.Accepted = len(s.accepted)
+	s.outcomes = res.Outcomes
 	t.Logf("%d calls: %s; late %d (max wait %v, deadline %v + grace %v); wrong replies %d; tracked sends accepted %d, refused %s",
 		res.Calls, chaos.FormatCodes(res.Codes), res.Late, res.MaxWait.Round(time.Millisecond), callDeadline, grace,
 		res.Mismatched, len(res.Accepted), chaos.FormatCodes(res.SendErrors))
@@ -326,7 +336,12 @@ func (s *scenario) finish() {
 	}
 	s.row.Executions, s.row.Duplicates = s.log.Executions()
 	s.row.DupCommits = s.log.DuplicateCommits()
-	if s.victim == "" {
+	if len(s.outcomes) > 0 {
+		failedExec, okUnexec := s.log.FailedExecuted(chaos.MethodWork, s.outcomes)
+		s.row.FailedExecuted = failedExec
+		assert.Zero(t, okUnexec, "calls succeeded that no server executed")
+	}
+	if len(s.victims) == 0 {
 		assert.Zero(t, s.row.Duplicates, "requests executed more than once despite Dedup: %v", s.log.DuplicateKeys(5))
 	} else {
 		// A request the killed server executed but whose outcome it had
@@ -334,7 +349,7 @@ func (s *scenario) finish() {
 		// that window (the side effect and the store are not one
 		// transaction). Every other repeat must be caught, and no
 		// outcome may be committed twice.
-		assert.Zero(t, s.log.DuplicatesWithout(s.victim),
+		assert.Zero(t, s.log.DuplicatesWithout(s.victims...),
 			"requests executed more than once without the killed server taking part: %v", s.log.DuplicateKeys(5))
 		assert.Zero(t, s.row.DupCommits, "outcomes committed twice to the shared dedup store")
 		if s.row.Duplicates > 0 {
@@ -344,6 +359,11 @@ func (s *scenario) finish() {
 	}
 	for i := len(s.closers) - 1; i >= 0; i-- {
 		s.closers[i]()
+	}
+	if s.parallel {
+		s.row.Failed = t.Failed()
+		report.Add(s.row)
+		return
 	}
 	after := settle(s.before)
 	s.row.GoroutinesBefore, s.row.GoroutinesAfter = s.before.goroutines, after.goroutines
@@ -509,7 +529,7 @@ func runKill(t *testing.T, target chaos.Target, node *chaos.Node) {
 		time.Sleep(5 * time.Millisecond) // poll interval of a bounded wait
 	}
 	inFlight := victim.InFlight()
-	s.victim = victim.Name
+	s.victims = append(s.victims, victim.Name)
 	victim.Kill()
 	s.note("killed a server with %d requests in flight", inFlight)
 	time.Sleep(d * 2 / 3) // load after the kill

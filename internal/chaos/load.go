@@ -23,16 +23,18 @@ import (
 // for the servers of one test, in this process or in children.
 type ExecLog struct {
 	mu       sync.Mutex
-	started  map[string]int
-	executed map[string]int      // method+" "+id -> executions
-	by       map[string][]string // method+" "+id -> who executed it, when
-	commits  map[string]int      // dedup key -> outcomes stored for it
+	started  map[string][]time.Time // method+" "+id -> when each start was seen
+	executed map[string]int         // method+" "+id -> executions
+	firstAt  map[string]time.Time   // method+" "+id -> first execution
+	by       map[string][]string    // method+" "+id -> who executed it, when
+	commits  map[string]int         // dedup key -> outcomes stored for it
 	waiters  []chan struct{}
 }
 
 // NewExecLog returns an empty log.
 func NewExecLog() *ExecLog {
-	return &ExecLog{started: map[string]int{}, executed: map[string]int{}, by: map[string][]string{}, commits: map[string]int{}}
+	return &ExecLog{started: map[string][]time.Time{}, executed: map[string]int{}, firstAt: map[string]time.Time{},
+		by: map[string][]string{}, commits: map[string]int{}}
 }
 
 var _ Recorder = (*ExecLog)(nil)
@@ -40,8 +42,24 @@ var _ Recorder = (*ExecLog)(nil)
 // Started implements Recorder.
 func (l *ExecLog) Started(method, id string) {
 	l.mu.Lock()
-	l.started[method+" "+id]++
+	l.started[method+" "+id] = append(l.started[method+" "+id], time.Now())
 	l.mu.Unlock()
+}
+
+// Starts returns when method was seen starting on request id, in order:
+// one entry per delivery that reached the handler.
+func (l *ExecLog) Starts(method, id string) []time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]time.Time(nil), l.started[method+" "+id]...)
+}
+
+// ExecutedCount returns how many times method executed request id, and when
+// it did first.
+func (l *ExecLog) ExecutedCount(method, id string) (int, time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.executed[method+" "+id], l.firstAt[method+" "+id]
 }
 
 // Executed implements Recorder.
@@ -51,6 +69,9 @@ func (l *ExecLog) Executed(method, id string) { l.ExecutedBy(method, id, "this p
 func (l *ExecLog) ExecutedBy(method, id, who string) {
 	l.mu.Lock()
 	l.executed[method+" "+id]++
+	if _, ok := l.firstAt[method+" "+id]; !ok {
+		l.firstAt[method+" "+id] = time.Now()
+	}
 	l.by[method+" "+id] = append(l.by[method+" "+id], who+"@"+time.Now().Format("05.000"))
 	ws := l.waiters
 	l.waiters = nil
@@ -106,9 +127,9 @@ func (l *ExecLog) DuplicateCommits() int {
 	return d
 }
 
-// DuplicatesWithout returns the duplicate executions in which the server
-// named who took no part.
-func (l *ExecLog) DuplicatesWithout(who string) int {
+// DuplicatesWithout returns the duplicate executions in which none of the
+// servers named took part.
+func (l *ExecLog) DuplicatesWithout(who ...string) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	d := 0
@@ -118,8 +139,10 @@ func (l *ExecLog) DuplicatesWithout(who string) int {
 		}
 		involved := false
 		for _, w := range l.by[k] {
-			if strings.HasPrefix(w, who+"@") {
-				involved = true
+			for _, v := range who {
+				if strings.HasPrefix(w, v+"@") {
+					involved = true
+				}
 			}
 		}
 		if !involved {
@@ -142,6 +165,39 @@ func (l *ExecLog) DuplicateKeys(max int) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// FailedExecuted returns how many calls of outcomes failed although method
+// executed them (the caller was told it failed; the work was done), and how
+// many succeeded without an execution (a reply nobody computed).
+func (l *ExecLog) FailedExecuted(method string, outcomes map[string]rpc.Code) (failedExecuted, okUnexecuted int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for id, code := range outcomes {
+		n := l.executed[method+" "+id]
+		switch {
+		case code != rpc.OK && n > 0:
+			failedExecuted++
+		case code == rpc.OK && n == 0:
+			okUnexecuted++
+		}
+	}
+	return failedExecuted, okUnexecuted
+}
+
+// ExecutionsBy returns how many executions the server named who made.
+func (l *ExecLog) ExecutionsBy(who string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, by := range l.by {
+		for _, w := range by {
+			if strings.HasPrefix(w, who+"@") {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // Missing returns the IDs of ids that method never executed.
@@ -213,6 +269,9 @@ type LoadResult struct {
 	Accepted []string
 	// SendErrors counts the sends the broker refused, by status code.
 	SendErrors map[rpc.Code]int64
+	// Outcomes holds every call's message ID (kept across the client's
+	// retries) and how it ended, to match calls with executions.
+	Outcomes map[string]rpc.Code
 	// Errors keeps one example message per failed call code, for the
 	// report.
 	Errors map[rpc.Code]string
@@ -225,7 +284,8 @@ type LoadResult struct {
 // whichever is first. Every goroutine it starts has returned when it
 // returns. b carries the tracked sends; c the calls.
 func RunLoad(c *rpc.Client, b broker.Broker, cfg LoadConfig, stop <-chan struct{}) *LoadResult {
-	res := &LoadResult{Codes: map[rpc.Code]int64{}, SendErrors: map[rpc.Code]int64{}, Errors: map[rpc.Code]string{}}
+	res := &LoadResult{Codes: map[rpc.Code]int64{}, SendErrors: map[rpc.Code]int64{}, Errors: map[rpc.Code]string{},
+		Outcomes: map[string]rpc.Code{}}
 	var (
 		mu      sync.Mutex
 		wg      sync.WaitGroup
@@ -250,7 +310,8 @@ func RunLoad(c *rpc.Client, b broker.Broker, cfg LoadConfig, stop <-chan struct{
 				ctx, cancel := context.WithTimeout(context.Background(), cfg.Deadline)
 				begin := time.Now()
 				var out WorkReply
-				err := c.Call(ctx, cfg.Subject, MethodWork, &WorkRequest{N: n}, &out)
+				id := "call-" + broker.NewID()
+				err := c.Call(ctx, cfg.Subject, MethodWork, &WorkRequest{N: n}, &out, rpc.WithMessageID(id))
 				took := time.Since(begin)
 				cancel()
 				for {
@@ -263,6 +324,7 @@ func RunLoad(c *rpc.Client, b broker.Broker, cfg LoadConfig, stop <-chan struct{
 				mu.Lock()
 				res.Calls++
 				res.Codes[code]++
+				res.Outcomes[id] = code
 				if took > cfg.Deadline+cfg.Grace {
 					res.Late++
 					res.LateExample = fmt.Sprintf("took %v, ended %s: %v", took.Round(time.Millisecond), code, err)
@@ -426,6 +488,13 @@ func StartChild(env []string, log *ExecLog, timeout time.Duration) (*Child, erro
 		return nil, fmt.Errorf("chaos: child server not serving after %v", timeout)
 	}
 }
+
+// Exited is closed when the child process has ended.
+func (c *Child) Exited() <-chan struct{} { return c.exited }
+
+// ExitCode returns the child's exit code once Exited is closed (-1 when a
+// signal ended it).
+func (c *Child) ExitCode() int { return c.cmd.ProcessState.ExitCode() }
 
 // Busy reports whether the child has Work requests in flight and has
 // started at least min of them.

@@ -49,6 +49,9 @@ type Node struct {
 	// restartRoles are the processes a restart cycles (RocketMQ keeps its
 	// name server: it holds no messages).
 	restartRoles []string
+	// port is the broker's client port (RocketMQ: the broker's, not the
+	// name server's).
+	port int
 }
 
 // StartNode starts a private broker of kind with its data under dir and
@@ -107,6 +110,57 @@ func (n *Node) Restart() (time.Duration, error) {
 		}
 	}
 	return time.Since(begin), nil
+}
+
+// Kill ends the broker with SIGKILL, as a crash or an OOM kill would (no
+// shutdown, no flush beyond what the broker wrote when it confirmed), and
+// starts it again on the same ports and data. It returns how long the
+// broker was unreachable.
+func (n *Node) Kill() (time.Duration, error) {
+	begin := time.Now()
+	for _, role := range n.restartRoles {
+		n.mu.Lock()
+		p := n.procs[role]
+		delete(n.procs, role)
+		n.mu.Unlock()
+		if p != nil {
+			n.hardKill(p)
+		}
+	}
+	// The broker is gone only when nothing answers on its port any more
+	// (a survivor would pass for the restarted broker).
+	for deadline := time.Now().Add(30 * time.Second); !portFree(n.port); {
+		if time.Now().After(deadline) {
+			return time.Since(begin), fmt.Errorf("chaos: %s still listens on %d after SIGKILL", n.Kind, n.port)
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval of a bounded wait
+	}
+	for _, role := range n.restartRoles {
+		if err := n.start(role); err != nil {
+			return time.Since(begin), fmt.Errorf("chaos: start %s %s after SIGKILL: %w", n.Kind, role, err)
+		}
+	}
+	return time.Since(begin), nil
+}
+
+// hardKill SIGKILLs the process that is the broker. RabbitMQ's
+// rabbitmq-server is a shell that runs the Erlang VM as its child (and
+// stops it gracefully on SIGTERM): the VM, whose OS pid the node writes to
+// its pid file, is the one killed; the shell then exits by itself.
+func (n *Node) hardKill(p *proc) {
+	if n.Kind == KindRabbitMQ {
+		if b, err := os.ReadFile(filepath.Join(n.dir, "pid")); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 && pid != p.cmd.Process.Pid {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+				select {
+				case <-p.exited:
+					return
+				case <-time.After(30 * time.Second):
+				}
+			}
+		}
+	}
+	p.kill()
 }
 
 // Close kills every process of the node and waits for them.
@@ -270,7 +324,7 @@ jetstream {
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return fmt.Errorf("chaos: write nats.conf: %w", err)
 	}
-	n.Addr = "nats://127.0.0.1:" + strconv.Itoa(port)
+	n.Addr, n.port = "nats://127.0.0.1:"+strconv.Itoa(port), port
 	n.restartRoles = []string{KindNATS}
 	n.start = func(role string) error {
 		p, err := startProc(n.dir, "nats.log", os.Environ(), bin, "-c", confPath)
@@ -378,7 +432,7 @@ func (n *Node) setupRabbitMQ() error {
 		}
 		return nil
 	}
-	n.Addr = "amqp://guest:guest@127.0.0.1:" + strconv.Itoa(port) + "/"
+	n.Addr, n.port = "amqp://guest:guest@127.0.0.1:"+strconv.Itoa(port)+"/", port
 	n.restartRoles = []string{KindRabbitMQ}
 	n.start = func(role string) error {
 		p, err := startProc(n.dir, "server.log", env, serverBin)
@@ -509,7 +563,7 @@ func (n *Node) setupRocketMQ() error {
 			"-Drocketmq.namesrv.addr=" + nsAddr,
 			"-cp", filepath.Join(lib, "*"), main, "-c", conf}
 	}
-	n.Addr = nsAddr
+	n.Addr, n.port = nsAddr, bPort
 	n.restartRoles = []string{"broker"}
 	n.start = func(role string) error {
 		var (

@@ -5,7 +5,6 @@ package chaos_test
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -13,11 +12,6 @@ import (
 	"testing"
 	"time"
 
-	rmq "github.com/apache/rocketmq-client-go/v2"
-	"github.com/apache/rocketmq-client-go/v2/primitive"
-	"github.com/apache/rocketmq-client-go/v2/producer"
-	natsgo "github.com/nats-io/nats.go"
-	"github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -212,113 +206,16 @@ func runPoison(t *testing.T, target chaos.Target, node *chaos.Node) {
 
 // sendBadDeadline sends a Work request whose mqrpc-deadline header is not a
 // number, with the broker's plain client (mqrpc's own clients cannot send
-// one), and returns the status of the reply or noReply.
+// one), and returns the status of the reply or noReply. On RocketMQ it is
+// one-way: the server must drop it and go on serving; nobody waits for a
+// reply.
 func sendBadDeadline(ctx context.Context, target chaos.Target, addr, subject string) (string, error) {
-	const bad = "tomorrow-ish"
-	body := []byte(`{"n":1}`)
-	switch target.Name {
-	case "nats-core", "nats-jetstream":
-		nc, err := natsgo.Connect(addr)
-		if err != nil {
-			return "", fmt.Errorf("nats connect: %w", err)
-		}
-		defer nc.Close()
-		inbox := nc.NewRespInbox()
-		sub, err := nc.SubscribeSync(inbox)
-		if err != nil {
-			return "", fmt.Errorf("nats subscribe: %w", err)
-		}
-		m := natsgo.NewMsg(subject)
-		if target.Durable {
-			// As docs/PROTOCOL.md describes a durable request: published
-			// to the stream's subject, reply subject in a header.
-			m.Subject = "chaos.q." + subject
-			m.Header.Set("mqrpc-reply", inbox)
-			m.Header.Set("Nats-Msg-Id", broker.NewID())
-		} else {
-			m.Reply = inbox
-		}
-		m.Header.Set(broker.HeaderDeadline, bad)
-		m.Header.Set(broker.HeaderMethod, chaos.MethodWork)
-		m.Header.Set(broker.HeaderContentType, jsonCT)
-		m.Data = body
-		if err := nc.PublishMsg(m); err != nil {
-			return "", fmt.Errorf("nats publish: %w", err)
-		}
-		r, err := sub.NextMsgWithContext(ctx)
-		if errors.Is(err, context.DeadlineExceeded) {
-			return noReply, nil
-		}
-		if err != nil {
-			return "", fmt.Errorf("nats reply: %w", err)
-		}
-		h := broker.Header{}
-		for k, v := range r.Header {
-			if len(v) > 0 {
-				h[strings.ToLower(k)] = v[0]
-			}
-		}
-		return rpc.CodeOf(rpc.ErrorFromReply(&broker.Message{Header: h, Body: r.Data})).String(), nil
-	case "rabbitmq-fast", "rabbitmq-durable":
-		conn, err := amqp091.Dial(addr)
-		if err != nil {
-			return "", fmt.Errorf("amqp dial: %w", err)
-		}
-		defer conn.Close()
-		ch, err := conn.Channel()
-		if err != nil {
-			return "", fmt.Errorf("amqp channel: %w", err)
-		}
-		replies, err := ch.Consume("amq.rabbitmq.reply-to", "", true, false, false, false, nil)
-		if err != nil {
-			return "", fmt.Errorf("amqp consume reply-to: %w", err)
-		}
-		err = ch.PublishWithContext(ctx, "", subject, false, false, amqp091.Publishing{
-			ContentType:   jsonCT,
-			CorrelationId: broker.NewID(),
-			ReplyTo:       "amq.rabbitmq.reply-to",
-			Headers:       amqp091.Table{broker.HeaderDeadline: bad, broker.HeaderMethod: chaos.MethodWork},
-			Body:          body,
-		})
-		if err != nil {
-			return "", fmt.Errorf("amqp publish: %w", err)
-		}
-		select {
-		case d := <-replies:
-			h := broker.Header{}
-			for k, v := range d.Headers {
-				if s, ok := v.(string); ok {
-					h[strings.ToLower(k)] = s
-				}
-			}
-			return rpc.CodeOf(rpc.ErrorFromReply(&broker.Message{Header: h, Body: d.Body})).String(), nil
-		case <-ctx.Done():
-			return noReply, nil
-		}
-	case "rocketmq":
-		// One-way: a plain RocketMQ producer; the server must drop the
-		// message and go on serving. Nobody waits for a reply.
-		p, err := rmq.NewProducer(
-			producer.WithNameServer([]string{addr}),
-			producer.WithGroupName("chaos-poison"),
-			producer.WithInstanceName("chaos-poison-"+broker.NewID()),
-			producer.WithRetry(0),
-		)
-		if err != nil {
-			return "", fmt.Errorf("rocketmq producer: %w", err)
-		}
-		if err := p.Start(); err != nil {
-			return "", fmt.Errorf("rocketmq producer start: %w", err)
-		}
-		defer func() { _ = p.Shutdown() }()
-		m := primitive.NewMessage(subject, body)
-		m.WithProperty(broker.HeaderDeadline, bad)
-		m.WithProperty(broker.HeaderMethod, chaos.MethodWork)
-		m.WithProperty(broker.HeaderContentType, jsonCT)
-		if _, err := p.SendSync(ctx, m); err != nil {
-			return "", fmt.Errorf("rocketmq send: %w", err)
-		}
-		return noReply, nil
+	out, err := plainSend(ctx, target, addr, subject, plainMsg{
+		id: broker.NewID(), method: chaos.MethodWork, deadline: "tomorrow-ish", body: []byte(`{"n":1}`),
+		oneWay: target.Name == "rocketmq",
+	})
+	if out == outcomeSent {
+		return noReply, err
 	}
-	return "", fmt.Errorf("no plain client for %s", target.Name)
+	return out, err
 }

@@ -21,8 +21,12 @@ type Row struct {
 	MaxWait time.Duration
 	// Mismatched replies (another caller's reply).
 	Mismatched int64
-	// Accepted tracked sends and how many of them were never served.
+	// Accepted tracked sends and how many of them were never served
+	// (with the requests a scenario expects served, where it has some).
 	Accepted, Lost int
+	// FailedExecuted counts calls that failed although the server
+	// executed them.
+	FailedExecuted int
 	// Executions of the methods, duplicate executions, and duplicate
 	// commits (outcomes stored twice in a shared dedup store).
 	Executions, Duplicates, DupCommits int
@@ -57,15 +61,15 @@ func (r *Report) Write(w io.Writer) {
 	sort.SliceStable(rows, func(i, j int) bool { return rows[i].Target < rows[j].Target })
 	fmt.Fprintln(w, "\n=== chaos summary (calls: 100+ concurrent callers, each with a deadline) ===")
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
-	fmt.Fprintln(tw, "target\tscenario\tresult\tcalls\tlate\tmax wait\twrong reply\taccepted\tlost\texecs\tdup execs\tdup commits\tgoroutines\theap MiB\toutcomes by code")
+	fmt.Fprintln(tw, "target\tscenario\tresult\tcalls\tlate\tmax wait\twrong reply\taccepted\tlost\tfailed+exec\texecs\tdup execs\tdup commits\tgoroutines\theap MiB\toutcomes by code")
 	for _, x := range rows {
 		res := "PASS"
 		if x.Failed {
 			res = "FAIL"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%v\t%d\t%d\t%d\t%d\t%d\t%d\t%d->%d\t%.0f\t%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%v\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d->%d\t%.0f\t%s\n",
 			x.Target, x.Scenario, res, x.Calls, x.Late, x.MaxWait.Round(time.Millisecond), x.Mismatched,
-			x.Accepted, x.Lost, x.Executions, x.Duplicates, x.DupCommits, x.GoroutinesBefore, x.GoroutinesAfter, x.HeapMiB, x.Codes)
+			x.Accepted, x.Lost, x.FailedExecuted, x.Executions, x.Duplicates, x.DupCommits, x.GoroutinesBefore, x.GoroutinesAfter, x.HeapMiB, x.Codes)
 	}
 	_ = tw.Flush()
 	var notes []string

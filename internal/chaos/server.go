@@ -32,7 +32,18 @@ const (
 	MethodRecord = "Record"
 	// MethodPanic panics, as a poison request that hits a bug would.
 	MethodPanic = "Panic"
+	// MethodCrash ends the server process (os.Exit in a child server,
+	// outside any recover), as a request that crashes its server would.
+	MethodCrash = "Crash"
+	// MethodFail fails the delivery: the handler returns an error that is
+	// not a reply, so a durable broker redelivers the request and finally
+	// dead-letters it.
+	MethodFail = "Fail"
 )
+
+// MaxDeliver is how many times the durable targets deliver a request before
+// they dead-letter it.
+const MaxDeliver = 5
 
 // WorkTime is how long one Work or Record execution takes.
 const WorkTime = 20 * time.Millisecond
@@ -62,10 +73,15 @@ type Recorder interface {
 	Executed(method, id string)
 }
 
+// AMQPDeadLetterExchange is the dead-letter exchange of the durable
+// RabbitMQ targets; a subject's dead letters are kept in the queue
+// "<subject>.dead-letter".
+const AMQPDeadLetterExchange = "chaos.dead-letter"
+
 // Target is a broker and mode under test.
 type Target struct {
 	// Name is the row label: nats-core, nats-jetstream, rabbitmq-fast,
-	// rabbitmq-durable or rocketmq.
+	// rabbitmq-durable, rabbitmq-quorum or rocketmq.
 	Name string
 	// Kind is the Node kind the target runs on.
 	Kind string
@@ -80,6 +96,7 @@ var Targets = []Target{
 	{Name: "nats-jetstream", Kind: KindNATS, Durable: true},
 	{Name: "rabbitmq-fast", Kind: KindRabbitMQ},
 	{Name: "rabbitmq-durable", Kind: KindRabbitMQ, Durable: true},
+	{Name: "rabbitmq-quorum", Kind: KindRabbitMQ, Durable: true},
 	{Name: "rocketmq", Kind: KindRocketMQ, Durable: true},
 }
 
@@ -102,21 +119,24 @@ func (t Target) Open(addr, connName string) (broker.Broker, error) {
 		opts := []nats.Option{nats.WithURL(addr), nats.WithName(connName), nats.WithReconnectWait(100 * time.Millisecond)}
 		if t.Durable {
 			opts = append(opts, nats.WithJetStream(nats.JetStreamConfig{
-				Stream:           "CHAOS",
-				SubjectPrefix:    "chaos.q",
-				DeadLetterPrefix: "chaos.dead",
-				DeadLetterStream: "CHAOS_DEAD",
+				Stream:           jsStream,
+				SubjectPrefix:    jsSubject,
+				DeadLetterPrefix: jsDeadPrefix,
+				DeadLetterStream: jsDeadStream,
 				// Short: a request held by a killed server comes back
 				// this soon, within the callers' deadlines.
 				AckWait:    2 * time.Second,
-				MaxDeliver: 10,
+				MaxDeliver: MaxDeliver,
 			}))
 		}
 		return nats.New(opts...)
-	case "rabbitmq-fast", "rabbitmq-durable":
+	case "rabbitmq-fast", "rabbitmq-durable", "rabbitmq-quorum":
 		opts := []amqp.Option{amqp.WithConnectionName(connName), amqp.WithReconnectBackoff(50*time.Millisecond, time.Second)}
-		if t.Durable {
-			opts = append(opts, amqp.WithDurable(amqp.ClassicQueue), amqp.WithDeadLetter("chaos.dead-letter", 10))
+		switch t.Name {
+		case "rabbitmq-durable":
+			opts = append(opts, amqp.WithDurable(amqp.ClassicQueue), amqp.WithDeadLetter(AMQPDeadLetterExchange, MaxDeliver))
+		case "rabbitmq-quorum":
+			opts = append(opts, amqp.WithDurable(amqp.QuorumQueue), amqp.WithDeadLetter(AMQPDeadLetterExchange, MaxDeliver))
 		}
 		return amqp.New(addr, opts...)
 	case "rocketmq":
@@ -130,13 +150,41 @@ func (t Target) Open(addr, connName string) (broker.Broker, error) {
 // DeadlineGuard that refuses expired work, and Dedup with store, so a
 // redelivered or retried request does not run twice.
 func NewServer(rec Recorder, store middleware.DedupStore) *rpc.Server {
+	return NewServerConfig(ServerConfig{Recorder: rec, Store: store})
+}
+
+// ServerConfig configures NewServerConfig.
+type ServerConfig struct {
+	Recorder Recorder
+	Store    middleware.DedupStore
+	// Crash is what MethodCrash does once it recorded its start: os.Exit
+	// in a child server. Default: panic (Recover turns it into Internal).
+	Crash func()
+}
+
+// NewServerConfig is NewServer with the crash of MethodCrash chosen.
+// MethodFail fails every delivery; it runs inside Dedup, which stores no
+// delivery failure, so every delivery reaches it and is recorded as a
+// start.
+func NewServerConfig(cfg ServerConfig) *rpc.Server {
+	rec, store := cfg.Recorder, cfg.Store
 	guard := &middleware.DeadlineGuard{}
+	fail := func(next broker.Handler) broker.Handler {
+		return broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+			if req.Header.Get(broker.HeaderMethod) == MethodFail {
+				rec.Started(MethodFail, req.ID)
+				return nil, errors.New("chaos: delivery failed on purpose")
+			}
+			return next.ServeMessage(ctx, req)
+		})
+	}
 	srv := rpc.NewServer(
 		rpc.WithMaxMessageSize(MaxBody),
 		rpc.WithServerMiddleware(
 			middleware.Recover(),
 			guard.Middleware,
 			middleware.Dedup(middleware.DedupConfig{Store: store}),
+			fail,
 		),
 	)
 	work := func(method string) func(ctx context.Context, in *WorkRequest) (*WorkReply, error) {
@@ -161,6 +209,15 @@ func NewServer(rec Recorder, store middleware.DedupStore) *rpc.Server {
 	_ = rpc.Handle(srv, MethodRecord, work(MethodRecord))
 	_ = rpc.Handle(srv, MethodPanic, func(context.Context, *WorkRequest) (*WorkReply, error) {
 		panic("chaos: poison request")
+	})
+	crash := cfg.Crash
+	if crash == nil {
+		crash = func() { panic("chaos: crash request") }
+	}
+	_ = rpc.Handle(srv, MethodCrash, func(ctx context.Context, _ *WorkRequest) (*WorkReply, error) {
+		rec.Started(MethodCrash, rpc.RequestMessage(ctx).ID)
+		crash()
+		return nil, rpc.Errorf(rpc.Internal, "chaos: crash returned")
 	})
 	return srv
 }
@@ -274,6 +331,9 @@ func (r *lineRecorder) line(s string) {
 func (r *lineRecorder) Started(method, id string)  { r.line("S " + method + " " + id) }
 func (r *lineRecorder) Executed(method, id string) { r.line("E " + method + " " + id) }
 
+// ExitCrash is the exit code of a child server that MethodCrash ended.
+const ExitCrash = 3
+
 // RunChild is the main of a child server process: it serves the service
 // under test until its stdin closes (the parent is done) or it is killed,
 // and returns the exit code.
@@ -291,7 +351,7 @@ func RunChild() int {
 	defer b.Close()
 	rec := &lineRecorder{w: os.Stdout}
 	store := FileDedupStore{Dir: os.Getenv(envChildDedup), OnStore: func(key string) { rec.line("C " + key) }}
-	srv := NewServer(rec, store)
+	srv := NewServerConfig(ServerConfig{Recorder: rec, Store: store, Crash: func() { os.Exit(ExitCrash) }})
 	sub, err := b.Serve(os.Getenv(envChildSubj), srv, broker.WithConcurrency(64))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chaos child: serve:", err)
