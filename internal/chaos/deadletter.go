@@ -5,9 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	rmq "github.com/apache/rocketmq-client-go/v2"
+	"github.com/apache/rocketmq-client-go/v2/consumer"
+	"github.com/apache/rocketmq-client-go/v2/primitive"
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rabbitmq/amqp091-go"
@@ -51,6 +55,8 @@ func (t Target) DeadLetters(addr, subject string) (*DeadLetterReader, error) {
 		return natsDeadLetters(addr, subject)
 	case "rabbitmq-durable", "rabbitmq-quorum":
 		return amqpDeadLetters(addr, subject)
+	case "rocketmq":
+		return rocketDeadLetters(addr, subject)
 	}
 	return nil, fmt.Errorf("%w: %s", ErrNoDeadLetters, t.Name)
 }
@@ -158,6 +164,65 @@ func amqpDeadLetters(addr, subject string) (*DeadLetterReader, error) {
 		}
 	}
 	return &DeadLetterReader{poll: poll, close: func() { _ = conn.Close() }}, nil
+}
+
+// rocketDeadLetters consumes RocketMQ's dead-letter topic of the serving
+// group ("%DLQ%<group>"; the group is the subject), from its first message,
+// with a push consumer of its own group. The topic exists only once the
+// broker dead-lettered something, so the consumer is started on the first
+// poll that finds it (tried at most every two seconds).
+func rocketDeadLetters(addr, subject string) (*DeadLetterReader, error) {
+	var (
+		mu      sync.Mutex
+		got     []DeadLetter
+		pc      rmq.PushConsumer
+		lastTry time.Time
+	)
+	topic := "%DLQ%" + subject
+	poll := func() ([]DeadLetter, error) {
+		if pc == nil && time.Since(lastTry) > 2*time.Second {
+			lastTry = time.Now()
+			c, err := rmq.NewPushConsumer(
+				consumer.WithNsResolver(primitive.NewPassthroughResolver([]string{addr})),
+				consumer.WithGroupName("chaos-dlq-"+strings.ReplaceAll(subject, "%", "")),
+				consumer.WithInstance("chaos-dlq-"+strconv.FormatInt(time.Now().UnixNano(), 36)),
+				consumer.WithConsumeFromWhere(consumer.ConsumeFromFirstOffset),
+			)
+			if err != nil {
+				return nil, fmt.Errorf("chaos: dead letters: %w", err)
+			}
+			err = c.Subscribe(topic, consumer.MessageSelector{}, func(_ context.Context, msgs ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				for _, m := range msgs {
+					n, _ := strconv.Atoi(m.GetProperty("mqrpc-deliveries"))
+					if n == 0 {
+						n = int(m.ReconsumeTimes)
+					}
+					got = append(got, DeadLetter{ID: m.GetKeys(), Body: m.Body, Deliveries: n, Reason: m.GetProperty("mqrpc-dead-reason")})
+				}
+				return consumer.ConsumeSuccess, nil
+			})
+			if err == nil {
+				err = c.Start()
+			}
+			if err != nil {
+				_ = c.Shutdown()
+				return nil, fmt.Errorf("chaos: dead letters of %s: %w", subject, err)
+			}
+			pc = c
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		out := got
+		got = nil
+		return out, nil
+	}
+	return &DeadLetterReader{poll: poll, close: func() {
+		if pc != nil {
+			_ = pc.Shutdown()
+		}
+	}}, nil
 }
 
 // JetStream names of the durable NATS target (Target.Open).
