@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -44,17 +45,64 @@ const (
 	poisonSlack = 8 * time.Second
 )
 
+// pending lists the scenarios that fail on main until a fix of issue 17
+// lands, by target/scenario, with what fails. They are skipped (run them
+// with MQRPC_CHAOS_PENDING=1); an entry goes as soon as its fix is on main.
+var pending = map[string]string{
+	"nats-jetstream/crash-poison":       "healthy requests are dead-lettered with a poison that crashes the server",
+	"nats-jetstream/fail-deadline":      "a failing request with a deadline is redelivered in a loop and never dead-lettered",
+	"nats-jetstream/id-two-services":    "a message ID used for one service is dropped as a duplicate for another",
+	"nats-jetstream/foreign-deadline":   "a malformed deadline with Nats-TTL is redelivered in a loop and never dead-lettered",
+	"rabbitmq-durable/crash-poison":     "a poison that crashes the server is redelivered forever and blocks the queue",
+	"rabbitmq-durable/fail-deadline":    "a failing request is redelivered without a backoff",
+	"rabbitmq-durable/foreign-deadline": "a deadline 300 years ahead (mqrpc's own client) is never served",
+	"rabbitmq-quorum/crash-poison":      "a poison that crashes the server is redelivered forever and blocks the queue",
+	"rabbitmq-quorum/fail-deadline":     "a failing request is redelivered without a backoff",
+	"rabbitmq-quorum/foreign-deadline":  "a deadline 300 years ahead (mqrpc's own client) is never served",
+	"rocketmq/crash-poison":             "a poison that crashes the server is redelivered forever and blocks the queue",
+	"rocketmq/fail-deadline":            "a failing request is retried on RocketMQ's schedule (10 s, 30 s, ...) 16 times, not dead-lettered after MaxDeliver",
+	"rocketmq/foreign-deadline":         "a one-way message with a malformed deadline is dropped, not dead-lettered",
+}
+
+// skipPending skips a scenario listed in pending, unless
+// MQRPC_CHAOS_PENDING=1.
+func skipPending(t *testing.T, target chaos.Target, scenario string) {
+	if why, ok := pending[target.Name+"/"+scenario]; ok && os.Getenv("MQRPC_CHAOS_PENDING") != "1" {
+		t.Skipf("issue 17, fix not on main yet: %s (MQRPC_CHAOS_PENDING=1 runs it)", why)
+	}
+}
+
 // runDurable runs the scenarios of one durable target that share its
 // broker without disturbing it, side by side, then checks the process
 // for leaks once for all of them.
 func runDurable(t *testing.T, target chaos.Target, node *chaos.Node) {
 	before := measure()
 	t.Run("durable", func(t *testing.T) {
-		t.Run("kill-new-server", func(t *testing.T) { t.Parallel(); runKillNewServer(t, target, node) })
-		t.Run("crash-poison", func(t *testing.T) { t.Parallel(); runCrashPoison(t, target, node) })
-		t.Run("fail-deadline", func(t *testing.T) { t.Parallel(); runFailDeadline(t, target, node) })
-		t.Run("id-two-services", func(t *testing.T) { t.Parallel(); runIDTwoServices(t, target, node) })
-		t.Run("foreign-deadline", func(t *testing.T) { t.Parallel(); runForeignDeadline(t, target, node) })
+		t.Run("kill-new-server", func(t *testing.T) {
+			skipPending(t, target, "kill-new-server")
+			t.Parallel()
+			runKillNewServer(t, target, node)
+		})
+		t.Run("crash-poison", func(t *testing.T) {
+			skipPending(t, target, "crash-poison")
+			t.Parallel()
+			runCrashPoison(t, target, node)
+		})
+		t.Run("fail-deadline", func(t *testing.T) {
+			skipPending(t, target, "fail-deadline")
+			t.Parallel()
+			runFailDeadline(t, target, node)
+		})
+		t.Run("id-two-services", func(t *testing.T) {
+			skipPending(t, target, "id-two-services")
+			t.Parallel()
+			runIDTwoServices(t, target, node)
+		})
+		t.Run("foreign-deadline", func(t *testing.T) {
+			skipPending(t, target, "foreign-deadline")
+			t.Parallel()
+			runForeignDeadline(t, target, node)
+		})
 	})
 	after := settle(before)
 	if !assert.LessOrEqual(t, after.goroutines, before.goroutines+goroutineSlack, "goroutines leaked by the durable scenarios") {
