@@ -248,7 +248,7 @@ func TestAuditOutsideTheServer(t *testing.T) {
 	require.NoError(t, rpc.Handle(srv, "Fail", func(context.Context, *obsReq) (*obsRes, error) {
 		return nil, rpc.Errorf(rpc.AlreadyExists, "twice")
 	}))
-	_, err := b.Serve("wrapped", rpc.Chain(srv, middleware.Audit(nil, middleware.WithAuditSink(sink))))
+	_, err := b.Serve("wrapped", rpc.Chain(rpc.ServerSide, srv, middleware.Audit(nil, middleware.WithAuditSink(sink))))
 	require.NoError(t, err)
 
 	err = c.Call(context.Background(), "wrapped", "Fail", &obsReq{}, nil)

@@ -72,7 +72,7 @@ func TestCircuitBreaker(t *testing.T) {
 	assert.Equal(t, middleware.DefaultBreakerFailures, sent.count("down"), "an open circuit answers without sending")
 
 	// Other destinations are not affected.
-	got, err := rpc.Invoke[govRes](ctx, c, "calc", "Add", &govReq{A: 1, B: 1})
+	got, err := rpc.Invoke[govReq, govRes](ctx, c, "calc", "Add", &govReq{A: 1, B: 1})
 	require.NoError(t, err)
 	assert.Equal(t, 2, got.Sum)
 }

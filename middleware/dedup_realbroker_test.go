@@ -84,7 +84,7 @@ func TestExactlyOnceRealBroker(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			var header broker.Header
-			got, err := rpc.Invoke[govRes](ctx, client, subject, "Pay", &govReq{A: 100}, rpc.WithReplyHeader(&header))
+			got, err := rpc.Invoke[govReq, govRes](ctx, client, subject, "Pay", &govReq{A: 100}, rpc.WithReplyHeader(&header))
 			require.NoError(t, err)
 			assert.Equal(t, 100, got.Sum)
 			assert.Equal(t, int32(1), swallowed.Load())

@@ -124,7 +124,7 @@ func TestDedupInFlight(t *testing.T) {
 	})
 	runs := govCounter(t, b, func(int32) { <-release }, dedup)
 	b.SetFaults(memory.Faults{Duplicates: 1})
-	got, err := rpc.Invoke[govRes](context.Background(), rpc.NewClient(b), "calc", "Add", &govReq{A: 20, B: 22})
+	got, err := rpc.Invoke[govReq, govRes](context.Background(), rpc.NewClient(b), "calc", "Add", &govReq{A: 20, B: 22})
 	require.NoError(t, err)
 	assert.Equal(t, 42, got.Sum)
 	require.NoError(t, b.Close()) // waits for the duplicate's handler too
@@ -168,7 +168,7 @@ func TestDedupExactlyOnce(t *testing.T) {
 				OnRetry:           func(context.Context, rpc.CallInfo, int, error, time.Duration) { retries.Add(1) },
 			})))
 			b.SetFaults(tt.faults)
-			got, err := rpc.Invoke[govRes](context.Background(), c, "calc", "Add", &govReq{A: 1, B: 2})
+			got, err := rpc.Invoke[govReq, govRes](context.Background(), c, "calc", "Add", &govReq{A: 1, B: 2})
 			require.NoError(t, err)
 			assert.Equal(t, 3, got.Sum)
 			require.NoError(t, b.Close())

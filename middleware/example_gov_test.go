@@ -47,7 +47,7 @@ func ExampleRetry() {
 	})))
 	// Only calls marked idempotent (or listed in RetryPolicy.Idempotent)
 	// are retried.
-	sum, err := rpc.Invoke[govAddReply](context.Background(), client, "Calculator", "Add",
+	sum, err := rpc.Invoke[govAddRequest, govAddReply](context.Background(), client, "Calculator", "Add",
 		&govAddRequest{A: 2, B: 3}, rpc.Idempotent())
 	fmt.Println(sum.Sum, err)
 	// Output:
@@ -76,7 +76,7 @@ func ExampleDedup() {
 	})))
 	b.SetFaults(memory.Faults{DropReplies: 1}) // the first reply is lost
 	var reply broker.Header
-	paid, err := rpc.Invoke[govAddReply](context.Background(), client, "Payments", "Pay",
+	paid, err := rpc.Invoke[govAddRequest, govAddReply](context.Background(), client, "Payments", "Pay",
 		&govAddRequest{A: 100}, rpc.WithReplyHeader(&reply))
 	fmt.Println(paid.Sum, err)
 	fmt.Println("runs:", runs.Load(), "replayed:", reply.Get(middleware.HeaderReplayed))
@@ -105,8 +105,8 @@ func ExampleRouting() {
 		)),
 	)))
 	ctx := context.Background()
-	stable, _ := rpc.Invoke[string](ctx, client, "Calculator", "Version", &govAddRequest{})
-	pinned, _ := rpc.Invoke[string](ctx, client, "Calculator", "Version", &govAddRequest{},
+	stable, _ := rpc.Invoke[govAddRequest, string](ctx, client, "Calculator", "Version", &govAddRequest{})
+	pinned, _ := rpc.Invoke[govAddRequest, string](ctx, client, "Calculator", "Version", &govAddRequest{},
 		rpc.WithHeader(middleware.HeaderVersion, "v2"))
 	fmt.Println(*stable, *pinned)
 	// Output:
@@ -147,11 +147,11 @@ func Example_customMiddleware() {
 
 	ctx := context.Background()
 	anonymous := rpc.NewClient(b)
-	_, err := rpc.Invoke[govAddReply](ctx, anonymous, "Calculator", "Add", &govAddRequest{A: 1, B: 2})
+	_, err := rpc.Invoke[govAddRequest, govAddReply](ctx, anonymous, "Calculator", "Add", &govAddRequest{A: 1, B: 2})
 	fmt.Println(rpc.CodeOf(err))
 
 	acme := rpc.NewClient(b, rpc.WithClientMiddleware(stamp("acme")))
-	sum, err := rpc.Invoke[govAddReply](ctx, acme, "Calculator", "Add", &govAddRequest{A: 1, B: 2})
+	sum, err := rpc.Invoke[govAddRequest, govAddReply](ctx, acme, "Calculator", "Add", &govAddRequest{A: 1, B: 2})
 	fmt.Println(sum.Sum, err)
 	// Output:
 	// unauthenticated

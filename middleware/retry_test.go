@@ -283,7 +283,7 @@ func TestRetryMemoryBroker(t *testing.T) {
 		c := rpc.NewClient(b, rpc.WithClientMiddleware(middleware.Retry(fast(middleware.RetryPolicy{
 			MaxAttempts: 5, PerAttemptTimeout: time.Second,
 		}))))
-		got, err := rpc.Invoke[govRes](context.Background(), c, "calc", "Add", &govReq{A: 2, B: 3}, rpc.Idempotent())
+		got, err := rpc.Invoke[govReq, govRes](context.Background(), c, "calc", "Add", &govReq{A: 2, B: 3}, rpc.Idempotent())
 		require.NoError(t, err)
 		assert.Equal(t, 5, got.Sum)
 		assert.GreaterOrEqual(t, runs.Load(), int32(2), "the idempotent call ran again")
@@ -317,7 +317,7 @@ func TestRetryMemoryBroker(t *testing.T) {
 					if tt.idempotent {
 						opts = append(opts, rpc.Idempotent())
 					}
-					_, err := rpc.Invoke[govRes](context.Background(), c, "calc", "Add", &govReq{A: 1, B: 1}, opts...)
+					_, err := rpc.Invoke[govReq, govRes](context.Background(), c, "calc", "Add", &govReq{A: 1, B: 1}, opts...)
 					done <- err
 				}()
 				<-started
@@ -363,7 +363,7 @@ func TestRetryMemoryBroker(t *testing.T) {
 		runs := govCounter(t, b, nil, flaky)
 		c := rpc.NewClient(b, rpc.WithClientMiddleware(middleware.Retry(fast(middleware.RetryPolicy{}))))
 		var err error
-		_, err = rpc.Invoke[govRes](context.Background(), c, "calc", "Add", &govReq{}, rpc.Idempotent())
+		_, err = rpc.Invoke[govReq, govRes](context.Background(), c, "calc", "Add", &govReq{}, rpc.Idempotent())
 		require.NoError(t, err)
 		assert.Equal(t, int32(1), runs.Load())
 		assert.Equal(t, int32(2), refused.Load())

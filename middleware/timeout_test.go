@@ -163,14 +163,14 @@ func TestNestedDeadline(t *testing.T) {
 	require.NoError(t, rpc.Handle(front, "Add", func(ctx context.Context, in *govReq) (*govRes, error) {
 		d, _ := ctx.Deadline()
 		outerDeadline <- d
-		return rpc.Invoke[govRes](ctx, client, "back", "Add", in)
+		return rpc.Invoke[govReq, govRes](ctx, client, "back", "Add", in)
 	}))
 	_, err = b.Serve("front", front)
 	require.NoError(t, err)
 
 	start := time.Now()
 	caller := rpc.NewClient(b, rpc.WithClientMiddleware(middleware.Timeout(10*time.Second)))
-	got, err := rpc.Invoke[govRes](context.Background(), caller, "front", "Add", &govReq{A: 1, B: 2})
+	got, err := rpc.Invoke[govReq, govRes](context.Background(), caller, "front", "Add", &govReq{A: 1, B: 2})
 	require.NoError(t, err)
 	assert.Equal(t, 3, got.Sum)
 	od, id := <-outerDeadline, <-inner
@@ -208,7 +208,7 @@ func TestTimeoutWithDelay(t *testing.T) {
 	assert.ErrorIs(t, err, broker.ErrTimeout)
 
 	b.SetFaults(memory.Faults{})
-	got, err := rpc.Invoke[govRes](context.Background(), rpc.NewClient(b), "calc", "Add", &govReq{A: 2, B: 2})
+	got, err := rpc.Invoke[govReq, govRes](context.Background(), rpc.NewClient(b), "calc", "Add", &govReq{A: 2, B: 2})
 	require.NoError(t, err)
 	assert.Equal(t, 4, got.Sum)
 	require.NoError(t, b.Close())

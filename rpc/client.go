@@ -2,7 +2,9 @@ package rpc
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,50 +75,43 @@ type clientConfig struct {
 	maxInFlight int
 }
 
-// WithMaxCallSize limits request and reply bodies to n bytes: a larger
-// request fails before it is sent, and a larger reply fails instead of
-// being decoded, both with ResourceExhausted wrapping
-// broker.ErrMessageTooLarge. Default DefaultMaxMessageSize; n < 0 means no
-// limit.
-func WithMaxCallSize(n int) ClientOption { return func(c *clientConfig) { c.maxSize = n } }
-
 // WithMaxInFlight limits the calls in flight on the client to n: further
 // calls wait for a free slot until their ctx ends (then they fail with the
 // ctx's code), so a client cannot flood the broker. Default 0: no limit.
-func WithMaxInFlight(n int) ClientOption { return func(c *clientConfig) { c.maxInFlight = n } }
+func WithMaxInFlight(n int) ClientOption {
+	return clientOptionFunc(func(c *clientConfig) { c.maxInFlight = n })
+}
 
-// ClientOption configures a Client.
-type ClientOption func(*clientConfig)
-
-// WithCodec sets the codec requests are encoded with. Default: JSON.
-func WithCodec(c codec.Codec) ClientOption { return func(cfg *clientConfig) { cfg.codec = c } }
+// defaultCodec is the codec of both sides unless WithCodec says otherwise.
+var defaultCodec codec.Codec = jsoncodec.Codec{}
 
 // WithTimeout sets the timeout of calls whose ctx has no deadline. Default:
 // 30s. Zero or less means no default timeout (calls then wait as long as
 // their ctx, which a broker without replies could make forever).
 func WithTimeout(d time.Duration) ClientOption {
-	return func(cfg *clientConfig) { cfg.timeout = d }
+	return clientOptionFunc(func(cfg *clientConfig) { cfg.timeout = d })
 }
 
 // WithClientMiddleware wraps the broker round trip in mw, the first
-// outermost. Calling it again appends.
+// outermost. Calling it again appends. NewClient panics when one of them
+// is server-only middleware (see ServerOnly).
 func WithClientMiddleware(mw ...Middleware) ClientOption {
-	return func(cfg *clientConfig) { cfg.middleware = append(cfg.middleware, mw...) }
+	return clientOptionFunc(func(cfg *clientConfig) { cfg.middleware = append(cfg.middleware, mw...) })
 }
 
 // NewClient returns a client that sends its calls through b. The client
 // does not own b: closing b is the caller's business.
 func NewClient(b broker.Broker, opts ...ClientOption) *Client {
-	cfg := clientConfig{codec: jsoncodec.Codec{}, timeout: 30 * time.Second, maxSize: DefaultMaxMessageSize}
+	cfg := clientConfig{codec: defaultCodec, timeout: 30 * time.Second, maxSize: DefaultMaxMessageSize}
 	for _, o := range opts {
-		o(&cfg)
+		o.applyToClient(&cfg)
 	}
 	c := &Client{b: b, codec: cfg.codec, timeout: cfg.timeout, maxSize: cfg.maxSize}
 	if cfg.maxInFlight > 0 {
 		c.inflight = make(chan struct{}, cfg.maxInFlight)
 	}
 	if len(cfg.middleware) > 0 {
-		c.handler = Chain(broker.HandlerFunc(c.roundTrip), cfg.middleware...)
+		c.handler = Chain(ClientSide, broker.HandlerFunc(c.roundTrip), cfg.middleware...)
 	}
 	return c
 }
@@ -125,6 +120,7 @@ func NewClient(b broker.Broker, opts ...ClientOption) *Client {
 type CallOption func(*callConfig)
 
 type callConfig struct {
+	err         error // from an option: the call fails with it
 	header      broker.Header
 	id          string
 	idempotent  bool
@@ -132,9 +128,18 @@ type callConfig struct {
 	codec       codec.Codec
 }
 
-// WithHeader adds a request header. Names are case-insensitive.
+// WithHeader adds a request header. Names are case-insensitive. The names
+// of the wire protocol (see ReservedHeader) are refused: the call fails
+// with InvalidArgument wrapping ErrReservedHeader, before anything is
+// sent.
 func WithHeader(name, value string) CallOption {
 	return func(c *callConfig) {
+		if ReservedHeader(name) {
+			if c.err == nil {
+				c.err = Errorf(InvalidArgument, "header %q: %w", name, ErrReservedHeader)
+			}
+			return
+		}
 		if c.header == nil {
 			c.header = make(broker.Header, 2)
 		}
@@ -191,7 +196,9 @@ func applyCallOptions(cfg callConfig, opts []CallOption) callConfig {
 func (c *Client) do(ctx context.Context, service, method string, in, out any, oneWay bool, opts []CallOption) error {
 	cfg := callConfig{codec: c.codec}
 	if len(opts) > 0 {
-		cfg = applyCallOptions(cfg, opts)
+		if cfg = applyCallOptions(cfg, opts); cfg.err != nil {
+			return cfg.err
+		}
 	}
 	body, err := cfg.codec.Marshal(in)
 	if err != nil {
@@ -291,8 +298,9 @@ func (c *Client) send(ctx context.Context, msg *broker.Message, oneWay bool) (*b
 }
 
 // Invoke is the typed form of Client.Call: it calls method of service with
-// in and returns the decoded reply.
-func Invoke[Res, Req any](ctx context.Context, c *Client, service, method string, in *Req, opts ...CallOption) (*Res, error) {
+// in and returns the decoded reply. Its type parameters are in the order
+// of Handle's and NewMethod's: request, then reply.
+func Invoke[Req, Res any](ctx context.Context, c *Client, service, method string, in *Req, opts ...CallOption) (*Res, error) {
 	out := new(Res)
 	if err := c.Call(ctx, service, method, in, out, opts...); err != nil {
 		return nil, err
@@ -309,6 +317,27 @@ type Method[Req, Res any] func(ctx context.Context, in *Req, opts ...CallOption)
 // NewMethod returns a typed stub for method of service on c.
 func NewMethod[Req, Res any](c *Client, service, method string) Method[Req, Res] {
 	return func(ctx context.Context, in *Req, opts ...CallOption) (*Res, error) {
-		return Invoke[Res](ctx, c, service, method, in, opts...)
+		return Invoke[Req, Res](ctx, c, service, method, in, opts...)
 	}
 }
+
+// ErrReservedHeader is wrapped by the error of a call given a header name
+// that mqrpc sets itself (see WithHeader).
+var ErrReservedHeader = errors.New("rpc: reserved header name")
+
+// reservedHeaders are the header names of the wire protocol
+// (docs/PROTOCOL.md), which mqrpc and its brokers set themselves.
+var reservedHeaders = map[string]bool{
+	broker.HeaderContentType: true, broker.HeaderMethod: true, broker.HeaderDeadline: true,
+	broker.HeaderStatus: true, broker.HeaderStatusMessage: true, HeaderDetails: true,
+	// broker/nats (JetStream) and broker/rocketmq markers
+	"mqrpc-reply": true, "mqrpc-empty-body": true, "mqrpc-topic-init": true,
+	"mqrpc-dead-reason": true, "mqrpc-deliveries": true,
+}
+
+// ReservedHeader reports whether name (case-insensitive) is a header of
+// the wire protocol that mqrpc sets itself: content-type, mqrpc-method,
+// mqrpc-deadline, mqrpc-status, mqrpc-message, mqrpc-details and the
+// brokers' own markers (docs/PROTOCOL.md). Middleware headers such as
+// mqrpc-version or mqrpc-caller are not reserved.
+func ReservedHeader(name string) bool { return reservedHeaders[strings.ToLower(name)] }

@@ -97,7 +97,7 @@ func TestErrorDetails(t *testing.T) {
 			sub, err := b.Serve(subject, detailServer(t))
 			require.NoError(t, err)
 			defer sub.Stop(context.Background())
-			_, err = rpc.Invoke[outOfStock](context.Background(), rpc.NewClient(b), subject, "Take", &outOfStock{SKU: "A1"})
+			_, err = rpc.Invoke[outOfStock, outOfStock](context.Background(), rpc.NewClient(b), subject, "Take", &outOfStock{SKU: "A1"})
 			checkDetails(t, err)
 		})
 	}

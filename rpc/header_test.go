@@ -132,3 +132,18 @@ func TestSharedHeaderServerChanges(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// WithHeader refuses the names of the wire protocol, in any case, before
+// anything is sent; other names, middleware ones included, pass.
+func TestWithHeaderReserved(t *testing.T) {
+	_, c, _ := newPair(t, nil)
+	ctx := context.Background()
+	for _, name := range []string{"mqrpc-method", "Content-Type", "MQRPC-Deadline", "mqrpc-status", "mqrpc-message", "mqrpc-details", "mqrpc-reply"} {
+		err := c.Call(ctx, "calc", "Add", &addReq{}, nil, rpc.WithHeader(name, "x"))
+		assert.ErrorIs(t, err, rpc.ErrReservedHeader, name)
+		assert.Equal(t, rpc.InvalidArgument, rpc.CodeOf(err), name)
+	}
+	var out addRes
+	require.NoError(t, c.Call(ctx, "calc", "Add", &addReq{A: 1, B: 1}, &out, rpc.WithHeader("mqrpc-version", "v2"), rpc.WithHeader("x-tenant", "a")))
+	assert.Equal(t, 2, out.Sum)
+}

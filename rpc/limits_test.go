@@ -45,7 +45,7 @@ func TestMessageSizeLimits(t *testing.T) {
 		assert.Contains(t, err.Error(), "reply of")
 	})
 	t.Run("ClientRefusesLargeRequest", func(t *testing.T) {
-		err := rpc.NewClient(b, rpc.WithMaxCallSize(100)).Call(ctx, "blob", "Echo", &blob{Data: strings.Repeat("a", 200)}, &blob{})
+		err := rpc.NewClient(b, rpc.WithMaxMessageSize(100)).Call(ctx, "blob", "Echo", &blob{Data: strings.Repeat("a", 200)}, &blob{})
 		assert.Equal(t, rpc.ResourceExhausted, rpc.CodeOf(err))
 		assert.ErrorIs(t, err, broker.ErrMessageTooLarge)
 		var e *rpc.Error
@@ -53,7 +53,7 @@ func TestMessageSizeLimits(t *testing.T) {
 		assert.False(t, e.Wire(), "refused locally, never sent")
 	})
 	t.Run("ClientRefusesLargeReply", func(t *testing.T) {
-		err := rpc.NewClient(b, rpc.WithMaxCallSize(300)).Call(ctx, "blob", "Grow", &blob{Data: strings.Repeat("a", 50)}, &blob{})
+		err := rpc.NewClient(b, rpc.WithMaxMessageSize(300)).Call(ctx, "blob", "Grow", &blob{Data: strings.Repeat("a", 50)}, &blob{})
 		assert.Equal(t, rpc.ResourceExhausted, rpc.CodeOf(err))
 		assert.ErrorIs(t, err, broker.ErrMessageTooLarge)
 	})

@@ -55,7 +55,7 @@ func TestCallCodecs(t *testing.T) {
 		t.Run(cd.Name(), func(t *testing.T) {
 			c := rpc.NewClient(b, rpc.WithCodec(cd))
 			var reply broker.Header
-			got, err := rpc.Invoke[addRes](context.Background(), c, "calc", "Add", &addReq{A: 2, B: 3}, rpc.WithReplyHeader(&reply))
+			got, err := rpc.Invoke[addReq, addRes](context.Background(), c, "calc", "Add", &addReq{A: 2, B: 3}, rpc.WithReplyHeader(&reply))
 			require.NoError(t, err)
 			assert.Equal(t, 5, got.Sum)
 			assert.Empty(t, reply.Get("content-type"), "a reply in the request's codec does not name it again")

@@ -13,7 +13,6 @@ import (
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/codec"
-	jsoncodec "github.com/mqrpc/mqrpc/codec/json"
 )
 
 // Server dispatches requests to typed method handlers by the mqrpc-method
@@ -47,6 +46,7 @@ type method struct {
 }
 
 type serverConfig struct {
+	codec      codec.Codec // for requests without a content type
 	codecs     []codec.Codec
 	middleware []Middleware
 	maxSize    int
@@ -61,49 +61,39 @@ const DefaultMaxMessageSize = 16 << 20
 // request's header names and values on the server.
 const DefaultMaxHeaderBytes = 64 << 10
 
-// WithMaxMessageSize limits request and reply bodies to n bytes: a larger
-// request is answered with ResourceExhausted without running the method,
-// and a larger reply is replaced by a ResourceExhausted error. Default
-// DefaultMaxMessageSize; n < 0 means no limit.
-func WithMaxMessageSize(n int) ServerOption {
-	return func(c *serverConfig) { c.maxSize = n }
-}
-
 // WithMaxHeaderBytes limits the total size of a request's header names and
 // values to n bytes; a larger header is answered with ResourceExhausted.
 // Default DefaultMaxHeaderBytes; n < 0 means no limit.
 func WithMaxHeaderBytes(n int) ServerOption {
-	return func(c *serverConfig) { c.maxHeader = n }
+	return serverOptionFunc(func(c *serverConfig) { c.maxHeader = n })
 }
 
-// ServerOption configures a Server.
-type ServerOption func(*serverConfig)
-
-// WithCodecs sets the codecs the server accepts; replies use the codec of
-// the request. The first one decodes requests that carry no content-type.
-// Default: JSON only. Calling it again adds codecs.
+// WithCodecs adds codecs to the ones the server accepts, JSON and the
+// codec of WithCodec; replies use the codec of the request. Calling it
+// again adds more.
 func WithCodecs(codecs ...codec.Codec) ServerOption {
-	return func(c *serverConfig) { c.codecs = append(c.codecs, codecs...) }
+	return serverOptionFunc(func(c *serverConfig) { c.codecs = append(c.codecs, codecs...) })
 }
 
 // WithServerMiddleware wraps the method dispatcher in mw, the first
-// outermost. Calling it again appends.
+// outermost. Calling it again appends. NewServer panics when one of them
+// is client-only middleware (see ClientOnly).
 func WithServerMiddleware(mw ...Middleware) ServerOption {
-	return func(c *serverConfig) { c.middleware = append(c.middleware, mw...) }
+	return serverOptionFunc(func(c *serverConfig) { c.middleware = append(c.middleware, mw...) })
 }
 
-// NewServer returns a server with no methods.
+// NewServer returns a server with no methods. It accepts JSON and the
+// codecs of WithCodec and WithCodecs; a request without a content type is
+// in the WithCodec codec (default JSON).
 func NewServer(opts ...ServerOption) *Server {
-	cfg := serverConfig{maxSize: DefaultMaxMessageSize, maxHeader: DefaultMaxHeaderBytes}
+	cfg := serverConfig{codec: defaultCodec, maxSize: DefaultMaxMessageSize, maxHeader: DefaultMaxHeaderBytes}
 	for _, o := range opts {
-		o(&cfg)
+		o.applyToServer(&cfg)
 	}
-	if len(cfg.codecs) == 0 {
-		cfg.codecs = []codec.Codec{jsoncodec.Codec{}}
-	}
+	cfg.codecs = append([]codec.Codec{defaultCodec, cfg.codec}, cfg.codecs...)
 	s := &Server{
 		codecs:       make(map[string]codec.Codec, len(cfg.codecs)),
-		defaultCodec: cfg.codecs[0],
+		defaultCodec: cfg.codec,
 		maxSize:      cfg.maxSize,
 		maxHeader:    cfg.maxHeader,
 	}
@@ -115,11 +105,12 @@ func NewServer(opts ...ServerOption) *Server {
 		}
 		s.codecs[name] = c
 	}
+	s.codecs[codec.MediaType(cfg.codec.Name())] = cfg.codec
 	sort.Strings(names)
 	s.accepted = strings.Join(names, ", ")
 	empty := map[string]method{}
 	s.methods.Store(&empty)
-	s.handler = Chain(broker.HandlerFunc(s.dispatch), cfg.middleware...)
+	s.handler = Chain(ServerSide, broker.HandlerFunc(s.dispatch), cfg.middleware...)
 	return s
 }
 

@@ -1,4 +1,4 @@
-package mqgrpc
+package grpc
 
 import (
 	"context"

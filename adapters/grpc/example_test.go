@@ -1,4 +1,4 @@
-package mqgrpc_test
+package grpc_test
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package mqgrpc_test
+package grpc_test
 
 import (
 	"context"
@@ -221,7 +221,7 @@ func TestStatusDetailsInterop(t *testing.T) {
 			return nil, st.Err()
 		}}, nil)
 		c := rpc.NewClient(f.b, rpc.WithCodec(protocodec.Codec{}))
-		_, err := rpc.Invoke[testpb.EchoReply](context.Background(), c, "mqrpc.grpctest.Echo", "Echo", &testpb.EchoRequest{})
+		_, err := rpc.Invoke[testpb.EchoRequest, testpb.EchoReply](context.Background(), c, "mqrpc.grpctest.Echo", "Echo", &testpb.EchoRequest{})
 		var e *rpc.Error
 		require.ErrorAs(t, err, &e)
 		assert.Equal(t, rpc.InvalidArgument, e.Code())
@@ -592,7 +592,7 @@ func TestInterop(t *testing.T) {
 		f := setup(t, &echoServer{}, nil)
 		c := rpc.NewClient(f.b, rpc.WithCodec(protocodec.Codec{}))
 		for _, method := range []string{"Echo", "/mqrpc.grpctest.Echo/Echo"} {
-			out, err := rpc.Invoke[testpb.EchoReply](context.Background(), c, "mqrpc.grpctest.Echo", method, &testpb.EchoRequest{Message: method})
+			out, err := rpc.Invoke[testpb.EchoRequest, testpb.EchoReply](context.Background(), c, "mqrpc.grpctest.Echo", method, &testpb.EchoRequest{Message: method})
 			require.NoError(t, err)
 			assert.Equal(t, method, out.GetMessage())
 		}

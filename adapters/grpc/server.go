@@ -1,4 +1,4 @@
-package mqgrpc
+package grpc
 
 import (
 	"context"
@@ -235,7 +235,7 @@ func (s *Server) newDispatcher(svcs []*service) *dispatcher {
 			d.short[m] = append(d.short[m], svc)
 		}
 	}
-	d.handler = rpc.Chain(broker.HandlerFunc(d.dispatch), s.cfg.middleware...)
+	d.handler = rpc.Chain(rpc.ServerSide, broker.HandlerFunc(d.dispatch), s.cfg.middleware...)
 	return d
 }
 

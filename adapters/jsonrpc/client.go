@@ -71,7 +71,7 @@ func NewClient(b broker.Broker, subject string, opts ...ClientOption) *Client {
 		o(&cfg)
 	}
 	c := &Client{b: b, subject: subject, cfg: cfg}
-	c.handler = rpc.Chain(broker.HandlerFunc(c.roundTrip), cfg.middleware...)
+	c.handler = rpc.Chain(rpc.ClientSide, broker.HandlerFunc(c.roundTrip), cfg.middleware...)
 	return c
 }
 

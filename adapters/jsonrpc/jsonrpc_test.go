@@ -385,7 +385,7 @@ func TestClientTransportErrors(t *testing.T) {
 	require.ErrorIs(t, c.Notify(context.Background(), "add", nil), broker.ErrNoResponders)
 
 	// A status reply without a body (a server middleware said no).
-	deny := rpc.Chain(testServer(t, nil), func(next broker.Handler) broker.Handler {
+	deny := rpc.Chain(rpc.ServerSide, testServer(t, nil), func(next broker.Handler) broker.Handler {
 		return broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
 			return rpc.ErrorReply(rpc.Errorf(rpc.PermissionDenied, "no")), nil
 		})

@@ -25,7 +25,7 @@ type conn struct {
 func newConn(b broker.Broker, subject string, opts []Option) conn {
 	c := conn{b: b, subject: subject, cfg: newConfig(opts)}
 	c.pf = c.cfg.protocol.Factory(c.cfg.tconf)
-	c.handler = rpc.Chain(broker.HandlerFunc(c.roundTrip), c.cfg.middleware...)
+	c.handler = rpc.Chain(rpc.ClientSide, broker.HandlerFunc(c.roundTrip), c.cfg.middleware...)
 	return c
 }
 

@@ -79,7 +79,7 @@ func serve(t *testing.T, h *calc, mw ...rpc.Middleware) *memory.Broker {
 	t.Helper()
 	b := memory.New()
 	t.Cleanup(func() { _ = b.Close() })
-	srv := rpc.Chain(mqthrift.NewServer(calculator.NewCalculatorProcessor(h)), mw...)
+	srv := rpc.Chain(rpc.ServerSide, mqthrift.NewServer(calculator.NewCalculatorProcessor(h)), mw...)
 	sub, err := b.Serve("Calculator", srv)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sub.Stop(context.Background()) })
