@@ -185,10 +185,10 @@ func testControlPlane(t *testing.T, open opener) {
 	t.Run("stats", func(t *testing.T) {
 		c := rpc.NewClient(caller)
 		for i := 0; i < 5; i++ {
-			_, err := rpc.Invoke[AddReply](ctx, c, svcName, "Add", &AddRequest{A: 1, B: 2})
+			_, err := rpc.Invoke[AddRequest, AddReply](ctx, c, svcName, "Add", &AddRequest{A: 1, B: 2})
 			require.NoError(t, err)
 		}
-		_, err := rpc.Invoke[AddReply](ctx, c, svcName, "Fail", &AddRequest{})
+		_, err := rpc.Invoke[AddRequest, AddReply](ctx, c, svcName, "Fail", &AddRequest{})
 		require.Equal(t, rpc.NotFound, rpc.CodeOf(err))
 		stats, err := control.Discover[control.StatsResponse](discoverCtx(t), caller, svcName, "")
 		require.NoError(t, err)
@@ -230,7 +230,7 @@ func testControlPlane(t *testing.T, open opener) {
 		errs := make(chan error, 3)
 		for i := 0; i < 3; i++ {
 			go func() {
-				_, err := rpc.Invoke[AddReply](ctx, c, svcName, "Block", &AddRequest{})
+				_, err := rpc.Invoke[AddRequest, AddReply](ctx, c, svcName, "Block", &AddRequest{})
 				errs <- err
 			}()
 		}

@@ -63,7 +63,7 @@ func TestNATSCLI(t *testing.T) {
 	}
 	c := rpc.NewClient(open(t))
 	for i := 0; i < 3; i++ {
-		_, err := rpc.Invoke[AddReply](ctx, c, name, "Add", &AddRequest{A: 1, B: 2})
+		_, err := rpc.Invoke[AddRequest, AddReply](ctx, c, name, "Add", &AddRequest{A: 1, B: 2})
 		require.NoError(t, err)
 	}
 	run := func(args ...string) []byte {
