@@ -2,8 +2,10 @@ package rpc
 
 import (
 	"reflect"
+	"sort"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/codec"
 	"github.com/mqrpc/mqrpc/rpc/control"
 )
 
@@ -43,4 +45,17 @@ func (s *Server) noteTypes(name string, req, res reflect.Type, err error) error 
 		s.types.Store(name, [2]reflect.Type{req, res})
 	}
 	return err
+}
+
+// Codecs returns the content types s accepts, the default one (for
+// requests without a content-type) first, for the control plane's INFO.
+func (s *Server) Codecs() []string {
+	out := []string{s.defaultCodec.Name()}
+	for name := range s.codecs {
+		if name != codec.MediaType(out[0]) {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out[1:])
+	return out
 }

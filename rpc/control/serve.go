@@ -203,10 +203,14 @@ func (s *Service) Info() InfoResponse {
 		}
 		eps = append(eps, ep)
 	}
-	return InfoResponse{
+	info := InfoResponse{
 		Identity: s.identity(), Type: InfoResponseType, Description: s.cfg.description,
 		Endpoints: eps, Subject: s.subject, Status: s.Status(),
 	}
+	if c, ok := s.h.(interface{ Codecs() []string }); ok {
+		info.Codecs = c.Codecs()
+	}
+	return info
 }
 
 // Stats returns the instance's STATS answer: the counters of every

@@ -92,6 +92,10 @@ type InfoResponse struct {
 	Endpoints []EndpointInfo `json:"endpoints"`
 	// Subject is the subject the service is served on.
 	Subject string `json:"subject,omitempty"`
+	// Codecs are the content types the service accepts, the first the
+	// one a request without a content-type is decoded with (from a
+	// handler with a Codecs method, as rpc.Server has).
+	Codecs []string `json:"codecs,omitempty"`
 	// Status is the instance's health: Serving or NotServing.
 	Status string `json:"status,omitempty"`
 }
