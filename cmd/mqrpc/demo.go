@@ -11,8 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mqrpc/mqrpc/broker"
-	"github.com/mqrpc/mqrpc/codec"
-	jsoncodec "github.com/mqrpc/mqrpc/codec/json"
 	msgpackcodec "github.com/mqrpc/mqrpc/codec/msgpack"
 	"github.com/mqrpc/mqrpc/rpc"
 	"github.com/mqrpc/mqrpc/rpc/control"
@@ -45,8 +43,8 @@ type FailRequest struct {
 type Empty struct{}
 
 // newDemo returns the demo service: Add, Sleep, Fail and a raw Echo.
-func newDemo(codecs ...codec.Codec) *rpc.Server {
-	srv := rpc.NewServer(rpc.WithCodecs(codecs...))
+func newDemo(opts ...rpc.ServerOption) *rpc.Server {
+	srv := rpc.NewServer(opts...)
 	_ = rpc.Handle(srv, "Add", func(_ context.Context, in *AddRequest) (*AddReply, error) {
 		return &AddReply{Sum: in.A + in.B}, nil
 	})
@@ -69,20 +67,22 @@ func newDemo(codecs ...codec.Codec) *rpc.Server {
 	return srv
 }
 
-// serveDemo serves the demo on b as service.
-func serveDemo(b broker.Broker, service string, msgpackOnly bool, opts ...control.Option) (*control.Service, error) {
-	cds := []codec.Codec{jsoncodec.Codec{}, msgpackcodec.Codec{}}
-	if msgpackOnly {
-		cds = []codec.Codec{msgpackcodec.Codec{}}
+// serveDemo serves the demo on b as service. It accepts JSON and
+// msgpack, and decodes requests without a content type as msgpack when
+// msgpackDefault is set, else as JSON.
+func serveDemo(b broker.Broker, service string, msgpackDefault bool, opts ...control.Option) (*control.Service, error) {
+	sopts := []rpc.ServerOption{rpc.WithCodecs(msgpackcodec.Codec{})}
+	if msgpackDefault {
+		sopts = append(sopts, rpc.WithCodec(msgpackcodec.Codec{}))
 	}
 	opts = append([]control.Option{control.WithVersion("1.0.0"),
 		control.WithDescription("mqrpc's demo service: Add, Sleep, Fail, Echo")}, opts...)
-	return newDemo(cds...).Serve(b, service, opts...)
+	return newDemo(sopts...).Serve(b, service, opts...)
 }
 
 func (a *app) demoCmd() *cobra.Command {
 	var (
-		msgpackOnly bool
+		msgpackDefault bool
 		ready       string
 	)
 	c := &cobra.Command{
@@ -96,7 +96,7 @@ drains it (it reports NOT_SERVING while it drains):
   Echo   the request's bytes, raw`,
 		Example: `  mqrpc demo &
   mqrpc call Demo.Add '{"a":2,"b":40}'
-  mqrpc demo Calc2 --msgpack    # accepts msgpack only; call converts`,
+  mqrpc call Demo.Add '{"a":2,"b":40}' --codec msgpack   # JSON converted to msgpack and back`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			name := "Demo"
@@ -108,7 +108,7 @@ drains it (it reports NOT_SERVING while it drains):
 				return err
 			}
 			defer closeBroker(b)
-			svc, err := serveDemo(b, name, msgpackOnly)
+			svc, err := serveDemo(b, name, msgpackDefault)
 			if err != nil {
 				return fail(rpc.Unavailable, "serve %s: %v", name, err)
 			}
@@ -126,7 +126,7 @@ drains it (it reports NOT_SERVING while it drains):
 			return svc.Stop(ctx)
 		},
 	}
-	c.Flags().BoolVar(&msgpackOnly, "msgpack", false, "accept msgpack only")
+	c.Flags().BoolVar(&msgpackDefault, "msgpack", false, "decode requests without a content type as msgpack (JSON is accepted too)")
 	c.Flags().StringVar(&ready, "ready-file", "", "write the instance ID to this file once serving (for scripts)")
 	return c
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/dial"
 	"github.com/mqrpc/mqrpc/rpc"
 	"github.com/mqrpc/mqrpc/rpc/control"
 )
@@ -32,6 +33,9 @@ func discover[T control.Answer](a *app, name, id string) ([]T, error) {
 	ctx, cancel := withTimeout(a.wait)
 	defer cancel()
 	got, err := control.Discover[T](ctx, b, name, id)
+	if errors.Is(err, control.ErrNoBroadcast) {
+		return nil, fail(rpc.Unimplemented, "%s has no control plane: %v", dial.Redact(a.brokerURL), err)
+	}
 	if err != nil {
 		return nil, fail(rpc.Unavailable, "%v", err)
 	}
@@ -194,7 +198,7 @@ NOT_SERVING, 5 (NotFound) when none answered.`,
 			defer closeBroker(b)
 			bc, ok := b.(broker.Broadcaster)
 			if !ok {
-				return fail(rpc.Unimplemented, "%v", control.ErrNoBroadcast)
+				return fail(rpc.Unimplemented, "%s has no control plane: %v", dial.Redact(a.brokerURL), control.ErrNoBroadcast)
 			}
 			ctx, cancel := withTimeout(a.wait)
 			defer cancel()

@@ -46,7 +46,7 @@ var brokerURLs = map[string]func(t *testing.T) string{
 // test serves. Each run names its services uniquely, so runs sharing a
 // broker do not see each other's.
 func TestScripts(t *testing.T) {
-	for _, name := range []string{"embedded", "nats"} {
+	for _, name := range []string{"embedded", "nats", "amqp"} {
 		t.Run(name, func(t *testing.T) {
 			url := brokerURLs[name](t)
 			b, err := dial.Open(url)

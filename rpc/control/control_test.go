@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/mqrpc/mqrpc/broker"
+	amqpbroker "github.com/mqrpc/mqrpc/broker/amqp"
 	"github.com/mqrpc/mqrpc/broker/memory"
 	natsbroker "github.com/mqrpc/mqrpc/broker/nats"
 	"github.com/mqrpc/mqrpc/internal/testenv"
@@ -50,6 +51,12 @@ func brokers() map[string]opener {
 				return c
 			}
 		}(),
+		"amqp": func(t *testing.T) broker.Broker {
+			b, err := amqpbroker.New(testenv.AMQPURL(t))
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = b.Close() })
+			return b
+		},
 		"nats": func(t *testing.T) broker.Broker {
 			b, err := natsbroker.New(natsbroker.WithURL(testenv.NATSURL(t)))
 			require.NoError(t, err)
