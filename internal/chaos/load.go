@@ -28,13 +28,14 @@ type ExecLog struct {
 	firstAt  map[string]time.Time   // method+" "+id -> first execution
 	by       map[string][]string    // method+" "+id -> who executed it, when
 	commits  map[string]int         // dedup key -> outcomes stored for it
+	commitBy map[string][]string    // dedup key -> who stored them
 	waiters  []chan struct{}
 }
 
 // NewExecLog returns an empty log.
 func NewExecLog() *ExecLog {
 	return &ExecLog{started: map[string][]time.Time{}, executed: map[string]int{}, firstAt: map[string]time.Time{},
-		by: map[string][]string{}, commits: map[string]int{}}
+		by: map[string][]string{}, commits: map[string]int{}, commitBy: map[string][]string{}}
 }
 
 var _ Recorder = (*ExecLog)(nil)
@@ -106,10 +107,47 @@ func (l *ExecLog) Executions() (total, duplicates int) {
 
 // Committed records that a server stored the outcome of key in the
 // dedup store shared by the servers of a test.
-func (l *ExecLog) Committed(key string) {
+func (l *ExecLog) Committed(key string) { l.CommittedBy(key, "this process") }
+
+// CommittedBy records that the server named who stored the outcome of key.
+func (l *ExecLog) CommittedBy(key, who string) {
 	l.mu.Lock()
 	l.commits[key]++
+	l.commitBy[key] = append(l.commitBy[key], who)
 	l.mu.Unlock()
+}
+
+// DuplicatesOutsideWindow returns the duplicate executions that Dedup with
+// a shared store should have prevented: all but those of requests that one
+// of the killed servers named executed and never stored the outcome of
+// (it died between the side effect and the store, which are not one
+// transaction). Dedup keys are message IDs.
+func (l *ExecLog) DuplicatesOutsideWindow(killed ...string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d := 0
+	for k, n := range l.executed {
+		if n < 2 {
+			continue
+		}
+		id := k[strings.IndexByte(k, ' ')+1:]
+		window := false
+		for _, v := range killed {
+			ran := false
+			for _, w := range l.by[k] {
+				ran = ran || strings.HasPrefix(w, v+"@")
+			}
+			stored := false
+			for _, w := range l.commitBy[id] {
+				stored = stored || w == v
+			}
+			window = window || (ran && !stored)
+		}
+		if !window {
+			d += n - 1
+		}
+	}
+	return d
 }
 
 // DuplicateCommits returns how many outcomes were stored for a key that
@@ -127,30 +165,6 @@ func (l *ExecLog) DuplicateCommits() int {
 	return d
 }
 
-// DuplicatesWithout returns the duplicate executions in which none of the
-// servers named took part.
-func (l *ExecLog) DuplicatesWithout(who ...string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	d := 0
-	for k, n := range l.executed {
-		if n < 2 {
-			continue
-		}
-		involved := false
-		for _, w := range l.by[k] {
-			for _, v := range who {
-				if strings.HasPrefix(w, v+"@") {
-					involved = true
-				}
-			}
-		}
-		if !involved {
-			d += n - 1
-		}
-	}
-	return d
-}
 
 // DuplicateKeys describes up to max requests executed more than once:
 // method, ID and the servers that executed it.
@@ -467,7 +481,7 @@ func StartChild(env []string, log *ExecLog, timeout time.Duration) (*Child, erro
 					c.started.Add(1)
 				}
 			case len(f) == 2 && f[0] == "C":
-				log.Committed(f[1])
+				log.CommittedBy(f[1], who)
 			case len(f) == 3 && f[0] == "E":
 				log.ExecutedBy(f[1], f[2], who)
 				if f[1] == MethodWork {
