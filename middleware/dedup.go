@@ -2,12 +2,14 @@ package middleware
 
 import (
 	"bytes"
-	"container/list"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/rpc"
@@ -22,11 +24,19 @@ const HeaderReplayed = "mqrpc-replayed"
 const (
 	// DefaultDedupSize is how many outcomes the in-memory store keeps.
 	DefaultDedupSize = 10000
-	// DefaultDedupTTL is how long the in-memory store keeps an outcome.
-	// It must outlast the retries of a call: the longest call deadline
-	// your clients use is a good value.
+	// DefaultDedupTTL is how long a store keeps an outcome. It must
+	// outlast the retries and redeliveries of a request: the longest call
+	// deadline your clients use is a good value.
 	DefaultDedupTTL = 5 * time.Minute
+	// DefaultDedupLease is how long a claim on a key in a DedupClaimer
+	// lasts without renewal: after a server process dies mid-request, a
+	// repeat of the request runs once the lease has passed.
+	DefaultDedupLease = 15 * time.Second
 )
+
+// ErrDedupLeaseLost is returned by DedupLease.Renew when the claim is no
+// longer held: it expired, and may have been taken by another run.
+var ErrDedupLeaseLost = errors.New("middleware: dedup claim lost")
 
 // DedupStore keeps the outcome of requests by key, for Dedup. An outcome
 // is the reply message (error replies included), or nil for a request that
@@ -34,9 +44,12 @@ const (
 //
 // Implementations must be safe for concurrent use. Load must return a
 // message the caller may keep and modify (a copy); Store must not retain
-// reply, which the caller goes on to send, but copy it. A store shared by
-// several servers (Redis, a database) makes deduplication work across
-// them, while waiting for a duplicate in flight works within one process.
+// reply, which the caller goes on to send, but copy it.
+//
+// A store shared by several server processes that only loads and stores
+// answers a repeat of a finished request in any of them, but a repeat that
+// reaches another process while the first run is still going runs again.
+// A shared store that also implements DedupClaimer closes that gap.
 type DedupStore interface {
 	// Load returns the outcome stored for key, and whether there is one.
 	Load(ctx context.Context, key string) (reply *broker.Message, ok bool, err error)
@@ -44,12 +57,67 @@ type DedupStore interface {
 	Store(ctx context.Context, key string, reply *broker.Message) error
 }
 
+// DedupClaimer is a DedupStore that claims keys atomically, so that
+// server processes sharing it run a request once even when its repeats
+// reach several of them at the same time. Dedup uses it instead of Load
+// and Store when the store implements it: a run claims the key, renews the
+// claim while the method runs, and commits the outcome in its place; a
+// repeat that finds the key claimed waits for the outcome. A claim that is
+// not renewed (its process died) expires after its lease, and a repeat
+// then runs the request.
+//
+// The stores in middleware/dedupstore (Redis, NATS JetStream key-value)
+// and MemoryDedupStore implement it, and the conformance suite in
+// middleware/dedupstore/storetest checks an implementation.
+type DedupClaimer interface {
+	DedupStore
+	// Claim returns the outcome stored for key (Done), or, when key has
+	// no outcome and no live claim, claims it for lease and returns the
+	// claim (Lease), or neither when another live claim holds key. Of any
+	// number of callers racing for a key, in any processes, one gets the
+	// claim. lease is positive.
+	Claim(ctx context.Context, key string, lease time.Duration) (DedupClaim, error)
+}
+
+// DedupClaim is the answer of DedupClaimer.Claim: the caller's claim, the
+// stored outcome, or neither (the key is claimed by another run).
+type DedupClaim struct {
+	// Lease is the caller's claim on the key; nil when it got none.
+	Lease DedupLease
+	// Done reports that the key has an outcome: Reply, a copy the caller
+	// may keep, or nil for a request that needed no reply.
+	Done  bool
+	Reply *broker.Message
+}
+
+// DedupLease is one run's claim on a key. Its methods are not called
+// concurrently with each other.
+type DedupLease interface {
+	// Renew extends the claim by its lease from now. It returns an error
+	// wrapping ErrDedupLeaseLost when the claim is no longer held.
+	Renew(ctx context.Context) error
+	// Commit replaces the claim with the outcome reply (nil for one-way),
+	// kept for the store's TTL. It stores the outcome even when the claim
+	// was lost. It must not retain reply.
+	Commit(ctx context.Context, reply *broker.Message) error
+	// Release drops the claim without an outcome, so a repeat runs the
+	// request at once. It does nothing when the claim is no longer held.
+	Release(ctx context.Context) error
+}
+
 // DedupConfig configures Dedup. The zero value deduplicates by Message.ID
 // in a DefaultDedupSize, DefaultDedupTTL in-memory store.
 type DedupConfig struct {
 	// Store keeps outcomes. Default: NewMemoryDedupStore(DefaultDedupSize,
-	// DefaultDedupTTL), of its own per Dedup middleware.
+	// DefaultDedupTTL), of its own per Dedup middleware. Server processes
+	// that compete for the same requests share a store (see DedupClaimer).
 	Store DedupStore
+	// Lease is how long a claim in a DedupClaimer holds a key without
+	// renewal: a run renews it every Lease/3, and a repeat runs the
+	// request once Lease has passed since the last renewal of a claim
+	// whose process died. Shorter leases recover sooner after a crash and
+	// cost more renewals. Default: DefaultDedupLease.
+	Lease time.Duration
 	// Key returns the deduplication key of a request; "" means the request
 	// is not deduplicated. Default: Message.ID, which a client keeps
 	// across the retries of one call. Message IDs are trusted: callers
@@ -65,11 +133,14 @@ type DedupConfig struct {
 	TransientCodes []rpc.Code
 	// OnDuplicate, if not nil, is called for each repeat that does not
 	// run the method: with inFlight true when it starts waiting for the
-	// first run still in flight, with inFlight false when it is answered
-	// from the store. It must not retain req.
+	// first run still in flight (in this process or, with a DedupClaimer,
+	// in another), with inFlight false when it is answered from the store.
+	// It must not retain req.
 	OnDuplicate func(ctx context.Context, req *broker.Message, inFlight bool)
-	// OnStoreError, if not nil, is called when storing an outcome fails.
-	// The reply is still sent, but a repeat will run the method again.
+	// OnStoreError, if not nil, is called when storing an outcome, or
+	// renewing or releasing a claim, fails. The reply is still sent, but
+	// a repeat may run the method again (once the claim's lease passed).
+	// It must not retain req.
 	OnStoreError func(ctx context.Context, req *broker.Message, err error)
 }
 
@@ -82,15 +153,28 @@ type DedupConfig struct {
 //     *rpc.Error.
 //   - A repeat arriving while the first is still running waits for the
 //     first's outcome (or for its own ctx to end, which answers it with
-//     DeadlineExceeded or Canceled) instead of running again.
-//   - When the store cannot be read, the request is refused with
-//     Unavailable rather than risk running twice; a retry may succeed.
+//     DeadlineExceeded or Canceled) instead of running again: in one
+//     process always, across processes with a shared DedupClaimer.
+//   - When the store cannot be read or the key cannot be claimed (the
+//     store is unreachable), the request is refused with Unavailable
+//     rather than risk running twice: a durable broker redelivers it and
+//     a client's Retry tries again.
+//
+// What is not covered: a server process that dies after the method's
+// effect but before the outcome is stored (a store round trip) leaves a
+// claim that expires after the lease, and a repeat then runs again; so
+// does a repeat that comes after the store dropped the outcome (TTL,
+// size). A method whose effect must happen exactly once commits that
+// effect and its outcome in one transaction of its own.
 //
 // Place it inside a DeadlineGuard and outside limits, so a repeat is
 // answered from the store without taking a slot.
 func Dedup(cfg DedupConfig) rpc.Middleware {
 	if cfg.Store == nil {
 		cfg.Store = NewMemoryDedupStore(DefaultDedupSize, DefaultDedupTTL)
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = DefaultDedupLease
 	}
 	if cfg.Key == nil {
 		cfg.Key = func(req *broker.Message) string { return req.ID }
@@ -99,14 +183,16 @@ func Dedup(cfg DedupConfig) rpc.Middleware {
 		cfg.TransientCodes = []rpc.Code{rpc.Unavailable, rpc.ResourceExhausted, rpc.Aborted, rpc.DeadlineExceeded, rpc.Canceled}
 	}
 	cfg.TransientCodes = slices.Clone(cfg.TransientCodes)
+	claimer, _ := cfg.Store.(DedupClaimer)
 	return func(next broker.Handler) broker.Handler {
-		return &deduper{cfg: cfg, next: next, flights: make(map[string]*flight)}
+		return &deduper{cfg: cfg, claimer: claimer, next: next, flights: make(map[string]*flight)}
 	}
 }
 
 type deduper struct {
-	cfg  DedupConfig
-	next broker.Handler
+	cfg     DedupConfig
+	claimer DedupClaimer // cfg.Store, when it claims keys
+	next    broker.Handler
 
 	mu      sync.Mutex
 	flights map[string]*flight // requests running now, by key
@@ -138,7 +224,13 @@ func (d *deduper) ServeMessage(ctx context.Context, req *broker.Message) (*broke
 	d.flights[key] = f
 	d.mu.Unlock()
 
-	reply, err := d.run(ctx, req, key)
+	var reply *broker.Message
+	var err error
+	if d.claimer != nil {
+		reply, err = d.runClaimed(ctx, req, key)
+	} else {
+		reply, err = d.run(ctx, req, key)
+	}
 
 	d.mu.Lock()
 	delete(d.flights, key)
@@ -152,8 +244,9 @@ func (d *deduper) ServeMessage(ctx context.Context, req *broker.Message) (*broke
 	return reply, err
 }
 
-// run answers a request that is not in flight: from the store, or by
-// running the method and storing its outcome.
+// run answers a request that is not in flight in this process, with a
+// store that only loads and stores: from the store, or by running the
+// method and storing its outcome.
 func (d *deduper) run(ctx context.Context, req *broker.Message, key string) (*broker.Message, error) {
 	stored, ok, err := d.cfg.Store.Load(ctx, key)
 	if err != nil {
@@ -166,31 +259,161 @@ func (d *deduper) run(ctx context.Context, req *broker.Message, key string) (*br
 		return replay(stored)
 	}
 	reply, err := d.next.ServeMessage(ctx, req)
-	var outcome *broker.Message
-	switch {
-	case err == nil:
-		outcome = reply
-	case d.storable(err):
-		outcome = rpc.ErrorReply(err)
-	default:
+	outcome, storable := d.outcome(reply, err)
+	if !storable {
 		return reply, err
 	}
-	if serr := d.cfg.Store.Store(ctx, key, outcome); serr != nil && d.cfg.OnStoreError != nil {
-		d.cfg.OnStoreError(ctx, req, serr)
+	sctx, cancel := d.storeContext(ctx)
+	defer cancel()
+	if serr := d.cfg.Store.Store(sctx, key, outcome); serr != nil {
+		d.storeError(ctx, req, serr)
 	}
 	return reply, err
 }
 
-func (d *deduper) storable(err error) bool {
+// Polling of a key claimed by another process: from claimPollMin,
+// doubling up to claimPollMax.
+const (
+	claimPollMin = 5 * time.Millisecond
+	claimPollMax = 250 * time.Millisecond
+)
+
+// runClaimed answers a request that is not in flight in this process,
+// with a store that claims keys: from the store, after waiting for a run
+// in another process, or by claiming the key, running the method and
+// committing its outcome.
+func (d *deduper) runClaimed(ctx context.Context, req *broker.Message, key string) (*broker.Message, error) {
+	var lease DedupLease
+	poll, waiting := claimPollMin, false
+	for lease == nil {
+		c, err := d.claimer.Claim(ctx, key, d.cfg.Lease)
+		switch {
+		case err != nil && waiting && ctx.Err() != nil:
+			return nil, gaveUp(ctx)
+		case err != nil:
+			return nil, rpc.Errorf(rpc.Unavailable, "dedup: claim %q: %w", key, err)
+		case c.Lease != nil:
+			lease = c.Lease
+			continue
+		case c.Done:
+			if d.cfg.OnDuplicate != nil {
+				d.cfg.OnDuplicate(ctx, req, false)
+			}
+			return replay(c.Reply)
+		}
+		if !waiting {
+			waiting = true
+			if d.cfg.OnDuplicate != nil {
+				d.cfg.OnDuplicate(ctx, req, true)
+			}
+		}
+		t := time.NewTimer(poll)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, gaveUp(ctx)
+		}
+		poll = min(2*poll, claimPollMax)
+	}
+
+	r := startRenewer(ctx, d.cfg.Lease/3, lease, func(err error) { d.storeError(ctx, req, err) })
+	reply, err := d.next.ServeMessage(ctx, req)
+	r.stop()
+
+	sctx, cancel := d.storeContext(ctx)
+	defer cancel()
+	if outcome, storable := d.outcome(reply, err); storable {
+		if serr := lease.Commit(sctx, outcome); serr != nil {
+			d.storeError(ctx, req, serr)
+		}
+	} else if rerr := lease.Release(sctx); rerr != nil {
+		d.storeError(ctx, req, rerr)
+	}
+	return reply, err
+}
+
+// outcome returns what to store for a run that returned reply and err,
+// and false when the run is not to be stored (a repeat runs again).
+func (d *deduper) outcome(reply *broker.Message, err error) (*broker.Message, bool) {
+	if err == nil {
+		return reply, true
+	}
 	var e *rpc.Error
-	return errors.As(err, &e) && !slices.Contains(d.cfg.TransientCodes, e.Code())
+	if errors.As(err, &e) && !slices.Contains(d.cfg.TransientCodes, e.Code()) {
+		return rpc.ErrorReply(err), true
+	}
+	return nil, false
+}
+
+// storeContext bounds a store write after the method ran. It outlives
+// ctx: a request whose deadline passed while the method ran still has its
+// outcome stored, or its claim released.
+func (d *deduper) storeContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), d.cfg.Lease)
+}
+
+func (d *deduper) storeError(ctx context.Context, req *broker.Message, err error) {
+	if d.cfg.OnStoreError != nil {
+		d.cfg.OnStoreError(ctx, req, err)
+	}
+}
+
+func gaveUp(ctx context.Context) error {
+	return rpc.NewError(rpc.CodeOf(ctx.Err()), errors.New("dedup: gave up waiting for the same request in flight"))
+}
+
+// renewer renews a lease every interval while the method runs. It starts
+// no goroutine until the first renewal is due, so a method faster than
+// interval costs one timer.
+type renewer struct {
+	ctx      context.Context
+	interval time.Duration
+	lease    DedupLease
+	report   func(error)
+	timer    *time.Timer
+
+	mu      sync.Mutex // held during a renewal, so stop waits for it
+	stopped bool
+}
+
+func startRenewer(ctx context.Context, interval time.Duration, lease DedupLease, report func(error)) *renewer {
+	r := &renewer{ctx: context.WithoutCancel(ctx), interval: interval, lease: lease, report: report}
+	r.timer = time.AfterFunc(interval, r.renew)
+	return r
+}
+
+func (r *renewer) renew() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopped {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, r.interval)
+	err := r.lease.Renew(ctx)
+	cancel()
+	if err != nil {
+		r.report(fmt.Errorf("dedup: renew claim: %w", err))
+		if errors.Is(err, ErrDedupLeaseLost) {
+			return
+		}
+	}
+	r.timer.Reset(r.interval)
+}
+
+// stop ends the renewals; a renewal under way finishes first.
+func (r *renewer) stop() {
+	r.mu.Lock()
+	r.stopped = true
+	r.mu.Unlock()
+	r.timer.Stop()
 }
 
 func (d *deduper) wait(ctx context.Context, f *flight) (*broker.Message, error) {
 	select {
 	case <-f.done:
 	case <-ctx.Done():
-		return nil, rpc.NewError(rpc.CodeOf(ctx.Err()), errors.New("dedup: gave up waiting for the same request in flight"))
+		return nil, gaveUp(ctx)
 	}
 	if f.err != nil {
 		return nil, f.err
@@ -227,26 +450,30 @@ func cloneMessage(m *broker.Message) *broker.Message {
 }
 
 // MemoryDedupStore is the default DedupStore: an in-process LRU cache of
-// at most size outcomes, each kept for at most ttl. It starts no
-// goroutine: expired entries are dropped when read or when the cache is
-// full. It is safe for concurrent use.
+// at most size outcomes and claims, each outcome kept for at most ttl. It
+// starts no goroutine: expired entries are dropped when read or when the
+// cache is full. It is safe for concurrent use, and a DedupClaimer for
+// the Dedup middlewares of one process that share it.
 type MemoryDedupStore struct {
-	size int
-	ttl  time.Duration
-	now  func() time.Time // the clock; replaced in tests
+	ttl time.Duration
+	now func() time.Time // the clock; replaced in tests
 
-	mu    sync.Mutex
-	order *list.List // of *dedupEntry, most recently used first
-	items map[string]*list.Element
+	mu     sync.Mutex
+	cache  *simplelru.LRU[string, memEntry] // not expirable.LRU: its cleanup goroutine never ends (TestDedupExactlyOnce's goleak check)
+	claims uint64                           // claim tokens handed out
 }
 
-type dedupEntry struct {
-	key     string
+// memEntry is an outcome (token 0) or a claim.
+type memEntry struct {
 	reply   *broker.Message
+	token   uint64
 	expires time.Time
 }
 
-var _ DedupStore = (*MemoryDedupStore)(nil)
+var (
+	_ DedupStore   = (*MemoryDedupStore)(nil)
+	_ DedupClaimer = (*MemoryDedupStore)(nil)
+)
 
 // NewMemoryDedupStore returns a store of at most size outcomes kept for
 // ttl. Values below 1 select the defaults, DefaultDedupSize and
@@ -258,50 +485,98 @@ func NewMemoryDedupStore(size int, ttl time.Duration) *MemoryDedupStore {
 	if ttl <= 0 {
 		ttl = DefaultDedupTTL
 	}
-	return &MemoryDedupStore{size: size, ttl: ttl, now: time.Now, order: list.New(), items: make(map[string]*list.Element)}
+	cache, _ := simplelru.NewLRU[string, memEntry](size, nil) // fails only for size < 1
+	return &MemoryDedupStore{ttl: ttl, now: time.Now, cache: cache}
+}
+
+// get returns the live entry of key. s.mu is held.
+func (s *MemoryDedupStore) get(key string) (memEntry, bool) {
+	e, ok := s.cache.Get(key)
+	if ok && !s.now().Before(e.expires) {
+		s.cache.Remove(key)
+		return memEntry{}, false
+	}
+	return e, ok
 }
 
 // Load implements DedupStore. It returns a copy of the stored reply.
 func (s *MemoryDedupStore) Load(_ context.Context, key string) (*broker.Message, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	el, ok := s.items[key]
-	if !ok {
+	e, ok := s.get(key)
+	if !ok || e.token != 0 {
 		return nil, false, nil
 	}
-	e := el.Value.(*dedupEntry)
-	if !s.now().Before(e.expires) {
-		s.order.Remove(el)
-		delete(s.items, key)
-		return nil, false, nil
-	}
-	s.order.MoveToFront(el)
 	return cloneMessage(e.reply), true, nil
 }
 
 // Store implements DedupStore. It keeps a copy of reply.
 func (s *MemoryDedupStore) Store(_ context.Context, key string, reply *broker.Message) error {
-	e := &dedupEntry{key: key, reply: cloneMessage(reply), expires: s.now().Add(s.ttl)}
+	e := memEntry{reply: cloneMessage(reply), expires: s.now().Add(s.ttl)}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if el, ok := s.items[key]; ok {
-		el.Value = e
-		s.order.MoveToFront(el)
-		return nil
-	}
-	s.items[key] = s.order.PushFront(e)
-	for s.order.Len() > s.size {
-		last := s.order.Back()
-		s.order.Remove(last)
-		delete(s.items, last.Value.(*dedupEntry).key)
-	}
+	s.cache.Add(key, e)
 	return nil
 }
 
-// Len returns how many outcomes the store holds, expired ones not yet
-// dropped included.
+// Claim implements DedupClaimer.
+func (s *MemoryDedupStore) Claim(_ context.Context, key string, lease time.Duration) (DedupClaim, error) {
+	if lease <= 0 {
+		return DedupClaim{}, fmt.Errorf("middleware: dedup claim of %q: lease %v is not positive", key, lease)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.get(key); ok {
+		if e.token != 0 {
+			return DedupClaim{}, nil
+		}
+		return DedupClaim{Done: true, Reply: cloneMessage(e.reply)}, nil
+	}
+	s.claims++
+	s.cache.Add(key, memEntry{token: s.claims, expires: s.now().Add(lease)})
+	return DedupClaim{Lease: &memLease{s: s, key: key, token: s.claims, lease: lease}}, nil
+}
+
+// Len returns how many outcomes and claims the store holds, expired ones
+// not yet dropped included.
 func (s *MemoryDedupStore) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.order.Len()
+	return s.cache.Len()
+}
+
+type memLease struct {
+	s     *MemoryDedupStore
+	key   string
+	token uint64
+	lease time.Duration
+}
+
+// held returns whether the lease still holds its key. s.mu is held.
+func (l *memLease) held() bool {
+	e, ok := l.s.get(l.key)
+	return ok && e.token == l.token
+}
+
+func (l *memLease) Renew(context.Context) error {
+	l.s.mu.Lock()
+	defer l.s.mu.Unlock()
+	if !l.held() {
+		return fmt.Errorf("middleware: dedup claim of %q: %w", l.key, ErrDedupLeaseLost)
+	}
+	l.s.cache.Add(l.key, memEntry{token: l.token, expires: l.s.now().Add(l.lease)})
+	return nil
+}
+
+func (l *memLease) Commit(ctx context.Context, reply *broker.Message) error {
+	return l.s.Store(ctx, l.key, reply)
+}
+
+func (l *memLease) Release(context.Context) error {
+	l.s.mu.Lock()
+	defer l.s.mu.Unlock()
+	if l.held() {
+		l.s.cache.Remove(l.key)
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package middleware
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -65,7 +66,10 @@ func TestMemoryDedupStore(t *testing.T) {
 	})
 	t.Run("defaults", func(t *testing.T) {
 		d := NewMemoryDedupStore(0, 0)
-		assert.Equal(t, DefaultDedupSize, d.size)
+		for i := range DefaultDedupSize + 1 {
+			require.NoError(t, d.Store(ctx, strconv.Itoa(i), nil))
+		}
+		assert.Equal(t, DefaultDedupSize, d.Len())
 		assert.Equal(t, DefaultDedupTTL, d.ttl)
 	})
 }

@@ -16,10 +16,12 @@ const (
 	EnvNATS     = "MQRPC_NATS_URL"
 	EnvAMQP     = "MQRPC_AMQP_URL"
 	EnvRocketMQ = "MQRPC_ROCKETMQ_NAMESRV"
+	EnvRedis    = "MQRPC_REDIS_URL"
 
 	DefaultNATS     = "nats://127.0.0.1:4222"
 	DefaultAMQP     = "amqp://guest:guest@127.0.0.1:5672/"
 	DefaultRocketMQ = "127.0.0.1:9876"
+	DefaultRedis    = "redis://127.0.0.1:6379/0"
 )
 
 // CI reports whether the tests run under CI (CI=true), where a missing
@@ -42,6 +44,11 @@ func AMQPURL(tb testing.TB) string { return need(tb, EnvAMQP, DefaultAMQP, "rabb
 func RocketMQNameServer(tb testing.TB) string {
 	return need(tb, EnvRocketMQ, DefaultRocketMQ, "rocketmq")
 }
+
+// RedisURL returns the Redis URL for tests (the shared Dedup store of
+// middleware/dedupstore/redisstore), or skips/fails when nothing listens
+// there.
+func RedisURL(tb testing.TB) string { return need(tb, EnvRedis, DefaultRedis, "redis") }
 
 // Lookup returns the value of env, or def.
 func Lookup(env, def string) string {

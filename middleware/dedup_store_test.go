@@ -1,0 +1,177 @@
+package middleware_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/middleware"
+	"github.com/mqrpc/mqrpc/middleware/dedupstore/storetest"
+	"github.com/mqrpc/mqrpc/rpc"
+)
+
+// TestMemoryDedupStoreConformance: the in-memory store keeps the claim
+// contract, for the Dedup middlewares of one process that share it.
+func TestMemoryDedupStoreConformance(t *testing.T) {
+	s := middleware.NewMemoryDedupStore(0, 0)
+	storetest.Run(t, func(*testing.T) middleware.DedupClaimer { return s })
+}
+
+// TestDedupSharedStore: two Dedup middlewares on one claiming store stand
+// for two server processes sharing Redis or a NATS bucket. A repeat that
+// reaches the second while the first runs waits for the first's outcome,
+// even with a lease much shorter than the run (the run renews its claim).
+func TestDedupSharedStore(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	store := middleware.NewMemoryDedupStore(0, 0)
+	var runs atomic.Int32
+	started, release := make(chan struct{}), make(chan struct{})
+	next := broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
+		if runs.Add(1) == 1 {
+			close(started)
+			<-release
+		}
+		return &broker.Message{Body: []byte("done")}, nil
+	})
+	const lease = 150 * time.Millisecond
+	var waited atomic.Int32
+	cfg := middleware.DedupConfig{
+		Store: store,
+		Lease: lease,
+		OnDuplicate: func(_ context.Context, _ *broker.Message, inFlight bool) {
+			if inFlight {
+				waited.Add(1)
+			}
+		},
+		OnStoreError: func(_ context.Context, _ *broker.Message, err error) { t.Errorf("store error: %v", err) },
+	}
+	first, second := middleware.Dedup(cfg)(next), middleware.Dedup(cfg)(next)
+
+	firstDone := make(chan error, 1)
+	go func() {
+		_, err := first.ServeMessage(context.Background(), &broker.Message{ID: "k"})
+		firstDone <- err
+	}()
+	<-started
+	secondDone := make(chan *broker.Message, 1)
+	go func() {
+		reply, err := second.ServeMessage(context.Background(), &broker.Message{ID: "k"})
+		assert.NoError(t, err)
+		secondDone <- reply
+	}()
+	// Several leases pass while the first runs: its renewals keep the
+	// claim, so the second keeps waiting.
+	time.Sleep(10 * lease) // the run's length, not a synchronisation
+	assert.Equal(t, int32(1), runs.Load(), "the repeat did not run while the first ran")
+	close(release)
+	require.NoError(t, <-firstDone)
+	reply := <-secondDone
+	require.NotNil(t, reply)
+	assert.Equal(t, "done", string(reply.Body))
+	assert.Equal(t, "true", reply.Header.Get(middleware.HeaderReplayed))
+	assert.Equal(t, int32(1), runs.Load())
+	assert.Equal(t, int32(1), waited.Load())
+}
+
+// TestDedupSharedStoreTransient: a transient failure releases the claim,
+// so a repeat in another process runs at once instead of waiting a lease.
+func TestDedupSharedStoreTransient(t *testing.T) {
+	store := middleware.NewMemoryDedupStore(0, 0)
+	var runs atomic.Int32
+	next := broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
+		if runs.Add(1) == 1 {
+			return nil, rpc.Errorf(rpc.Unavailable, "try again")
+		}
+		return &broker.Message{}, nil
+	})
+	cfg := middleware.DedupConfig{Store: store, Lease: time.Hour}
+	_, err := middleware.Dedup(cfg)(next).ServeMessage(context.Background(), &broker.Message{ID: "k"})
+	assert.Equal(t, rpc.Unavailable, rpc.CodeOf(err))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = middleware.Dedup(cfg)(next).ServeMessage(ctx, &broker.Message{ID: "k"})
+	require.NoError(t, err, "the repeat ran without waiting for the hour-long lease")
+	assert.Equal(t, int32(2), runs.Load())
+}
+
+// TestDedupSharedStoreGivesUp: a repeat waiting for a claim held
+// elsewhere ends with its own ctx.
+func TestDedupSharedStoreGivesUp(t *testing.T) {
+	store := middleware.NewMemoryDedupStore(0, 0)
+	c, err := store.Claim(context.Background(), "k", time.Hour) // another process holds it
+	require.NoError(t, err)
+	require.NotNil(t, c.Lease)
+	h := middleware.Dedup(middleware.DedupConfig{Store: store})(broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
+		t.Error("ran although claimed elsewhere")
+		return nil, nil
+	}))
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err = h.ServeMessage(ctx, &broker.Message{ID: "k"})
+	assert.Equal(t, rpc.DeadlineExceeded, rpc.CodeOf(err))
+}
+
+// failingClaimer is a DedupClaimer whose claims, or whose commits, fail.
+type failingClaimer struct {
+	*middleware.MemoryDedupStore
+	claim, commit error
+}
+
+func (s failingClaimer) Claim(ctx context.Context, key string, lease time.Duration) (middleware.DedupClaim, error) {
+	if s.claim != nil {
+		return middleware.DedupClaim{}, s.claim
+	}
+	c, err := s.MemoryDedupStore.Claim(ctx, key, lease)
+	if c.Lease != nil {
+		c.Lease = failingLease{c.Lease, s.commit}
+	}
+	return c, err
+}
+
+type failingLease struct {
+	middleware.DedupLease
+	commit error
+}
+
+func (l failingLease) Commit(context.Context, *broker.Message) error { return l.commit }
+
+func TestDedupClaimErrors(t *testing.T) {
+	var runs atomic.Int32
+	next := broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
+		runs.Add(1)
+		return &broker.Message{Body: []byte("ok")}, nil
+	})
+	t.Run("claim fails closed", func(t *testing.T) {
+		runs.Store(0)
+		boom := errors.New("store down")
+		h := middleware.Dedup(middleware.DedupConfig{Store: failingClaimer{middleware.NewMemoryDedupStore(0, 0), boom, nil}})(next)
+		_, err := h.ServeMessage(context.Background(), &broker.Message{ID: "1"})
+		assert.Equal(t, rpc.Unavailable, rpc.CodeOf(err))
+		assert.ErrorIs(t, err, boom)
+		assert.Zero(t, runs.Load())
+	})
+	t.Run("commit failure is reported, reply sent, claim kept", func(t *testing.T) {
+		runs.Store(0)
+		boom := errors.New("store full")
+		store := failingClaimer{middleware.NewMemoryDedupStore(0, 0), nil, boom}
+		var reported error
+		h := middleware.Dedup(middleware.DedupConfig{
+			Store:        store,
+			OnStoreError: func(_ context.Context, _ *broker.Message, err error) { reported = err },
+		})(next)
+		reply, err := h.ServeMessage(context.Background(), &broker.Message{ID: "1"})
+		require.NoError(t, err)
+		assert.Equal(t, "ok", string(reply.Body))
+		assert.ErrorIs(t, reported, boom)
+		c, err := store.Claim(context.Background(), "1", time.Minute)
+		require.NoError(t, err)
+		assert.Nil(t, c.Lease, "the claim stays until its lease ends, holding repeats off")
+	})
+}

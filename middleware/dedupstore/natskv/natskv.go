@@ -1,0 +1,294 @@
+// Package natskv is a shared store for middleware.Dedup on a NATS
+// JetStream key-value bucket (github.com/nats-io/nats.go/jetstream), so
+// that a request redelivered or retried to another server process runs
+// once. For NATS users it needs nothing but the NATS server they have
+// (with JetStream enabled).
+//
+// Servers that compete for the same requests share one bucket:
+//
+//	js, _ := jetstream.New(nc)
+//	store, err := natskv.New(ctx, js, "mqrpc_dedup")
+//	srv := rpc.NewServer(rpc.WithServerMiddleware(
+//		middleware.Dedup(middleware.DedupConfig{Store: store}),
+//	))
+//
+// # Guarantee
+//
+// A run claims the request's key with KeyValue.Create (atomic in
+// JetStream: of the processes racing for a key, one gets it), renews the
+// claim while the method runs (KeyValue.Update on the claim's revision),
+// and puts the outcome in its place, kept for the bucket's TTL. A repeat
+// that finds the key claimed waits for the outcome; one that finds the
+// outcome is answered from it. A claim whose process died (SIGKILL, power
+// loss) is not renewed: a process that sees the same revision of a claim
+// for a whole lease (middleware.DedupConfig.Lease, measured on its own
+// monotonic clock, so no clocks are compared) takes it over with an
+// Update on that revision, which again only one process can win, and runs
+// the request.
+//
+// When the NATS server cannot be reached, Dedup refuses requests with
+// Unavailable instead of running them unguarded: a durable broker
+// redelivers them, a client's Retry tries again, and nothing runs twice.
+// A claim or outcome that cannot be written is reported to
+// DedupConfig.OnStoreError.
+//
+// Request keys are stored hashed (SHA-256, base64url), since key-value
+// keys allow few characters.
+package natskv
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/middleware"
+	"github.com/mqrpc/mqrpc/middleware/dedupstore/internal/record"
+)
+
+// Store is a middleware.DedupClaimer on a JetStream key-value bucket. It
+// is safe for concurrent use.
+type Store struct {
+	kv jetstream.KeyValue
+
+	mu   sync.Mutex
+	seen map[string]sighting // claims of others this process waits on, by bucket key
+}
+
+// sighting is when this process first saw a revision of a claim.
+type sighting struct {
+	rev   uint64
+	at    time.Time // with its monotonic reading
+	lease time.Duration
+}
+
+var _ middleware.DedupClaimer = (*Store)(nil)
+
+type config struct {
+	ttl      time.Duration
+	ttlSet   bool
+	replicas int
+	storage  jetstream.StorageType
+}
+
+// Option configures New.
+type Option func(*config)
+
+// WithTTL sets how long the bucket keeps an outcome (its TTL, the
+// stream's max age) when New creates it; it must outlast the retries and
+// redeliveries of a request, and the lease. For a bucket that exists, New
+// fails when its TTL differs. Default: middleware.DefaultDedupTTL.
+func WithTTL(d time.Duration) Option {
+	return func(c *config) { c.ttl, c.ttlSet = d, true }
+}
+
+// WithReplicas sets the bucket's replicas when New creates it. Default 1.
+func WithReplicas(n int) Option { return func(c *config) { c.replicas = n } }
+
+// WithMemoryStorage keeps a bucket New creates in memory instead of
+// files: faster, lost when the NATS server restarts. Default: files.
+func WithMemoryStorage() Option { return func(c *config) { c.storage = jetstream.MemoryStorage } }
+
+// New opens the key-value bucket named bucket, creating it when it does
+// not exist (history 1, the TTL of WithTTL, file storage), and returns a
+// store on it. The bucket should hold nothing but this store's keys. The
+// store uses js until its last request; it does not close it.
+func New(ctx context.Context, js jetstream.JetStream, bucket string, opts ...Option) (*Store, error) {
+	cfg := config{ttl: middleware.DefaultDedupTTL, replicas: 1, storage: jetstream.FileStorage}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.ttl <= 0 {
+		return nil, fmt.Errorf("natskv: TTL %v is not positive", cfg.ttl)
+	}
+	kv, err := js.KeyValue(ctx, bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      bucket,
+			Description: "mqrpc Dedup: claims and outcomes of requests",
+			History:     1,
+			TTL:         cfg.ttl,
+			Storage:     cfg.storage,
+			Replicas:    cfg.replicas,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) { // created meanwhile
+			kv, err = js.KeyValue(ctx, bucket)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("natskv: bucket %q: %w", bucket, err)
+	}
+	if cfg.ttlSet {
+		st, err := kv.Status(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("natskv: bucket %q: %w", bucket, err)
+		}
+		if st.TTL() != cfg.ttl {
+			return nil, fmt.Errorf("natskv: bucket %q exists with TTL %v, not %v: change or delete it", bucket, st.TTL(), cfg.ttl)
+		}
+	}
+	return &Store{kv: kv, seen: make(map[string]sighting)}, nil
+}
+
+// bucketKey maps a request key onto a key-value key.
+func bucketKey(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+// maxClaimTries bounds the create / read / update rounds of one Claim
+// when other processes change the key meanwhile; after it Claim answers
+// "claimed by another", and the caller tries again later.
+const maxClaimTries = 5
+
+// Claim implements middleware.DedupClaimer.
+func (s *Store) Claim(ctx context.Context, key string, lease time.Duration) (middleware.DedupClaim, error) {
+	if lease < time.Millisecond {
+		return middleware.DedupClaim{}, fmt.Errorf("natskv: claim %q: lease %v is below 1ms", key, lease)
+	}
+	k := bucketKey(key)
+	value := record.Claim(rand.Text(), lease)
+	for range maxClaimTries {
+		rev, err := s.kv.Create(ctx, k, value)
+		if err == nil {
+			return s.claimed(key, k, value, rev, lease), nil
+		}
+		if !conflict(err) {
+			return middleware.DedupClaim{}, fmt.Errorf("natskv: claim %q: %w", key, err)
+		}
+		e, err := s.kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // released or expired meanwhile
+		}
+		if err != nil {
+			return middleware.DedupClaim{}, fmt.Errorf("natskv: claim %q: %w", key, err)
+		}
+		rec, err := record.Parse(e.Value())
+		if err != nil {
+			return middleware.DedupClaim{}, fmt.Errorf("natskv: claim %q: key %q: %w", key, k, err)
+		}
+		if !rec.Claim {
+			s.forget(k)
+			return middleware.DedupClaim{Done: true, Reply: rec.Reply}, nil
+		}
+		if !s.stale(k, e.Revision(), rec.Lease) {
+			return middleware.DedupClaim{}, nil
+		}
+		// The claim was not renewed for a whole lease: its process died.
+		rev, err = s.kv.Update(ctx, k, value, e.Revision())
+		if err == nil {
+			return s.claimed(key, k, value, rev, lease), nil
+		}
+		if !conflict(err) {
+			return middleware.DedupClaim{}, fmt.Errorf("natskv: claim %q: %w", key, err)
+		}
+	}
+	return middleware.DedupClaim{}, nil
+}
+
+// conflict reports a lost compare-and-set: the key exists, or changed.
+func conflict(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
+}
+
+func (s *Store) claimed(key, k string, value []byte, rev uint64, lease time.Duration) middleware.DedupClaim {
+	s.forget(k)
+	return middleware.DedupClaim{Lease: &claim{s: s, key: key, k: k, value: value, rev: rev}}
+}
+
+// stale reports whether this process has seen revision rev of a claim
+// for at least lease, and notes the revision when it is new.
+func (s *Store) stale(k string, rev uint64, lease time.Duration) bool {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sg, ok := s.seen[k]; ok && sg.rev == rev {
+		return now.Sub(sg.at) >= sg.lease
+	}
+	if len(s.seen) >= 4096 {
+		// Drop sightings nobody came back for (waiters that gave up).
+		for kk, sg := range s.seen {
+			if now.Sub(sg.at) > 2*sg.lease {
+				delete(s.seen, kk)
+			}
+		}
+	}
+	s.seen[k] = sighting{rev: rev, at: now, lease: lease}
+	return false
+}
+
+func (s *Store) forget(k string) {
+	s.mu.Lock()
+	delete(s.seen, k)
+	s.mu.Unlock()
+}
+
+// Load implements middleware.DedupStore. A key that is only claimed has
+// no outcome yet.
+func (s *Store) Load(ctx context.Context, key string) (*broker.Message, bool, error) {
+	e, err := s.kv.Get(ctx, bucketKey(key))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("natskv: load %q: %w", key, err)
+	}
+	rec, err := record.Parse(e.Value())
+	if err != nil {
+		return nil, false, fmt.Errorf("natskv: load %q: key %q: %w", key, e.Key(), err)
+	}
+	if rec.Claim {
+		return nil, false, nil
+	}
+	return rec.Reply, true, nil
+}
+
+// Store implements middleware.DedupStore: it puts the outcome of key,
+// claimed or not, kept for the bucket's TTL.
+func (s *Store) Store(ctx context.Context, key string, reply *broker.Message) error {
+	if _, err := s.kv.Put(ctx, bucketKey(key), record.Outcome(reply)); err != nil {
+		return fmt.Errorf("natskv: store %q: %w", key, err)
+	}
+	return nil
+}
+
+// claim is a middleware.DedupLease: a claim this process holds, at its
+// latest revision.
+type claim struct {
+	s     *Store
+	key   string // the request's key
+	k     string // the bucket's key
+	value []byte
+	rev   uint64
+}
+
+func (c *claim) Renew(ctx context.Context) error {
+	rev, err := c.s.kv.Update(ctx, c.k, c.value, c.rev)
+	if conflict(err) || errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("natskv: renew claim of %q: %w", c.key, middleware.ErrDedupLeaseLost)
+	}
+	if err != nil {
+		return fmt.Errorf("natskv: renew claim of %q: %w", c.key, err)
+	}
+	c.rev = rev
+	return nil
+}
+
+func (c *claim) Commit(ctx context.Context, reply *broker.Message) error {
+	return c.s.Store(ctx, c.key, reply)
+}
+
+func (c *claim) Release(ctx context.Context) error {
+	err := c.s.kv.Delete(ctx, c.k, jetstream.LastRevision(c.rev))
+	if err != nil && !conflict(err) {
+		return fmt.Errorf("natskv: release claim of %q: %w", c.key, err)
+	}
+	return nil
+}
