@@ -233,7 +233,6 @@ func callError(t *target, err error) error {
 	return &exitError{code: code, err: errors.New(msg)}
 }
 
-
 // jsonToMsgpack re-encodes a JSON document as msgpack, with integers as
 // integers.
 func jsonToMsgpack(b []byte) ([]byte, error) {

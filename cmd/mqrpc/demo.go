@@ -83,7 +83,7 @@ func serveDemo(b broker.Broker, service string, msgpackDefault bool, opts ...con
 func (a *app) demoCmd() *cobra.Command {
 	var (
 		msgpackDefault bool
-		ready       string
+		ready          string
 	)
 	c := &cobra.Command{
 		Use:   "demo [SERVICE]",

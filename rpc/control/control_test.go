@@ -233,25 +233,29 @@ func testControlPlane(t *testing.T, open opener) {
 	})
 	t.Run("health turns NOT_SERVING as draining starts", func(t *testing.T) {
 		c := rpc.NewClient(caller)
-		// Park a call on every instance, so Stop has something to drain.
-		errs := make(chan error, 3)
-		for i := 0; i < 3; i++ {
+		// Park calls until one is in flight on svcs[0], so its Stop has
+		// something to drain (competing consumers spread them as they
+		// will).
+		inFlight := func(s *control.Service) int64 {
+			for _, ep := range s.Stats().Endpoints {
+				if ep.Name == "Block" {
+					return ep.InFlight
+				}
+			}
+			return 0
+		}
+		errs := make(chan error, 100)
+		sent := 0
+		for ; sent < 100 && inFlight(svcs[0]) == 0; sent++ {
 			go func() {
 				_, err := rpc.Invoke[AddRequest, AddReply](ctx, c, svcName, "Block", &AddRequest{})
 				errs <- err
 			}()
+			require.Eventually(t, func() bool {
+				return inFlight(svcs[0])+inFlight(svcs[1])+inFlight(hidden) == int64(sent+1)
+			}, 10*time.Second, 5*time.Millisecond)
 		}
-		require.Eventually(t, func() bool {
-			n := int64(0)
-			for _, s := range append(svcs, hidden) {
-				for _, ep := range s.Stats().Endpoints {
-					if ep.Name == "Block" {
-						n += ep.InFlight
-					}
-				}
-			}
-			return n == 3
-		}, 10*time.Second, 10*time.Millisecond)
+		require.NotZero(t, inFlight(svcs[0]), "no call reached svcs[0] in %d", sent)
 		stopped := make(chan error, 1)
 		go func() { stopped <- svcs[0].Stop(ctx) }()
 		require.Eventually(t, func() bool {
@@ -269,7 +273,7 @@ func testControlPlane(t *testing.T, open opener) {
 		}
 		close(block)
 		require.NoError(t, <-stopped)
-		for i := 0; i < 3; i++ {
+		for i := 0; i < sent; i++ {
 			require.NoError(t, <-errs)
 		}
 		pings, err = control.Discover[control.PingResponse](discoverCtx(t), caller, svcName, "")
