@@ -2,10 +2,9 @@ package broker
 
 import (
 	"crypto/rand"
-	"encoding/hex"
+	"encoding/base64"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 )
 
@@ -151,27 +150,14 @@ func (e *HeaderError) Error() string {
 	return "broker: malformed header " + e.Name + ": " + strconv.Quote(v)
 }
 
-var (
-	idPrefix  = newIDPrefix()
-	idCounter atomic.Uint64
-)
-
-func newIDPrefix() string {
-	var b [8]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		// crypto/rand never fails on supported platforms; fall back to
-		// the clock so IDs stay unique per process anyway.
-		return strconv.FormatInt(time.Now().UnixNano(), 36)
-	}
-	return hex.EncodeToString(b[:])
-}
-
-// NewID returns a new message ID, unique across processes: a random
-// per-process prefix and a counter. It costs one small allocation.
+// NewID returns a new message ID: 128 bits from crypto/rand, in 22
+// characters of unpadded base64url. IDs are unique across processes and
+// cannot be guessed from other IDs, which matters because the ID is the
+// deduplication key: a caller who could predict another's next ID could
+// have its own request answered in its place. It costs one small
+// allocation and about 100 ns more than a counter (BenchmarkNewID).
 func NewID() string {
-	var buf [16 + 1 + 16]byte
-	b := append(buf[:0], idPrefix...)
-	b = append(b, '-')
-	b = strconv.AppendUint(b, idCounter.Add(1), 36)
-	return string(b)
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand.Read's contract)
+	return base64.RawURLEncoding.EncodeToString(b[:])
 }

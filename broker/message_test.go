@@ -98,6 +98,33 @@ func TestNewIDUnique(t *testing.T) {
 	}
 }
 
+// IDs are random, not a counter: consecutive IDs share no prefix worth
+// the name (6 equal leading characters by chance: 64^-6 per pair), so one
+// ID tells nothing about the next.
+func TestNewIDUnpredictable(t *testing.T) {
+	prev := broker.NewID()
+	for range 1000 {
+		id := broker.NewID()
+		require.Len(t, id, 22)
+		require.Regexp(t, `^[A-Za-z0-9_-]+$`, id)
+		n := 0
+		for n < len(id) && id[n] == prev[n] {
+			n++
+		}
+		require.Less(t, n, 6, "%s after %s", id, prev)
+		prev = id
+	}
+}
+
+func BenchmarkNewID(b *testing.B) {
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			_ = broker.NewID()
+		}
+	})
+}
+
 func TestServeConfigDefaults(t *testing.T) {
 	c := broker.NewServeConfig("calc")
 	assert.Equal(t, broker.ServeConfig{Concurrency: broker.DefaultConcurrency, Queue: "calc"}, c)

@@ -18,7 +18,7 @@ type AuthorizeFunc func(ctx context.Context, method string, req *broker.Message)
 // refused request never reaches the method. Put it after signature
 // verification, so it judges authenticated headers.
 func Authorize(fn AuthorizeFunc) rpc.Middleware {
-	return func(next broker.Handler) broker.Handler {
+	return rpc.ServerOnly("middleware.Authorize", func(next broker.Handler) broker.Handler {
 		return broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 			if err := fn(ctx, req.Header.Get(broker.HeaderMethod), req); err != nil {
 				var rerr *rpc.Error
@@ -29,7 +29,7 @@ func Authorize(fn AuthorizeFunc) rpc.Middleware {
 			}
 			return next.ServeMessage(ctx, req)
 		})
-	}
+	})
 }
 
 // AllowCallers returns an AuthorizeFunc that allows a method only to the

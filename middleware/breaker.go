@@ -20,7 +20,7 @@ import (
 var ErrCircuitOpen = errors.New("middleware: circuit open")
 
 // BreakerCounts are the request counts a breaker keeps in its current
-// state, passed to BreakerConfig.ReadyToTrip.
+// state, passed to the WithTripWhen function.
 type BreakerCounts = gobreaker.Counts
 
 // BreakerState is the state of a circuit: BreakerClosed (calls pass),
@@ -35,7 +35,7 @@ const (
 	BreakerOpen     = gobreaker.StateOpen
 )
 
-// Defaults of BreakerConfig.
+// Defaults of NewCircuitBreaker.
 const (
 	// DefaultBreakerFailures is how many consecutive failures open a
 	// circuit.
@@ -45,33 +45,57 @@ const (
 	DefaultBreakerTimeout = 10 * time.Second
 )
 
-// BreakerConfig configures NewCircuitBreaker. The zero value opens a
-// circuit after 5 consecutive failures, keeps it open 10s, then lets one
-// probe call through.
-type BreakerConfig struct {
-	// MaxRequests is how many probe calls pass while a circuit is
-	// half-open; that many successes close it. Default 1.
-	MaxRequests uint32
-	// Interval is how often a closed circuit clears its counts. Default 0:
-	// never, only a success resets the consecutive failures.
-	Interval time.Duration
-	// Timeout is how long a circuit stays open before it turns half-open.
-	// Default 10s (DefaultBreakerTimeout).
-	Timeout time.Duration
-	// ReadyToTrip decides, after each failure of a closed circuit, whether
-	// it opens. Default: DefaultBreakerFailures consecutive failures.
-	ReadyToTrip func(counts BreakerCounts) bool
-	// FailureCodes are the codes that count as a failure of the
-	// destination. Default: Unavailable (no responders, lost connection,
-	// a server refusing) and DeadlineExceeded (no reply in time). Other
-	// errors, application errors included, count as successes: the
-	// destination answered. Canceled (the caller gave up) and local
-	// errors about a message too large are not counted at all.
-	FailureCodes []rpc.Code
-	// OnStateChange, if not nil, is called when the circuit of subject
-	// changes state. It runs on the calling goroutine, with the breaker's
-	// lock held: it must not call the breaker.
-	OnStateChange func(subject string, from, to BreakerState)
+// breakerConfig is what the BreakerOptions set.
+type breakerConfig struct {
+	maxRequests   uint32
+	interval      time.Duration
+	timeout       time.Duration
+	readyToTrip   func(counts BreakerCounts) bool
+	failureCodes  []rpc.Code
+	onStateChange func(subject string, from, to BreakerState)
+}
+
+// BreakerOption configures NewCircuitBreaker. Without options a circuit
+// opens after 5 consecutive failures, stays open 10s, then lets one probe
+// call through.
+type BreakerOption func(*breakerConfig)
+
+// WithProbes sets how many probe calls pass while a circuit is half-open;
+// that many successes close it. Default 1.
+func WithProbes(n uint32) BreakerOption { return func(c *breakerConfig) { c.maxRequests = n } }
+
+// WithCountInterval sets how often a closed circuit clears its counts.
+// Default 0: never, only a success resets the consecutive failures.
+func WithCountInterval(d time.Duration) BreakerOption {
+	return func(c *breakerConfig) { c.interval = d }
+}
+
+// WithOpenTimeout sets how long a circuit stays open before it turns
+// half-open. Default 10s (DefaultBreakerTimeout); 0 or less selects it.
+func WithOpenTimeout(d time.Duration) BreakerOption { return func(c *breakerConfig) { c.timeout = d } }
+
+// WithTripWhen sets what decides, after each failure of a closed circuit,
+// whether it opens. Default: DefaultBreakerFailures consecutive failures;
+// nil selects it.
+func WithTripWhen(fn func(counts BreakerCounts) bool) BreakerOption {
+	return func(c *breakerConfig) { c.readyToTrip = fn }
+}
+
+// WithFailureCodes sets the codes that count as a failure of the
+// destination. Default: Unavailable (no responders, lost connection, a
+// server refusing) and DeadlineExceeded (no reply in time). Other errors,
+// application errors included, count as successes: the destination
+// answered. Canceled (the caller gave up) and local errors about a message
+// too large are not counted at all.
+func WithFailureCodes(codes ...rpc.Code) BreakerOption {
+	return func(c *breakerConfig) { c.failureCodes = slices.Clone(codes) }
+}
+
+// OnStateChange sets a function called when the circuit of subject
+// changes state. It runs on the calling goroutine, with the breaker's lock
+// held: it must not call the breaker. Default: none.
+func OnStateChange(fn func(subject string, from, to BreakerState)) BreakerOption {
+	return func(c *breakerConfig) { c.onStateChange = fn }
 }
 
 // CircuitBreaker is client middleware with one circuit per destination
@@ -84,33 +108,41 @@ type BreakerConfig struct {
 // It is built on github.com/sony/gobreaker/v2. Circuits are made on first
 // use and kept as long as the CircuitBreaker, so the subjects should be a
 // bounded set (services and shards, not one per call). A CircuitBreaker is
-// safe for concurrent use; use its Middleware method as an rpc.Middleware.
+// safe for concurrent use; install its Middleware on clients.
 type CircuitBreaker struct {
+	// Middleware is the breaker as client middleware: a server chain with
+	// it panics when it is built.
+	Middleware rpc.Middleware
+
 	settings gobreaker.Settings
 
 	mu       sync.Mutex
 	circuits map[string]*gobreaker.TwoStepCircuitBreaker[struct{}]
 }
 
-// NewCircuitBreaker returns a CircuitBreaker configured by cfg.
-func NewCircuitBreaker(cfg BreakerConfig) *CircuitBreaker {
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = DefaultBreakerTimeout
+// NewCircuitBreaker returns a CircuitBreaker configured by opts.
+func NewCircuitBreaker(opts ...BreakerOption) *CircuitBreaker {
+	var cfg breakerConfig
+	for _, o := range opts {
+		o(&cfg)
 	}
-	if cfg.ReadyToTrip == nil {
-		cfg.ReadyToTrip = func(c BreakerCounts) bool { return c.ConsecutiveFailures >= DefaultBreakerFailures }
+	if cfg.timeout <= 0 {
+		cfg.timeout = DefaultBreakerTimeout
 	}
-	if cfg.FailureCodes == nil {
-		cfg.FailureCodes = []rpc.Code{rpc.Unavailable, rpc.DeadlineExceeded}
+	if cfg.readyToTrip == nil {
+		cfg.readyToTrip = func(c BreakerCounts) bool { return c.ConsecutiveFailures >= DefaultBreakerFailures }
 	}
-	failures := slices.Clone(cfg.FailureCodes)
-	return &CircuitBreaker{
+	if cfg.failureCodes == nil {
+		cfg.failureCodes = []rpc.Code{rpc.Unavailable, rpc.DeadlineExceeded}
+	}
+	failures := cfg.failureCodes
+	b := &CircuitBreaker{
 		settings: gobreaker.Settings{
-			MaxRequests:   cfg.MaxRequests,
-			Interval:      cfg.Interval,
-			Timeout:       cfg.Timeout,
-			ReadyToTrip:   cfg.ReadyToTrip,
-			OnStateChange: cfg.OnStateChange,
+			MaxRequests:   cfg.maxRequests,
+			Interval:      cfg.interval,
+			Timeout:       cfg.timeout,
+			ReadyToTrip:   cfg.readyToTrip,
+			OnStateChange: cfg.onStateChange,
 			IsSuccessful: func(err error) bool {
 				return !slices.Contains(failures, rpc.CodeOf(err))
 			},
@@ -121,6 +153,8 @@ func NewCircuitBreaker(cfg BreakerConfig) *CircuitBreaker {
 		},
 		circuits: make(map[string]*gobreaker.TwoStepCircuitBreaker[struct{}]),
 	}
+	b.Middleware = rpc.ClientOnly("middleware.CircuitBreaker", b.wrap)
+	return b
 }
 
 func (b *CircuitBreaker) circuit(subject string) *gobreaker.TwoStepCircuitBreaker[struct{}] {
@@ -148,8 +182,7 @@ func (b *CircuitBreaker) State(subject string) BreakerState {
 	return c.State()
 }
 
-// Middleware is the breaker as an rpc.Middleware.
-func (b *CircuitBreaker) Middleware(next broker.Handler) broker.Handler {
+func (b *CircuitBreaker) wrap(next broker.Handler) broker.Handler {
 	return broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 		subject := req.Subject
 		done, err := b.circuit(subject).Allow()

@@ -48,7 +48,7 @@ func TestCircuitBreaker(t *testing.T) {
 	govCounter(t, b, nil) // serves "calc"; "down" has no server
 
 	// The open timeout is long enough never to pass during the test.
-	cb := middleware.NewCircuitBreaker(middleware.BreakerConfig{Timeout: time.Hour})
+	cb := middleware.NewCircuitBreaker(middleware.WithOpenTimeout(time.Hour))
 	var sent govSent
 	c := rpc.NewClient(b, rpc.WithClientMiddleware(cb.Middleware, sent.mw))
 	ctx := context.Background()
@@ -83,14 +83,14 @@ func TestCircuitBreakerRecovers(t *testing.T) {
 	defer b.Close()
 	var mu sync.Mutex
 	var changes []string
-	cb := middleware.NewCircuitBreaker(middleware.BreakerConfig{
-		Timeout: time.Millisecond,
-		OnStateChange: func(subject string, from, to middleware.BreakerState) {
+	cb := middleware.NewCircuitBreaker(
+		middleware.WithOpenTimeout(time.Millisecond),
+		middleware.OnStateChange(func(subject string, from, to middleware.BreakerState) {
 			mu.Lock()
 			changes = append(changes, subject+": "+from.String()+" -> "+to.String())
 			mu.Unlock()
-		},
-	})
+		}),
+	)
 	c := rpc.NewClient(b, rpc.WithClientMiddleware(cb.Middleware))
 	ctx := context.Background()
 	for range middleware.DefaultBreakerFailures {
@@ -124,7 +124,7 @@ func TestCircuitBreakerExclusions(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cb := middleware.NewCircuitBreaker(middleware.BreakerConfig{})
+			cb := middleware.NewCircuitBreaker()
 			var calls atomic.Int32
 			h := cb.Middleware(broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
 				calls.Add(1)

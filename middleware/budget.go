@@ -7,7 +7,7 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Defaults of NewRetryBudget, used by Retry when RetryPolicy.Budget is nil.
+// Defaults of NewRetryBudget, used by Retry without WithRetryBudget.
 const (
 	// DefaultRetryRatio lets retries add at most 10% to the calls made.
 	DefaultRetryRatio = 0.1

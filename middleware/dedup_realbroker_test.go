@@ -73,14 +73,14 @@ func TestExactlyOnceRealBroker(t *testing.T) {
 			defer func() { _ = sub.Stop(context.Background()) }()
 
 			var retries atomic.Int32
-			client := rpc.NewClient(cb, rpc.WithClientMiddleware(middleware.Retry(middleware.RetryPolicy{
-				MaxAttempts:       5,
-				PerAttemptTimeout: 2 * time.Second,
-				InitialBackoff:    10 * time.Millisecond,
-				Idempotent:        middleware.AlwaysIdempotent, // the server deduplicates
-				Budget:            middleware.UnlimitedRetryBudget(),
-				OnRetry:           func(context.Context, rpc.CallInfo, int, error, time.Duration) { retries.Add(1) },
-			})))
+			client := rpc.NewClient(cb, rpc.WithClientMiddleware(middleware.Retry(
+				middleware.WithMaxAttempts(5),
+				middleware.WithPerAttemptTimeout(2*time.Second),
+				middleware.WithBackoff(10*time.Millisecond, 0, 0),
+				middleware.WithIdempotent(middleware.AlwaysIdempotent), // the server deduplicates
+				middleware.WithRetryBudget(middleware.UnlimitedRetryBudget()),
+				middleware.OnRetry(func(context.Context, rpc.CallInfo, int, error, time.Duration) { retries.Add(1) }),
+			)))
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			var header broker.Header

@@ -159,14 +159,14 @@ func TestDedupExactlyOnce(t *testing.T) {
 			}
 			runs := govCounter(t, b, nil, mw...)
 			var retries atomic.Int32
-			c := rpc.NewClient(b, rpc.WithClientMiddleware(middleware.Retry(middleware.RetryPolicy{
-				MaxAttempts:       5,
-				PerAttemptTimeout: 500 * time.Millisecond,
-				InitialBackoff:    time.Millisecond,
-				Idempotent:        middleware.AlwaysIdempotent, // the server deduplicates
-				Budget:            middleware.UnlimitedRetryBudget(),
-				OnRetry:           func(context.Context, rpc.CallInfo, int, error, time.Duration) { retries.Add(1) },
-			})))
+			c := rpc.NewClient(b, rpc.WithClientMiddleware(middleware.Retry(
+				middleware.WithMaxAttempts(5),
+				middleware.WithPerAttemptTimeout(500*time.Millisecond),
+				middleware.WithBackoff(time.Millisecond, 0, 0),
+				middleware.WithIdempotent(middleware.AlwaysIdempotent), // the server deduplicates
+				middleware.WithRetryBudget(middleware.UnlimitedRetryBudget()),
+				middleware.OnRetry(func(context.Context, rpc.CallInfo, int, error, time.Duration) { retries.Add(1) }),
+			)))
 			b.SetFaults(tt.faults)
 			got, err := rpc.Invoke[govReq, govRes](context.Background(), c, "calc", "Add", &govReq{A: 1, B: 2})
 			require.NoError(t, err)

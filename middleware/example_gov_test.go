@@ -38,14 +38,14 @@ func ExampleRetry() {
 	_ = rpc.Handle(srv, "Add", govAdd)
 	_, _ = b.Serve("Calculator", srv)
 
-	client := rpc.NewClient(b, rpc.WithClientMiddleware(middleware.Retry(middleware.RetryPolicy{
-		MaxAttempts:    3,
-		InitialBackoff: 10 * time.Millisecond,
-		OnRetry: func(_ context.Context, info rpc.CallInfo, attempt int, err error, _ time.Duration) {
+	client := rpc.NewClient(b, rpc.WithClientMiddleware(middleware.Retry(
+		middleware.WithMaxAttempts(3),
+		middleware.WithBackoff(10*time.Millisecond, time.Second, 2),
+		middleware.OnRetry(func(_ context.Context, info rpc.CallInfo, attempt int, err error, _ time.Duration) {
 			fmt.Printf("%s: attempt %d after %v\n", info.Method, attempt, err)
-		},
-	})))
-	// Only calls marked idempotent (or listed in RetryPolicy.Idempotent)
+		}),
+	)))
+	// Only calls marked idempotent (or allowed by WithIdempotent)
 	// are retried.
 	sum, err := rpc.Invoke[govAddRequest, govAddReply](context.Background(), client, "Calculator", "Add",
 		&govAddRequest{A: 2, B: 3}, rpc.Idempotent())
@@ -70,10 +70,10 @@ func ExampleDedup() {
 	})
 	_, _ = b.Serve("Payments", srv)
 
-	client := rpc.NewClient(b, rpc.WithClientMiddleware(middleware.Retry(middleware.RetryPolicy{
-		PerAttemptTimeout: 200 * time.Millisecond,
-		Idempotent:        middleware.AlwaysIdempotent, // safe: the server deduplicates
-	})))
+	client := rpc.NewClient(b, rpc.WithClientMiddleware(middleware.Retry(
+		middleware.WithPerAttemptTimeout(200*time.Millisecond),
+		middleware.WithIdempotent(middleware.AlwaysIdempotent), // safe: the server deduplicates
+	)))
 	b.SetFaults(memory.Faults{DropReplies: 1}) // the first reply is lost
 	var reply broker.Header
 	paid, err := rpc.Invoke[govAddRequest, govAddReply](context.Background(), client, "Payments", "Pay",

@@ -39,18 +39,18 @@ func TestConcurrencyLimit(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	tests := []struct {
 		name     string
-		cfg      middleware.LimitConfig
+		opts     []middleware.LimitOption
 		wantCode rpc.Code
 	}{
 		{name: "default code", wantCode: rpc.ResourceExhausted},
-		{name: "unavailable", cfg: middleware.LimitConfig{Code: rpc.Unavailable}, wantCode: rpc.Unavailable},
+		{name: "unavailable", opts: []middleware.LimitOption{middleware.WithRefusalCode(rpc.Unavailable)}, wantCode: rpc.Unavailable},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var refused atomic.Int32
-			tt.cfg.OnRefused = func(context.Context, *broker.Message) { refused.Add(1) }
+			opts := append(tt.opts, middleware.OnRefused(func(context.Context, *broker.Message) { refused.Add(1) }))
 			g := newGovGate()
-			h := middleware.ConcurrencyLimit(2, tt.cfg)(g)
+			h := middleware.ConcurrencyLimit(2, opts...)(g)
 			var wg sync.WaitGroup
 			for range 2 {
 				wg.Add(1)
@@ -77,7 +77,7 @@ func TestConcurrencyLimit(t *testing.T) {
 func TestConcurrencyLimitWait(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	g := newGovGate()
-	h := middleware.ConcurrencyLimit(1, middleware.LimitConfig{MaxWait: time.Hour})(g)
+	h := middleware.ConcurrencyLimit(1, middleware.WithMaxWait(time.Hour))(g)
 	first := make(chan error, 1)
 	go func() {
 		_, err := h.ServeMessage(context.Background(), &broker.Message{})
@@ -108,9 +108,7 @@ func TestRateLimit(t *testing.T) {
 	})
 	t.Run("burst then refuse", func(t *testing.T) {
 		var refused atomic.Int32
-		h := middleware.RateLimit(rate.NewLimiter(rate.Every(time.Hour), 2), middleware.LimitConfig{
-			OnRefused: func(context.Context, *broker.Message) { refused.Add(1) },
-		})(next)
+		h := middleware.RateLimit(rate.NewLimiter(rate.Every(time.Hour), 2), middleware.OnRefused(func(context.Context, *broker.Message) { refused.Add(1) }))(next)
 		for range 2 {
 			_, err := h.ServeMessage(context.Background(), &broker.Message{})
 			require.NoError(t, err)
@@ -120,18 +118,14 @@ func TestRateLimit(t *testing.T) {
 		assert.Equal(t, int32(1), refused.Load())
 	})
 	t.Run("wait longer than allowed is refused at once", func(t *testing.T) {
-		h := middleware.RateLimit(rate.NewLimiter(rate.Every(time.Hour), 1), middleware.LimitConfig{
-			MaxWait: time.Minute, Code: rpc.Unavailable,
-		})(next)
+		h := middleware.RateLimit(rate.NewLimiter(rate.Every(time.Hour), 1), middleware.WithMaxWait(time.Minute), middleware.WithRefusalCode(rpc.Unavailable))(next)
 		_, err := h.ServeMessage(context.Background(), &broker.Message{})
 		require.NoError(t, err)
 		_, err = h.ServeMessage(context.Background(), &broker.Message{})
 		assert.Equal(t, rpc.Unavailable, rpc.CodeOf(err))
 	})
 	t.Run("short wait is taken", func(t *testing.T) {
-		h := middleware.RateLimit(rate.NewLimiter(rate.Every(time.Millisecond), 1), middleware.LimitConfig{
-			MaxWait: time.Hour,
-		})(next)
+		h := middleware.RateLimit(rate.NewLimiter(rate.Every(time.Millisecond), 1), middleware.WithMaxWait(time.Hour))(next)
 		for range 5 {
 			_, err := h.ServeMessage(context.Background(), &broker.Message{})
 			require.NoError(t, err)
@@ -149,7 +143,7 @@ func TestLimitOverBroker(t *testing.T) {
 	govCounter(t, b, func(int32) {
 		started <- struct{}{}
 		<-release
-	}, middleware.ConcurrencyLimit(1, middleware.LimitConfig{}))
+	}, middleware.ConcurrencyLimit(1))
 	c := rpc.NewClient(b)
 	first := make(chan error, 1)
 	go func() { first <- c.Call(context.Background(), "calc", "Add", &govReq{}, nil) }()

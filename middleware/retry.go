@@ -5,10 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/cenkalti/backoff/v5"
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/rpc"
@@ -19,7 +20,7 @@ import (
 // logging; deduplication uses Message.ID, which stays the same.
 const HeaderAttempt = "mqrpc-attempt"
 
-// Defaults of RetryPolicy.
+// Defaults of Retry.
 const (
 	DefaultMaxAttempts    = 3
 	DefaultInitialBackoff = 100 * time.Millisecond
@@ -27,62 +28,92 @@ const (
 	DefaultMultiplier     = 2.0
 )
 
-// RetryPolicy configures Retry. The zero value is a sensible policy: three
-// attempts, exponential backoff from 100ms to 5s with full jitter,
-// Unavailable and Aborted retried, only calls marked idempotent retried,
-// and a default RetryBudget.
-type RetryPolicy struct {
-	// MaxAttempts is the most attempts per call, the first included.
-	// Default 3 (DefaultMaxAttempts); 1 disables retries.
-	MaxAttempts int
-	// InitialBackoff is the cap of the wait before the first retry.
-	// Default 100ms.
-	InitialBackoff time.Duration
-	// MaxBackoff caps the wait before any retry. Default 5s.
-	MaxBackoff time.Duration
-	// Multiplier grows the cap of the wait after each retry. Default 2;
-	// values below 1 select the default.
-	Multiplier float64
-	// PerAttemptTimeout, when positive, bounds each attempt (its ctx and
-	// its Message.Deadline, so the server gives up on it too). An attempt
-	// that runs out of its own time is retried with DeadlineExceeded while
-	// the call's deadline allows. Default 0: each attempt may use all the
-	// time the call has left, and DeadlineExceeded is not retried.
-	PerAttemptTimeout time.Duration
-	// RetryableCodes are the status codes retried. Default: Unavailable
-	// (no responders, lost connection, a server or circuit breaker
-	// refusing) and Aborted. ResourceExhausted is not retried by default:
-	// it means a server is shedding load, or a message is too large, and
-	// retrying either makes things worse. Canceled is never retried.
-	RetryableCodes []rpc.Code
-	// Idempotent reports whether a call may execute more than once and so
-	// may be retried after it possibly reached a server. Default: the
-	// call's rpc.Idempotent option (CallInfo.Idempotent). Use
-	// IdempotentMethods for a per-method list, or AlwaysIdempotent when
-	// every server deduplicates (Dedup). A call that was certainly not
-	// delivered (broker.ErrNoResponders, ErrCircuitOpen) is retried
-	// whatever this says, within MaxAttempts and the budget.
-	Idempotent func(info rpc.CallInfo) bool
-	// Budget caps retries as a fraction of calls. Default: a budget of its
-	// own per Retry middleware, NewRetryBudget(DefaultRetryRatio,
-	// DefaultMinRetriesPerSecond) (10% of calls plus 10 per second).
-	Budget *RetryBudget
-	// OnRetry, if not nil, is called before each retry with the attempt
-	// about to start (2 for the first retry), the error of the previous
-	// one and the wait before it.
-	OnRetry func(ctx context.Context, info rpc.CallInfo, attempt int, err error, wait time.Duration)
-	// OnGiveUp, if not nil, is called when a retryable failure is not
-	// retried because the budget is spent or the deadline leaves no time
-	// for the wait. reason is "budget" or "deadline".
-	OnGiveUp func(ctx context.Context, info rpc.CallInfo, err error, reason string)
+// retryPolicy is what the RetryOptions set.
+type retryPolicy struct {
+	maxAttempts       int
+	initialBackoff    time.Duration
+	maxBackoff        time.Duration
+	multiplier        float64
+	perAttemptTimeout time.Duration
+	retryableCodes    []rpc.Code
+	idempotent        func(info rpc.CallInfo) bool
+	budget            *RetryBudget
+	onRetry           func(ctx context.Context, info rpc.CallInfo, attempt int, err error, wait time.Duration)
+	onGiveUp          func(ctx context.Context, info rpc.CallInfo, err error, reason string)
 }
 
-// AlwaysIdempotent is a RetryPolicy.Idempotent that allows retrying every
+// RetryOption configures Retry.
+type RetryOption func(*retryPolicy)
+
+// WithMaxAttempts sets the most attempts per call, the first included.
+// Default 3 (DefaultMaxAttempts); 1 disables retries; 0 or less selects
+// the default.
+func WithMaxAttempts(n int) RetryOption { return func(p *retryPolicy) { p.maxAttempts = n } }
+
+// WithBackoff sets the exponential backoff: initial caps the wait before
+// the first retry, each retry multiplies the cap by multiplier, and max
+// caps every wait. Defaults 100ms, 5s and 2; a value of zero or less (a
+// multiplier below 1) selects its default.
+func WithBackoff(initial, max time.Duration, multiplier float64) RetryOption {
+	return func(p *retryPolicy) { p.initialBackoff, p.maxBackoff, p.multiplier = initial, max, multiplier }
+}
+
+// WithPerAttemptTimeout bounds each attempt to d (its ctx and its
+// Message.Deadline, so the server gives up on it too). An attempt that
+// runs out of its own time is retried with DeadlineExceeded while the
+// call's deadline allows. Default 0: each attempt may use all the time the
+// call has left, and DeadlineExceeded is not retried.
+func WithPerAttemptTimeout(d time.Duration) RetryOption {
+	return func(p *retryPolicy) { p.perAttemptTimeout = d }
+}
+
+// WithRetryableCodes sets the status codes retried. Default: Unavailable
+// (no responders, lost connection, a server or circuit breaker refusing)
+// and Aborted. ResourceExhausted is not retried by default: it means a
+// server is shedding load, or a message is too large, and retrying either
+// makes things worse. Canceled is never retried.
+func WithRetryableCodes(codes ...rpc.Code) RetryOption {
+	return func(p *retryPolicy) { p.retryableCodes = slices.Clone(codes) }
+}
+
+// WithIdempotent sets what decides whether a call may execute more than
+// once and so may be retried after it possibly reached a server. Default:
+// the call's rpc.Idempotent option (CallInfo.Idempotent); nil selects the
+// default. Use IdempotentMethods for a per-method list, or
+// AlwaysIdempotent when every server deduplicates (Dedup). A call that
+// was certainly not delivered (broker.ErrNoResponders, ErrCircuitOpen) is
+// retried whatever fn says, within the attempts and the budget.
+func WithIdempotent(fn func(info rpc.CallInfo) bool) RetryOption {
+	return func(p *retryPolicy) { p.idempotent = fn }
+}
+
+// WithRetryBudget caps retries as a fraction of calls with b, which may be
+// shared by several Retry middlewares. Default: a budget of its own per
+// Retry middleware, NewRetryBudget(DefaultRetryRatio,
+// DefaultMinRetriesPerSecond) (10% of calls plus 10 per second); nil
+// selects the default.
+func WithRetryBudget(b *RetryBudget) RetryOption { return func(p *retryPolicy) { p.budget = b } }
+
+// OnRetry sets a function called before each retry with the attempt about
+// to start (2 for the first retry), the error of the previous one and the
+// wait before it. Default: none.
+func OnRetry(fn func(ctx context.Context, info rpc.CallInfo, attempt int, err error, wait time.Duration)) RetryOption {
+	return func(p *retryPolicy) { p.onRetry = fn }
+}
+
+// OnGiveUp sets a function called when a retryable failure is not retried
+// because the budget is spent or the deadline leaves no time for the
+// wait; reason is "budget" or "deadline". Default: none.
+func OnGiveUp(fn func(ctx context.Context, info rpc.CallInfo, err error, reason string)) RetryOption {
+	return func(p *retryPolicy) { p.onGiveUp = fn }
+}
+
+// AlwaysIdempotent is a WithIdempotent function that allows retrying every
 // call. Use it only when the servers deduplicate requests by Message.ID
 // (Dedup), which makes any call safe to repeat.
 func AlwaysIdempotent(rpc.CallInfo) bool { return true }
 
-// IdempotentMethods returns a RetryPolicy.Idempotent that allows retrying
+// IdempotentMethods returns a WithIdempotent function that allows retrying
 // the listed methods, named "Service.Method", and the calls marked with
 // rpc.Idempotent.
 func IdempotentMethods(names ...string) func(rpc.CallInfo) bool {
@@ -102,12 +133,12 @@ func IdempotentMethods(names ...string) func(rpc.CallInfo) bool {
 // Retry returns client middleware that repeats failed attempts of a call.
 //
 // An attempt is retried when its status code is retryable (see
-// RetryPolicy.RetryableCodes), the call is idempotent or certainly was not
+// WithRetryableCodes), the call is idempotent or certainly was not
 // delivered, attempts remain, the RetryBudget allows it, and the wait
 // before it ends before the call's deadline: Retry never sleeps past the
 // deadline, it returns the last error at once instead. The wait is
 // exponential backoff with full jitter: uniformly random between zero and
-// min(MaxBackoff, InitialBackoff*Multiplier^(retry-1)).
+// min(max, initial*multiplier^(retry-1)) (WithBackoff).
 //
 // Every attempt sends a copy of the request with the same Message.ID, so a
 // server's Dedup middleware recognises the repeats; retries also carry
@@ -116,51 +147,58 @@ func IdempotentMethods(names ...string) func(rpc.CallInfo) bool {
 // Place Retry inside Timeout (which bounds the whole call) and outside
 // Routing and the circuit breaker, so each attempt is routed and checked
 // afresh.
-func Retry(p RetryPolicy) rpc.Middleware {
-	if p.MaxAttempts == 0 {
-		p.MaxAttempts = DefaultMaxAttempts
+//
+// Retry is client middleware: a server chain with it panics when it is
+// built.
+func Retry(opts ...RetryOption) rpc.Middleware {
+	var p retryPolicy
+	for _, o := range opts {
+		o(&p)
 	}
-	if p.InitialBackoff <= 0 {
-		p.InitialBackoff = DefaultInitialBackoff
+	if p.maxAttempts <= 0 {
+		p.maxAttempts = DefaultMaxAttempts
 	}
-	if p.MaxBackoff <= 0 {
-		p.MaxBackoff = DefaultMaxBackoff
+	if p.initialBackoff <= 0 {
+		p.initialBackoff = DefaultInitialBackoff
 	}
-	if p.MaxBackoff < p.InitialBackoff {
-		p.MaxBackoff = p.InitialBackoff
+	if p.maxBackoff <= 0 {
+		p.maxBackoff = DefaultMaxBackoff
 	}
-	if p.Multiplier < 1 {
-		p.Multiplier = DefaultMultiplier
+	if p.maxBackoff < p.initialBackoff {
+		p.maxBackoff = p.initialBackoff
 	}
-	if p.RetryableCodes == nil {
-		p.RetryableCodes = []rpc.Code{rpc.Unavailable, rpc.Aborted}
+	if p.multiplier < 1 {
+		p.multiplier = DefaultMultiplier
 	}
-	p.RetryableCodes = slices.Clone(p.RetryableCodes)
-	if p.Idempotent == nil {
-		p.Idempotent = func(info rpc.CallInfo) bool { return info.Idempotent }
+	if p.retryableCodes == nil {
+		p.retryableCodes = []rpc.Code{rpc.Unavailable, rpc.Aborted}
 	}
-	if p.Budget == nil {
-		p.Budget = NewRetryBudget(DefaultRetryRatio, DefaultMinRetriesPerSecond)
+	if p.idempotent == nil {
+		p.idempotent = func(info rpc.CallInfo) bool { return info.Idempotent }
 	}
-	return func(next broker.Handler) broker.Handler {
+	if p.budget == nil {
+		p.budget = NewRetryBudget(DefaultRetryRatio, DefaultMinRetriesPerSecond)
+	}
+	return rpc.ClientOnly("middleware.Retry", func(next broker.Handler) broker.Handler {
 		return &retrier{p: p, next: next}
-	}
+	})
 }
 
 type retrier struct {
-	p    RetryPolicy
+	p    retryPolicy
 	next broker.Handler
 }
 
 func (r *retrier) ServeMessage(ctx context.Context, req *broker.Message) (*broker.Message, error) {
-	r.p.Budget.Deposit()
+	r.p.budget.Deposit()
 	info, _ := rpc.CallInfoFromContext(ctx)
-	mayRepeat := r.p.Idempotent(info)
-	if r.p.MaxAttempts <= 1 {
+	mayRepeat := r.p.idempotent(info)
+	if r.p.maxAttempts <= 1 {
 		return r.attempt(ctx, req, 1, false)
 	}
+	var bo *backoff.ExponentialBackOff // made at the first retry
 	for attempt := 1; ; attempt++ {
-		last := attempt >= r.p.MaxAttempts
+		last := attempt >= r.p.maxAttempts
 		reply, err := r.attempt(ctx, req, attempt, !last)
 		if err == nil || last || ctx.Err() != nil {
 			return reply, err
@@ -168,17 +206,20 @@ func (r *retrier) ServeMessage(ctx context.Context, req *broker.Message) (*broke
 		if !r.retryable(err) || !(mayRepeat || notDelivered(err)) {
 			return reply, err
 		}
-		wait := r.backoff(attempt)
+		if bo == nil {
+			bo = r.newBackoff()
+		}
+		wait := bo.NextBackOff()
 		if d, ok := ctx.Deadline(); ok && !time.Now().Add(wait).Before(d) {
 			r.giveUp(ctx, info, err, "deadline")
 			return reply, err
 		}
-		if !r.p.Budget.TryWithdraw() {
+		if !r.p.budget.TryWithdraw() {
 			r.giveUp(ctx, info, err, "budget")
 			return reply, err
 		}
-		if r.p.OnRetry != nil {
-			r.p.OnRetry(ctx, info, attempt+1, err, wait)
+		if r.p.onRetry != nil {
+			r.p.onRetry(ctx, info, attempt+1, err, wait)
 		}
 		if wait > 0 {
 			t := time.NewTimer(wait)
@@ -193,8 +234,8 @@ func (r *retrier) ServeMessage(ctx context.Context, req *broker.Message) (*broke
 }
 
 func (r *retrier) giveUp(ctx context.Context, info rpc.CallInfo, err error, reason string) {
-	if r.p.OnGiveUp != nil {
-		r.p.OnGiveUp(ctx, info, err, reason)
+	if r.p.onGiveUp != nil {
+		r.p.onGiveUp(ctx, info, err, reason)
 	}
 }
 
@@ -211,10 +252,10 @@ func (r *retrier) attempt(ctx context.Context, req *broker.Message, n int, copyR
 	if n > 1 {
 		m.SetHeader(HeaderAttempt, strconv.Itoa(n))
 	}
-	if r.p.PerAttemptTimeout <= 0 {
+	if r.p.perAttemptTimeout <= 0 {
 		return r.next.ServeMessage(ctx, m)
 	}
-	actx, cancel := context.WithTimeout(ctx, r.p.PerAttemptTimeout)
+	actx, cancel := context.WithTimeout(ctx, r.p.perAttemptTimeout)
 	defer cancel()
 	if d, _ := actx.Deadline(); m.Deadline.IsZero() || d.Before(m.Deadline) {
 		m.Deadline = d
@@ -247,12 +288,12 @@ func (r *retrier) retryable(err error) bool {
 	if code == rpc.Canceled {
 		return false
 	}
-	if code == rpc.DeadlineExceeded && r.p.PerAttemptTimeout > 0 {
+	if code == rpc.DeadlineExceeded && r.p.perAttemptTimeout > 0 {
 		// A server refused the attempt because its (per-attempt) deadline
 		// passed on the way; the call may still have time.
 		return true
 	}
-	return slices.Contains(r.p.RetryableCodes, code)
+	return slices.Contains(r.p.retryableCodes, code)
 }
 
 // notDelivered reports whether err proves the request reached no server,
@@ -261,13 +302,17 @@ func notDelivered(err error) bool {
 	return errors.Is(err, broker.ErrNoResponders) || errors.Is(err, ErrCircuitOpen)
 }
 
-// backoff returns the wait before retry number n (1 for the first retry):
-// full jitter over an exponentially growing cap.
-func (r *retrier) backoff(n int) time.Duration {
-	c := float64(r.p.InitialBackoff)
-	for i := 1; i < n && c < float64(r.p.MaxBackoff); i++ {
-		c *= r.p.Multiplier
+// newBackoff returns the backoff of one call: full jitter over an
+// exponentially growing cap. cenkalti/backoff draws uniformly from
+// [cur*(1-f), cur*(1+f)]; with f = 1 and every interval halved that is
+// [0, cap], the cap growing from initial by multiplier up to max.
+func (r *retrier) newBackoff() *backoff.ExponentialBackOff {
+	b := &backoff.ExponentialBackOff{
+		InitialInterval:     r.p.initialBackoff / 2,
+		RandomizationFactor: 1,
+		Multiplier:          r.p.multiplier,
+		MaxInterval:         r.p.maxBackoff / 2,
 	}
-	c = min(c, float64(r.p.MaxBackoff))
-	return time.Duration(rand.Int64N(int64(c) + 1))
+	b.Reset()
+	return b
 }

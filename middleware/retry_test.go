@@ -70,45 +70,46 @@ func TestRetry(t *testing.T) {
 	tests := []struct {
 		name         string
 		idempotent   bool
-		policy       middleware.RetryPolicy
+		policy       []middleware.RetryOption
 		errs         []error
 		wantAttempts int
 		wantCode     rpc.Code
 	}{
 		{name: "idempotent recovers", idempotent: true, errs: []error{unavailable, unavailable}, wantAttempts: 3, wantCode: rpc.OK},
 		{name: "idempotent gives up after max attempts", idempotent: true, errs: []error{unavailable, unavailable, unavailable, unavailable}, wantAttempts: 3, wantCode: rpc.Unavailable},
-		{name: "max attempts 5", idempotent: true, policy: middleware.RetryPolicy{MaxAttempts: 5}, errs: []error{unavailable, unavailable, unavailable, unavailable}, wantAttempts: 5, wantCode: rpc.OK},
-		{name: "max attempts 1 disables", idempotent: true, policy: middleware.RetryPolicy{MaxAttempts: 1}, errs: []error{unavailable}, wantAttempts: 1, wantCode: rpc.Unavailable},
+		{name: "max attempts 5", idempotent: true, policy: []middleware.RetryOption{middleware.WithMaxAttempts(5)}, errs: []error{unavailable, unavailable, unavailable, unavailable}, wantAttempts: 5, wantCode: rpc.OK},
+		{name: "max attempts 1 disables", idempotent: true, policy: []middleware.RetryOption{middleware.WithMaxAttempts(1)}, errs: []error{unavailable}, wantAttempts: 1, wantCode: rpc.Unavailable},
 		{name: "not idempotent is not retried", errs: []error{unavailable}, wantAttempts: 1, wantCode: rpc.Unavailable},
 		{name: "not idempotent, disconnected", errs: []error{fmt.Errorf("lost: %w", broker.ErrDisconnected)}, wantAttempts: 1, wantCode: rpc.Unavailable},
 		{name: "not idempotent, no responders is retried", errs: []error{fmt.Errorf("x: %w", broker.ErrNoResponders)}, wantAttempts: 2, wantCode: rpc.OK},
 		{name: "not idempotent, circuit open is retried", errs: []error{rpc.NewError(rpc.Unavailable, middleware.ErrCircuitOpen)}, wantAttempts: 2, wantCode: rpc.OK},
-		{name: "idempotent methods", policy: middleware.RetryPolicy{Idempotent: middleware.IdempotentMethods("calc.Add")}, errs: []error{unavailable}, wantAttempts: 2, wantCode: rpc.OK},
-		{name: "other idempotent methods", policy: middleware.RetryPolicy{Idempotent: middleware.IdempotentMethods("calc.Sub")}, errs: []error{unavailable}, wantAttempts: 1, wantCode: rpc.Unavailable},
-		{name: "always idempotent", policy: middleware.RetryPolicy{Idempotent: middleware.AlwaysIdempotent}, errs: []error{unavailable}, wantAttempts: 2, wantCode: rpc.OK},
+		{name: "idempotent methods", policy: []middleware.RetryOption{middleware.WithIdempotent(middleware.IdempotentMethods("calc.Add"))}, errs: []error{unavailable}, wantAttempts: 2, wantCode: rpc.OK},
+		{name: "other idempotent methods", policy: []middleware.RetryOption{middleware.WithIdempotent(middleware.IdempotentMethods("calc.Sub"))}, errs: []error{unavailable}, wantAttempts: 1, wantCode: rpc.Unavailable},
+		{name: "always idempotent", policy: []middleware.RetryOption{middleware.WithIdempotent(middleware.AlwaysIdempotent)}, errs: []error{unavailable}, wantAttempts: 2, wantCode: rpc.OK},
 		{name: "aborted", idempotent: true, errs: []error{rpc.Errorf(rpc.Aborted, "conflict")}, wantAttempts: 2, wantCode: rpc.OK},
 		{name: "invalid argument is final", idempotent: true, errs: []error{rpc.Errorf(rpc.InvalidArgument, "bad")}, wantAttempts: 1, wantCode: rpc.InvalidArgument},
 		{name: "resource exhausted is final by default", idempotent: true, errs: []error{rpc.Errorf(rpc.ResourceExhausted, "busy")}, wantAttempts: 1, wantCode: rpc.ResourceExhausted},
-		{name: "resource exhausted when configured", idempotent: true, policy: middleware.RetryPolicy{RetryableCodes: []rpc.Code{rpc.ResourceExhausted}}, errs: []error{rpc.Errorf(rpc.ResourceExhausted, "busy")}, wantAttempts: 2, wantCode: rpc.OK},
+		{name: "resource exhausted when configured", idempotent: true, policy: []middleware.RetryOption{middleware.WithRetryableCodes(rpc.ResourceExhausted)}, errs: []error{rpc.Errorf(rpc.ResourceExhausted, "busy")}, wantAttempts: 2, wantCode: rpc.OK},
 		{name: "deadline exceeded without per-attempt timeout", idempotent: true, errs: []error{fmt.Errorf("x: %w: %w", broker.ErrTimeout, context.DeadlineExceeded)}, wantAttempts: 1, wantCode: rpc.DeadlineExceeded},
-		{name: "deadline exceeded with per-attempt timeout", idempotent: true, policy: middleware.RetryPolicy{PerAttemptTimeout: time.Hour},
+		{name: "deadline exceeded with per-attempt timeout", idempotent: true, policy: []middleware.RetryOption{middleware.WithPerAttemptTimeout(time.Hour)},
 			errs: []error{rpc.Errorf(rpc.DeadlineExceeded, "expired on the way")}, wantAttempts: 2, wantCode: rpc.OK},
-		{name: "canceled", idempotent: true, policy: middleware.RetryPolicy{RetryableCodes: []rpc.Code{rpc.Canceled}}, errs: []error{context.Canceled}, wantAttempts: 1, wantCode: rpc.Canceled},
+		{name: "canceled", idempotent: true, policy: []middleware.RetryOption{middleware.WithRetryableCodes(rpc.Canceled)}, errs: []error{context.Canceled}, wantAttempts: 1, wantCode: rpc.Canceled},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := tt.policy
-			p.InitialBackoff, p.MaxBackoff = time.Microsecond, time.Millisecond
-			p.Budget = middleware.UnlimitedRetryBudget()
 			var retries []int
-			p.OnRetry = func(_ context.Context, info rpc.CallInfo, attempt int, err error, wait time.Duration) {
-				assert.Equal(t, "Add", info.Method)
-				assert.Error(t, err)
-				assert.LessOrEqual(t, wait, time.Millisecond)
-				retries = append(retries, attempt)
-			}
+			p := append([]middleware.RetryOption{
+				middleware.WithBackoff(time.Microsecond, time.Millisecond, 0),
+				middleware.WithRetryBudget(middleware.UnlimitedRetryBudget()),
+				middleware.OnRetry(func(_ context.Context, info rpc.CallInfo, attempt int, err error, wait time.Duration) {
+					assert.Equal(t, "Add", info.Method)
+					assert.Error(t, err)
+					assert.LessOrEqual(t, wait, time.Millisecond)
+					retries = append(retries, attempt)
+				}),
+			}, tt.policy...)
 			s := &govScript{errs: tt.errs}
-			h := middleware.Retry(p)(s)
+			h := middleware.Retry(p...)(s)
 			req := &broker.Message{ID: "id-1", Subject: "calc", Header: broker.Header{"x": "1"}, Body: []byte("body")}
 			_, err := h.ServeMessage(govCallCtx(t, tt.idempotent), req)
 			assert.Equal(t, tt.wantCode, rpc.CodeOf(err), "error %v", err)
@@ -136,17 +137,17 @@ func TestRetryStopsAtDeadline(t *testing.T) {
 	// The backoff is so long that any wait would pass the deadline: Retry
 	// must give up at once instead of sleeping into it.
 	var reasons []string
-	p := middleware.RetryPolicy{
-		InitialBackoff: 1e6 * time.Hour, MaxBackoff: 1e6 * time.Hour,
-		Budget: middleware.UnlimitedRetryBudget(),
-		OnGiveUp: func(_ context.Context, _ rpc.CallInfo, _ error, reason string) {
+	p := []middleware.RetryOption{
+		middleware.WithBackoff(1e6*time.Hour, 1e6*time.Hour, 0),
+		middleware.WithRetryBudget(middleware.UnlimitedRetryBudget()),
+		middleware.OnGiveUp(func(_ context.Context, _ rpc.CallInfo, _ error, reason string) {
 			reasons = append(reasons, reason)
-		},
+		}),
 	}
 	s := &govScript{errs: []error{rpc.Errorf(rpc.Unavailable, "down")}}
 	ctx, cancel := context.WithTimeout(govCallCtx(t, true), time.Hour)
 	defer cancel()
-	_, err := middleware.Retry(p)(s).ServeMessage(ctx, &broker.Message{ID: "x"})
+	_, err := middleware.Retry(p...)(s).ServeMessage(ctx, &broker.Message{ID: "x"})
 	assert.Equal(t, rpc.Unavailable, rpc.CodeOf(err))
 	assert.NoError(t, ctx.Err(), "returned without waiting for the deadline")
 	assert.Equal(t, 1, s.attempts())
@@ -171,10 +172,10 @@ func TestRetryPerAttemptDeadline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(govCallCtx(t, true), time.Hour)
 	defer cancel()
 	start := time.Now()
-	h := middleware.Retry(middleware.RetryPolicy{
-		PerAttemptTimeout: 20 * time.Millisecond, InitialBackoff: time.Microsecond,
-		Budget: middleware.UnlimitedRetryBudget(),
-	})(next)
+	h := middleware.Retry(
+		middleware.WithPerAttemptTimeout(20*time.Millisecond), middleware.WithBackoff(time.Microsecond, 0, 0),
+		middleware.WithRetryBudget(middleware.UnlimitedRetryBudget()),
+	)(next)
 	_, err := h.ServeMessage(ctx, &broker.Message{ID: "x", Deadline: start.Add(time.Hour)})
 	require.NoError(t, err)
 	require.Len(t, deadlines, 2)
@@ -231,14 +232,14 @@ func TestRetryBudget(t *testing.T) {
 		for i := range s.errs {
 			s.errs[i] = rpc.Errorf(rpc.Unavailable, "down")
 		}
-		h := middleware.Retry(middleware.RetryPolicy{
-			InitialBackoff: time.Microsecond, MaxBackoff: time.Microsecond,
-			Budget: middleware.NewRetryBudget(0.5, 0),
-			OnGiveUp: func(_ context.Context, _ rpc.CallInfo, _ error, reason string) {
+		h := middleware.Retry(
+			middleware.WithBackoff(time.Microsecond, time.Microsecond, 0),
+			middleware.WithRetryBudget(middleware.NewRetryBudget(0.5, 0)),
+			middleware.OnGiveUp(func(_ context.Context, _ rpc.CallInfo, _ error, reason string) {
 				assert.Equal(t, "budget", reason)
 				gaveUp.Add(1)
-			},
-		})(s)
+			}),
+		)(s)
 		ctx := govCallCtx(t, true)
 		for range 10 {
 			_, err := h.ServeMessage(ctx, &broker.Message{ID: "x"})
@@ -269,10 +270,11 @@ func govCounter(t *testing.T, b broker.Broker, block func(run int32), mw ...rpc.
 }
 
 func TestRetryMemoryBroker(t *testing.T) {
-	fast := func(p middleware.RetryPolicy) middleware.RetryPolicy {
-		p.InitialBackoff, p.MaxBackoff = time.Millisecond, time.Millisecond
-		p.Budget = middleware.UnlimitedRetryBudget()
-		return p
+	fast := func(p ...middleware.RetryOption) rpc.Middleware {
+		return middleware.Retry(append([]middleware.RetryOption{
+			middleware.WithBackoff(time.Millisecond, time.Millisecond, 0),
+			middleware.WithRetryBudget(middleware.UnlimitedRetryBudget()),
+		}, p...)...)
 	}
 	t.Run("dropped reply with per-attempt timeout", func(t *testing.T) {
 		defer goleak.VerifyNone(t)
@@ -280,9 +282,7 @@ func TestRetryMemoryBroker(t *testing.T) {
 		defer b.Close()
 		runs := govCounter(t, b, nil)
 		b.SetFaults(memory.Faults{DropReplies: 1})
-		c := rpc.NewClient(b, rpc.WithClientMiddleware(middleware.Retry(fast(middleware.RetryPolicy{
-			MaxAttempts: 5, PerAttemptTimeout: time.Second,
-		}))))
+		c := rpc.NewClient(b, rpc.WithClientMiddleware(fast(middleware.WithMaxAttempts(5), middleware.WithPerAttemptTimeout(time.Second))))
 		got, err := rpc.Invoke[govReq, govRes](context.Background(), c, "calc", "Add", &govReq{A: 2, B: 3}, rpc.Idempotent())
 		require.NoError(t, err)
 		assert.Equal(t, 5, got.Sum)
@@ -310,7 +310,7 @@ func TestRetryMemoryBroker(t *testing.T) {
 						<-release
 					}
 				})
-				c := rpc.NewClient(b, rpc.WithClientMiddleware(middleware.Retry(fast(middleware.RetryPolicy{}))))
+				c := rpc.NewClient(b, rpc.WithClientMiddleware(fast()))
 				done := make(chan error, 1)
 				go func() {
 					var opts []rpc.CallOption
@@ -339,9 +339,7 @@ func TestRetryMemoryBroker(t *testing.T) {
 		b := memory.New()
 		defer b.Close()
 		var retries atomic.Int32
-		c := rpc.NewClient(b, rpc.WithClientMiddleware(middleware.Retry(fast(middleware.RetryPolicy{
-			OnRetry: func(context.Context, rpc.CallInfo, int, error, time.Duration) { retries.Add(1) },
-		}))))
+		c := rpc.NewClient(b, rpc.WithClientMiddleware(fast(middleware.OnRetry(func(context.Context, rpc.CallInfo, int, error, time.Duration) { retries.Add(1) }))))
 		err := c.Call(context.Background(), "nobody", "Add", &govReq{}, nil)
 		require.ErrorIs(t, err, broker.ErrNoResponders)
 		assert.Equal(t, rpc.Unavailable, rpc.CodeOf(err))
@@ -361,7 +359,7 @@ func TestRetryMemoryBroker(t *testing.T) {
 			})
 		}
 		runs := govCounter(t, b, nil, flaky)
-		c := rpc.NewClient(b, rpc.WithClientMiddleware(middleware.Retry(fast(middleware.RetryPolicy{}))))
+		c := rpc.NewClient(b, rpc.WithClientMiddleware(fast()))
 		var err error
 		_, err = rpc.Invoke[govReq, govRes](context.Background(), c, "calc", "Add", &govReq{}, rpc.Idempotent())
 		require.NoError(t, err)

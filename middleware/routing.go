@@ -30,7 +30,7 @@ type RouteFunc func(ctx context.Context, info rpc.CallInfo, req *broker.Message)
 // Place it inside Retry and outside a CircuitBreaker, which keeps one
 // breaker per routed subject.
 func Routing(routes ...RouteFunc) rpc.Middleware {
-	return func(next broker.Handler) broker.Handler {
+	return rpc.ClientOnly("middleware.Routing", func(next broker.Handler) broker.Handler {
 		return broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 			info, _ := rpc.CallInfoFromContext(ctx)
 			for _, r := range routes {
@@ -49,7 +49,7 @@ func Routing(routes ...RouteFunc) rpc.Middleware {
 			}
 			return next.ServeMessage(ctx, req)
 		})
-	}
+	})
 }
 
 // RouteTable routes by a static table whose keys are "Service.Method" or

@@ -83,7 +83,7 @@ func NewHMACSigner(keyID string, key []byte, opts ...HMACOption) *HMACSigner {
 // Client returns the client middleware: it signs each request and verifies
 // each reply (a bad reply fails the call with Unauthenticated).
 func (s *HMACSigner) Client() rpc.Middleware {
-	return func(next broker.Handler) broker.Handler {
+	return rpc.ClientOnly("middleware.HMACSigner.Client", func(next broker.Handler) broker.Handler {
 		return broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 			if req.ID == "" {
 				req.ID = broker.NewID()
@@ -98,14 +98,14 @@ func (s *HMACSigner) Client() rpc.Middleware {
 			}
 			return reply, err
 		})
-	}
+	})
 }
 
 // Server returns the server middleware: it refuses a request with a bad
 // signature with Unauthenticated, before anything else runs, and signs
 // every reply (error replies included).
 func (s *HMACSigner) Server() rpc.Middleware {
-	return func(next broker.Handler) broker.Handler {
+	return rpc.ServerOnly("middleware.HMACSigner.Server", func(next broker.Handler) broker.Handler {
 		return broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 			var reply *broker.Message
 			if err := s.verify(req, requestFields(req)); err != nil {
@@ -126,7 +126,7 @@ func (s *HMACSigner) Server() rpc.Middleware {
 			}
 			return reply, nil
 		})
-	}
+	})
 }
 
 func requestFields(m *broker.Message) []string {

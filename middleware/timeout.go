@@ -1,18 +1,20 @@
 // Package middleware holds the governance middleware of mqrpc: timeouts
 // and end-to-end deadlines, retries with a retry budget, routing,
-// deduplication, circuit breaking, concurrency and rate limits, graceful
-// shutdown, and audit, logging, recovery, authorization and signing. Every
-// middleware is an rpc.Middleware, the same type on clients and servers;
-// each one's doc says on which side it belongs.
+// deduplication, circuit breaking, concurrency and rate limits, and
+// audit, logging, recovery, authorization and signing. Every middleware is
+// an rpc.Middleware, the same type on clients and servers; each one's doc
+// says on which side it belongs, and a one-sided one panics when it is
+// installed on the other side (rpc.ClientOnly, rpc.ServerOnly). They are
+// configured with functional options.
 //
 // A client chain that uses several of them reads, outermost first:
 //
-//	breakers := middleware.NewCircuitBreaker(middleware.BreakerConfig{})
+//	breakers := middleware.NewCircuitBreaker()
 //	client := rpc.NewClient(b, rpc.WithClientMiddleware(
-//		middleware.Timeout(5*time.Second),          // bounds the whole call
-//		middleware.Retry(middleware.RetryPolicy{}), // repeats failed attempts
-//		middleware.Routing(routes...),              // picks the subject per attempt
-//		breakers.Middleware,                        // one circuit per subject
+//		middleware.Timeout(5*time.Second), // bounds the whole call
+//		middleware.Retry(),                // repeats failed attempts
+//		middleware.Routing(routes...),     // picks the subject per attempt
+//		breakers.Middleware,               // one circuit per subject
 //	))
 //
 // and a server chain:
@@ -21,12 +23,12 @@
 //	srv := rpc.NewServer(rpc.WithServerMiddleware(
 //		guard.Middleware,                           // refuses expired work
 //		middleware.Dedup(middleware.DedupConfig{}), // answers repeats from a cache
-//		middleware.ConcurrencyLimit(100, middleware.LimitConfig{}), // refuses excess at once
+//		middleware.ConcurrencyLimit(100),           // refuses excess at once
 //	))
 //
 // Retry and Dedup together make any call, idempotent or not, execute
 // exactly once while the dedup store keeps its outcome: a client with
-// RetryPolicy.Idempotent set to AlwaysIdempotent repeats a lost call with
+// WithIdempotent(AlwaysIdempotent) repeats a lost call with
 // the same Message.ID, and the server answers the repeat from the store.
 //
 // All middleware in this package is safe for concurrent use and never
@@ -50,10 +52,10 @@ import (
 // but still makes the ctx and Message.Deadline agree.
 //
 // Place it outside Retry to bound the whole call including its retries;
-// RetryPolicy.PerAttemptTimeout bounds each attempt. On a server use
+// WithPerAttemptTimeout bounds each attempt. On a server use
 // ServerTimeout or a DeadlineGuard instead.
 func Timeout(d time.Duration) rpc.Middleware {
-	return func(next broker.Handler) broker.Handler {
+	return rpc.ClientOnly("middleware.Timeout", func(next broker.Handler) broker.Handler {
 		return broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 			deadline, ok := ctx.Deadline()
 			if d > 0 {
@@ -75,7 +77,7 @@ func Timeout(d time.Duration) rpc.Middleware {
 			defer cancel()
 			return next.ServeMessage(ctx, req)
 		})
-	}
+	})
 }
 
 // DeadlineGuard is server middleware that enforces end-to-end deadlines:
@@ -118,8 +120,13 @@ func ServerTimeout(max time.Duration) rpc.Middleware {
 // deadline had passed before they were served.
 func (g *DeadlineGuard) Expired() uint64 { return g.expired.Load() }
 
-// Middleware is the guard as an rpc.Middleware.
+// Middleware is the guard as server middleware: a client chain with it
+// panics when it is built.
 func (g *DeadlineGuard) Middleware(next broker.Handler) broker.Handler {
+	return rpc.ServerOnly("middleware.DeadlineGuard", g.wrap)(next)
+}
+
+func (g *DeadlineGuard) wrap(next broker.Handler) broker.Handler {
 	return broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 		now := time.Now()
 		if req.Expired(now) {

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/semaphore"
+
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/codec"
 	jsoncodec "github.com/mqrpc/mqrpc/codec/json"
@@ -22,7 +24,7 @@ type Client struct {
 	timeout  time.Duration
 	handler  broker.Handler // nil without middleware: calls go to the broker
 	maxSize  int
-	inflight chan struct{} // nil: unlimited
+	inflight *semaphore.Weighted // nil: unlimited
 
 	// Without middleware nothing changes a request's header after it is
 	// made (brokers treat it as read-only, see broker.Broker), so calls
@@ -108,7 +110,7 @@ func NewClient(b broker.Broker, opts ...ClientOption) *Client {
 	}
 	c := &Client{b: b, codec: cfg.codec, timeout: cfg.timeout, maxSize: cfg.maxSize}
 	if cfg.maxInFlight > 0 {
-		c.inflight = make(chan struct{}, cfg.maxInFlight)
+		c.inflight = semaphore.NewWeighted(int64(cfg.maxInFlight))
 	}
 	if len(cfg.middleware) > 0 {
 		c.handler = Chain(ClientSide, broker.HandlerFunc(c.roundTrip), cfg.middleware...)
@@ -232,12 +234,10 @@ func (c *Client) do(ctx context.Context, service, method string, in, out any, on
 		}
 	}
 	if c.inflight != nil {
-		select {
-		case c.inflight <- struct{}{}:
-			defer func() { <-c.inflight }()
-		case <-ctx.Done():
-			return NewError(CodeOf(ctx.Err()), fmt.Errorf("%s.%s: waiting for a free in-flight slot: %w", service, method, ctx.Err()))
+		if err := c.inflight.Acquire(ctx, 1); err != nil {
+			return NewError(CodeOf(err), fmt.Errorf("%s.%s: waiting for a free in-flight slot: %w", service, method, err))
 		}
+		defer c.inflight.Release(1)
 	}
 	var reply *broker.Message
 	if c.handler == nil {

@@ -155,12 +155,11 @@ func open(t *testing.T, target chaos.Target, node *chaos.Node, name string) brok
 // call (the servers deduplicate by message ID) over b.
 func newClient(b broker.Broker) *rpc.Client {
 	return rpc.NewClient(b, rpc.WithClientMiddleware(
-		middleware.Retry(middleware.RetryPolicy{
-			Idempotent:     middleware.AlwaysIdempotent,
-			InitialBackoff: 50 * time.Millisecond,
-			MaxBackoff:     500 * time.Millisecond,
-			Budget:         middleware.UnlimitedRetryBudget(),
-		}),
+		middleware.Retry(
+			middleware.WithIdempotent(middleware.AlwaysIdempotent),
+			middleware.WithBackoff(50*time.Millisecond, 500*time.Millisecond, 0),
+			middleware.WithRetryBudget(middleware.UnlimitedRetryBudget()),
+		),
 	))
 }
 
