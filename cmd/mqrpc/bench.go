@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -46,7 +47,7 @@ func (r *recorder) record(d time.Duration, err error) {
 	if err != nil {
 		c := rpc.CodeOf(err)
 		r.errors[c]++
-		r.lastErr[c] = err.Error()
+		r.lastErr[c] = errText(err)
 	}
 	r.mu.Unlock()
 	r.calls.Add(1)
@@ -96,8 +97,9 @@ succeeded, else the status code of the most frequent error.`,
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
+			end := time.Now().Add(duration)
 			if total <= 0 {
-				ctx, cancel = context.WithTimeout(ctx, duration)
+				ctx, cancel = context.WithDeadline(ctx, end)
 				defer cancel()
 			}
 			rec := newRecorder()
@@ -116,8 +118,11 @@ succeeded, else the status code of the most frequent error.`,
 						t0 := time.Now()
 						_, err := cl.call(cctx)
 						ccancel()
-						if err != nil && ctx.Err() != nil && total <= 0 {
-							return // the run ended mid-call: not the service's error
+						if err != nil && total <= 0 && (ctx.Err() != nil || !time.Now().Before(end)) {
+							// The run ended mid-call (the broker may see
+							// the deadline pass before ctx reports it):
+							// not the service's error.
+							return
 						}
 						rec.record(time.Since(t0), err)
 					}
@@ -221,4 +226,14 @@ func report(w io.Writer, t *target, c int, elapsed time.Duration, rec *recorder)
 		bar := strings.Repeat("█", int(40*k/top))
 		fmt.Fprintf(w, "  %10s - %-10s %8d %s\n", micros(int64(edges[i])), micros(int64(edges[i+1])), k, bar)
 	}
+}
+
+// errText is an error's message without its status code, which is shown
+// beside it.
+func errText(err error) string {
+	var e *rpc.Error
+	if errors.As(err, &e) && e.Message() != "" {
+		return e.Message()
+	}
+	return err.Error()
 }
