@@ -95,4 +95,3 @@ func TestCasesEcho(t *testing.T) {
 		})
 	}
 }
-func BenchmarkNATSSplit(b *testing.B) { benchGroup(b, NATSSplit(testConfig())) }

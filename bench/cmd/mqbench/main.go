@@ -38,7 +38,7 @@ func main() {
 
 func run() error {
 	var (
-		brokers   = flag.String("brokers", "memory,tcp,nats,amqp,rocketmq", "comma-separated case groups to run: memory, tcp, nats, amqp, rocketmq; diagnostic: nats-split (mqrpc's NATS client and server each against a raw peer), nats-shapes (the raw case with mqrpc's headers or dispatch)")
+		brokers   = flag.String("brokers", "memory,tcp,nats,amqp,rocketmq", "comma-separated case groups to run: memory, tcp, nats, amqp, rocketmq")
 		concs     = flag.String("c", "1,16,64", "comma-separated numbers of concurrent callers")
 		sizes     = flag.String("sizes", "64,4096", "comma-separated payload sizes in bytes")
 		rounds    = flag.Int("rounds", 5, "how many times every case is measured at every concurrency and size")
@@ -91,10 +91,6 @@ func run() error {
 			if v, err := cases.NATSServerVersion(*natsURL); err == nil {
 				env.Brokers["nats"] = "nats-server " + v
 			}
-		case "nats-split":
-			all = append(all, cases.NATSSplit(ccfg)...)
-		case "nats-shapes":
-			all = append(all, cases.NATSServerShapes(ccfg)...)
 		case "amqp":
 			all = append(all, cases.AMQP(ccfg)...)
 			if v, err := cases.RabbitMQVersion(*amqpURL); err == nil {
@@ -197,7 +193,7 @@ func ints(s string) ([]int, error) {
 
 // brokerPIDs finds the processes of the broker servers the groups of cases
 // talk to, from their addresses (URLs or host:port), when they listen on
-// this machine. A group named like "nats-split" uses the addresses of
+// this machine. A group named like "nats-x" uses the addresses of
 // "nats".
 func brokerPIDs(cases []harness.Case, addrs map[string][]string) map[string][]int {
 	out := map[string][]int{}
