@@ -253,7 +253,7 @@ func (rp *Report) Markdown(svgPath, relTo string) string {
 
 	// Summary: ratio to the baseline per case, size and concurrency.
 	sb.WriteString("\n### Throughput ratio to the baseline of the same broker\n\n")
-	fmt.Fprintf(&sb, "The baseline is the broker's raw client (memory: a direct handler call with the codec). Target: mqrpc ≥ %.1f at c=1 and c=64 on every broker (✗: missed; ⚠: calls failed in this cell, see the tables below). Rows without a target: the memory broker's, whose baseline is a function call, and the typed rows, which run a codec that the raw clients do not. In brackets: lowest and highest ratio of the single rounds.\n\n", TargetRatio)
+	fmt.Fprintf(&sb, "The baseline is the broker's raw client (memory: a direct handler call with the codec). Target: mqrpc ≥ %.1f at c=1 and c=64 on every broker (✗: missed; ⚠: calls failed in this cell, see the details below). Rows without a target: the memory broker's, whose baseline is a function call, and the typed rows, which run a codec that the raw clients do not. In brackets: lowest and highest ratio of the single rounds.\n\n", TargetRatio)
 	sb.WriteString("| broker | case |")
 	for _, size := range r.Config.Sizes {
 		for _, c := range r.Config.Concurrency {
@@ -301,28 +301,72 @@ func (rp *Report) Markdown(svgPath, relTo string) string {
 		sb.WriteString("\n")
 	}
 
+	// Details: one row per case and size, the concurrencies side by side.
+	concs := r.Config.Concurrency
+	lo, hi := concs[0], concs[len(concs)-1]
+	sb.WriteString("\n### Details\n\n")
+	fmt.Fprintf(&sb, "Calls/s at each concurrency; p99 latency, CPU/call and broker CPU/call at c=%d · c=%d.\n\n", lo, hi)
+	fmt.Fprintf(&sb, "| broker | case | size | calls/s (c=%s) | p99 | CPU/call | broker CPU/call | allocs/call | errors |\n|---|---|--:|--:|--:|--:|--:|--:|--:|\n",
+		joinInts(concs, " · "))
 	for _, size := range r.Config.Sizes {
-		fmt.Fprintf(&sb, "\n### Payload %s\n\n", sizeName(size))
-		sb.WriteString("| broker | case | c | calls/s | p50 | p99 | CPU/call | broker CPU/call | allocs/call | ratio | errors |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
-		for _, g := range r.Groups() {
-			for _, c := range r.Sorted(g, size) {
-				ratio := "baseline"
-				if x, ok := r.Ratio(c); ok {
-					ratio = fmt.Sprintf("%.2f", x)
-				} else if c.Role != RoleRaw {
-					ratio = "–"
+		for _, cs := range r.Cases {
+			cells := make([]*Cell, len(concs))
+			errs, found := 0, false
+			firstErr := ""
+			for i, conc := range concs {
+				cells[i] = r.Cells[Key{Group: cs.Group, Name: cs.Name, Conc: conc, Size: size}]
+				if c := cells[i]; c != nil {
+					found = true
+					errs += int(c.Errors)
+					if firstErr == "" {
+						firstErr = c.FirstErr
+					}
 				}
-				errs := fmt.Sprint(c.Errors)
-				if c.Errors > 0 {
-					errs += " (" + oneLine(c.FirstErr) + ")"
-				}
-				fmt.Fprintf(&sb, "| %s | %s | %d | %s | %s | %s | %s | %s | %.1f | %s | %s |\n", c.Group, c.Name, c.Conc, rate(c.Throughput()),
-					dur(c.Hist.Quantile(0.5)), dur(c.Hist.Quantile(0.99)), dur(c.CPUPerCall()), brokerCPU(c), c.AllocsPerCall(), ratio, errs)
 			}
+			if !found {
+				continue
+			}
+			pair := func(f func(*Cell) string) string {
+				a, b := "–", "–"
+				if c := cells[0]; c != nil {
+					a = f(c)
+				}
+				if c := cells[len(cells)-1]; c != nil {
+					b = f(c)
+				}
+				return a + " · " + b
+			}
+			rates := make([]string, len(cells))
+			allocs := "–"
+			for i, c := range cells {
+				rates[i] = "–"
+				if c != nil {
+					rates[i] = rate(c.Throughput())
+					allocs = fmt.Sprintf("%.1f", c.AllocsPerCall())
+				}
+			}
+			e := fmt.Sprint(errs)
+			if errs > 0 {
+				e += " (" + oneLine(firstErr) + ")"
+			}
+			fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", cs.Group, cs.Name, sizeName(size),
+				strings.Join(rates, " · "),
+				pair(func(c *Cell) string { return dur(c.Hist.Quantile(0.99)) }),
+				pair(func(c *Cell) string { return dur(c.CPUPerCall()) }),
+				pair(brokerCPU), allocs, e)
 		}
 	}
 	sb.WriteString("\nCPU/call and allocs/call are the CPU time (user + system) and the heap allocations of the benchmark process during the measurement, divided by the calls: caller, broker client and server together. Broker CPU/call is the CPU time of the broker server's own processes (nats-server; RabbitMQ's Erlang VM; RocketMQ's broker and name server), read from /proc in 10 ms ticks, divided by the calls; – where there is no broker process. On a loaded machine these are steadier than calls/s.\n\n")
 	return sb.String()
+}
+
+// joinInts joins ns with sep.
+func joinInts(ns []int, sep string) string {
+	parts := make([]string, len(ns))
+	for i, n := range ns {
+		parts[i] = fmt.Sprint(n)
+	}
+	return strings.Join(parts, sep)
 }
 
 // brokerCPU formats c's broker CPU per call, or "–" when not measured.

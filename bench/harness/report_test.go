@@ -59,3 +59,26 @@ func TestFailures(t *testing.T) {
 		}
 	}
 }
+
+// The details table has one row per case and size, with the calls/s of
+// every concurrency and the lowest and highest concurrency's latency.
+func TestMarkdownDetails(t *testing.T) {
+	r := &Results{
+		Config: Config{Concurrency: []int{1, 64}, Sizes: []int{64}, Rounds: 1, Slice: time.Second},
+		Cases:  []Case{{Group: "g", Name: "raw", Role: RoleRaw}},
+		Cells:  map[Key]*Cell{},
+	}
+	for _, c := range []int{1, 64} {
+		cell := &Cell{Key: Key{Group: "g", Name: "raw", Conc: c, Size: 64}, Role: RoleRaw,
+			Calls: uint64(1000 * c), Elapsed: time.Second, PerRound: []float64{float64(1000 * c)}}
+		cell.Hist.Record(time.Duration(c) * time.Millisecond)
+		r.Cells[cell.Key] = cell
+	}
+	md := (&Report{Results: r, Command: "x"}).Markdown("", "")
+	if !strings.Contains(md, "| g | raw | 64 B | 1000 · 64000 |") {
+		t.Fatalf("no details row in:\n%s", md)
+	}
+	if n := strings.Count(md, "| g | raw |"); n != 1 {
+		t.Fatalf("%d rows for one case and size, want 1:\n%s", n, md)
+	}
+}
