@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
@@ -46,7 +47,7 @@ var brokerURLs = map[string]func(t *testing.T) string{
 // test serves. Each run names its services uniquely, so runs sharing a
 // broker do not see each other's.
 func TestScripts(t *testing.T) {
-	for _, name := range []string{"embedded", "nats", "amqp"} {
+	for _, name := range []string{"embedded", "nats", "amqp", "rocketmq"} {
 		t.Run(name, func(t *testing.T) {
 			url := brokerURLs[name](t)
 			b, err := dial.Open(url)
@@ -79,6 +80,15 @@ func TestScripts(t *testing.T) {
 					env.Setenv("ID", id)
 					env.Setenv("BROKER_KIND", name)
 					return nil
+				},
+				// [broadcast]: the broker has a control plane
+				// (broker.Broadcaster); RocketMQ has none yet.
+				Condition: func(cond string) (bool, error) {
+					if cond != "broadcast" {
+						return false, fmt.Errorf("unknown condition %q", cond)
+					}
+					_, ok := b.(broker.Broadcaster)
+					return ok, nil
 				},
 				Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 					"exitcode": exitCode,
