@@ -455,6 +455,10 @@ func runCrashPoison(t *testing.T, target chaos.Target, node *chaos.Node) {
 	assert.True(t, ok, "the poison was never dead-lettered")
 	assert.LessOrEqual(t, deliveries, chaos.MaxDeliver, "the poison reached the handler more often than MaxDeliver")
 	assert.Empty(t, draggedDead, "healthy requests dead-lettered with the poison")
+	for _, id := range ids {
+		assert.LessOrEqual(t, len(s.log.Starts(chaos.MethodRecord, id)), chaos.MaxDeliver,
+			"healthy request %s delivered more often than MaxDeliver", id)
+	}
 	if poisonDead > 0 {
 		assert.LessOrEqual(t, latest, poisonDead+poisonSlack, "healthy requests delayed beyond the poison's own handling")
 	}
