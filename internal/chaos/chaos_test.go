@@ -59,6 +59,9 @@ func TestMain(m *testing.M) {
 		os.Exit(chaos.RunChild())
 	}
 	code := m.Run()
+	if redisNode != nil {
+		redisNode.Close()
+	}
 	report.Write(os.Stdout)
 	os.Exit(code)
 }
@@ -121,6 +124,28 @@ func TestChaos(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The private Redis of the child servers on RabbitMQ and RocketMQ, started
+// by the first scenario that needs it and stopped when TestMain ends.
+var (
+	redisMu   sync.Mutex
+	redisNode *chaos.Node
+)
+
+// sharedStore names the dedup store the child servers of a scenario share,
+// as production servers would: a NATS JetStream key-value bucket on the
+// scenario's NATS server, or a private Redis for the other brokers.
+func sharedStore(t *testing.T, target chaos.Target, node *chaos.Node, subj string) string {
+	if target.Kind == chaos.KindNATS {
+		return chaos.NATSKVSpec(node.Addr, "CHAOS_DEDUP")
+	}
+	redisMu.Lock()
+	defer redisMu.Unlock()
+	if redisNode == nil {
+		redisNode = startNode(t, chaos.KindRedis)
+	}
+	return chaos.RedisSpec(redisNode.Addr, "chaos:"+subj+":")
 }
 
 // startNode starts a private broker, skipping (failing under CI=true) when
@@ -506,7 +531,7 @@ func runKill(t *testing.T, target chaos.Target, node *chaos.Node) {
 	s := newScenario(t, target, "kill")
 	defer s.finish()
 	subj := subject("kill")
-	env := chaos.ChildEnv(target, node.Addr, subj, t.TempDir())
+	env := chaos.ChildEnv(target, node.Addr, subj, sharedStore(t, target, node, subj))
 	var children []*chaos.Child
 	for i := 0; i < 2; i++ {
 		c, err := chaos.StartChild(env, s.log, recoverWithin)

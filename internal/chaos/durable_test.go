@@ -212,7 +212,7 @@ func runKillNewServer(t *testing.T, target chaos.Target, node *chaos.Node) {
 	s.parallel = true
 	defer s.finish()
 	subj := subject("killnew")
-	env := chaos.ChildEnv(target, node.Addr, subj, t.TempDir())
+	env := chaos.ChildEnv(target, node.Addr, subj, sharedStore(t, target, node, subj))
 	first, err := chaos.StartChild(env, s.log, recoverWithin)
 	require.NoError(t, err)
 	s.closers = append(s.closers, func() { first.Stop(15 * time.Second) })
@@ -352,7 +352,7 @@ func runCrashPoison(t *testing.T, target chaos.Target, node *chaos.Node) {
 	defer s.finish()
 	subj := subject("crash")
 	dl := s.deadLetters(node, subj)
-	env := chaos.ChildEnv(target, node.Addr, subj, t.TempDir())
+	env := chaos.ChildEnv(target, node.Addr, subj, sharedStore(t, target, node, subj))
 	sv, err := startSupervisor(env, s.log, chaos.MaxDeliver+4)
 	require.NoError(t, err)
 	s.closers = append(s.closers, sv.Stop)

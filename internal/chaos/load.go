@@ -165,7 +165,6 @@ func (l *ExecLog) DuplicateCommits() int {
 	return d
 }
 
-
 // DuplicateKeys describes up to max requests executed more than once:
 // method, ID and the servers that executed it.
 func (l *ExecLog) DuplicateKeys(max int) []string {

@@ -24,6 +24,9 @@ const (
 	KindNATS     = "nats"
 	KindRabbitMQ = "rabbitmq"
 	KindRocketMQ = "rocketmq"
+	// KindRedis is not a broker: the shared dedup store of the child
+	// servers (middleware/dedupstore/redisstore).
+	KindRedis = "redis"
 )
 
 // ErrNotInstalled is wrapped by StartNode when the broker's server software
@@ -66,6 +69,8 @@ func StartNode(kind, dir string) (*Node, error) {
 		err = n.setupRabbitMQ()
 	case KindRocketMQ:
 		err = n.setupRocketMQ()
+	case KindRedis:
+		err = n.setupRedis()
 	default:
 		err = fmt.Errorf("chaos: unknown broker kind %q", kind)
 	}
@@ -365,6 +370,35 @@ func waitHealthy(p *proc, url string, timeout time.Duration) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// --- Redis: a redis-server process on a free port, nothing persisted.
+
+func (n *Node) setupRedis() error {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return fmt.Errorf("%w: redis-server (run scripts/brokers up redis)", ErrNotInstalled)
+	}
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	n.Addr, n.port = "127.0.0.1:"+strconv.Itoa(port), port
+	n.restartRoles = []string{KindRedis}
+	n.start = func(role string) error {
+		p, err := startProc(n.dir, "redis.log", os.Environ(), bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(port),
+			"--save", "", "--appendonly", "no", "--dir", n.dir)
+		if err != nil {
+			return err
+		}
+		n.register(role, p)
+		return waitPort(p, port, 30*time.Second)
+	}
+	n.stopOne = func(_ string, p *proc) error {
+		p.signal(syscall.SIGTERM, 10*time.Second)
+		return nil
+	}
+	return nil
 }
 
 // --- RabbitMQ: a node of its own (name, ports, cookie, data), run in the

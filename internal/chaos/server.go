@@ -160,6 +160,9 @@ type ServerConfig struct {
 	// Crash is what MethodCrash does once it recorded its start: os.Exit
 	// in a child server. Default: panic (Recover turns it into Internal).
 	Crash func()
+	// Lease is Dedup's claim lease (DedupConfig.Lease), for stores that
+	// claim keys; 0 is Dedup's default.
+	Lease time.Duration
 }
 
 // NewServerConfig is NewServer with the crash of MethodCrash chosen.
@@ -183,7 +186,7 @@ func NewServerConfig(cfg ServerConfig) *rpc.Server {
 		rpc.WithServerMiddleware(
 			middleware.Recover(),
 			guard.Middleware,
-			middleware.Dedup(middleware.DedupConfig{Store: store}),
+			middleware.Dedup(middleware.DedupConfig{Store: store, Lease: cfg.Lease}),
 			fail,
 		),
 	)
@@ -301,14 +304,16 @@ const (
 )
 
 // ChildEnv returns the environment that makes a re-executed test binary run
-// RunChild: serve subject on target at addr, deduplicating through dedupDir.
-func ChildEnv(target Target, addr, subject, dedupDir string) []string {
+// RunChild: serve subject on target at addr, deduplicating through the
+// shared store dedup names (NATSKVSpec, RedisSpec, or a directory for a
+// FileDedupStore).
+func ChildEnv(target Target, addr, subject, dedup string) []string {
 	return append(os.Environ(),
 		EnvChild+"=1",
 		envChildTarget+"="+target.Name,
 		envChildAddr+"="+addr,
 		envChildSubj+"="+subject,
-		envChildDedup+"="+dedupDir,
+		envChildDedup+"="+dedup,
 	)
 }
 
@@ -350,8 +355,13 @@ func RunChild() int {
 	}
 	defer b.Close()
 	rec := &lineRecorder{w: os.Stdout}
-	store := FileDedupStore{Dir: os.Getenv(envChildDedup), OnStore: func(key string) { rec.line("C " + key) }}
-	srv := NewServerConfig(ServerConfig{Recorder: rec, Store: store, Crash: func() { os.Exit(ExitCrash) }})
+	store, closeStore, err := openStore(os.Getenv(envChildDedup), func(key string) { rec.line("C " + key) })
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "chaos child:", err)
+		return 1
+	}
+	defer closeStore()
+	srv := NewServerConfig(ServerConfig{Recorder: rec, Store: store, Lease: ChildLease, Crash: func() { os.Exit(ExitCrash) }})
 	sub, err := b.Serve(os.Getenv(envChildSubj), srv, broker.WithConcurrency(64))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chaos child: serve:", err)
