@@ -120,6 +120,7 @@ type Broker struct {
 	mu     sync.Mutex
 	closed bool
 	subs   map[*subscription]struct{}
+	ctl    controlPlane // broadcast consumers (control.go)
 }
 
 // rocketProducer is the part of rocketmq-client-go's producer that Broker
@@ -500,6 +501,7 @@ func (b *Broker) Close() error {
 	}
 	b.mu.Unlock()
 	b.cancel()
+	b.ctl.close()
 
 	var errs []error
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -28,7 +28,7 @@ type callFlags struct {
 
 func (f *callFlags) register(c *cobra.Command) {
 	c.Flags().StringArrayVarP(&f.headers, "header", "H", nil, `request header "Name: value" (repeatable)`)
-	c.Flags().StringVar(&f.codec, "codec", "auto", "wire codec: json, msgpack, or auto (asks the service which it accepts)")
+	c.Flags().StringVar(&f.codec, "codec", "json", "wire codec: json, msgpack (the JSON converted), or auto (msgpack when the service's INFO says it takes msgpack and not JSON)")
 }
 
 // target is a parsed call: where to, and the request in JSON.
@@ -173,7 +173,8 @@ func (a *app) callCmd() *cobra.Command {
 		Long: `call sends one request and prints the reply as JSON. The request is the
 JSON argument ("-" reads it from stdin; default {}); it is checked before
 anything is sent. A service that accepts msgpack and not JSON gets the request
-in msgpack and its reply is converted back (--codec auto, the default).
+in msgpack and its reply is converted back with --codec msgpack, or with
+--codec auto when the service says (INFO) that it takes msgpack and not JSON.
 
 The exit status is the status code of the reply (0 OK, 3 InvalidArgument,
 4 DeadlineExceeded, 5 NotFound, 12 Unimplemented, 14 Unavailable, ...), with

@@ -38,7 +38,7 @@ var brokerURLs = map[string]func(t *testing.T) string{
 	"nats": func(t *testing.T) string { return testenv.NATSURL(t) },
 	"amqp": func(t *testing.T) string { return testenv.AMQPURL(t) },
 	"rocketmq": func(t *testing.T) string {
-		return "rocketmq://" + testenv.RocketMQNameServer(t)
+		return "rocketmq://" + testenv.RocketMQNoRace(t)
 	},
 }
 
@@ -82,13 +82,18 @@ func TestScripts(t *testing.T) {
 					return nil
 				},
 				// [broadcast]: the broker has a control plane
-				// (broker.Broadcaster); RocketMQ has none yet.
+				// (broker.Broadcaster); [rocketmq]: the broker is
+				// RocketMQ, which keeps requests for servers that
+				// start later (no "no responders").
 				Condition: func(cond string) (bool, error) {
-					if cond != "broadcast" {
-						return false, fmt.Errorf("unknown condition %q", cond)
+					switch cond {
+					case "broadcast":
+						_, ok := b.(broker.Broadcaster)
+						return ok, nil
+					case "rocketmq":
+						return name == "rocketmq", nil
 					}
-					_, ok := b.(broker.Broadcaster)
-					return ok, nil
+					return false, fmt.Errorf("unknown condition %q", cond)
 				},
 				Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 					"exitcode": exitCode,
@@ -96,6 +101,12 @@ func TestScripts(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestRocketMQWithoutRace runs the RocketMQ scripts again without the
+// race detector (see testenv.RocketMQNoRace).
+func TestRocketMQWithoutRace(t *testing.T) {
+	testenv.RerunWithoutRace(t, "^TestScripts$/^rocketmq$")
 }
 
 // waitServing waits until a call to service succeeds: a RocketMQ consumer

@@ -16,13 +16,14 @@ import (
 	amqpbroker "github.com/mqrpc/mqrpc/broker/amqp"
 	"github.com/mqrpc/mqrpc/broker/memory"
 	natsbroker "github.com/mqrpc/mqrpc/broker/nats"
+	rocketmqbroker "github.com/mqrpc/mqrpc/broker/rocketmq"
 	"github.com/mqrpc/mqrpc/internal/testenv"
 	"github.com/mqrpc/mqrpc/rpc"
 	"github.com/mqrpc/mqrpc/rpc/control"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/patrickmn/go-cache.(*janitor).Run"))
+	goleak.VerifyTestMain(m, testenv.RocketMQLeaks()...)
 }
 
 type AddRequest struct {
@@ -53,6 +54,12 @@ func brokers() map[string]opener {
 		}(),
 		"amqp": func(t *testing.T) broker.Broker {
 			b, err := amqpbroker.New(testenv.AMQPURL(t))
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = b.Close() })
+			return b
+		},
+		"rocketmq": func(t *testing.T) broker.Broker {
+			b, err := rocketmqbroker.New(testenv.RocketMQNoRace(t))
 			require.NoError(t, err)
 			t.Cleanup(func() { _ = b.Close() })
 			return b
@@ -281,6 +288,12 @@ func testControlPlane(t *testing.T, open opener) {
 		require.Len(t, pings, 1, "a stopped instance answers no more")
 		assert.Equal(t, svcs[1].ID(), pings[0].ID)
 	})
+}
+
+// TestRocketMQWithoutRace runs the RocketMQ cases again without the race
+// detector (see testenv.RocketMQNoRace).
+func TestRocketMQWithoutRace(t *testing.T) {
+	testenv.RerunWithoutRace(t, "^TestControlPlane$/^rocketmq$")
 }
 
 func TestNoBroadcaster(t *testing.T) {
