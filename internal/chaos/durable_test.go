@@ -498,7 +498,7 @@ func runFailDeadline(t *testing.T, target chaos.Target, node *chaos.Node) {
 	callWG.Add(1)
 	go func() {
 		defer callWG.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		reply, err := b.Request(ctx, request(subj, chaos.MethodFail, reqID, reqBody, time.Time{}))
 		if err == nil {
