@@ -41,8 +41,10 @@ const (
 	// poisonSlack is how much later than the crashing poison's own
 	// handling (until it was dead-lettered) the healthy requests sent
 	// around it may be served: one redelivery of the requests the crash
-	// took with it, and a server restart.
-	poisonSlack = 8 * time.Second
+	// took with it (JetStream: AckWait, 2 s), the dedup claims the crashed
+	// process held on them running out (up to two ChildLease), and a
+	// server restart.
+	poisonSlack = 12 * time.Second
 )
 
 // pending lists the scenarios that fail on main until a fix of issue 17
