@@ -12,6 +12,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"strconv"
 )
 
 // Handler processes one delivered message and returns the reply.
@@ -123,3 +124,69 @@ var (
 	// broker or of the configured maximum.
 	ErrMessageTooLarge = errors.New("broker: message too large")
 )
+
+// Reason says why a broker rejected a message: why it could not hand a
+// request to its handler, or could not send the handler's reply.
+type Reason int
+
+// The reasons of a Rejection.
+const (
+	// Malformed: the request could not be decoded (a bad header, for
+	// instance).
+	Malformed Reason = iota + 1
+	// TooLarge: the request or the reply exceeds a size limit of the
+	// broker.
+	TooLarge
+	// Expired: the request's deadline passed before it was served.
+	Expired
+	// Unavailable: the server stopped (Stop past its drain ctx, or Close)
+	// before the handler answered.
+	Unavailable
+)
+
+var reasonNames = [...]string{Malformed: "malformed", TooLarge: "too large", Expired: "expired", Unavailable: "unavailable"}
+
+func (r Reason) String() string {
+	if r > 0 && int(r) < len(reasonNames) {
+		return reasonNames[r]
+	}
+	return "reason " + strconv.Itoa(int(r))
+}
+
+// Rejection is the typed error a broker reports when it cannot hand a
+// request to its handler or cannot send the handler's reply. The broker
+// writes no status of its own: it asks the handler, when it is a
+// [Rejecter] (rpc.Server is), for the reply to send instead.
+type Rejection struct {
+	Reason Reason
+	Err    error // the cause; may be nil
+}
+
+func (r *Rejection) Error() string {
+	if r.Err == nil {
+		return "broker: rejected: " + r.Reason.String()
+	}
+	return "broker: rejected: " + r.Reason.String() + ": " + r.Err.Error()
+}
+
+// Unwrap returns the cause, so errors.Is finds ErrMessageTooLarge and the
+// like through a Rejection.
+func (r *Rejection) Unwrap() error { return r.Err }
+
+// Rejecter is an optional ability of a Handler: it builds the reply a
+// caller gets for a request the broker rejected (req carries what could be
+// decoded of it; possibly nothing but its ID). A nil reply means the
+// caller gets none. Middleware that wraps a Rejecter should forward
+// Reject (see [RejectReply]).
+type Rejecter interface {
+	Reject(req *Message, r *Rejection) *Message
+}
+
+// RejectReply returns h's reply to the rejection r of req, or nil when h is
+// not a [Rejecter].
+func RejectReply(h Handler, req *Message, r *Rejection) *Message {
+	if rj, ok := h.(Rejecter); ok {
+		return rj.Reject(req, r)
+	}
+	return nil
+}

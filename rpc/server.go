@@ -202,6 +202,17 @@ func (s *Server) ServeMessage(ctx context.Context, req *broker.Message) (*broker
 	return reply, nil
 }
 
+// Reject implements broker.Rejecter: it builds the status reply for a
+// request the broker rejected (InvalidArgument for a malformed request,
+// ResourceExhausted for a message too large, DeadlineExceeded for an
+// expired one, Unavailable when the server stopped before it answered).
+// The transport writes no status of its own.
+func (s *Server) Reject(_ *broker.Message, r *broker.Rejection) *broker.Message {
+	return ErrorReply(&Error{code: rejectionCode(r.Reason), err: r})
+}
+
+var _ broker.Rejecter = (*Server)(nil)
+
 func (s *Server) dispatch(ctx context.Context, req *broker.Message) (reply *broker.Message, err error) {
 	if req.Expired(time.Now()) {
 		return nil, Errorf(DeadlineExceeded, "deadline passed before the request was served")

@@ -128,6 +128,21 @@ func CodeOf(err error) Code {
 	return Unknown
 }
 
+// rejectionCode is the status code of a broker's rejection.
+func rejectionCode(r broker.Reason) Code {
+	switch r {
+	case broker.Malformed:
+		return InvalidArgument
+	case broker.TooLarge:
+		return ResourceExhausted
+	case broker.Expired:
+		return DeadlineExceeded
+	case broker.Unavailable:
+		return Unavailable
+	}
+	return Unknown
+}
+
 // asError returns err as an *Error, converting local failures with CodeOf.
 func asError(err error) *Error {
 	var e *Error

@@ -11,9 +11,9 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqrpc/mqrpc/broker"
-	"github.com/mqrpc/mqrpc/internal/deliveryctx"
-	"github.com/mqrpc/mqrpc/internal/dispatch"
-	"github.com/mqrpc/mqrpc/internal/msgpool"
+	"github.com/mqrpc/mqrpc/broker/kernel/deliveryctx"
+	"github.com/mqrpc/mqrpc/broker/kernel/dispatch"
+	"github.com/mqrpc/mqrpc/broker/kernel/msgpool"
 )
 
 // Serve implements broker.Broker. It declares the request queue, sets the

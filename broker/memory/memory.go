@@ -19,8 +19,7 @@ import (
 	"time"
 
 	"github.com/mqrpc/mqrpc/broker"
-	"github.com/mqrpc/mqrpc/internal/deliveryctx"
-	"github.com/mqrpc/mqrpc/internal/msgpool"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 )
 
 // Broker is a connection to an in-process broker. New creates a broker and
@@ -33,9 +32,9 @@ type Broker struct {
 
 	mu       sync.Mutex
 	closed   bool
-	done     chan struct{}              // closed by Close
-	inflight map[chan result]struct{}   // requests waiting for a reply
-	subs     map[*subscription]struct{} // running subscriptions
+	done     chan struct{}                               // closed by Close
+	inflight map[chan result]struct{}                    // requests waiting for a reply
+	subs     map[*kernel.Subscription[delivery]]struct{} // running subscriptions
 }
 
 // hub is the broker itself: the routing table and the faults, shared by
@@ -63,6 +62,7 @@ type group struct {
 type delivery struct {
 	msg   *broker.Message
 	reply chan result // nil for one-way
+	each  bool        // a Gather delivery: reply is its own, and gets an end marker
 }
 
 type result struct {
@@ -111,7 +111,7 @@ func (h *hub) connect() *Broker {
 		hub:      h,
 		done:     make(chan struct{}),
 		inflight: make(map[chan result]struct{}),
-		subs:     make(map[*subscription]struct{}),
+		subs:     make(map[*kernel.Subscription[delivery]]struct{}),
 	}
 }
 
@@ -195,17 +195,17 @@ func (h *hub) dropReply() bool {
 
 // Request implements broker.Broker.
 func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Message, error) {
-	ctx, cancel := effectiveDeadline(ctx, req)
+	const op = "memory: request"
+	ctx, cancel, err := kernel.Prepare(ctx, req, op)
 	defer cancel()
-	if req.Expired(time.Now()) {
-		return nil, fmt.Errorf("memory: request %s: deadline passed before sending: %w: %w",
-			req.Subject, broker.ErrTimeout, context.DeadlineExceeded)
+	if err != nil {
+		return nil, err
 	}
 	c := make(chan result, 1)
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return nil, fmt.Errorf("memory: request %s: %w", req.Subject, broker.ErrClosed)
+		return nil, fmt.Errorf("%s %s: %w", op, req.Subject, broker.ErrClosed)
 	}
 	b.inflight[c] = struct{}{}
 	b.mu.Unlock()
@@ -216,7 +216,7 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 	}()
 
 	if err := b.publish(ctx, req, c); err != nil {
-		return nil, fmt.Errorf("memory: request %s: %w", req.Subject, err)
+		return nil, fmt.Errorf("%s %s: %w", op, req.Subject, err)
 	}
 	select {
 	case r := <-c:
@@ -225,40 +225,26 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 		}
 		return r.msg, nil
 	case <-ctx.Done():
-		return nil, fmt.Errorf("memory: request %s: %w: %w", req.Subject, broker.ErrTimeout, ctx.Err())
+		return nil, kernel.WaitError(ctx, op, req.Subject)
 	case <-b.done:
-		return nil, fmt.Errorf("memory: request %s: %w", req.Subject, broker.ErrClosed)
+		return nil, fmt.Errorf("%s %s: %w", op, req.Subject, broker.ErrClosed)
 	}
 }
 
 // Send implements broker.Broker. It returns broker.ErrNoResponders when
 // nobody serves the subject.
 func (b *Broker) Send(ctx context.Context, msg *broker.Message) error {
+	const op = "memory: send"
+	if err := kernel.PrepareSend(ctx, msg, op); err != nil {
+		return err
+	}
 	if err := b.publish(ctx, msg, nil); err != nil {
-		return fmt.Errorf("memory: send %s: %w", msg.Subject, err)
+		return fmt.Errorf("%s %s: %w", op, msg.Subject, err)
 	}
 	return nil
 }
 
-// effectiveDeadline makes the earlier of the ctx deadline and the message
-// deadline govern both the wait and the message. When they are equal (the
-// usual case: rpc.Client copies the ctx deadline into the message) the ctx
-// is used as it is, without a timer of its own.
-func effectiveDeadline(ctx context.Context, m *broker.Message) (context.Context, context.CancelFunc) {
-	if d, ok := ctx.Deadline(); ok && (m.Deadline.IsZero() || !m.Deadline.Before(d)) {
-		m.Deadline = d
-		return ctx, func() {}
-	}
-	if !m.Deadline.IsZero() {
-		return context.WithDeadline(ctx, m.Deadline)
-	}
-	return ctx, func() {}
-}
-
 func (b *Broker) publish(ctx context.Context, m *broker.Message, c chan result) error {
-	if m.ID == "" {
-		m.ID = broker.NewID()
-	}
 	select {
 	case <-b.done:
 		return broker.ErrClosed
@@ -309,13 +295,12 @@ func (b *Broker) publish(ctx context.Context, m *broker.Message, c chan result) 
 	return nil
 }
 
-// newInbound copies m for a handler, with header names in lower case, as
-// every network broker delivers them. The copy keeps a handler that
+// decode copies m for a handler into in, with header names in lower case,
+// as every network broker delivers them. The copy keeps a handler that
 // changes its message or header from touching the caller's (whose header
 // may be shared with other calls, see broker.Broker) or another
-// delivery's; release it with msgpool.Put once the handler returned.
-func newInbound(m *broker.Message) *broker.Message {
-	in := msgpool.Get()
+// delivery's.
+func decode(m, in *broker.Message) {
 	h := in.Header
 	*in = *m
 	if len(m.Header) > 0 && h == nil {
@@ -325,14 +310,14 @@ func newInbound(m *broker.Message) *broker.Message {
 		h[strings.ToLower(k)] = v
 	}
 	in.Header = h
-	return in
 }
 
-// Serve implements broker.Broker. Each subscription runs Concurrency
-// goroutines that compete with the other subscriptions of the same queue.
+// Serve implements broker.Broker. Each subscription serves up to
+// Concurrency requests at once, competing with the other subscriptions of
+// the same queue.
 func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOption) (broker.Subscription, error) {
-	if subject == "" {
-		return nil, fmt.Errorf("memory: serve: empty subject")
+	if subject == "" || h == nil {
+		return nil, fmt.Errorf("memory: serve %q: empty subject or nil handler", subject)
 	}
 	cfg := broker.NewServeConfig(subject, opts...)
 	b.mu.Lock()
@@ -354,116 +339,113 @@ func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOpt
 	}
 	g.subs++
 	hb.mu.Unlock()
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &subscription{
-		b: b, subject: subject, queue: cfg.Queue, g: g, h: h,
-		quit: make(chan struct{}), ctx: ctx, cancel: cancel,
-	}
+	d := &driver{b: b, subject: subject, queue: cfg.Queue, ch: g.ch, quit: make(chan struct{})}
+	d.leaveFn = func() { b.hub.leave(subject, cfg.Queue, g) }
+	s := kernel.Serve[delivery](d, subject, h, cfg, kernel.Options{Name: "memory"})
 	b.subs[s] = struct{}{}
-	s.wg.Add(cfg.Concurrency)
-	for i := 0; i < cfg.Concurrency; i++ {
-		go s.work()
-	}
+	d.sub = s
 	return s, nil
 }
 
-type subscription struct {
+// driver is the wire of one subscription (Serve or ServeEach): a channel
+// of deliveries.
+type driver struct {
 	b              *Broker
 	subject, queue string
-	g              *group
-	h              broker.Handler
+	ch             chan delivery
+	sub            *kernel.Subscription[delivery]
+	leaveFn        func()
 
-	quit     chan struct{} // closed by Stop: take no new messages
-	stopOnce sync.Once
-	ctx      context.Context // parent of every delivery; cancelled by Close
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
+	quit chan struct{} // closed by Drain or Abort: take no new messages
+	once sync.Once
 }
 
-func (s *subscription) work() {
-	defer s.wg.Done()
-	for {
-		// Check quit first so a stopped subscription takes nothing more
-		// even when messages are waiting.
-		select {
-		case <-s.quit:
-			return
-		default:
-		}
-		select {
-		case <-s.quit:
-			return
-		case <-s.b.done:
-			return
-		case d := <-s.g.ch:
-			s.handle(d)
-		}
-	}
-}
+var _ kernel.Driver[delivery] = (*driver)(nil)
 
-func (s *subscription) handle(d delivery) {
-	if d.msg.Expired(time.Now()) {
-		return // the caller has given up: never serve it
-	}
-	m := newInbound(d.msg)
-	defer msgpool.Put(m)
-	ctx := s.ctx
-	if !m.Deadline.IsZero() {
-		dc := deliveryctx.New(ctx, m.Deadline)
-		defer dc.Release()
-		ctx = dc
-	}
-	reply, err := s.h.ServeMessage(ctx, m)
-	if d.reply == nil || err != nil || reply == nil {
-		// One-way, a failed delivery (nothing to redeliver to in
-		// memory), or no answer: the caller gets no reply.
-		return
-	}
-	if s.b.hub.faulty.Load() && s.b.hub.dropReply() {
-		return
+// Next implements kernel.Driver.
+func (d *driver) Next(ctx context.Context) (delivery, bool) {
+	// Check quit first so a stopped subscription takes nothing more even
+	// when messages are waiting.
+	select {
+	case <-d.quit:
+		return delivery{}, false
+	default:
 	}
 	select {
-	case d.reply <- result{msg: reply}:
+	case <-d.quit:
+	case <-d.b.done:
+	case <-ctx.Done():
+	case m := <-d.ch:
+		return m, true
+	}
+	return delivery{}, false
+}
+
+// Decode implements kernel.Driver.
+func (d *driver) Decode(m delivery, into *broker.Message) error {
+	decode(m.msg, into)
+	return nil
+}
+
+// Reply implements kernel.Driver.
+func (d *driver) Reply(m delivery, rep *broker.Message) error {
+	if m.reply == nil {
+		return nil
+	}
+	if m.each {
+		out := *rep
+		out.Header = rep.Header.Clone()
+		m.reply <- result{msg: &out}
+		return nil
+	}
+	if d.b.hub.faulty.Load() && d.b.hub.dropReply() {
+		return nil
+	}
+	select {
+	case m.reply <- result{msg: rep}:
 	default: // a duplicate delivery: the caller already has its reply
 	}
+	return nil
 }
 
-// Stop implements broker.Subscription: no new messages are taken, and the
-// handlers in flight finish before Stop returns (or ctx ends).
-func (s *subscription) Stop(ctx context.Context) error {
-	s.leave()
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		s.cancel()
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("memory: stop %s: %w", s.subject, ctx.Err())
+// Settle implements kernel.Driver: there is nothing to acknowledge in
+// memory and nothing to redeliver to. A Gather delivery reports its end.
+func (d *driver) Settle(m delivery, _ kernel.Outcome) {
+	if m.each {
+		m.reply <- result{}
 	}
 }
 
-// leave takes the subscription out of its group, once: it takes no new
-// messages afterwards.
-func (s *subscription) leave() {
-	s.stopOnce.Do(func() {
-		close(s.quit)
-		s.b.mu.Lock()
-		delete(s.b.subs, s)
-		s.b.mu.Unlock()
-		h := s.b.hub
-		h.mu.Lock()
-		s.g.subs--
-		if s.g.subs == 0 {
-			if groups := h.subjects[s.subject]; groups != nil && groups[s.queue] == s.g {
-				delete(groups, s.queue)
-				if len(groups) == 0 {
-					delete(h.subjects, s.subject)
-				}
+// Drain implements kernel.Driver: the subscription leaves its group; the
+// messages waiting there go to the group's other subscriptions.
+func (d *driver) Drain() { d.leave() }
+
+// Abort implements kernel.Driver.
+func (d *driver) Abort() { d.leave() }
+
+func (d *driver) leave() {
+	d.once.Do(func() {
+		close(d.quit)
+		d.b.mu.Lock()
+		delete(d.b.subs, d.sub)
+		d.b.mu.Unlock()
+		d.leaveFn()
+	})
+}
+
+// leave takes one subscription out of group g of subject and queue.
+func (h *hub) leave(subject, queue string, g *group) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	g.subs--
+	if g.subs == 0 {
+		if groups := h.subjects[subject]; groups != nil && groups[queue] == g {
+			delete(groups, queue)
+			if len(groups) == 0 {
+				delete(h.subjects, subject)
 			}
 		}
-		h.mu.Unlock()
-	})
+	}
 }
 
 // Close implements broker.Broker: this connection's subscriptions stop
@@ -477,7 +459,7 @@ func (b *Broker) Close() error {
 	}
 	b.closed = true
 	close(b.done)
-	subs := make([]*subscription, 0, len(b.subs))
+	subs := make([]*kernel.Subscription[delivery], 0, len(b.subs))
 	for s := range b.subs {
 		subs = append(subs, s)
 	}
@@ -485,11 +467,10 @@ func (b *Broker) Close() error {
 	// Cancel the handlers in flight and wait for them, so no goroutine
 	// outlives Close (handlers are expected to honour ctx).
 	for _, s := range subs {
-		s.leave()
-		s.cancel()
+		s.Abort()
 	}
 	for _, s := range subs {
-		s.wg.Wait()
+		s.Wait()
 	}
 	return nil
 }

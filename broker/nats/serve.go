@@ -14,9 +14,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mqrpc/mqrpc/broker"
-	"github.com/mqrpc/mqrpc/internal/deliveryctx"
-	"github.com/mqrpc/mqrpc/internal/dispatch"
-	"github.com/mqrpc/mqrpc/internal/msgpool"
+	"github.com/mqrpc/mqrpc/broker/kernel/deliveryctx"
+	"github.com/mqrpc/mqrpc/broker/kernel/dispatch"
+	"github.com/mqrpc/mqrpc/broker/kernel/msgpool"
 )
 
 // Status codes the broker itself puts in replies (gRPC's numbers, as in

@@ -13,7 +13,7 @@ import (
 	"github.com/apache/rocketmq-client-go/v2/primitive"
 
 	"github.com/mqrpc/mqrpc/broker"
-	"github.com/mqrpc/mqrpc/internal/deliveryctx"
+	"github.com/mqrpc/mqrpc/broker/kernel/deliveryctx"
 )
 
 // topicCreateWait bounds how long Serve waits for a topic it asked the

@@ -73,6 +73,12 @@ func (m *meter) counters(name string) *counters {
 	return c
 }
 
+// Reject forwards broker.Rejecter to the wrapped handler, so the status
+// replies of rejected requests are still built by it (rpc.Server).
+func (m *meter) Reject(req *broker.Message, r *broker.Rejection) *broker.Message {
+	return broker.RejectReply(m.next, req, r)
+}
+
 // ServeMessage counts the call around the wrapped handler.
 func (m *meter) ServeMessage(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 	c := m.counters(req.Header.Get(broker.HeaderMethod))

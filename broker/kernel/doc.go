@@ -1,0 +1,17 @@
+// Package kernel is what every broker does the same way, so that a broker
+// implements only its wire. It owns:
+//
+//   - the preamble of Request and Send: [Prepare] fills the message ID and
+//     makes the earlier of the ctx deadline and the message deadline govern
+//     both the wait and the message; [TTL] turns a deadline into a clamped
+//     time to live; [WaitError] says why a wait ended;
+//   - the delivery pipeline: decode → expired? → delivery ctx → recover →
+//     handler → reply / ack / nack, run by [Serve] over a [Driver];
+//   - the Serve / Stop / drain / abort lifecycle and the worker pool
+//     (package dispatch), with the lazy delivery context (package
+//     deliveryctx) and pooled request messages (package msgpool);
+//   - mapping a service name onto a name a broker accepts ([MapName]).
+//
+// The broker packages of mqrpc (broker/memory, ...) are built on it, and so
+// can a broker of your own (examples/custom-broker).
+package kernel
