@@ -18,8 +18,8 @@ func ExampleRecover() {
 
 	buggy := func(next broker.Handler) broker.Handler {
 		return broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
-			var m map[string]int
-			m["oops"]++ // assignment to a nil map panics
+			var counts []int
+			counts[len(req.Body)]++ // a bug: index out of range
 			return next.ServeMessage(ctx, req)
 		})
 	}
@@ -36,6 +36,6 @@ func ExampleRecover() {
 	err := rpc.NewClient(b).Call(context.Background(), "svc", "Ping", struct{}{}, nil)
 	fmt.Println(rpc.CodeOf(err), err)
 	// Output:
-	// recovered in Ping: assignment to entry in nil map
-	// internal internal: panic: assignment to entry in nil map
+	// recovered in Ping: runtime error: index out of range [2] with length 0
+	// internal internal: panic: runtime error: index out of range [2] with length 0
 }

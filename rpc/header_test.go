@@ -147,3 +147,18 @@ func TestWithHeaderReserved(t *testing.T) {
 	require.NoError(t, c.Call(ctx, "calc", "Add", &addReq{A: 1, B: 1}, &out, rpc.WithHeader("mqrpc-version", "v2"), rpc.WithHeader("x-tenant", "a")))
 	assert.Equal(t, 2, out.Sum)
 }
+
+// RequestMessage gives a handler the request it serves (ID, subject,
+// deadline), and nil outside a handler.
+func TestRequestMessage(t *testing.T) {
+	srv, c, _ := newPair(t, nil)
+	require.NoError(t, rpc.Handle(srv, "Who", func(ctx context.Context, _ *addReq) (*string, error) {
+		m := rpc.RequestMessage(ctx)
+		s := m.ID + " " + m.Subject + " " + strconv.FormatBool(!m.Deadline.IsZero())
+		return &s, nil
+	}))
+	var out string
+	require.NoError(t, c.Call(context.Background(), "calc", "Who", &addReq{}, &out, rpc.WithMessageID("id-7")))
+	assert.Equal(t, "id-7 calc true", out)
+	assert.Nil(t, rpc.RequestMessage(context.Background()))
+}

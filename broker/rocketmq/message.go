@@ -40,13 +40,6 @@ const (
 // emptyBody stands in for an empty body on the wire (see propEmptyBody).
 var emptyBody = []byte{0}
 
-// RocketMQ serializes properties as name 0x01 value 0x02 ...; a header
-// containing either byte would corrupt every property after it.
-const (
-	nameValueSeparator = '\x01'
-	propertySeparator  = '\x02'
-)
-
 // maxNameLen is RocketMQ's limit for topic names (consumer groups allow 255).
 const maxNameLen = 127
 
@@ -93,6 +86,8 @@ func checkHeader(name, value string) error {
 	if strings.HasPrefix(name, "__") {
 		return fmt.Errorf("rocketmq: header %q: names starting with \"__\" are reserved by RocketMQ", name)
 	}
+	// RocketMQ serializes properties as name 0x01 value 0x02 ...; a header
+	// containing either byte would corrupt every property after it.
 	if strings.ContainsAny(name, "\x01\x02") || strings.ContainsAny(value, "\x01\x02") {
 		return fmt.Errorf("rocketmq: header %q: bytes 0x01 and 0x02 cannot be carried in RocketMQ properties", name)
 	}

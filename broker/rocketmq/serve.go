@@ -190,7 +190,6 @@ type subscription struct {
 	mu       sync.Mutex
 	stopping bool
 	inflight sync.WaitGroup
-	stopOnce sync.Once
 	stopped  chan struct{}
 	stopErr  error
 }

@@ -164,8 +164,8 @@ func handlerWithNestedCall(client *rpc.Client) func(ctx context.Context, in *Add
 	}
 }
 
-// Compiled, not run: it serves until SIGINT or SIGTERM.
-func Example_run() {
+// runUntilSignal is compiled, not run: it serves until SIGINT or SIGTERM.
+func runUntilSignal() {
 	b, err := dial.Open("embedded:")
 	if err != nil {
 		log.Fatal(err)
@@ -184,8 +184,8 @@ func Example_run() {
 	}
 }
 
-// Compiled, not run: the server process of the two-process example.
-func Example_serverProcess() {
+// serverProcess is compiled, not run: the server of the two-process example.
+func serverProcess() {
 	ns, err := embedded.Start(embedded.WithPort(4333)) // a NATS server inside this process
 	if err != nil {
 		log.Fatal(err)
@@ -206,8 +206,8 @@ func Example_serverProcess() {
 	}
 }
 
-// Compiled, not run: the client process of the two-process example.
-func Example_clientProcess() {
+// clientProcess is compiled, not run: the client of the two-process example.
+func clientProcess() {
 	b, err := dial.Open("nats://127.0.0.1:4333")
 	if err != nil {
 		log.Fatal(err)
@@ -221,8 +221,8 @@ func Example_clientProcess() {
 	fmt.Println(sum.Sum)
 }
 
-// Compiled, not run: brokers by URL, and the durable modes.
-func Example_realBrokers() {
+// realBrokers is compiled, not run: brokers by URL, and the durable modes.
+func realBrokers() {
 	b, err := dial.Open(os.Getenv("MQRPC_BROKER")) // memory:, embedded:, nats://, amqp://, rocketmq://
 	if err != nil {
 		log.Fatal(err)
@@ -241,6 +241,10 @@ func Example_realBrokers() {
 	}
 	defer rabbit.Close()
 }
+
+// The guide's programs that need a real broker or run until a signal are
+// compiled, not run.
+var _ = []func(){runUntilSignal, serverProcess, clientProcess, realBrokers}
 
 // Every Go block of docs/GUIDE.md appears in this file (indentation and
 // blank lines aside), so the guide shows only code that compiles.

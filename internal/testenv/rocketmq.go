@@ -1,10 +1,10 @@
 package testenv
 
 import (
+	"go/build"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -47,7 +47,7 @@ func RerunWithoutRace(t *testing.T, pattern string) {
 	if os.Getenv(childEnv) != "" {
 		t.Fatal("recursive child run")
 	}
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	goBin := filepath.Join(build.Default.GOROOT, "bin", "go") // the toolchain running this test
 	if _, err := os.Stat(goBin); err != nil {
 		goBin = "go"
 	}
