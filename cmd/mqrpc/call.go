@@ -28,7 +28,7 @@ type callFlags struct {
 
 func (f *callFlags) register(c *cobra.Command) {
 	c.Flags().StringArrayVarP(&f.headers, "header", "H", nil, `request header "Name: value" (repeatable)`)
-	c.Flags().StringVar(&f.codec, "codec", "json", "wire codec: json, msgpack (the JSON converted), or auto (msgpack when the service's INFO says it takes msgpack and not JSON)")
+	c.Flags().StringVar(&f.codec, "codec", "auto", "wire codec: json; msgpack or proto (the JSON converted); auto asks the service's INFO: proto for gRPC methods, msgpack for services that take it and not JSON, else json")
 }
 
 // target is a parsed call: where to, and the request in JSON.
@@ -76,15 +76,20 @@ func parseTarget(args []string, stdin io.Reader, f *callFlags) (*target, error) 
 		t.header[name] = strings.TrimSpace(value)
 	}
 	switch f.codec {
-	case "auto", "json", "msgpack":
+	case "auto", "json", "msgpack", "proto":
 	default:
-		return nil, fail(rpc.InvalidArgument, "unknown codec %q (want json, msgpack or auto)", f.codec)
+		return nil, fail(rpc.InvalidArgument, "unknown codec %q (want auto, json, msgpack or proto)", f.codec)
 	}
 	return t, nil
 }
 
-// cut splits SERVICE.METHOD at the last dot (service names may have dots).
+// cut splits SERVICE.METHOD at the last dot (service names may have
+// dots), or SERVICE./pkg.Service/Method (a gRPC method's full name) at the
+// "./".
 func cut(s string) (service, method string, ok bool) {
+	if i := strings.Index(s, "./"); i > 0 {
+		return s[:i], s[i+1:], len(s) > i+2
+	}
 	i := strings.LastIndexByte(s, '.')
 	if i <= 0 || i == len(s)-1 {
 		return "", "", false
@@ -108,8 +113,8 @@ func (w wire) Unmarshal(data []byte, v any) error {
 	return nil
 }
 
-// caller makes calls of one target with a codec chosen once.
-type caller struct {
+// codecCall is a call in JSON or msgpack.
+type codecCall struct {
 	client *rpc.Client
 	t      *target
 	cd     wire
@@ -117,9 +122,31 @@ type caller struct {
 	opts   []rpc.CallOption
 }
 
-func (a *app) newCaller(b broker.Broker, t *target, f *callFlags) (*caller, error) {
+// caller makes calls of one target, JSON in and out.
+type caller interface {
+	call(ctx context.Context) ([]byte, error)
+}
+
+// newCaller chooses how to call t: for --codec auto (the default) it asks
+// the service's INFO, and calls a gRPC method (one with proto descriptors)
+// in protobuf, a service that takes msgpack and not JSON in msgpack, and
+// anything else in JSON.
+func (a *app) newCaller(b broker.Broker, t *target, f *callFlags) (caller, error) {
+	var info *control.InfoResponse
+	if f.codec == "auto" || f.codec == "proto" {
+		info = a.info(b, t.service)
+		if m, err := findProtoMethod(info, t.method); err != nil || m != nil {
+			if err != nil {
+				return nil, err
+			}
+			return newProtoCall(b, t, m)
+		}
+		if f.codec == "proto" {
+			return nil, fail(rpc.InvalidArgument, "--codec proto: %s.%s has no proto descriptors in its INFO", t.service, t.method)
+		}
+	}
 	cd := wire(jsoncodec.Codec{}.Name())
-	if f.codec == "msgpack" || (f.codec == "auto" && a.prefersMsgpack(b, t.service)) {
+	if f.codec == "msgpack" || (f.codec == "auto" && prefersMsgpack(info)) {
 		cd = wire(msgpackcodec.Name)
 	}
 	req := t.body
@@ -129,24 +156,32 @@ func (a *app) newCaller(b broker.Broker, t *target, f *callFlags) (*caller, erro
 			return nil, fail(rpc.InvalidArgument, "convert the request to msgpack: %v", err)
 		}
 	}
-	c := &caller{client: rpc.NewClient(b, rpc.WithCodec(cd)), t: t, cd: cd, req: req}
+	c := &codecCall{client: rpc.NewClient(b, rpc.WithCodec(cd)), t: t, cd: cd, req: req}
 	for k, v := range t.header {
 		c.opts = append(c.opts, rpc.WithHeader(k, v))
 	}
 	return c, nil
 }
 
-// prefersMsgpack asks one instance of service which codecs it accepts: a
-// service that takes msgpack and not JSON is called in msgpack.
-func (a *app) prefersMsgpack(b broker.Broker, service string) bool {
+// info returns the INFO of one instance of service, or nil when none
+// answered within a second (or --timeout, if shorter).
+func (a *app) info(b broker.Broker, service string) *control.InfoResponse {
 	ctx, cancel := withTimeout(min(a.timeout, time.Second))
 	defer cancel()
 	infos, err := control.Discover[control.InfoResponse](ctx, b, control.Name(service), "")
 	if err != nil || len(infos) == 0 {
+		return nil
+	}
+	return &infos[0]
+}
+
+// prefersMsgpack reports whether a service takes msgpack and not JSON.
+func prefersMsgpack(info *control.InfoResponse) bool {
+	if info == nil {
 		return false
 	}
 	json, mp := false, false
-	for _, c := range infos[0].Codecs {
+	for _, c := range info.Codecs {
 		json = json || c == jsoncodec.Codec{}.Name()
 		mp = mp || c == msgpackcodec.Name
 	}
@@ -154,7 +189,7 @@ func (a *app) prefersMsgpack(b broker.Broker, service string) bool {
 }
 
 // call makes one call and returns the reply as JSON.
-func (c *caller) call(ctx context.Context) ([]byte, error) {
+func (c *codecCall) call(ctx context.Context) ([]byte, error) {
 	var out []byte
 	if err := c.client.Call(ctx, c.t.service, c.t.method, c.req, &out, c.opts...); err != nil {
 		return nil, err
@@ -172,9 +207,10 @@ func (a *app) callCmd() *cobra.Command {
 		Short: "Call a method with a JSON request and print the JSON reply",
 		Long: `call sends one request and prints the reply as JSON. The request is the
 JSON argument ("-" reads it from stdin; default {}); it is checked before
-anything is sent. A service that accepts msgpack and not JSON gets the request
-in msgpack and its reply is converted back with --codec msgpack, or with
---codec auto when the service says (INFO) that it takes msgpack and not JSON.
+anything is sent. With --codec auto (the default) call asks the service's INFO
+how to send it: a gRPC method (served through adapters/grpc) gets protobuf,
+converted with the method's descriptors, a service that takes msgpack and not
+JSON gets msgpack, and the reply is converted back to JSON.
 
 The exit status is the status code of the reply (0 OK, 3 InvalidArgument,
 4 DeadlineExceeded, 5 NotFound, 12 Unimplemented, 14 Unavailable, ...), with

@@ -12,12 +12,16 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"github.com/stretchr/testify/require"
 
+	mqgrpc "github.com/mqrpc/mqrpc/adapters/grpc"
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/dial"
 	"github.com/mqrpc/mqrpc/broker/nats/embedded"
 	"github.com/mqrpc/mqrpc/internal/testenv"
+	"github.com/mqrpc/mqrpc/rpc/control"
 )
 
 func TestMain(m *testing.M) {
@@ -69,6 +73,18 @@ func TestScripts(t *testing.T) {
 					_ = srv.Stop(ctx)
 				})
 			}
+			// A gRPC service through adapters/grpc: the health
+			// service of grpc-go.
+			gsvc := "Health_" + id
+			gsrv := mqgrpc.NewServer()
+			healthpb.RegisterHealthServer(gsrv, health.NewServer())
+			g, err := control.Serve(b, gsvc, gsrv)
+			require.NoError(t, err)
+			t.Cleanup(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				_ = g.Stop(ctx)
+			})
 			waitServing(t, b, svc)
 			testscript.Run(t, testscript.Params{
 				Dir: "testdata/script",
@@ -77,6 +93,7 @@ func TestScripts(t *testing.T) {
 					env.Setenv("SVC", svc)
 					env.Setenv("MSVC", msvc)
 					env.Setenv("SSVC", ssvc)
+					env.Setenv("GSVC", gsvc)
 					env.Setenv("ID", id)
 					env.Setenv("BROKER_KIND", name)
 					return nil
