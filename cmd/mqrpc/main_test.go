@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"github.com/stretchr/testify/require"
 
 	mqgrpc "github.com/mqrpc/mqrpc/adapters/grpc"
 	"github.com/mqrpc/mqrpc/broker"
