@@ -67,3 +67,35 @@ func TestSignerMaxSkew(t *testing.T) {
 		assert.Equal(t, tt.want, rpc.CodeOf(rpc.ErrorFromReply(reply)), "skew %v", tt.skew)
 	}
 }
+
+// Retry waits with full jitter: uniformly between zero and a cap that
+// grows from the initial backoff by the multiplier up to the maximum.
+func TestRetryBackoffFullJitter(t *testing.T) {
+	caps := map[int]time.Duration{2: time.Millisecond, 3: 2 * time.Millisecond, 4: 3 * time.Millisecond}
+	waits := map[int][]time.Duration{}
+	h := middleware.Retry(
+		middleware.WithMaxAttempts(4),
+		middleware.WithBackoff(time.Millisecond, 3*time.Millisecond, 2),
+		middleware.WithRetryBudget(middleware.UnlimitedRetryBudget()),
+		middleware.OnRetry(func(_ context.Context, _ rpc.CallInfo, attempt int, _ error, wait time.Duration) {
+			waits[attempt] = append(waits[attempt], wait)
+		}),
+	)(broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
+		return nil, rpc.Errorf(rpc.Unavailable, "down")
+	}))
+	for range 100 {
+		_, err := h.ServeMessage(govCallCtx(t, true), &broker.Message{ID: "x"})
+		require.Equal(t, rpc.Unavailable, rpc.CodeOf(err))
+	}
+	for attempt, cp := range caps {
+		ws := waits[attempt]
+		require.Len(t, ws, 100, "attempt %d", attempt)
+		lo, hi := ws[0], ws[0]
+		for _, w := range ws {
+			lo, hi = min(lo, w), max(hi, w)
+		}
+		assert.LessOrEqual(t, hi, cp, "attempt %d: never above the cap", attempt)
+		assert.Greater(t, hi, cp*3/4, "attempt %d: up to the cap", attempt)
+		assert.Less(t, lo, cp/4, "attempt %d: down to zero", attempt)
+	}
+}
