@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/rpc/control"
 )
 
 // DefaultDrainTimeout is how long Run lets requests in flight finish when
@@ -17,7 +18,9 @@ const DefaultDrainTimeout = 30 * time.Second
 // Run serves h on each subject of b until ctx ends, then shuts down
 // gracefully: it stops taking requests, lets those in flight finish and
 // send their replies for up to DefaultDrainTimeout (StopAll), and closes
-// b. It returns nil after a clean shutdown, or the error that kept it
+// b. Each subject is served with the control plane on (control.Serve, as
+// Server.Serve does), so the instance shows in discovery and reports
+// NOT_SERVING while it drains. It returns nil after a clean shutdown, or the error that kept it
 // from serving or from stopping. A program's main often reads:
 //
 //	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -40,7 +43,7 @@ func RunDrain(ctx context.Context, b broker.Broker, h broker.Handler, drain time
 		return errors.Join(StopAll(dctx, subs...), b.Close())
 	}
 	for _, s := range subjects {
-		sub, err := b.Serve(s, h)
+		sub, err := control.Serve(b, s, h)
 		if err != nil {
 			return errors.Join(fmt.Errorf("rpc: serve %s: %w", s, err), stop())
 		}
