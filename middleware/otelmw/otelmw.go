@@ -204,7 +204,7 @@ func newInstruments(m metric.Meter, side string) (instruments, error) {
 // outermost to measure whole calls as the caller sees them. The request is
 // not modified: the trace headers go into a copy of it.
 func (in *Instrumentation) Client() rpc.Middleware {
-	return func(next broker.Handler) broker.Handler {
+	return rpc.ClientOnly("otelmw.Instrumentation.Client", func(next broker.Handler) broker.Handler {
 		return broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 			start := time.Now()
 			subject, method := req.Subject, req.Header.Get(broker.HeaderMethod)
@@ -239,7 +239,7 @@ func (in *Instrumentation) Client() rpc.Middleware {
 			in.finish(ctx, span, &in.client, base, start, code, code != rpc.OK, failed, msgText)
 			return reply, err
 		})
-	}
+	})
 }
 
 // Server returns the server middleware: a process span per delivered
@@ -249,7 +249,7 @@ func (in *Instrumentation) Client() rpc.Middleware {
 // client) join the same trace. Put it outermost, so requests refused by
 // other middleware are traced and counted too.
 func (in *Instrumentation) Server() rpc.Middleware {
-	return func(next broker.Handler) broker.Handler {
+	return rpc.ServerOnly("otelmw.Instrumentation.Server", func(next broker.Handler) broker.Handler {
 		return broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 			start := time.Now()
 			subject, method := req.Subject, req.Header.Get(broker.HeaderMethod)
@@ -275,7 +275,7 @@ func (in *Instrumentation) Server() rpc.Middleware {
 			in.finish(ctx, span, &in.server, base, start, code, failed || isServerFault(code), failed, msgText)
 			return reply, err
 		})
-	}
+	})
 }
 
 func (in *Instrumentation) baseAttrs(subject, method string) []attribute.KeyValue {
