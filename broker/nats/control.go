@@ -157,8 +157,15 @@ func (b *Broker) Gather(ctx context.Context, req *broker.Message, max int, fn fu
 		return fmt.Errorf("nats: gather %s: %w", req.Subject, mapPublishError(err))
 	}
 	first := true
+	// Close does not end ctx: look at the connection now and then.
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		select {
+		case <-tick.C:
+			if b.closed.Load() {
+				return fmt.Errorf("nats: gather %s: %w", req.Subject, broker.ErrClosed)
+			}
 		case m := <-ch:
 			if isNoResponders(m) {
 				if first {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -130,6 +131,12 @@ succeeded, else the status code of the most frequent error.`,
 			}
 			done := make(chan struct{})
 			go func() { wg.Wait(); close(done) }()
+			// On a terminal the progress line rewrites itself; elsewhere
+			// (a log, a pipe) each second gets a line.
+			lineStart, lineEnd := "", "\n"
+			if isTerminal(a.errw) {
+				lineStart, lineEnd = "\r\033[K", ""
+			}
 			tick := time.NewTicker(time.Second)
 			defer tick.Stop()
 			var last int64
@@ -147,11 +154,14 @@ succeeded, else the status code of the most frequent error.`,
 					p50, p99 := rec.interval.ValueAtQuantile(50), rec.interval.ValueAtQuantile(99)
 					rec.interval.Reset()
 					rec.mu.Unlock()
-					fmt.Fprintf(a.errw, "%6s  %9d calls  %9.0f/s  errors %d  p50 %s  p99 %s\n",
+					fmt.Fprintf(a.errw, "%s%6s  %9d calls  %9.0f/s  errors %d  p50 %s  p99 %s%s", lineStart,
 						now.Sub(start).Round(time.Second), n, float64(n-last), rec.failed.Load(),
-						micros(p50), micros(p99))
+						micros(p50), micros(p99), lineEnd)
 					last = n
 				}
+			}
+			if lineEnd == "" && !quiet {
+				fmt.Fprintln(a.errw)
 			}
 			elapsed := time.Since(start)
 			report(a.out, t, concurrency, elapsed, rec)
@@ -236,4 +246,14 @@ func errText(err error) string {
 		return e.Message()
 	}
 	return err.Error()
+}
+
+// isTerminal reports whether w is a terminal (a character device).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
