@@ -167,14 +167,6 @@ func startNode(t *testing.T, kind string) *chaos.Node {
 	return n
 }
 
-// open connects to node in target's mode and closes the broker at cleanup.
-func open(t *testing.T, target chaos.Target, node *chaos.Node, name string) broker.Broker {
-	t.Helper()
-	b, err := target.Open(node.Addr, "chaos-"+name)
-	require.NoError(t, err, "%s: connect to %s", target.Name, node.Addr)
-	t.Cleanup(func() { _ = b.Close() })
-	return b
-}
 
 // newClient returns the client under load: a Retry that may repeat any
 // call (the servers deduplicate by message ID) over b.
