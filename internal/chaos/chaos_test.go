@@ -167,7 +167,6 @@ func startNode(t *testing.T, kind string) *chaos.Node {
 	return n
 }
 
-
 // newClient returns the client under load: a Retry that may repeat any
 // call (the servers deduplicate by message ID) over b.
 func newClient(b broker.Broker) *rpc.Client {

@@ -505,6 +505,18 @@ func StartChild(env []string, log *ExecLog, timeout time.Duration) (*Child, erro
 // Exited is closed when the child process has ended.
 func (c *Child) Exited() <-chan struct{} { return c.exited }
 
+// Busy reports whether the child has Work requests in flight and has
+// started at least min of them.
+func (c *Child) Busy(min int64) bool { return c.started.Load() >= min && c.inFlight.Load() > 0 }
+
+// InFlight returns the Work requests the child started and did not finish.
+func (c *Child) InFlight() int64 { return c.inFlight.Load() }
+
+// Kill sends SIGKILL and waits for the process to end.
+func (c *Child) Kill() {
+	_ = c.cmd.Process.Signal(syscall.SIGKILL)
+	<-c.exited
+}
 
 // Stop asks the child to drain and exit by closing its stdin, and kills it
 // after timeout.
