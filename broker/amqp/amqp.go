@@ -14,8 +14,11 @@
 // In fast mode (the default) request queues are transient and auto-deleted
 // with their last server, and messages are not persistent. Durable mode
 // (WithDurable) uses durable classic or quorum queues, persistent messages,
-// publisher confirms, acknowledgement after the reply, and dead-lettering
-// after repeated failures.
+// publisher confirms, acknowledgement after the reply, retries with backoff
+// through retry queues, and dead-lettering after repeated failures, a
+// server lost while holding the request (crashed, disconnected) counting as
+// one: a request that crashes its server is dead-lettered too, and runs
+// alone before then, so it takes no other request with it.
 //
 // A Broker reconnects by itself when its connection or a channel is lost:
 // with backoff, re-declaring its topology and resuming its subscriptions and
@@ -54,6 +57,9 @@ type Broker struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine the broker owns
+
+	// isolate lets a suspect request run alone in durable mode.
+	isolate isolation
 
 	mu     sync.Mutex
 	sess   *session      // nil while reconnecting

@@ -3,6 +3,7 @@ package amqp_test
 import (
 	"context"
 	"errors"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -19,6 +20,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(crashChildEnv) != "" {
+		os.Exit(runCrashChild())
+	}
 	goleak.VerifyTestMain(m)
 }
 

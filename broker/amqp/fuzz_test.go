@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"math"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -75,7 +76,7 @@ func FuzzDelivery(f *testing.F) {
 			served = append(served, req.Subject) // not req: the broker reuses it
 			return &broker.Message{Header: req.Header.Clone(), Body: req.Body}, nil
 		}))
-		sub.handle(nil, &d)
+		sub.handle(nil, &d, false)
 		require.Len(t, ack.settled, 1, "settled %v", ack.settled)
 		switch {
 		case err != nil:
@@ -146,8 +147,13 @@ func checkPublishing(t *testing.T, m *broker.Message) {
 	now := time.Now()
 	p := toPublishing(m, m.Deadline, now, false)
 	require.NoError(t, p.Headers.Validate())
-	if !m.Deadline.IsZero() {
+	if !m.Deadline.IsZero() && m.Deadline.Sub(now) <= maxExpiration {
 		require.NotEmpty(t, p.Expiration)
+	}
+	if p.Expiration != "" {
+		ms, err := strconv.ParseInt(p.Expiration, 10, 64)
+		require.NoError(t, err)
+		require.LessOrEqual(t, ms, maxExpiration.Milliseconds(), "RabbitMQ refuses a longer expiration")
 	}
 	back, err := fromDelivery(&amqp091.Delivery{
 		MessageId: p.MessageId, ContentType: p.ContentType, Type: p.Type, Headers: p.Headers,

@@ -47,6 +47,10 @@ const (
 	// DefaultHeartbeat is the AMQP heartbeat interval; it bounds how long a
 	// dead TCP connection goes unnoticed.
 	DefaultHeartbeat = 10 * time.Second
+	// DefaultRetryMinBackoff and DefaultRetryMaxBackoff bound the delay
+	// before a failed request is delivered again in durable mode.
+	DefaultRetryMinBackoff = 100 * time.Millisecond
+	DefaultRetryMaxBackoff = 5 * time.Second
 )
 
 type config struct {
@@ -62,6 +66,8 @@ type config struct {
 	queueType      QueueType
 	dlx            string
 	maxDeliveries  int
+	retryMin       time.Duration
+	retryMax       time.Duration
 	minBackoff     time.Duration
 	maxBackoff     time.Duration
 	dialTimeout    time.Duration
@@ -75,6 +81,8 @@ func newConfig(opts []Option) config {
 		queueType:     ClassicQueue,
 		dlx:           DefaultDeadLetterExchange,
 		maxDeliveries: DefaultMaxDeliveries,
+		retryMin:      DefaultRetryMinBackoff,
+		retryMax:      DefaultRetryMaxBackoff,
 		minBackoff:    100 * time.Millisecond,
 		maxBackoff:    5 * time.Second,
 		dialTimeout:   DefaultDialTimeout,
@@ -150,8 +158,9 @@ func WithLogger(l *slog.Logger) Option {
 // (ClassicQueue when empty) that survive a broker restart, persistent
 // requests, publisher confirms (Send returns once RabbitMQ stored the
 // message; a request RabbitMQ refuses, basic.nack, fails its call),
-// acknowledgement only after the reply was published, and dead-lettering
-// after repeated failures (see WithDeadLetter). On the default exchange,
+// acknowledgement only after the reply was published, retries with backoff
+// (WithRetryBackoff) and dead-lettering after repeated failures (see
+// WithDeadLetter). On the default exchange,
 // clients also declare the request queue of a subject before their first
 // request, so requests sent while no server runs are kept until one starts.
 // All clients and servers of a subject must agree on the mode and queue
@@ -167,13 +176,16 @@ func WithDurable(qt QueueType) Option {
 }
 
 // WithDeadLetter sets, for durable mode, the exchange a request is
-// published to after maxDeliveries failed deliveries (its handler returned
-// an error or panicked), and that count. The dead-lettered message keeps its
-// properties and headers and gains x-mqrpc-error (the last error) and
-// x-mqrpc-deliveries. Serve declares the exchange (direct) and a queue
-// "<queue>.dead-letter" bound to it with the queue name as routing key.
-// Defaults: DefaultDeadLetterExchange and DefaultMaxDeliveries; values
-// below 1 and "" keep the defaults.
+// published to after maxDeliveries failed deliveries, and that count. A
+// delivery fails when its handler returns an error or panics, and when it
+// is lost with its server: the process crashed, its connection or channel
+// was lost, or it stopped before handling a request it had prefetched
+// (RabbitMQ redelivers such a request flagged as redelivered). The
+// dead-lettered message keeps its properties and headers and gains
+// x-mqrpc-error (the last error) and x-mqrpc-deliveries. Serve declares the
+// exchange (direct) and a queue "<queue>.dead-letter" bound to it with the
+// queue name as routing key. Defaults: DefaultDeadLetterExchange and
+// DefaultMaxDeliveries; values below 1 and "" keep the defaults.
 func WithDeadLetter(exchange string, maxDeliveries int) Option {
 	return optionFunc(func(c *config) {
 		if exchange != "" {
@@ -181,6 +193,27 @@ func WithDeadLetter(exchange string, maxDeliveries int) Option {
 		}
 		if maxDeliveries > 0 {
 			c.maxDeliveries = maxDeliveries
+		}
+	})
+}
+
+// WithRetryBackoff sets, for durable mode, the delays before a failed
+// request is delivered again: min after its first failure, doubling with
+// every further failure up to max. The request waits in a retry queue
+// "<queue>.retry-<delay>" (one per delay, declared by Serve) and the other
+// requests of its queue go on meanwhile. Each delay is jittered down to
+// half of it. Defaults: DefaultRetryMinBackoff and DefaultRetryMaxBackoff;
+// values below 1 ms keep the defaults, and a max below min is min.
+func WithRetryBackoff(min, max time.Duration) Option {
+	return optionFunc(func(c *config) {
+		if min >= time.Millisecond {
+			c.retryMin = min
+		}
+		if max >= time.Millisecond {
+			c.retryMax = max
+		}
+		if c.retryMax < c.retryMin {
+			c.retryMax = c.retryMin
 		}
 	})
 }

@@ -16,10 +16,25 @@ const (
 	// directReplyTo is RabbitMQ's pseudo-queue for direct reply-to.
 	directReplyTo = "amq.rabbitmq.reply-to"
 	// headerFailures counts failed deliveries of a request in durable mode.
+	// Servers read it only from a delivery that came back through
+	// retryExchange, never from a request as a client published it.
 	headerFailures = "x-mqrpc-deliveries"
-	// headerError carries the last handler error of a dead-lettered request.
+	// headerError carries the last error of a retried or dead-lettered
+	// request.
 	headerError = "x-mqrpc-error"
+	// retryExchange is the internal exchange through which RabbitMQ
+	// dead-letters a request from its retry queue back to its request
+	// queue when the retry delay has passed. Clients cannot publish to an
+	// internal exchange, so a delivery from it carries a failure count a
+	// server wrote.
+	retryExchange = "mqrpc.retry"
 )
+
+// maxExpiration is the longest AMQP expiration RabbitMQ accepts (3650
+// days; it closes the channel of a publish with a longer one). A request
+// whose deadline is further away is published without an expiration: it
+// still carries its deadline, which servers check.
+const maxExpiration = 3650 * 24 * time.Hour
 
 // toPublishing maps m onto an AMQP request or one-way message, sent at now.
 // The content-type header travels as the content_type property and the
@@ -88,13 +103,22 @@ func mapMessage(m *broker.Message, deadline time.Time, now time.Time) amqp091.Pu
 		p.Headers[broker.HeaderDeadline] = broker.FormatDeadline(deadline)
 		// Rounded up so RabbitMQ never drops a request before its caller
 		// gave up; servers compare against the exact header anyway.
-		ms := (deadline.Sub(now) + time.Millisecond - 1) / time.Millisecond
-		if ms < 1 {
-			ms = 1
-		}
-		p.Expiration = strconv.FormatInt(int64(ms), 10)
+		p.Expiration = expiration(deadline.Sub(now))
 	}
 	return p
+}
+
+// expiration is the AMQP expiration of a message with left to live:
+// milliseconds, rounded up, at least 1, and "" (none) beyond maxExpiration.
+func expiration(left time.Duration) string {
+	if left > maxExpiration {
+		return ""
+	}
+	ms := (left + time.Millisecond - 1) / time.Millisecond
+	if ms < 1 {
+		ms = 1
+	}
+	return strconv.FormatInt(int64(ms), 10)
 }
 
 // fromDelivery maps a delivery back onto a Message. Header names are lower

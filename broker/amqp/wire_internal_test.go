@@ -98,6 +98,35 @@ func TestMappingForeignHeaders(t *testing.T) {
 	assert.Equal(t, broker.Header{"x-upper": "v", "x-int": "7", "x-bool": "true", "x-bytes": "raw"}, m.Header)
 }
 
+// TestExpiration: the AMQP expiration is the time left in milliseconds,
+// rounded up, never 0, and absent beyond the ten years RabbitMQ accepts
+// (it closes the channel of a publish with more), however far the deadline.
+func TestExpiration(t *testing.T) {
+	assert.Equal(t, "1", expiration(-time.Hour))
+	assert.Equal(t, "1", expiration(time.Nanosecond))
+	assert.Equal(t, "2", expiration(1500*time.Microsecond))
+	assert.Equal(t, "315360000000", expiration(maxExpiration))
+	assert.Equal(t, "", expiration(maxExpiration+time.Millisecond))
+	now := time.Now()
+	for _, dl := range []time.Time{now.Add(20 * 365 * 24 * time.Hour), time.UnixMilli(1<<63 - 1), time.Unix(1<<62, 0)} {
+		p := toPublishing(&broker.Message{Subject: "s"}, dl, now, true)
+		assert.Empty(t, p.Expiration, "deadline %v", dl)
+		assert.NotEmpty(t, p.Headers[broker.HeaderDeadline])
+	}
+}
+
+// TestRetryDelay: the retry delays double from the minimum to the maximum.
+func TestRetryDelay(t *testing.T) {
+	c := newConfig([]Option{WithRetryBackoff(100*time.Millisecond, time.Second)})
+	var got []time.Duration
+	for n := 1; n <= 6; n++ {
+		got = append(got, c.retryDelay(n))
+	}
+	ms := time.Millisecond
+	assert.Equal(t, []time.Duration{100 * ms, 200 * ms, 400 * ms, 800 * ms, time.Second, time.Second}, got)
+	assert.Equal(t, "q.retry-100ms", retryQueue("q", 100*ms))
+}
+
 func TestBackoff(t *testing.T) {
 	for n := 0; n < 20; n++ {
 		d := backoff(100*time.Millisecond, 5*time.Second, n)
