@@ -261,10 +261,12 @@ func callError(t *target, err error) error {
 	var e *rpc.Error
 	switch {
 	case errors.Is(err, broker.ErrNoResponders):
-		msg = fmt.Sprintf("no instance of service %q is serving (%v)", t.service, err)
+		msg = fmt.Sprintf("no instance of service %q is serving (%v)", t.service, errText(err))
 	case errors.Is(err, context.DeadlineExceeded):
 		msg = fmt.Sprintf("no reply from %s.%s within the timeout (%v)", t.service, t.method, err)
-	case errors.As(err, &e) && e.Wire() && e.Message() != "":
+	case errors.Is(err, broker.ErrDisconnected):
+		msg = fmt.Sprintf("cannot reach the broker (%v)", errText(err))
+	case errors.As(err, &e) && e.Message() != "":
 		msg = e.Message()
 	}
 	return &exitError{code: code, err: errors.New(msg)}

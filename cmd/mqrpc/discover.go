@@ -36,6 +36,9 @@ func discover[T control.Answer](a *app, name, id string) ([]T, error) {
 	if errors.Is(err, control.ErrNoBroadcast) {
 		return nil, fail(rpc.Unimplemented, "%s has no control plane: %v", dial.Redact(a.brokerURL), err)
 	}
+	if errors.Is(err, broker.ErrDisconnected) || errors.Is(err, broker.ErrClosed) {
+		return nil, fail(rpc.Unavailable, "cannot reach broker %s: %v", dial.Redact(a.brokerURL), err)
+	}
 	if err != nil {
 		return nil, fail(rpc.Unavailable, "%v", err)
 	}

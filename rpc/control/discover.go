@@ -57,7 +57,7 @@ func Discover[T Answer](ctx context.Context, b broker.Broker, name, id string) (
 		return true
 	})
 	if err != nil && !errors.Is(err, broker.ErrNoResponders) {
-		return out, fmt.Errorf("control: %s %s: %w", verb, name, err)
+		return out, fmt.Errorf("control: %s: %w", Subject(verb, name, id), err)
 	}
 	sort.SliceStable(out, func(i, j int) bool {
 		a, b := identityOf(out[i]), identityOf(out[j])
