@@ -214,3 +214,57 @@ func TestSameIDTwoServices(t *testing.T) {
 		})
 	}
 }
+
+// TestSuspectNestedCall: a suspect waits for the handlers running in its
+// broker, and new handlers wait for it, but neither for ever: a handler
+// calling another service of the same broker completes while a suspect
+// waits to run alone (a deadlock otherwise), and the suspect runs too.
+func TestSuspectNestedCall(t *testing.T) {
+	url, _ := vhostURL(t)
+	b := open(t, url, amqp.WithDurable(amqp.ClassicQueue))
+	outer, inner, victim := "outer-"+broker.NewID(), "inner-"+broker.NewID(), "victim-"+broker.NewID()
+	started := make(chan struct{})
+	proceed := make(chan struct{})
+	serve(t, b, outer, func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+		close(started)
+		<-proceed
+		return b.Request(ctx, &broker.Message{Subject: inner, Body: req.Body})
+	})
+	serve(t, b, inner, echo)
+	ranVictim := make(chan struct{}, 1)
+	serve(t, b, victim, func(context.Context, *broker.Message) (*broker.Message, error) {
+		ranVictim <- struct{}{}
+		return nil, nil
+	})
+
+	type res struct {
+		m   *broker.Message
+		err error
+	}
+	resc := make(chan res, 1)
+	go func() {
+		m, err := b.Request(ctxT(t, 60*time.Second), &broker.Message{Subject: outer, Body: []byte("nested")})
+		resc <- res{m, err}
+	}()
+	<-started
+	// A suspect, as a server moves one there after a lost delivery: it
+	// closes the gate and waits for the outer handler.
+	_, ch := rawChannel(t, url)
+	require.NoError(t, ch.Publish("", victim+".suspect", false, false, amqp091.Publishing{MessageId: "suspect",
+		DeliveryMode: amqp091.Persistent, Headers: amqp091.Table{"x-mqrpc-deliveries": int32(1)}}))
+	time.Sleep(500 * time.Millisecond)
+	close(proceed) // the inner handler now waits at the closed gate
+
+	select {
+	case r := <-resc:
+		require.NoError(t, r.err)
+		assert.Equal(t, "nested", string(r.m.Body))
+	case <-time.After(45 * time.Second):
+		t.Fatal("a nested call deadlocked with a suspect waiting to run alone")
+	}
+	select {
+	case <-ranVictim:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the suspect did not run")
+	}
+}
