@@ -91,7 +91,9 @@ type DedupClaim struct {
 }
 
 // DedupLease is one run's claim on a key. Its methods are not called
-// concurrently with each other.
+// concurrently with each other. Commit and Release get a context that is
+// not cancelled with the request's (the request may have timed out while
+// the method ran): the store bounds their time.
 type DedupLease interface {
 	// Renew extends the claim by its lease from now. It returns an error
 	// wrapping ErrDedupLeaseLost when the claim is no longer held.
@@ -204,6 +206,7 @@ type flight struct {
 	waiters int           // guarded by deduper.mu
 	reply   *broker.Message
 	err     error
+	renewer renewer // of its claim, with a DedupClaimer
 }
 
 func (d *deduper) ServeMessage(ctx context.Context, req *broker.Message) (*broker.Message, error) {
@@ -224,14 +227,28 @@ func (d *deduper) ServeMessage(ctx context.Context, req *broker.Message) (*broke
 	d.flights[key] = f
 	d.mu.Unlock()
 
+	landed := false
+	defer func() {
+		if !landed {
+			// The method panicked: free the key for waiters and
+			// repeats, and let the panic go on to Recover.
+			d.land(key, f, nil, rpc.Errorf(rpc.Aborted, "dedup: the run of the same request failed"))
+		}
+	}()
 	var reply *broker.Message
 	var err error
 	if d.claimer != nil {
-		reply, err = d.runClaimed(ctx, req, key)
+		reply, err = d.runClaimed(ctx, req, key, f)
 	} else {
 		reply, err = d.run(ctx, req, key)
 	}
+	landed = true
+	d.land(key, f, reply, err)
+	return reply, err
+}
 
+// land ends flight f of key with its outcome.
+func (d *deduper) land(key string, f *flight, reply *broker.Message, err error) {
 	d.mu.Lock()
 	delete(d.flights, key)
 	waiters := f.waiters
@@ -241,7 +258,6 @@ func (d *deduper) ServeMessage(ctx context.Context, req *broker.Message) (*broke
 		f.reply, f.err = cloneMessage(reply), err
 	}
 	close(f.done)
-	return reply, err
 }
 
 // run answers a request that is not in flight in this process, with a
@@ -263,9 +279,7 @@ func (d *deduper) run(ctx context.Context, req *broker.Message, key string) (*br
 	if !storable {
 		return reply, err
 	}
-	sctx, cancel := d.storeContext(ctx)
-	defer cancel()
-	if serr := d.cfg.Store.Store(sctx, key, outcome); serr != nil {
+	if serr := d.cfg.Store.Store(context.WithoutCancel(ctx), key, outcome); serr != nil {
 		d.storeError(ctx, req, serr)
 	}
 	return reply, err
@@ -282,7 +296,7 @@ const (
 // with a store that claims keys: from the store, after waiting for a run
 // in another process, or by claiming the key, running the method and
 // committing its outcome.
-func (d *deduper) runClaimed(ctx context.Context, req *broker.Message, key string) (*broker.Message, error) {
+func (d *deduper) runClaimed(ctx context.Context, req *broker.Message, key string, f *flight) (*broker.Message, error) {
 	var lease DedupLease
 	poll, waiting := claimPollMin, false
 	for lease == nil {
@@ -317,12 +331,25 @@ func (d *deduper) runClaimed(ctx context.Context, req *broker.Message, key strin
 		poll = min(2*poll, claimPollMax)
 	}
 
-	r := startRenewer(ctx, d.cfg.Lease/3, lease, func(err error) { d.storeError(ctx, req, err) })
+	// Commits and releases outlive the request's ctx: a request whose
+	// deadline passed while the method ran still has its outcome stored,
+	// or its claim released. The store bounds their time.
+	sctx := context.WithoutCancel(ctx)
+	r := &f.renewer
+	r.start(sctx, d.cfg.Lease/3, lease, d, ctx, req)
+	ran := false
+	defer func() {
+		if !ran { // the method panicked: a repeat may run it again
+			r.stop()
+			if rerr := lease.Release(sctx); rerr != nil {
+				d.storeError(ctx, req, rerr)
+			}
+		}
+	}()
 	reply, err := d.next.ServeMessage(ctx, req)
+	ran = true
 	r.stop()
 
-	sctx, cancel := d.storeContext(ctx)
-	defer cancel()
 	if outcome, storable := d.outcome(reply, err); storable {
 		if serr := lease.Commit(sctx, outcome); serr != nil {
 			d.storeError(ctx, req, serr)
@@ -346,13 +373,6 @@ func (d *deduper) outcome(reply *broker.Message, err error) (*broker.Message, bo
 	return nil, false
 }
 
-// storeContext bounds a store write after the method ran. It outlives
-// ctx: a request whose deadline passed while the method ran still has its
-// outcome stored, or its claim released.
-func (d *deduper) storeContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), d.cfg.Lease)
-}
-
 func (d *deduper) storeError(ctx context.Context, req *broker.Message, err error) {
 	if d.cfg.OnStoreError != nil {
 		d.cfg.OnStoreError(ctx, req, err)
@@ -367,20 +387,24 @@ func gaveUp(ctx context.Context) error {
 // no goroutine until the first renewal is due, so a method faster than
 // interval costs one timer.
 type renewer struct {
-	ctx      context.Context
+	ctx      context.Context // not cancelled with the request
 	interval time.Duration
 	lease    DedupLease
-	report   func(error)
 	timer    *time.Timer
+	// Where renewal errors go: d.storeError(reqCtx, req, err).
+	d      *deduper
+	reqCtx context.Context
+	req    *broker.Message
 
 	mu      sync.Mutex // held during a renewal, so stop waits for it
 	stopped bool
 }
 
-func startRenewer(ctx context.Context, interval time.Duration, lease DedupLease, report func(error)) *renewer {
-	r := &renewer{ctx: context.WithoutCancel(ctx), interval: interval, lease: lease, report: report}
+// start starts the renewals; ctx is not cancelled with the request.
+func (r *renewer) start(ctx context.Context, interval time.Duration, lease DedupLease, d *deduper, reqCtx context.Context, req *broker.Message) {
+	r.ctx, r.interval, r.lease = ctx, interval, lease
+	r.d, r.reqCtx, r.req = d, reqCtx, req
 	r.timer = time.AfterFunc(interval, r.renew)
-	return r
 }
 
 func (r *renewer) renew() {
@@ -393,7 +417,7 @@ func (r *renewer) renew() {
 	err := r.lease.Renew(ctx)
 	cancel()
 	if err != nil {
-		r.report(fmt.Errorf("dedup: renew claim: %w", err))
+		r.d.storeError(r.reqCtx, r.req, fmt.Errorf("dedup: renew claim: %w", err))
 		if errors.Is(err, ErrDedupLeaseLost) {
 			return
 		}

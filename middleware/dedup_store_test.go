@@ -175,3 +175,35 @@ func TestDedupClaimErrors(t *testing.T) {
 		assert.Nil(t, c.Lease, "the claim stays until its lease ends, holding repeats off")
 	})
 }
+
+// TestDedupPanic: a method that panics frees its key, in this process
+// (the flight) and in the store (the claim), so a repeat runs at once
+// instead of waiting forever or for the lease; the panic goes on to
+// Recover.
+func TestDedupPanic(t *testing.T) {
+	for _, shared := range []bool{false, true} {
+		name := map[bool]string{false: "plain store", true: "claiming store"}[shared]
+		t.Run(name, func(t *testing.T) {
+			var store middleware.DedupStore = middleware.NewMemoryDedupStore(0, 0)
+			if !shared {
+				store = govFailingStore{} // loads nothing, stores nowhere
+			}
+			var runs atomic.Int32
+			h := middleware.Dedup(middleware.DedupConfig{Store: store, Lease: time.Hour})(broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
+				if runs.Add(1) == 1 {
+					panic("poison")
+				}
+				return &broker.Message{}, nil
+			}))
+			func() {
+				defer func() { assert.Equal(t, "poison", recover()) }()
+				_, _ = h.ServeMessage(context.Background(), &broker.Message{ID: "k"})
+			}()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_, err := h.ServeMessage(ctx, &broker.Message{ID: "k"})
+			require.NoError(t, err, "the repeat ran")
+			assert.Equal(t, int32(2), runs.Load())
+		})
+	}
+}

@@ -70,6 +70,21 @@ func TestBucket(t *testing.T) {
 	assert.Equal(t, 42*time.Second, st.TTL(), "created with WithTTL")
 	assert.Equal(t, int64(1), st.History())
 
+	info := st.(*jetstream.KeyValueBucketStatus).StreamInfo()
+	assert.Equal(t, jetstream.FileStorage, info.Config.Storage, "files by default")
+	assert.Equal(t, 1, info.Config.Replicas)
+
+	mem := bucket(t, js)
+	_, err = natskv.New(ctx, js, mem, natskv.WithMemoryStorage(), natskv.WithReplicas(1))
+	require.NoError(t, err)
+	memKV, err := js.KeyValue(ctx, mem)
+	require.NoError(t, err)
+	memSt, err := memKV.Status(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, jetstream.MemoryStorage, memSt.(*jetstream.KeyValueBucketStatus).StreamInfo().Config.Storage)
+	_, err = natskv.New(ctx, js, bucket(t, js), natskv.WithReplicas(3))
+	assert.Error(t, err, "3 replicas on a single server")
+
 	_, err = natskv.New(ctx, js, name)
 	assert.NoError(t, err, "an existing bucket is opened as it is")
 	_, err = natskv.New(ctx, js, name, natskv.WithTTL(time.Minute))
