@@ -45,6 +45,9 @@ const (
 	// process held on them running out (up to two ChildLease), and a
 	// server restart.
 	poisonSlack = 12 * time.Second
+	// failDeadline is the deadline of the failing requests of
+	// fail-deadline.
+	failDeadline = 45 * time.Second
 )
 
 // pending lists the scenarios that fail on main until a fix of issue 17
@@ -491,18 +494,22 @@ func runFailDeadline(t *testing.T, target chaos.Target, node *chaos.Node) {
 		callWG   sync.WaitGroup
 		callCode rpc.Code
 	)
+	// The deadline leaves room for MaxDeliver deliveries on the slowest
+	// schedule (RocketMQ: 1 s, 5 s, then 10 s); the test stops waiting
+	// for the reply once the request is dead-lettered (none comes).
+	callCtx, stopCall := context.WithTimeout(context.Background(), failDeadline)
+	defer stopCall()
 	callWG.Add(1)
 	go func() {
 		defer callWG.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
+		ctx := callCtx
 		reply, err := b.Request(ctx, request(subj, chaos.MethodFail, reqID, reqBody, time.Time{}))
 		if err == nil {
 			err = rpc.ErrorFromReply(reply)
 		}
 		callCode = rpc.CodeOf(err)
 	}()
-	for _, dlTime := range []time.Duration{30 * time.Second, 0} {
+	for _, dlTime := range []time.Duration{failDeadline, 0} {
 		n, body := trackedBody()
 		id := "fail-send-" + broker.NewID()
 		var deadline time.Time
@@ -523,6 +530,7 @@ func runFailDeadline(t *testing.T, target chaos.Target, node *chaos.Node) {
 		}
 		return true
 	})
+	stopCall()
 	callWG.Wait()
 	s.drained = true
 	dead := deadLettered(dl)
