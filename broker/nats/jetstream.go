@@ -44,6 +44,7 @@ func (b *Broker) ensureStreams(ctx context.Context) error {
 		Storage:     storage,
 		MaxAge:      js.MaxAge,
 		Duplicates:  js.DuplicateWindow,
+		Replicas:    js.Replicas,
 	}, {
 		Name:        js.DeadLetterStream,
 		Description: "mqrpc dead-lettered requests",
@@ -51,6 +52,7 @@ func (b *Broker) ensureStreams(ctx context.Context) error {
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     storage,
 		Duplicates:  js.DuplicateWindow,
+		Replicas:    js.Replicas,
 	}}
 	// Servers from 2.11 on (JetStream API level 1) drop a stored message
 	// when its own TTL ends: the request's deadline becomes one.

@@ -205,6 +205,11 @@ type JetStreamConfig struct {
 	// InactiveThreshold removes a server group's durable consumer after no
 	// server used it this long (stored requests are kept). Default 1h.
 	InactiveThreshold time.Duration
+	// Replicas is how many servers of a JetStream cluster keep a copy of
+	// each stream New creates (the consumers follow their stream): 3 on a
+	// 3-node cluster survives the loss of any one node, the stream leader
+	// included. At most 5, and at most the cluster's size. Default 1.
+	Replicas int
 }
 
 func (c JetStreamConfig) withDefaults() JetStreamConfig {
@@ -232,6 +237,9 @@ func (c JetStreamConfig) withDefaults() JetStreamConfig {
 	if c.InactiveThreshold <= 0 {
 		c.InactiveThreshold = time.Hour
 	}
+	if c.Replicas <= 0 {
+		c.Replicas = 1
+	}
 	c.SubjectPrefix = strings.TrimSuffix(c.SubjectPrefix, ".")
 	c.DeadLetterPrefix = strings.TrimSuffix(c.DeadLetterPrefix, ".")
 	return c
@@ -243,6 +251,9 @@ func (c JetStreamConfig) valid() error {
 		strings.HasPrefix(c.SubjectPrefix+".", c.DeadLetterPrefix+".") {
 		return fmt.Errorf("nats: jetstream: subject prefix %q and dead-letter prefix %q overlap",
 			c.SubjectPrefix, c.DeadLetterPrefix)
+	}
+	if c.Replicas > 5 {
+		return fmt.Errorf("nats: jetstream: %d replicas (at most 5)", c.Replicas)
 	}
 	if c.Stream == c.DeadLetterStream {
 		return fmt.Errorf("nats: jetstream: stream and dead-letter stream are both %q", c.Stream)

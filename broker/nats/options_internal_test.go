@@ -29,7 +29,7 @@ func TestConfigDefaults(t *testing.T) {
 	assert.Equal(t, JetStreamConfig{
 		Stream: "MQRPC", SubjectPrefix: "jobs", MaxDeliver: 5, AckWait: 30 * time.Second,
 		DeadLetterPrefix: "mqrpc.dead", DeadLetterStream: "MQRPC_DEAD",
-		DuplicateWindow: 2 * time.Minute, InactiveThreshold: time.Hour,
+		DuplicateWindow: 2 * time.Minute, InactiveThreshold: time.Hour, Replicas: 1,
 	}, *c.js)
 }
 
@@ -42,6 +42,7 @@ func TestConfigErrors(t *testing.T) {
 		{"MissingNkeyFile", WithNkeyFile(filepath.Join(t.TempDir(), "none.nk")), "nkey seed"},
 		{"OverlappingPrefixes", WithJetStream(JetStreamConfig{SubjectPrefix: "a", DeadLetterPrefix: "a.dead"}), "overlap"},
 		{"SameStreams", WithJetStream(JetStreamConfig{Stream: "S", DeadLetterStream: "S"}), "both"},
+		{"TooManyReplicas", WithJetStream(JetStreamConfig{Replicas: 6}), "at most 5"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
