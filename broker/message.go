@@ -3,6 +3,7 @@ package broker
 import (
 	"crypto/rand"
 	"encoding/base64"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -95,9 +96,33 @@ func (m *Message) Expired(now time.Time) bool {
 	return !m.Deadline.IsZero() && !now.Before(m.Deadline)
 }
 
+// ClampDeadline returns deadline, or now+max when deadline is later than
+// that. Brokers clamp a deadline before they turn it into a native
+// time-to-live: a time.Duration ends at about 292 years, so arithmetic on a
+// deadline further ahead overflows (time.Until saturates, and adding to a
+// saturated duration wraps around). The zero deadline (none) stays zero.
+func ClampDeadline(deadline, now time.Time, max time.Duration) time.Time {
+	if deadline.IsZero() {
+		return deadline
+	}
+	if limit := now.Add(max); deadline.After(limit) {
+		return limit
+	}
+	return deadline
+}
+
+// lastWireDeadline is the latest deadline HeaderDeadline can carry: the
+// largest int64 of Unix milliseconds.
+var lastWireDeadline = time.UnixMilli(math.MaxInt64)
+
 // FormatDeadline renders t for HeaderDeadline: Unix milliseconds, rounded
-// up so a deadline never moves earlier than the caller's.
+// up so a deadline never moves earlier than the caller's. A deadline beyond
+// int64 milliseconds (some 292 million years ahead) is written as the
+// largest value, never as an overflowed one.
 func FormatDeadline(t time.Time) string {
+	if !t.Before(lastWireDeadline) {
+		return strconv.FormatInt(math.MaxInt64, 10)
+	}
 	ms := t.UnixMilli()
 	// Nanosecond, not UnixNano: UnixNano overflows after the year 2262.
 	if t.Nanosecond()%int(time.Millisecond) != 0 {

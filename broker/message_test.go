@@ -148,3 +148,28 @@ func FuzzParseDeadline(f *testing.F) {
 		}
 	})
 }
+
+func TestClampDeadline(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	const max = 100 * 365 * 24 * time.Hour
+	assert.True(t, broker.ClampDeadline(time.Time{}, now, max).IsZero(), "no deadline stays none")
+	near := now.Add(time.Minute)
+	assert.Equal(t, near, broker.ClampDeadline(near, now, max))
+	for _, far := range []time.Time{now.Add(max + 1), now.AddDate(300, 0, 0), time.UnixMilli(1<<63 - 1), time.Unix(1<<62, 0)} {
+		got := broker.ClampDeadline(far, now, max)
+		assert.Equal(t, now.Add(max), got, "%v", far)
+		assert.Equal(t, max, got.Sub(now), "no overflow in the arithmetic that follows")
+	}
+}
+
+// A deadline beyond int64 milliseconds is written as the largest value,
+// which reads back as a valid (far) deadline, not as an overflowed one.
+func TestFormatDeadlineBeyondMilliseconds(t *testing.T) {
+	for _, far := range []time.Time{time.UnixMilli(1<<63 - 1), time.Unix(1<<62, 0), time.Unix(1<<62, 0).AddDate(1000, 0, 0)} {
+		s := broker.FormatDeadline(far)
+		assert.Equal(t, "9223372036854775807", s, "%v", far)
+		got, err := broker.ParseDeadline(s)
+		require.NoError(t, err)
+		assert.True(t, got.After(time.Now().AddDate(1_000_000, 0, 0)))
+	}
+}
