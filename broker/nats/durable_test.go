@@ -92,7 +92,7 @@ func TestDurableDeadLetter(t *testing.T) {
 	assert.Equal(t, []byte("poison"), dead.Data)
 	assert.Equal(t, "database unavailable", dead.Header.Get(natsbroker.HeaderDeadReason))
 	assert.Equal(t, "3", dead.Header.Get(natsbroker.HeaderDeliveries))
-	assert.Equal(t, "poison-1", dead.Header.Get(natsbroker.HeaderMsgID))
+	assert.Equal(t, subj+":poison-1", dead.Header.Get(natsbroker.HeaderMsgID), "the ID, scoped by the subject")
 	assert.Equal(t, "v", dead.Header.Get("x-k"))
 
 	s, err := jsc.Stream(context.Background(), js.Stream)

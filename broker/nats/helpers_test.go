@@ -60,6 +60,7 @@ func testJetStream(t testing.TB, url string, mod ...func(*natsbroker.JetStreamCo
 		defer cancel()
 		_ = js.DeleteStream(ctx, cfg.Stream)
 		_ = js.DeleteStream(ctx, cfg.Stream+"_DEAD")
+		_ = js.DeleteKeyValue(ctx, cfg.Stream+"_DELIVERIES")
 	})
 	return cfg
 }

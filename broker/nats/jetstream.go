@@ -78,15 +78,38 @@ func (b *Broker) ensureStreams(ctx context.Context) error {
 	return nil
 }
 
+// maxMsgTTL bounds the Nats-TTL mqrpc sets: a deadline further ahead is
+// clamped to it. The server adds the TTL, in nanoseconds, to the message's
+// timestamp, so a TTL of centuries would overflow there as well as here.
+const maxMsgTTL = 100 * 365 * 24 * time.Hour
+
 // ttlHeader sets the JetStream per-message TTL of a stored request to its
-// deadline (whole seconds, rounded up, at least 1s) when the stream allows
-// it.
+// deadline (whole seconds, rounded up, at least 1s, at most maxMsgTTL) when
+// the stream allows it.
 func (b *Broker) ttlHeader(m *natsgo.Msg, deadline time.Time) {
 	if !b.msgTTL || deadline.IsZero() {
 		return
 	}
-	secs := int64((time.Until(deadline) + time.Second - 1) / time.Second)
+	now := time.Now()
+	left := broker.ClampDeadline(deadline, now, maxMsgTTL).Sub(now)
+	secs := int64((left + time.Second - 1) / time.Second)
 	m.Header[jetstream.MsgTTLHeader] = []string{strconv.FormatInt(max(secs, 1), 10)}
+}
+
+// durableMsgID is the Nats-Msg-Id of a durable message: duplicate
+// detection spans every subject of the stream, so the message ID is scoped
+// by the subject ("<subject>:<id>") and IDs of different services never
+// clash, while a retry to the same service is still dropped.
+func durableMsgID(subject, id string) string { return subject + ":" + id }
+
+// messageID returns the Message.ID of a stored message to subject from its
+// Nats-Msg-Id: without the "<subject>:" scope, or as it is when a foreign
+// client sent a bare ID.
+func messageID(subject, msgID string) string {
+	if len(msgID) > len(subject) && msgID[len(subject)] == ':' && msgID[:len(subject)] == subject {
+		return msgID[len(subject)+1:]
+	}
+	return msgID
 }
 
 // publishDurable stores m in the request stream and returns once the
@@ -247,13 +270,25 @@ func (s *subscription) onDurable(m jetstream.Msg) {
 	}
 }
 
+// suspectLane runs the suspect redeliveries (see attempt) one at a time.
+// It spans the whole process, not one Broker or subscription, because a
+// crash does: a suspect that crashes the process while no other suspect
+// runs is the one charged for it, and the suspects waiting behind it never
+// started, so they are not.
+var suspectLane = make(chan struct{}, 1)
+
 func (s *subscription) handleDurable(m jetstream.Msg) {
 	js := s.b.cfg.js
 	subject := strings.TrimPrefix(m.Subject(), js.SubjectPrefix+".")
-	var delivered uint64 = 1
-	if md, err := m.Metadata(); err == nil {
-		delivered = md.NumDelivered
+	md, err := m.Metadata()
+	if err != nil {
+		md = &jetstream.MsgMetadata{NumDelivered: 1}
 	}
+	// The delivery is ours from now on, also while it waits for the
+	// suspect lane or the delivery records.
+	stopKeepAlive := keepInProgress(m, js.AckWait/2)
+	defer stopKeepAlive()
+
 	hdr := m.Headers()
 	reply := hdr.Get(HeaderReply)
 	req, err := fromNATS(&natsgo.Msg{Header: hdr, Data: m.Data()}, subject)
@@ -261,51 +296,83 @@ func (s *subscription) handleDurable(m jetstream.Msg) {
 		if reply != "" {
 			s.replyStatus(reply, statusInvalidArgument, err.Error())
 		}
-		s.deadLetter(m, subject, delivered, err.Error())
+		if !s.deadLetter(m, subject, 0, err.Error()) {
+			_ = m.NakWithDelay(redeliveryDelay(md.NumDelivered))
+		}
 		return
 	}
+	req.ID = messageID(subject, req.ID)
 	if req.Expired(time.Now()) {
-		s.b.log.Debug("nats: dropped expired request", "subject", subject, "id", req.ID)
-		_ = m.Term()
-		return
-	}
-	if delivered > uint64(js.MaxDeliver) {
-		s.deadLetter(m, subject, delivered,
-			fmt.Sprintf("delivered %d times without an acknowledgement (servers died or timed out)", delivered-1))
+		s.dropExpired(m, req)
 		return
 	}
 
-	stopKeepAlive := keepInProgress(m, js.AckWait/2)
+	a := s.loadAttempt(md)
+	if a.started >= uint64(js.MaxDeliver) {
+		reason := a.reason
+		if reason == "" {
+			reason = fmt.Sprintf("delivered %d times without an acknowledgement (servers died or timed out)", a.started)
+		}
+		if !s.deadLetter(m, subject, a.started, reason) {
+			_ = m.NakWithDelay(redeliveryDelay(md.NumDelivered))
+		}
+		return
+	}
+	if a.suspect {
+		select {
+		case suspectLane <- struct{}{}:
+			defer func() { <-suspectLane }()
+		case <-s.ctx.Done():
+			_ = m.Nak() // never started: another server takes it
+			return
+		}
+		if req.Expired(time.Now()) { // it may have waited a while
+			s.dropExpired(m, req)
+			return
+		}
+	}
+	if md.NumDelivered > 1 && !s.recordStart(&a, md) {
+		_ = m.NakWithDelay(redeliveryDelay(md.NumDelivered))
+		return
+	}
+
 	rep, err := s.serve(req)
-	stopKeepAlive()
 	if s.ctx.Err() != nil && err != nil {
 		// Closed mid-request: leave the message unacknowledged so the
 		// stream redelivers it to another server.
 		return
 	}
+	started := a.started + 1
 	if err != nil {
-		s.b.log.Warn("nats: delivery failed", "subject", subject, "id", req.ID, "delivery", delivered, "error", err)
-		if delivered >= uint64(js.MaxDeliver) {
-			s.deadLetter(m, subject, delivered, err.Error())
+		s.b.log.Warn("nats: delivery failed", "subject", subject, "id", req.ID, "delivery", started, "error", err)
+		if started >= uint64(js.MaxDeliver) && s.deadLetter(m, subject, started, err.Error()) {
 			return
 		}
-		_ = m.NakWithDelay(redeliveryDelay(delivered))
+		// Redelivered later; a dead letter that could not be stored
+		// keeps the handler's error as its reason for the next try.
+		s.recordFailure(&a, md, started, err.Error())
+		_ = m.NakWithDelay(redeliveryDelay(max(started, md.NumDelivered)))
 		return
 	}
 	if rep != nil && reply != "" {
+		// A reply that cannot be published is logged, and the request
+		// acknowledged all the same: the handler succeeded, and running
+		// it again would not make the reply subject any better.
 		if err := s.sendReply(reply, rep); err != nil {
-			s.b.log.Warn("nats: reply failed", "subject", subject, "id", req.ID, "error", err)
-			if !errors.Is(err, broker.ErrMessageTooLarge) {
-				_ = m.Nak()
-				return
-			}
+			s.b.log.Warn("nats: reply failed", "subject", subject, "id", req.ID, "reply", reply, "error", err)
 		}
 	}
+	stopKeepAlive()
 	// The reply was published on this same connection before the ack,
 	// so the server has the reply before it forgets the request.
 	if err := m.Ack(); err != nil {
 		s.b.log.Warn("nats: ack failed", "subject", subject, "id", req.ID, "error", err)
 	}
+}
+
+func (s *subscription) dropExpired(m jetstream.Msg, req *broker.Message) {
+	s.b.log.Debug("nats: dropped expired request", "subject", req.Subject, "id", req.ID)
+	_ = m.Term()
 }
 
 // redeliveryDelay backs off redeliveries of failed requests a little:
@@ -319,26 +386,235 @@ func redeliveryDelay(delivered uint64) time.Duration {
 }
 
 // deadLetter stores the request in the dead-letter stream with the reason
-// and removes it from the work queue. If storing fails the request is
-// handed back, so it is never lost.
-func (s *subscription) deadLetter(m jetstream.Msg, subject string, delivered uint64, reason string) {
+// and removes it from the work queue. It reports false when storing
+// failed: the caller then hands the request back with a delay that grows
+// with every delivery (NakWithDelay), so it is never lost and never spins.
+func (s *subscription) deadLetter(m jetstream.Msg, subject string, deliveries uint64, reason string) bool {
 	js := s.b.cfg.js
-	hdr := make(natsgo.Header, len(m.Headers())+2)
-	for k, v := range m.Headers() {
+	src := m.Headers()
+	hdr := make(natsgo.Header, len(src)+2)
+	for k, v := range src {
+		// The copy is a new message to another stream: JetStream's
+		// own headers of the request (Nats-TTL, which the dead-letter
+		// stream would refuse, Nats-Expected-*, rollups, schedules ...)
+		// do not apply to it, and the dead-letter headers are ours
+		// alone. Only the message ID stays, so a dead letter stored
+		// twice (its +TERM lost) is kept once.
+		if len(k) > 5 && strings.EqualFold(k[:5], "nats-") && !strings.EqualFold(k, HeaderMsgID) ||
+			strings.EqualFold(k, HeaderDeadReason) || strings.EqualFold(k, HeaderDeliveries) {
+			continue
+		}
 		hdr[k] = v
 	}
 	hdr[HeaderDeadReason] = []string{reason}
-	hdr[HeaderDeliveries] = []string{strconv.FormatUint(delivered, 10)}
+	hdr[HeaderDeliveries] = []string{strconv.FormatUint(max(deliveries, 1), 10)}
 	dl := &natsgo.Msg{Subject: js.DeadLetterPrefix + "." + subject, Header: hdr, Data: m.Data()}
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
 	if _, err := s.b.js.PublishMsg(ctx, dl); err != nil {
 		s.b.log.Error("nats: dead-letter failed", "subject", subject, "error", err)
-		_ = m.Nak()
+		return false
+	}
+	s.b.log.Warn("nats: dead-lettered request", "subject", subject, "deliveries", deliveries, "reason", reason)
+	_ = m.TermWithReason("mqrpc: dead-lettered")
+	return true
+}
+
+// Delivery counting. JetStream's NumDelivered counts every delivery to a
+// server, also those a server had only prefetched when a crash of another
+// request took its process down; counting it would dead-letter the healthy
+// requests of the same pull batch with the one that crashes. So a request
+// is charged only for the deliveries whose handler started:
+//
+//   - A first delivery writes nothing (the fast path pays nothing). It is
+//     counted as started, since nothing says whether it did.
+//   - A redelivery reads its record from the delivery bucket and writes
+//     "<n> running" before its handler starts. A redelivery without such a
+//     record did not start, whatever NumDelivered says.
+//   - A handler error writes "<n> failed: <error>", so the next delivery
+//     knows the last start ended in the handler, not in a crash.
+//
+// A redelivery whose last start has no known outcome (no record after a
+// first delivery, or "running") may have crashed its process: it is a
+// suspect and runs in suspectLane, alone among suspects, so a crash there is
+// charged to it and to no other suspect. When the bucket cannot be used the
+// broker falls back to NumDelivered.
+
+// deliveryRecordTTL is how long the delivery bucket keeps a record after its
+// last change: records are not deleted when their request is done, they
+// expire.
+const deliveryRecordTTL = 24 * time.Hour
+
+// attempt is what a server knows about the earlier handler starts of the
+// request it was just delivered.
+type attempt struct {
+	key     string             // of the record; "" without metadata
+	kv      jetstream.KeyValue // nil: no record read (a first delivery, or the bucket failed)
+	rev     uint64             // revision of the record; 0 when there is none
+	started uint64             // handler starts counted before this delivery
+	suspect bool               // the last start may have crashed its process
+	reason  string             // the last handler error, when it ended in one
+	counted bool               // started is JetStream's count: records are not used
+}
+
+// recordKey names the record of a stored request: its stream sequence and
+// store time, which stay unique even when a lost memory stream is made
+// again and its sequences start over.
+func recordKey(md *jetstream.MsgMetadata) string {
+	return strconv.FormatUint(md.Sequence.Stream, 10) + "." + strconv.FormatInt(md.Timestamp.UnixNano(), 10)
+}
+
+// loadAttempt reads what is known about the earlier deliveries of the
+// request md describes.
+func (s *subscription) loadAttempt(md *jetstream.MsgMetadata) attempt {
+	if md.Sequence.Stream == 0 {
+		return attempt{started: md.NumDelivered - 1, counted: true}
+	}
+	if md.NumDelivered <= 1 {
+		return attempt{} // its key is made only if it fails
+	}
+	key := recordKey(md)
+	ctx, cancel := context.WithTimeout(s.ctx, setupTimeout)
+	defer cancel()
+	kv, err := s.b.deliveries(ctx)
+	if err == nil {
+		var e jetstream.KeyValueEntry
+		e, err = kv.Get(ctx, key)
+		switch {
+		case err == nil:
+			a := attempt{key: key, kv: kv, rev: e.Revision(), started: 1, suspect: true}
+			if n, failed, reason, ok := parseRecord(e.Value()); ok {
+				a.started, a.suspect, a.reason = n, !failed, reason
+			}
+			return a
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			// Nothing recorded since the first delivery: count that one
+			// as started, and suspect it.
+			return attempt{key: key, kv: kv, started: 1, suspect: true}
+		}
+		s.b.resetDeliveries(err)
+	}
+	s.b.log.Warn("nats: delivery records unavailable, counting every delivery", "subject", s.subject, "error", err)
+	return attempt{started: md.NumDelivered - 1, counted: true}
+}
+
+// recordStart writes that a's handler starts now. It reports false when
+// another server wrote the record meanwhile (it holds the same request
+// after an ack timeout): then this delivery must not run. When the record
+// cannot be written, a falls back to JetStream's count.
+func (s *subscription) recordStart(a *attempt, md *jetstream.MsgMetadata) bool {
+	if a.kv == nil {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, setupTimeout)
+	defer cancel()
+	rev, err := s.putRecord(ctx, a, strconv.FormatUint(a.started+1, 10)+" running")
+	switch {
+	case err == nil:
+		a.rev = rev
+		return true
+	case errors.Is(err, jetstream.ErrKeyExists), errors.Is(err, jetstream.ErrKeyRevisionMismatch):
+		return false
+	}
+	s.b.resetDeliveries(err)
+	s.b.log.Warn("nats: delivery record not written, counting every delivery", "subject", s.subject, "error", err)
+	a.kv, a.counted = nil, true
+	a.started = max(a.started, md.NumDelivered-1)
+	return true
+}
+
+// recordFailure writes that the handler start number started ended in an
+// error. A record that cannot be written is left as it was: the next
+// delivery then suspects this one, which still counts it.
+func (s *subscription) recordFailure(a *attempt, md *jetstream.MsgMetadata, started uint64, reason string) {
+	if a.counted {
 		return
 	}
-	s.b.log.Warn("nats: dead-lettered request", "subject", subject, "deliveries", delivered, "reason", reason)
-	_ = m.TermWithReason("mqrpc: dead-lettered")
+	ctx, cancel := context.WithTimeout(s.ctx, setupTimeout)
+	defer cancel()
+	if a.kv == nil {
+		kv, err := s.b.deliveries(ctx)
+		if err != nil {
+			s.b.log.Warn("nats: delivery records unavailable", "subject", s.subject, "error", err)
+			return
+		}
+		a.kv, a.key = kv, recordKey(md)
+	}
+	const maxReason = 1024
+	if len(reason) > maxReason {
+		reason = reason[:maxReason]
+	}
+	if _, err := s.putRecord(ctx, a, strconv.FormatUint(started, 10)+" failed: "+reason); err != nil {
+		s.b.resetDeliveries(err)
+		s.b.log.Warn("nats: delivery record not written", "subject", s.subject, "error", err)
+	}
+}
+
+func (s *subscription) putRecord(ctx context.Context, a *attempt, value string) (uint64, error) {
+	if a.rev == 0 {
+		return a.kv.Create(ctx, a.key, []byte(value))
+	}
+	return a.kv.Update(ctx, a.key, []byte(value), a.rev)
+}
+
+// parseRecord reads "<n> running" or "<n> failed: <reason>".
+func parseRecord(v []byte) (started uint64, failed bool, reason string, ok bool) {
+	num, rest, _ := strings.Cut(string(v), " ")
+	n, err := strconv.ParseUint(num, 10, 64)
+	if err != nil || n == 0 {
+		return 0, false, "", false
+	}
+	switch {
+	case rest == "running":
+		return n, false, "", true
+	case strings.HasPrefix(rest, "failed: "):
+		return n, true, rest[len("failed: "):], true
+	}
+	return 0, false, "", false
+}
+
+// deliveries returns the bucket of delivery records, made on first use.
+func (b *Broker) deliveries(ctx context.Context) (jetstream.KeyValue, error) {
+	b.kvMu.Lock()
+	defer b.kvMu.Unlock()
+	if b.kv != nil {
+		return b.kv, nil
+	}
+	js := b.cfg.js
+	kv, err := b.js.KeyValue(ctx, js.DeliveryBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		storage := jetstream.FileStorage
+		if js.MemoryStorage {
+			storage = jetstream.MemoryStorage
+		}
+		kv, err = b.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      js.DeliveryBucket,
+			Description: "mqrpc handler starts of redelivered requests of stream " + js.Stream,
+			History:     1,
+			TTL:         deliveryRecordTTL,
+			Storage:     storage,
+			Replicas:    js.Replicas,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = b.js.KeyValue(ctx, js.DeliveryBucket)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("delivery bucket %s: %w", js.DeliveryBucket, err)
+	}
+	b.kv = kv
+	return kv, nil
+}
+
+// resetDeliveries forgets the bucket after an error that says it may be
+// gone (a memory bucket lost in a server restart), so it is made again.
+func (b *Broker) resetDeliveries(err error) {
+	if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) ||
+		errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, natsgo.ErrNoResponders) {
+		b.kvMu.Lock()
+		b.kv = nil
+		b.kvMu.Unlock()
+	}
 }
 
 // keepInProgress tells the stream every interval that m is still being

@@ -2,6 +2,7 @@ package nats
 
 import (
 	"fmt"
+	"hash/fnv"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,10 +47,11 @@ func (m *replyMux) init(nc *natsgo.Conn) {
 }
 
 // register makes a pending call. With byID the reply token is derived from
-// id when id is usable in a subject, so a retry of a durable request with
-// the same ID waits on the same reply subject as the stored original (which
-// the stream deduplicated and will answer there).
-func (m *replyMux) register(id string, byID bool) (*call, error) {
+// subject and id when id is usable in a subject, so a retry of a durable
+// request with the same ID waits on the same reply subject as the stored
+// original (which the stream deduplicated and will answer there), and a
+// call with that ID to another subject never receives the original's reply.
+func (m *replyMux) register(id, subject string, byID bool) (*call, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.sub == nil {
@@ -64,7 +66,14 @@ func (m *replyMux) register(id string, byID bool) (*call, error) {
 	}
 	var reply string
 	if byID && subjectToken(id) {
-		reply = m.prefix + "i" + id
+		h := fnv.New64a()
+		_, _ = h.Write([]byte(subject))
+		var buf [160]byte
+		b := append(buf[:0], m.prefix...)
+		b = append(b, 'i')
+		b = strconv.AppendUint(b, h.Sum64(), 36)
+		b = append(b, '_')
+		reply = string(append(b, id...))
 		if _, busy := m.pending[reply[len(m.prefix):]]; busy {
 			reply = ""
 		}

@@ -14,8 +14,8 @@
 // With WithJetStream the broker runs in durable mode on a JetStream
 // work-queue stream: a request is stored before it is delivered, kept while
 // no server runs, acknowledged only after its reply was sent, redelivered
-// when its server dies, deduplicated by Message.ID and dead-lettered after
-// JetStreamConfig.MaxDeliver deliveries.
+// when its server dies, deduplicated by subject and Message.ID and
+// dead-lettered after JetStreamConfig.MaxDeliver deliveries.
 //
 // The wire format, for clients written in other languages, is in the NATS
 // section of docs/PROTOCOL.md. Package broker/nats/embedded starts an
@@ -68,6 +68,10 @@ type Broker struct {
 	streamMu    sync.Mutex
 	streamReady bool
 	msgTTL      bool // the request stream allows per-message TTLs
+
+	// Durable mode opens its bucket of delivery records on first need.
+	kvMu sync.Mutex
+	kv   jetstream.KeyValue
 
 	subsMu sync.Mutex
 	subs   map[*subscription]struct{}
@@ -198,7 +202,7 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 	if id == "" {
 		id = broker.NewID()
 	}
-	call, err := b.mux.register(id, b.js != nil)
+	call, err := b.mux.register(id, req.Subject, b.js != nil)
 	if err != nil {
 		return nil, fmt.Errorf("nats: request %s: %w", req.Subject, err)
 	}
@@ -250,7 +254,7 @@ func (b *Broker) publishRequest(ctx context.Context, req *broker.Message, id, re
 		o.msg.Reply = reply
 		err = mapPublishError(b.nc.PublishMsg(&o.msg))
 	} else {
-		o = newOutbound(b.cfg.js.SubjectPrefix+"."+req.Subject, req, id, deadline)
+		o = newOutbound(b.cfg.js.SubjectPrefix+"."+req.Subject, req, durableMsgID(req.Subject, id), deadline)
 		o.set(HeaderReply, reply)
 		err = b.publishDurable(ctx, &o.msg, deadline)
 	}
@@ -278,6 +282,9 @@ func (b *Broker) Send(ctx context.Context, msg *broker.Message) error {
 	id := msg.ID
 	if id == "" {
 		id = broker.NewID()
+	}
+	if b.js != nil {
+		id = durableMsgID(msg.Subject, id)
 	}
 	o := newOutbound(msg.Subject, msg, id, msg.Deadline)
 	defer o.release()

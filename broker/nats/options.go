@@ -172,10 +172,11 @@ type JetStreamConfig struct {
 	// "<SubjectPrefix>.calc". The stream captures "<SubjectPrefix>.>".
 	// Default "mqrpc.durable".
 	SubjectPrefix string
-	// MaxDeliver is how many times a request is delivered before it is
+	// MaxDeliver is how many times a request is handled before it is
 	// dead-lettered: after a handler error on the last delivery, or when
-	// it comes back again after servers died or timed out on it.
-	// Default 5.
+	// it comes back again after its server died or timed out on it. Only
+	// deliveries whose handler started count, and a crash of the server
+	// process counts as one (see docs/PROTOCOL.md). Default 5.
 	MaxDeliver int
 	// AckWait is how long the broker waits for a server to acknowledge a
 	// delivery before redelivering it. A running handler extends it
@@ -210,6 +211,13 @@ type JetStreamConfig struct {
 	// 3-node cluster survives the loss of any one node, the stream leader
 	// included. At most 5, and at most the cluster's size. Default 1.
 	Replicas int
+	// DeliveryBucket is the key-value bucket where servers record the
+	// handler starts of redelivered requests, so that a request is charged
+	// only for the deliveries it was actually handled in (see the
+	// JetStream part of docs/PROTOCOL.md). It is created on first need,
+	// with the streams' storage. Default Stream + "_DELIVERIES", with
+	// characters a bucket name cannot hold replaced by "_".
+	DeliveryBucket string
 }
 
 func (c JetStreamConfig) withDefaults() JetStreamConfig {
@@ -240,6 +248,14 @@ func (c JetStreamConfig) withDefaults() JetStreamConfig {
 	if c.Replicas <= 0 {
 		c.Replicas = 1
 	}
+	if c.DeliveryBucket == "" {
+		c.DeliveryBucket = strings.Map(func(r rune) rune {
+			if r == '_' || r == '-' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+				return r
+			}
+			return '_'
+		}, c.Stream+"_DELIVERIES")
+	}
 	c.SubjectPrefix = strings.TrimSuffix(c.SubjectPrefix, ".")
 	c.DeadLetterPrefix = strings.TrimSuffix(c.DeadLetterPrefix, ".")
 	return c
@@ -254,6 +270,11 @@ func (c JetStreamConfig) valid() error {
 	}
 	if c.Replicas > 5 {
 		return fmt.Errorf("nats: jetstream: %d replicas (at most 5)", c.Replicas)
+	}
+	for _, r := range c.DeliveryBucket {
+		if !(r == '_' || r == '-' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			return fmt.Errorf("nats: jetstream: delivery bucket %q: only letters, digits, '_' and '-'", c.DeliveryBucket)
+		}
 	}
 	if c.Stream == c.DeadLetterStream {
 		return fmt.Errorf("nats: jetstream: stream and dead-letter stream are both %q", c.Stream)

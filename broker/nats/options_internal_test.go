@@ -30,7 +30,12 @@ func TestConfigDefaults(t *testing.T) {
 		Stream: "MQRPC", SubjectPrefix: "jobs", MaxDeliver: 5, AckWait: 30 * time.Second,
 		DeadLetterPrefix: "mqrpc.dead", DeadLetterStream: "MQRPC_DEAD",
 		DuplicateWindow: 2 * time.Minute, InactiveThreshold: time.Hour, Replicas: 1,
+		DeliveryBucket: "MQRPC_DELIVERIES",
 	}, *c.js)
+
+	c, err = newConfig([]Option{WithJetStream(JetStreamConfig{Stream: "jobs:v1"})})
+	require.NoError(t, err)
+	assert.Equal(t, "jobs_v1_DELIVERIES", c.js.DeliveryBucket, "a bucket name cannot hold ':'")
 }
 
 func TestConfigErrors(t *testing.T) {
@@ -43,6 +48,7 @@ func TestConfigErrors(t *testing.T) {
 		{"OverlappingPrefixes", WithJetStream(JetStreamConfig{SubjectPrefix: "a", DeadLetterPrefix: "a.dead"}), "overlap"},
 		{"SameStreams", WithJetStream(JetStreamConfig{Stream: "S", DeadLetterStream: "S"}), "both"},
 		{"TooManyReplicas", WithJetStream(JetStreamConfig{Replicas: 6}), "at most 5"},
+		{"BadBucket", WithJetStream(JetStreamConfig{DeliveryBucket: "a.b"}), "delivery bucket"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
