@@ -277,6 +277,28 @@ func (s *subscription) onDurable(m jetstream.Msg) {
 // started, so they are not.
 var suspectLane = make(chan struct{}, 1)
 
+// laneWait bounds how long a suspect waits for the lane: a suspect whose
+// handler waits for another suspect of the same process (a call to another
+// service whose stored request was also in flight at the crash) must not
+// deadlock. After it, the suspect runs outside the lane.
+const laneWait = 5 * time.Second
+
+// enterLane waits for suspectLane, at most wait, and returns the func that
+// leaves it (a no-op when the wait ran out). It reports false when ctx
+// ended first.
+func enterLane(ctx context.Context, wait time.Duration) (leave func(), ok bool) {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case suspectLane <- struct{}{}:
+		return func() { <-suspectLane }, true
+	case <-t.C:
+		return func() {}, true
+	case <-ctx.Done():
+		return nil, false
+	}
+}
+
 func (s *subscription) handleDurable(m jetstream.Msg) {
 	js := s.b.cfg.js
 	subject := strings.TrimPrefix(m.Subject(), js.SubjectPrefix+".")
@@ -319,13 +341,12 @@ func (s *subscription) handleDurable(m jetstream.Msg) {
 		return
 	}
 	if a.suspect {
-		select {
-		case suspectLane <- struct{}{}:
-			defer func() { <-suspectLane }()
-		case <-s.ctx.Done():
+		leave, ok := enterLane(s.ctx, laneWait)
+		if !ok {
 			_ = m.Nak() // never started: another server takes it
 			return
 		}
+		defer leave()
 		if req.Expired(time.Now()) { // it may have waited a while
 			s.dropExpired(m, req)
 			return

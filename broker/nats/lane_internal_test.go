@@ -1,0 +1,54 @@
+package nats
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Suspects run one at a time, but a suspect never waits for the lane
+// longer than its bound (a suspect whose handler calls another suspect of
+// the same process would deadlock), and a stopping server stops waiting.
+func TestSuspectLane(t *testing.T) {
+	leave, ok := enterLane(context.Background(), time.Minute)
+	require.True(t, ok)
+
+	entered := make(chan struct{})
+	go func() {
+		l, ok := enterLane(context.Background(), time.Minute)
+		assert.True(t, ok)
+		close(entered)
+		l()
+	}()
+	select {
+	case <-entered:
+		t.Fatal("two suspects in the lane at once")
+	case <-time.After(100 * time.Millisecond):
+	}
+
+	start := time.Now()
+	l, ok := enterLane(context.Background(), 50*time.Millisecond)
+	require.True(t, ok, "runs outside the lane once the wait ran out")
+	assert.GreaterOrEqual(t, time.Since(start), 50*time.Millisecond)
+	l() // a no-op: it must not free the lane held above
+	select {
+	case <-entered:
+		t.Fatal("leaving after a timed-out wait freed the lane")
+	case <-time.After(100 * time.Millisecond):
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, ok = enterLane(ctx, time.Minute)
+	assert.False(t, ok)
+
+	leave()
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting suspect did not get the lane")
+	}
+}
