@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/apache/rocketmq-client-go/v2/consumer"
 	"github.com/apache/rocketmq-client-go/v2/primitive"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -70,9 +69,13 @@ func FuzzFromProperties(f *testing.F) {
 			})}
 		s.ctx, s.cancel = context.WithCancel(context.Background())
 		defer s.cancel()
-		res := s.handle(m)
-		assert.Equal(t, consumer.ConsumeSuccess, res)
+		level := s.handle(m, 0)
 		_, initMsg := in[propInit]
+		if err != nil && !initMsg && !isRequest(m) {
+			assert.Equal(t, levelDeadLetter, level, "a malformed one-way message is dead-lettered")
+		} else {
+			assert.Equal(t, levelDone, level)
+		}
 		switch {
 		case initMsg:
 			assert.Empty(t, served)

@@ -29,6 +29,9 @@ type clientHooks struct {
 	// client's cache) and remembers its brokers; it fails when the topic
 	// does not exist.
 	lookup func(topic string) error
+	// refresh asks the name server for the routes of every topic the
+	// client uses and rebalances its consumers (a consumer's client only).
+	refresh func()
 }
 
 func hooksOf(p any) clientHooks {
@@ -46,6 +49,13 @@ func hooksOf(p any) clientHooks {
 	client := reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem()
 	if m := client.MethodByName("SendHeartbeatToAllBrokerWithLock"); m.IsValid() && m.Type().NumIn() == 0 && m.Type().NumOut() == 0 {
 		h.heartbeat = func() { m.Call(nil) }
+	}
+	update, rebalance := client.MethodByName("UpdateTopicRouteInfo"), client.MethodByName("RebalanceImmediately")
+	if update.IsValid() && update.Type().NumIn() == 0 && rebalance.IsValid() && rebalance.Type().NumIn() == 0 {
+		h.refresh = func() {
+			update.Call(nil)
+			rebalance.Call(nil)
+		}
 	}
 	getNS := client.MethodByName("GetNameSrv")
 	if !getNS.IsValid() || getNS.Type().NumIn() != 0 || getNS.Type().NumOut() != 1 {

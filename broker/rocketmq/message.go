@@ -3,7 +3,6 @@ package rocketmq
 import (
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -19,7 +18,7 @@ import (
 const (
 	propKeys          = "KEYS"            // Message.ID (indexed by the broker)
 	propTags          = "TAGS"            // the mqrpc-method header, for tag filters
-	propTTL           = "TTL"             // seconds until the deadline (RIP-16)
+	propTTL           = "TTL"             // request lifetime (RIP-16); see ttlSeconds
 	propCorrelationID = "CORRELATION_ID"  // request-reply pairing (RIP-16)
 	propReplyTo       = "REPLY_TO_CLIENT" // requester's client ID (RIP-16)
 	propCluster       = "CLUSTER"         // set by the broker on every stored message
@@ -96,7 +95,7 @@ func checkHeader(name, value string) error {
 
 // toProperties builds the property map of an outgoing message: headers
 // under their lower-case names, the ID as KEYS, the method as TAGS and the
-// deadline as mqrpc-deadline plus TTL. extra is how many more properties
+// deadline as mqrpc-deadline. extra is how many more properties
 // the map will receive (from the caller and from the client as it sends):
 // a map sized for all of them never grows.
 //
@@ -112,7 +111,7 @@ func toProperties(m *broker.Message, deadline time.Time, extra int) (map[string]
 		n++ // TAGS
 	}
 	if !deadline.IsZero() {
-		n += 2 // mqrpc-deadline, TTL
+		n++ // mqrpc-deadline
 	}
 	if len(m.Body) == 0 {
 		n++ // propEmptyBody
@@ -140,7 +139,6 @@ func toProperties(m *broker.Message, deadline time.Time, extra int) (map[string]
 	}
 	if !deadline.IsZero() {
 		props[broker.HeaderDeadline] = broker.FormatDeadline(deadline)
-		props[propTTL] = strconv.FormatInt(ttlSeconds(time.Until(deadline)), 10)
 	}
 	return props, nil
 }
@@ -156,15 +154,25 @@ func wireSize(body []byte, props map[string]string) int {
 	return n
 }
 
-// ttlSeconds rounds d up to whole seconds, at least 1: RocketMQ's TTL is in
-// seconds and "0" would read as already expired.
+// ttlSeconds is the lifetime rocketmq-client-go gives a request's entry in
+// its table of pending requests, and writes as the request's TTL property
+// (in seconds; the Java client writes milliseconds, and the broker reads
+// neither): d rounded up to whole seconds, at least 1 and at most
+// maxRequestTTL, so that a deadline centuries ahead cannot overflow.
 func ttlSeconds(d time.Duration) int64 {
+	if d > maxRequestTTL {
+		d = maxRequestTTL
+	}
 	s := int64((d + time.Second - 1) / time.Second)
 	if s < 1 {
 		s = 1
 	}
 	return s
 }
+
+// maxRequestTTL bounds how long the client keeps a pending request: as
+// long as a request with no deadline at all (see WithRequestTTL).
+const maxRequestTTL = unboundedTTL
 
 // fromProperties builds a broker.Message from a received message's
 // properties and body. The body is not copied: the client decodes every
@@ -194,8 +202,8 @@ func fromProperties(topic string, props map[string]string, body []byte) (*broker
 }
 
 // Properties rocketmq-client-go adds to a message as it sends it: UNIQ_KEY
-// to every message, and CORRELATION_ID and REPLY_TO_CLIENT to a request
-// (and TTL when the request has none).
+// to every message, and CORRELATION_ID, REPLY_TO_CLIENT and TTL to a
+// request.
 const (
 	clientSendProps    = 1
 	clientRequestProps = 3

@@ -33,6 +33,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -65,7 +67,37 @@ type config struct {
 	requestTTL     time.Duration
 	maxMessageSize int
 	credentials    primitive.Credentials
+	maxDeliveries  int
+	journalDir     string
+	journalSet     bool
 }
+
+// DefaultMaxDeliveries is how many times a server hands a message to its
+// handler before it dead-letters it, unless WithMaxDeliveries says
+// otherwise.
+const DefaultMaxDeliveries = 5
+
+// WithMaxDeliveries sets how many deliveries of a message a server makes
+// (failed ones: the handler returned an error or panicked, or the server
+// process crashed while handling it) before the message goes to the
+// consumer group's dead-letter topic, %DLQ%<group>. Failed deliveries are
+// retried through RocketMQ's retry topic after 1 s, 5 s and then every
+// 10 s. Default DefaultMaxDeliveries; values below 1 select it.
+func WithMaxDeliveries(n int) Option { return func(c *config) { c.maxDeliveries = n } }
+
+// WithDeliveryJournal sets the directory where servers record the
+// deliveries they start, so that a server process started after a crash
+// counts the crashed delivery (see docs/PROTOCOL.md, Delivery failure).
+// Servers of one group must share it to count each other's crashes.
+// Default DefaultJournalDir(); an empty dir turns the journal off, and a
+// message that crashes its server is then redelivered without limit.
+func WithDeliveryJournal(dir string) Option {
+	return func(c *config) { c.journalDir, c.journalSet = dir, true }
+}
+
+// DefaultJournalDir returns the default WithDeliveryJournal directory:
+// mqrpc-rocketmq in the system's temporary directory.
+func DefaultJournalDir() string { return filepath.Join(os.TempDir(), "mqrpc-rocketmq") }
 
 // WithLogger sends the Broker's logs and rocketmq-client-go's logs to l.
 // Default: nothing is logged. The client's logger is process-wide (rlog), so
@@ -192,6 +224,12 @@ func newBroker(nameServer string, opts ...Option) (*Broker, error) {
 	if cfg.maxMessageSize <= 0 {
 		cfg.maxMessageSize = DefaultMaxMessageSize
 	}
+	if cfg.maxDeliveries < 1 {
+		cfg.maxDeliveries = DefaultMaxDeliveries
+	}
+	if !cfg.journalSet {
+		cfg.journalDir = DefaultJournalDir()
+	}
 	servers := strings.FieldsFunc(nameServer, func(r rune) bool { return r == ';' || r == ',' || r == ' ' })
 	if len(servers) == 0 {
 		return nil, errors.New("rocketmq: no name server address")
@@ -292,11 +330,7 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 	if req.ID == "" {
 		req.ID = broker.NewID()
 	}
-	extra := clientSendProps + clientRequestProps
-	if deadline.IsZero() {
-		extra++ // the client's TTL
-	}
-	msg, size, err := rocketMessage(req.Subject, req, deadline, extra)
+	msg, size, err := rocketMessage(req.Subject, req, deadline, clientSendProps+clientRequestProps)
 	if err != nil {
 		return nil, err
 	}

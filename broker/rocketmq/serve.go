@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -52,12 +54,23 @@ func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOpt
 		ctx:     ctx,
 		cancel:  cancel,
 		stopped: make(chan struct{}),
+
+		retryTopic: retryTopicPrefix + cfg.Queue,
+	}
+	if dir := b.cfg.journalDir; dir != "" {
+		j, err := openJournal(filepath.Join(dir, cfg.Queue), "mqrpc-"+broker.NewID())
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("rocketmq: serve %s: %w", subject, err)
+		}
+		s.journal = j
 	}
 	if b.hooks.lookup != nil && b.hooks.lookup(subject) != nil {
 		// Create the topic first: a consumer that fails for want of it
 		// leaves its goroutines and connection behind (see Close).
 		if err := b.createTopic(subject); err != nil {
 			cancel()
+			s.closeJournal()
 			return nil, fmt.Errorf("rocketmq: serve %s: create topic: %w", subject, err)
 		}
 		b.waitTopic(subject)
@@ -71,6 +84,7 @@ func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOpt
 	}
 	if err != nil {
 		cancel()
+		s.closeJournal()
 		return nil, fmt.Errorf("rocketmq: serve %s as group %s: %w", subject, cfg.Queue, err)
 	}
 	s.pc = pc
@@ -79,6 +93,7 @@ func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOpt
 		b.mu.Unlock()
 		_ = pc.Shutdown()
 		cancel()
+		s.closeJournal()
 		return nil, fmt.Errorf("rocketmq: serve %s: %w", subject, broker.ErrClosed)
 	}
 	b.subs[s] = struct{}{}
@@ -110,6 +125,10 @@ func (b *Broker) startConsumer(s *subscription, cfg broker.ServeConfig) (rmq.Pus
 		consumer.WithConsumeTimestamp(time.Now().Add(-NewGroupWindow).UTC().Format("20060102150405")),
 		consumer.WithConsumeGoroutineNums(cfg.Concurrency),
 		consumer.WithConsumeMessageBatchMaxSize(1),
+		// mqrpc dead-letters a message itself (delay level -1) after
+		// maxDeliveries; the broker's own limit is only a backstop for
+		// messages handed back without a handler (while stopping).
+		consumer.WithMaxReconsumeTimes(int32(b.cfg.maxDeliveries + 16)),
 	}
 	if !b.cfg.credentials.IsEmpty() {
 		copts = append(copts, consumer.WithCredentials(b.cfg.credentials))
@@ -121,6 +140,9 @@ func (b *Broker) startConsumer(s *subscription, cfg broker.ServeConfig) (rmq.Pus
 	if err := pc.Subscribe(s.subject, consumer.MessageSelector{Type: consumer.TAG, Expression: "*"}, s.consume); err != nil {
 		return nil, fmt.Errorf("subscribe: %w", err)
 	}
+	// Set before Start, which starts the deliveries that read them.
+	s.hooks = hooksOf(pc)
+	s.persist, _ = pc.(offsetPersister)
 	if err := pc.Start(); err != nil {
 		// Start shuts the consumer down itself when it fails.
 		return nil, fmt.Errorf("start consumer: %w", err)
@@ -182,6 +204,17 @@ type subscription struct {
 	log     *slog.Logger
 	pc      rmq.PushConsumer
 
+	// retryTopic is the group's retry topic; journal counts crashed
+	// deliveries (nil: off); hooks reach into the consumer's client.
+	retryTopic string
+	journal    *journal
+	hooks      clientHooks
+	persist    offsetPersister // nil if the consumer cannot
+	routeOnce  sync.Once
+	// isolate runs a message suspected of crashing a server alone (write
+	// lock) while other deliveries share it (read lock).
+	isolate sync.RWMutex
+
 	// ctx is the parent of every handler context: cancelled by Close, not
 	// by Stop (Stop drains).
 	ctx    context.Context
@@ -201,7 +234,7 @@ var _ broker.Subscription = (*subscription)(nil)
 // consumer down, which commits the consumed offsets and hands the queues to
 // the group's other servers. Messages the consumer had already fetched but
 // not handed to a handler go back to the broker, which redelivers them to
-// the group later (RocketMQ's retry backoff, 10 s first).
+// the group later (through the retry topic, after 1 s).
 func (s *subscription) Stop(ctx context.Context) error {
 	return s.stop(ctx, true)
 }
@@ -237,11 +270,25 @@ func (s *subscription) shutdown(drain bool) {
 		}
 	}
 	s.cancel()
+	s.closeJournal()
 	s.b.mu.Lock()
 	delete(s.b.subs, s)
 	s.b.mu.Unlock()
 	s.stopErr = err
 	close(s.stopped)
+}
+
+// offsetPersister is the push consumer's method that sends the consumed
+// offsets to the broker now rather than at its next 5 s tick.
+type offsetPersister interface{ PersistConsumerOffset() error }
+
+// closeJournal releases the journal's file.
+func (s *subscription) closeJournal() {
+	if s.journal != nil {
+		if err := s.journal.close(); err != nil {
+			s.log.Warn("rocketmq: delivery journal", "err", err)
+		}
+	}
 }
 
 // begin registers one delivery in flight; false once stopping.
@@ -255,21 +302,83 @@ func (s *subscription) begin() bool {
 	return true
 }
 
-// consume is the push consumer's callback (batch size 1).
-func (s *subscription) consume(_ context.Context, msgs ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
+// consume is the push consumer's callback (batch size 1). A delivery that
+// is not settled here goes back to the broker with the delay level chosen
+// for it (level -1: the dead-letter topic).
+func (s *subscription) consume(ctx context.Context, msgs ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
 	reserveStack(0)
+	cc, _ := primitive.GetConcurrentlyCtx(ctx)
 	for _, m := range msgs {
 		if !s.begin() {
 			// Stopping: leave the message to the group's other servers. The
 			// client sends it back to the broker for later redelivery.
+			if cc != nil {
+				cc.DelayLevelWhenNextConsume = backoffLevel(1)
+			}
 			return consumer.ConsumeRetryLater, nil
 		}
-		res := s.handleSafe(m)
-		if res != consumer.ConsumeSuccess {
-			return res, nil
+		var queue primitive.MessageQueue
+		if cc != nil {
+			queue = cc.MQ
+		}
+		if level := s.deliver(queue, m); level != levelDone {
+			if cc != nil {
+				cc.DelayLevelWhenNextConsume = level
+			}
+			s.retryRouteSoon()
+			return consumer.ConsumeRetryLater, nil
 		}
 	}
 	return consumer.ConsumeSuccess, nil
+}
+
+// Delay levels a delivery settles with (RocketMQ's default messageDelayLevel
+// "1s 5s 10s 30s 1m ..."): levelDone acknowledges, levelDeadLetter sends
+// the message to %DLQ%<group>, a positive level redelivers it through the
+// group's retry topic after that level's delay.
+const (
+	levelDone       = 0
+	levelDeadLetter = -1
+)
+
+// backoffLevel is the delay level of the redelivery after n failed
+// deliveries: 1 s, 5 s, then 10 s.
+func backoffLevel(n int) int {
+	return min(max(n, 1), 3)
+}
+
+// failed is the delay level after a failed delivery, the n-th: a
+// redelivery with backoff, or the dead-letter topic at the limit.
+func (s *subscription) failed(n int) int {
+	if n >= s.b.cfg.maxDeliveries {
+		return levelDeadLetter
+	}
+	return backoffLevel(n)
+}
+
+// retryTopicPrefix names a consumer group's retry topic, where RocketMQ
+// stores the messages its consumers send back.
+const retryTopicPrefix = "%RETRY%"
+
+// retryRouteSoon makes the consumer learn its group's retry topic now,
+// once: the broker creates the topic with the group's first heartbeat,
+// after the consumer asked for its routes, and the client would otherwise
+// find it only with its next route poll, up to 30 s later, delaying the
+// first redeliveries by as much.
+func (s *subscription) retryRouteSoon() {
+	s.routeOnce.Do(func() {
+		if s.hooks.refresh == nil {
+			return
+		}
+		go func() {
+			select {
+			case <-time.After(500 * time.Millisecond): // the send-back is stored
+			case <-s.ctx.Done():
+				return
+			}
+			s.hooks.refresh()
+		}()
+	})
 }
 
 // reserveStack makes the calling goroutine's stack large enough for a
@@ -293,44 +402,97 @@ func reserveStack(i int) byte {
 	return frame[i]
 }
 
-// handleSafe is handle with the in-flight count released and a panicking
-// handler turned into a failed delivery: the client's own recovery would
-// leave the message unacknowledged and Stop waiting forever.
-func (s *subscription) handleSafe(m *primitive.MessageExt) (res consumer.ConsumeResult) {
+// deliver handles one delivery and returns the delay level it settles
+// with. It releases the in-flight count and turns a panicking handler into
+// a failed delivery: the client's own recovery would leave the message
+// unacknowledged and Stop waiting forever.
+//
+// How many deliveries a message had is what the broker says, never what
+// the message says: RocketMQ's reconsume count of a message read from the
+// group's retry topic (where only the broker writes, counting the
+// send-backs), zero for one read from the service topic (whatever its
+// sender stored there), plus the crashed deliveries the journal knows of.
+func (s *subscription) deliver(queue primitive.MessageQueue, m *primitive.MessageExt) (level int) {
 	defer s.inflight.Done()
+	prior := 0
+	if queue.Topic == s.retryTopic {
+		prior = int(max(m.ReconsumeTimes, 0))
+	}
+	if s.journal != nil && queue.Topic != "" {
+		qk := queue.Topic + "/" + queue.BrokerName + "/" + strconv.Itoa(queue.QueueId)
+		key := qk + "/" + strconv.FormatInt(m.QueueOffset, 10)
+		s.journal.seen(qk, m.QueueOffset)
+		defer s.journal.finish(key)
+		if n := s.journal.crashes(key); n > 0 {
+			// This stored message was in flight when a server crashed:
+			// send it back (or dead-letter it) rather than run it again,
+			// so the queue moves past it, and run it alone next time.
+			level = s.failed(prior + n)
+			s.journal.suspectID(m.MsgId, level != levelDeadLetter)
+			s.log.Warn("rocketmq: message was in flight when a server crashed; sending it back", "msgId", m.MsgId, "deliveries", prior+n, "deadLetter", level == levelDeadLetter)
+			return level
+		}
+		if s.journal.suspected(m.MsgId) {
+			s.isolate.Lock()
+			defer s.isolate.Unlock()
+			// Commit the offsets of the messages settled so far first:
+			// if this one crashes the server again, they (and the copy
+			// of this one already sent back) must not come back.
+			if s.persist != nil {
+				_ = s.persist.PersistConsumerOffset()
+			}
+			defer func() {
+				if level <= levelDone {
+					s.journal.suspectID(m.MsgId, false)
+				}
+			}()
+		} else {
+			s.isolate.RLock()
+			defer s.isolate.RUnlock()
+		}
+		s.journal.start(key)
+	}
 	defer func() {
 		if v := recover(); v != nil {
-			s.log.Error("rocketmq: handler panicked; message will be redelivered", "msgId", m.MsgId, "panic", v)
-			res = consumer.ConsumeRetryLater
+			level = s.failed(prior + 1)
+			s.log.Error("rocketmq: handler panicked", "msgId", m.MsgId, "panic", v, "deadLetter", level == levelDeadLetter)
 		}
 	}()
-	return s.handle(m)
+	return s.handle(m, prior)
 }
 
-func (s *subscription) handle(m *primitive.MessageExt) consumer.ConsumeResult {
+// handle runs one delivery; prior is the number of earlier deliveries.
+func (s *subscription) handle(m *primitive.MessageExt, prior int) int {
 	props := m.GetProperties()
 	if _, ok := props[propInit]; ok {
-		return consumer.ConsumeSuccess
+		return levelDone
 	}
 	req, err := fromProperties(s.subject, props, m.Body)
 	if err != nil {
 		// A malformed deadline cannot be honoured and redelivery would not
 		// fix it: answer InvalidArgument (gRPC code 3), as every mqrpc
-		// broker does, or drop a one-way message.
+		// broker does, or dead-letter a one-way message.
 		s.log.Warn("rocketmq: malformed message", "msgId", m.MsgId, "err", err)
-		if isRequest(m) {
-			ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
-			defer cancel()
-			reply := &broker.Message{Header: broker.Header{broker.HeaderStatus: "3", broker.HeaderStatusMessage: err.Error()}}
-			if err := s.b.reply(ctx, m, reply); err != nil {
-				s.log.Warn("rocketmq: reply not delivered", "msgId", m.MsgId, "err", err)
-			}
+		if !isRequest(m) {
+			return levelDeadLetter
 		}
-		return consumer.ConsumeSuccess
+		ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+		defer cancel()
+		reply := &broker.Message{Header: broker.Header{broker.HeaderStatus: "3", broker.HeaderStatusMessage: err.Error()}}
+		if err := s.b.reply(ctx, m, reply); err != nil {
+			s.log.Warn("rocketmq: reply not delivered", "msgId", m.MsgId, "err", err)
+		}
+		return levelDone
 	}
 	if req.Expired(time.Now()) {
+		if prior > 0 {
+			// It failed before and ran out of time waiting for its
+			// redelivery: dead-letter it, not drop it.
+			s.log.Warn("rocketmq: failed request expired; dead-lettering it", "id", req.ID, "deliveries", prior)
+			return levelDeadLetter
+		}
 		s.log.Debug("rocketmq: dropping expired request", "id", req.ID, "deadline", req.Deadline)
-		return consumer.ConsumeSuccess
+		return levelDone
 	}
 	ctx := s.ctx
 	if !req.Deadline.IsZero() {
@@ -340,21 +502,21 @@ func (s *subscription) handle(m *primitive.MessageExt) consumer.ConsumeResult {
 	}
 	reply, err := s.h.ServeMessage(ctx, req)
 	if err != nil {
-		if ctx.Err() != nil {
-			// The caller gave up (or the broker closed): nobody waits for
-			// a redelivery.
-			return consumer.ConsumeSuccess
+		level := s.failed(prior + 1)
+		if s.ctx.Err() == nil && req.Expired(time.Now()) {
+			// Nobody waits for a redelivery.
+			level = levelDeadLetter
 		}
-		s.log.Warn("rocketmq: handler failed; message will be redelivered", "id", req.ID, "err", err)
-		return consumer.ConsumeRetryLater
+		s.log.Warn("rocketmq: handler failed", "id", req.ID, "err", err, "deliveries", prior+1, "deadLetter", level == levelDeadLetter)
+		return level
 	}
 	if reply == nil || !isRequest(m) {
-		return consumer.ConsumeSuccess
+		return levelDone
 	}
 	if err := s.b.reply(ctx, m, reply); err != nil {
 		s.log.Warn("rocketmq: reply not delivered", "id", req.ID, "err", err)
 	}
-	return consumer.ConsumeSuccess
+	return levelDone
 }
 
 // reply sends the reply to req.

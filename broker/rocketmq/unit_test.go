@@ -138,8 +138,17 @@ func TestRequestTTL(t *testing.T) {
 	_, err := b.Request(context.Background(), &broker.Message{Subject: "svc", Deadline: time.Now().Add(1500 * time.Millisecond)})
 	require.NoError(t, err)
 	assert.Equal(t, 2*time.Second, got)
-	assert.Equal(t, "2", props["TTL"])
+	assert.NotContains(t, props, "TTL", "the client writes TTL (in its unit, seconds), not mqrpc")
 	assert.NotEmpty(t, props[broker.HeaderDeadline])
+
+	// A deadline centuries ahead: the client's entry gets a day, as a
+	// request without a deadline does, instead of an overflowed 1 s that
+	// drops the reply; the deadline travels as it is.
+	far := time.Now().AddDate(300, 0, 0)
+	_, err = b.Request(context.Background(), &broker.Message{Subject: "svc", Deadline: far})
+	require.NoError(t, err)
+	assert.Equal(t, 24*time.Hour, got)
+	assert.Equal(t, broker.FormatDeadline(far), props[broker.HeaderDeadline])
 
 	_, err = b.Request(context.Background(), &broker.Message{Subject: "svc"})
 	require.NoError(t, err)
@@ -299,7 +308,7 @@ func TestSendMapping(t *testing.T) {
 	assert.Equal(t, "v", p["x-mixed"])
 	assert.Contains(t, p, "x-empty")
 	assert.Equal(t, broker.FormatDeadline(deadline), p["mqrpc-deadline"])
-	assert.Equal(t, "60", p["TTL"])
+	assert.NotContains(t, p, "TTL", "RocketMQ does not enforce TTL: mqrpc-deadline is the deadline")
 	assert.Equal(t, "1", p["mqrpc-empty-body"])
 	assert.Equal(t, []byte{0}, got.Body)
 }
