@@ -211,3 +211,47 @@ func BenchmarkJournal(b *testing.B) {
 		j.finish(k)
 	}
 }
+
+// A suspect runs alone: it waits for the deliveries in flight, and new ones
+// wait for it. Every wait is bounded: a delivery started while a suspect
+// waits (a handler calling its own service, say) still runs, after at most
+// soloWait, so nothing deadlocks.
+func TestSoloGate(t *testing.T) {
+	var g soloGate
+	ctx := context.Background()
+	leaveA := g.shared(ctx) // a delivery in flight
+
+	soloIn := make(chan func())
+	go func() {
+		leave, alone := g.solo(ctx)
+		assert.True(t, alone, "the suspect never ran alone")
+		soloIn <- leave
+	}()
+	for g.wanted.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	bIn := make(chan func())
+	go func() { bIn <- g.shared(ctx) }() // called by A's handler, say
+	select {
+	case <-soloIn:
+		t.Fatal("the suspect ran beside a delivery in flight")
+	case leaveB := <-bIn:
+		// A's nested delivery ran after waiting at most soloWait; A ends.
+		leaveB()
+	case <-time.After(4 * soloWait):
+		t.Fatal("a delivery started while a suspect waited never ran")
+	}
+	leaveA()
+	var leaveSolo func()
+	select {
+	case leaveSolo = <-soloIn:
+	case <-time.After(4 * soloWait):
+		t.Fatal("the suspect never ran")
+	}
+	// While it runs, a delivery waits for it, at most soloWait.
+	start := time.Now()
+	leaveC := g.shared(ctx)
+	assert.GreaterOrEqual(t, time.Since(start), soloWait/2, "a delivery ran beside the suspect at once")
+	leaveC()
+	leaveSolo()
+}

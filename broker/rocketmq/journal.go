@@ -2,6 +2,7 @@ package rocketmq
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -9,7 +10,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // journal makes a delivery that crashed its server process count as a
@@ -302,4 +305,55 @@ func (j *journal) close() error {
 		err = nil
 	}
 	return err
+}
+
+// soloGate runs a suspect alone among a server's deliveries, with every
+// wait bounded by soloWait, so that a handler that calls a service of the
+// same server while a suspect waits (or a suspect that calls one) delays
+// things by at most soloWait instead of deadlocking: after it, a suspect
+// runs beside the others and a delivery that waited for a suspect runs
+// anyway.
+type soloGate struct {
+	rw     sync.RWMutex
+	wanted atomic.Int32 // suspects waiting: deliveries hold back for them
+}
+
+// soloWait bounds every wait of soloGate.
+const soloWait = 5 * time.Second
+
+// solo waits (up to twice soloWait, so that deliveries held back for it
+// give up first, or until ctx ends) to run alone and returns the function
+// that ends the delivery; alone reports whether it got to (otherwise it
+// runs beside the others).
+func (g *soloGate) solo(ctx context.Context) (leave func(), alone bool) {
+	g.wanted.Add(1)
+	defer g.wanted.Add(-1)
+	deadline := time.Now().Add(2 * soloWait)
+	// Polled: a blocked Lock would hold back new readers without bound.
+	for !g.rw.TryLock() {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return func() {}, false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return g.rw.Unlock, true
+}
+
+// shared lets suspects waiting to run alone go first and waits for one
+// running, up to soloWait (or until ctx ends) in all, then runs beside the
+// other deliveries; it returns the function that ends the delivery.
+func (g *soloGate) shared(ctx context.Context) func() {
+	if g.wanted.Load() == 0 && g.rw.TryRLock() {
+		return g.rw.RUnlock
+	}
+	deadline := time.Now().Add(soloWait)
+	for {
+		if g.wanted.Load() == 0 && g.rw.TryRLock() {
+			return g.rw.RUnlock
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return func() {}
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

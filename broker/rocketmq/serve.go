@@ -211,9 +211,8 @@ type subscription struct {
 	hooks      clientHooks
 	persist    offsetPersister // nil if the consumer cannot
 	routeOnce  sync.Once
-	// isolate runs a message suspected of crashing a server alone (write
-	// lock) while other deliveries share it (read lock).
-	isolate sync.RWMutex
+	// isolate runs a message suspected of crashing a server alone.
+	isolate soloGate
 
 	// ctx is the parent of every handler context: cancelled by Close, not
 	// by Stop (Stop drains).
@@ -433,8 +432,11 @@ func (s *subscription) deliver(queue primitive.MessageQueue, m *primitive.Messag
 			return level
 		}
 		if s.journal.suspected(m.MsgId) {
-			s.isolate.Lock()
-			defer s.isolate.Unlock()
+			leave, alone := s.isolate.solo(s.ctx)
+			defer leave()
+			if !alone {
+				s.log.Warn("rocketmq: suspect could not run alone; running it beside others", "msgId", m.MsgId, "waited", 2*soloWait)
+			}
 			// Commit the offsets of the messages settled so far first:
 			// if this one crashes the server again, they (and the copy
 			// of this one already sent back) must not come back.
@@ -447,8 +449,7 @@ func (s *subscription) deliver(queue primitive.MessageQueue, m *primitive.Messag
 				}
 			}()
 		} else {
-			s.isolate.RLock()
-			defer s.isolate.RUnlock()
+			defer s.isolate.shared(s.ctx)()
 		}
 		s.journal.start(key)
 	}
