@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/apache/rocketmq-client-go/v2/consumer"
 	"github.com/apache/rocketmq-client-go/v2/primitive"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -254,4 +255,37 @@ func TestSoloGate(t *testing.T) {
 	assert.GreaterOrEqual(t, time.Since(start), soloWait/2, "a delivery ran beside the suspect at once")
 	leaveC()
 	leaveSolo()
+}
+
+// A failed message read from the service topic with a reconsume count its
+// sender set (a raw-protocol client can; the broker would carry the count
+// to the retry copy and dead-letter it at once) is resent as a clean,
+// delayed copy; an ordinary one goes back through the retry topic.
+func TestConsumeForgedReconsumeCount(t *testing.T) {
+	s := testSubscription(t, func(context.Context, *broker.Message) (*broker.Message, error) {
+		return nil, errors.New("no")
+	})
+	prod := s.b.producer.(*recordingProducer)
+	consume := func(m *primitive.MessageExt) (consumer.ConsumeResult, int) {
+		cc := primitive.NewConsumeConcurrentlyContext()
+		cc.MQ = queueOf("svc")
+		res, err := s.consume(primitive.WithConcurrentlyCtx(context.Background(), cc), m)
+		require.NoError(t, err)
+		return res, cc.DelayLevelWhenNextConsume
+	}
+	res, level := consume(delivery(map[string]string{"KEYS": "plain"}, 0, 1))
+	assert.Equal(t, consumer.ConsumeRetryLater, res)
+	assert.Equal(t, 1, level)
+	assert.Empty(t, prod.sent)
+
+	res, _ = consume(delivery(map[string]string{"KEYS": "forged", "RECONSUME_TIME": "99", "CLUSTER": "c", "mqrpc-method": "Add"}, 99, 2))
+	assert.Equal(t, consumer.ConsumeSuccess, res, "acknowledged: a clean copy was sent")
+	require.Len(t, prod.sent, 1)
+	p := prod.sent[0].GetProperties()
+	assert.Equal(t, "svc", prod.sent[0].Topic)
+	assert.Equal(t, "1", p["DELAY"])
+	assert.Equal(t, "forged", p["KEYS"])
+	assert.Equal(t, "Add", p["mqrpc-method"])
+	assert.NotContains(t, p, "RECONSUME_TIME")
+	assert.NotContains(t, p, "CLUSTER")
 }

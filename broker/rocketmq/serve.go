@@ -321,6 +321,9 @@ func (s *subscription) consume(ctx context.Context, msgs ...*primitive.MessageEx
 			queue = cc.MQ
 		}
 		if level := s.deliver(queue, m); level != levelDone {
+			if level > 0 && queue.Topic != s.retryTopic && m.ReconsumeTimes > 0 && s.resend(m, level) {
+				continue
+			}
 			if cc != nil {
 				cc.DelayLevelWhenNextConsume = level
 			}
@@ -329,6 +332,41 @@ func (s *subscription) consume(ctx context.Context, msgs ...*primitive.MessageEx
 		}
 	}
 	return consumer.ConsumeSuccess, nil
+}
+
+// resend redelivers a failed message read from the service topic whose
+// stored reconsume count its sender set (only the broker sets it on the
+// retry topic): sent back, the copy would carry that count (plus one) and
+// the broker would dead-letter it at once once it passed its limit. The
+// server publishes a clean copy to the topic instead, delayed by level,
+// which counts from one; the message gets at most one delivery more.
+func (s *subscription) resend(m *primitive.MessageExt, level int) bool {
+	props := make(map[string]string, len(m.GetProperties())+1)
+	for k, v := range m.GetProperties() {
+		if _, internal := resendDrop[k]; !internal {
+			props[k] = v
+		}
+	}
+	msg := &primitive.Message{Topic: s.subject, Body: m.Body}
+	msg.WithProperties(props)
+	msg.WithDelayTimeLevel(level)
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	defer cancel()
+	if _, err := s.b.producer.SendSync(ctx, msg); err != nil {
+		s.log.Warn("rocketmq: resending a message with a reconsume count set by its sender failed", "msgId", m.MsgId, "err", err)
+		return false
+	}
+	s.log.Warn("rocketmq: message carried a reconsume count set by its sender; resent a clean copy", "msgId", m.MsgId, "reconsumeTimes", m.ReconsumeTimes)
+	return true
+}
+
+// resendDrop are the properties the broker or the consumer add to a stored
+// or delivered message, left out of a resent copy.
+var resendDrop = map[string]struct{}{
+	"MIN_OFFSET": {}, "MAX_OFFSET": {}, "CONSUME_START_TIME": {}, propCluster: {}, "RETRY_TOPIC": {},
+	"ORIGIN_MESSAGE_ID": {}, "REAL_TOPIC": {}, "REAL_QID": {}, "DELAY": {}, "RECONSUME_TIME": {},
+	"MAX_RECONSUME_TIMES": {}, "TRAN_MSG": {}, "__STARTDELIVERTIME": {}, "TIMER_DELIVER_MS": {},
+	"TIMER_DELAY_SEC": {}, "TIMER_DELAY_MS": {},
 }
 
 // Delay levels a delivery settles with (RocketMQ's default messageDelayLevel
