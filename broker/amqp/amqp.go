@@ -49,9 +49,12 @@ import (
 // Broker is a broker.Broker over one RabbitMQ connection. It is safe for
 // concurrent use. Create it with New and release it with Close.
 type Broker struct {
-	url string
-	cfg config
-	amq amqp091.Config
+	urls []string
+	// next is the index in urls of the node the last connection went to:
+	// a reconnect tries it first.
+	next atomic.Int32
+	cfg  config
+	amq  amqp091.Config
 
 	// ctx is cancelled by Close; handlers' contexts derive from it.
 	ctx    context.Context
@@ -73,19 +76,25 @@ var _ broker.Broker = (*Broker)(nil)
 // amqps://...) and returns a Broker. The first connection attempt is made
 // before New returns, so a wrong address or credentials fail here; later
 // losses are recovered in the background.
+//
+// url may list the nodes of a cluster, separated by commas
+// ("amqp://u:p@host1:5672/,amqp://u:p@host2:5672/"): each connection
+// attempt (the first, and every reconnect) tries them in turn, from the
+// one that last worked, and takes the first that accepts; it fails only
+// when none does. Each URL keeps its own credentials and vhost.
 func New(url string, opts ...Option) (*Broker, error) {
 	cfg := newConfig(opts)
 	b := &Broker{
-		url:   url,
+		urls:  splitURLs(url),
 		cfg:   cfg,
 		ready: make(chan struct{}),
 	}
-	uri, err := amqp091.ParseURI(url)
-	if err != nil {
-		return nil, fmt.Errorf("amqp: parse url %s: %w", redact.URL(url), parseError(url, err))
+	for _, u := range b.urls {
+		if _, err := amqp091.ParseURI(u); err != nil {
+			return nil, fmt.Errorf("amqp: parse url %s: %w", redact.URL(u), parseError(u, err))
+		}
 	}
 	b.amq = amqp091.Config{
-		Vhost:           uri.Vhost,
 		Heartbeat:       cfg.heartbeat,
 		TLSClientConfig: cfg.tls,
 		Dial:            batchDial(amqp091.DefaultDial(cfg.dialTimeout)),
@@ -105,6 +114,46 @@ func New(url string, opts ...Option) (*Broker, error) {
 	b.wg.Add(1)
 	go b.supervise(s)
 	return b, nil
+}
+
+// splitURLs splits a comma-separated list of URLs. A string whose parts
+// are not all URLs (a comma in a password that was not percent-encoded)
+// is one URL.
+func splitURLs(raw string) []string {
+	parts := strings.Split(raw, ",")
+	for i, p := range parts {
+		parts[i] = strings.TrimSpace(p)
+		if !strings.Contains(parts[i], "://") {
+			return []string{raw}
+		}
+	}
+	return parts
+}
+
+// dial connects to the first of b.urls that accepts, from the one that
+// last did.
+func (b *Broker) dial(amq amqp091.Config) (*amqp091.Connection, error) {
+	if len(b.urls) == 1 {
+		return amqp091.DialConfig(b.urls[0], amq)
+	}
+	first := int(b.next.Load())
+	var errs []error
+	for i := range b.urls {
+		k := (first + i) % len(b.urls)
+		props := amqp091.Table{}
+		for key, v := range amq.Properties {
+			props[key] = v
+		}
+		try := amq
+		try.Properties = props
+		conn, err := amqp091.DialConfig(b.urls[k], try)
+		if err == nil {
+			b.next.Store(int32(k))
+			return conn, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", redact.URL(b.urls[k]), err))
+	}
+	return nil, errors.Join(errs...)
 }
 
 // parseError is the cause of a URL that amqp091-go could not parse, without
@@ -212,7 +261,7 @@ func (b *Broker) connect() (*session, error) {
 		// credentials of a PlainAuth after the handshake.
 		amq.SASL = []amqp091.Authentication{&amqp091.PlainAuth{Username: *b.cfg.user, Password: *b.cfg.password}}
 	}
-	conn, err := amqp091.DialConfig(b.url, amq)
+	conn, err := b.dial(amq)
 	if err != nil {
 		return nil, fmt.Errorf("amqp: dial: %w", err)
 	}
@@ -268,7 +317,7 @@ func (b *Broker) connect() (*session, error) {
 			s.reply(&d)
 		}
 	}()
-	b.cfg.logger.Info("amqp: connected", "vhost", b.amq.Vhost, "remote", remoteAddr(conn))
+	b.cfg.logger.Info("amqp: connected", "vhost", conn.Config.Vhost, "remote", remoteAddr(conn))
 	return s, nil
 }
 

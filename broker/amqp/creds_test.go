@@ -3,6 +3,7 @@ package amqp_test
 import (
 	"context"
 	"errors"
+	"net"
 	"net/url"
 	"strings"
 	"testing"
@@ -156,4 +157,36 @@ func TestCredentialsNotInDialErrors(t *testing.T) {
 			testenv.AssertNoSecret(t, []string{password, "Sekr1t"}, "a log record", logs.String())
 		})
 	}
+}
+
+// TestURLList: New takes a comma-separated list of URLs and connects to the
+// first that accepts (the first here is a closed port); calls work through
+// it. With none reachable, New fails and names each URL, without its
+// password.
+func TestURLList(t *testing.T) {
+	good := testenv.AMQPURL(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	closed := "amqp://guest:Sekr1t-closed@" + l.Addr().String() + "/"
+	require.NoError(t, l.Close())
+
+	b, err := amqp.New(closed+","+good, amqp.WithDialTimeout(2*time.Second))
+	require.NoError(t, err, "the second URL works")
+	t.Cleanup(func() { _ = b.Close() })
+	subj := "urllist-" + strings.ReplaceAll(broker.NewID(), "-", "")
+	sub, err := b.Serve(subj, broker.HandlerFunc(func(_ context.Context, m *broker.Message) (*broker.Message, error) {
+		return &broker.Message{Body: m.Body}, nil
+	}))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sub.Stop(context.Background()) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	reply, err := b.Request(ctx, &broker.Message{ID: broker.NewID(), Subject: subj, Body: []byte("ping")})
+	require.NoError(t, err)
+	assert.Equal(t, "ping", string(reply.Body))
+
+	_, err = amqp.New(closed+","+closed, amqp.WithDialTimeout(2*time.Second))
+	require.Error(t, err)
+	assert.Equal(t, 2, strings.Count(err.Error(), "amqp://redacted@"+l.Addr().String()), "each URL tried: %v", err)
+	testenv.AssertNoSecret(t, []string{"Sekr1t"}, "an error", err.Error())
 }

@@ -8,9 +8,16 @@
 //	memory:                          a new in-process broker (broker/memory)
 //	embedded:                        a NATS server started in this process on a free
 //	                                 loopback port; closing the broker stops it
-//	nats://host:port, tls://...      NATS (broker/nats); several URLs separated by commas
+//	nats://host:port, tls://...      NATS (broker/nats)
 //	amqp://..., amqps://...          RabbitMQ (broker/amqp)
 //	rocketmq://host:port             RocketMQ through its name server (broker/rocketmq)
+//
+// For a cluster, list its nodes separated by commas; the client connects to
+// one that answers and fails over to the others by itself:
+//
+//	nats://n1:4222,nats://n2:4222,nats://n3:4222
+//	amqp://u:p@r1:5672/,amqp://u:p@r2:5672/   (tried in turn)
+//	rocketmq://ns1:9876,ns2:9876              (name servers)
 //
 // Importing dial links every broker client; a program that needs one broker
 // can import that broker's package alone. Linking rocketmq-client-go (as
@@ -95,11 +102,21 @@ func Open(rawURL string, opts ...Option) (broker.Broker, error) {
 		}
 		return b, nil
 	case "rocketmq":
-		u, err := url.Parse(rawURL)
-		if err != nil || u.Host == "" {
-			return nil, fmt.Errorf("dial: rocketmq URL %q: want rocketmq://host:port", rawURL)
+		// Several name servers: rocketmq://h1:9876,h2:9876 or
+		// rocketmq://h1:9876,rocketmq://h2:9876.
+		var hosts []string
+		for _, p := range strings.Split(rawURL, ",") {
+			p = strings.TrimSpace(p)
+			if !strings.Contains(p, "://") && len(hosts) > 0 {
+				p = "rocketmq://" + p
+			}
+			u, err := url.Parse(p)
+			if err != nil || u.Host == "" || !strings.EqualFold(u.Scheme, "rocketmq") {
+				return nil, fmt.Errorf("dial: rocketmq URL %q: want rocketmq://host:port[,host:port...]", rawURL)
+			}
+			hosts = append(hosts, u.Host)
 		}
-		b, err := rocketmq.New(u.Host, rocketmq.WithLogger(cfg.logger))
+		b, err := rocketmq.New(strings.Join(hosts, ";"), rocketmq.WithLogger(cfg.logger))
 		if err != nil {
 			return nil, fmt.Errorf("dial: %w", err)
 		}

@@ -2,6 +2,7 @@ package dial_test
 
 import (
 	"context"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +25,13 @@ func TestOpen(t *testing.T) {
 		{"nats", func(t *testing.T) string { return testenv.NATSURL(t) }},
 		{"amqp", func(t *testing.T) string { return testenv.AMQPURL(t) }},
 		{"rocketmq", func(t *testing.T) string { return "rocketmq://" + testenv.RocketMQNoRace(t) }},
+		// Lists of cluster nodes, the first not listening: the client
+		// fails over to the next.
+		{"nats-list", func(t *testing.T) string { return "nats://" + closedAddr(t) + "," + testenv.NATSURL(t) }},
+		{"amqp-list", func(t *testing.T) string { return "amqp://guest:guest@" + closedAddr(t) + "/," + testenv.AMQPURL(t) }},
+		{"rocketmq-list", func(t *testing.T) string {
+			return "rocketmq://" + closedAddr(t) + ",rocketmq://" + testenv.RocketMQNoRace(t)
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -80,4 +88,14 @@ func TestRedact(t *testing.T) {
 		got := dial.Redact(in)
 		assert.Equal(t, want, got, "Redact(%q)", in)
 	}
+}
+
+// closedAddr returns a loopback host:port nobody listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+	return addr
 }
