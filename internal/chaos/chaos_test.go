@@ -58,7 +58,22 @@ func TestMain(m *testing.M) {
 	if os.Getenv(chaos.EnvChild) == "1" {
 		os.Exit(chaos.RunChild())
 	}
+	// The RocketMQ servers of this run, here and in the children, share a
+	// delivery journal of their own.
+	journal := ""
+	if os.Getenv(chaos.EnvJournal) == "" {
+		dir, err := os.MkdirTemp("", "mqrpc-chaos-journal-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "chaos:", err)
+			os.Exit(1)
+		}
+		journal = dir
+		_ = os.Setenv(chaos.EnvJournal, dir)
+	}
 	code := m.Run()
+	if journal != "" {
+		_ = os.RemoveAll(journal)
+	}
 	if redisNode != nil {
 		redisNode.Close()
 	}

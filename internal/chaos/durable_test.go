@@ -57,9 +57,6 @@ var pending = map[string]string{
 	"nats-jetstream/crash-poison": "with the shared natskv dedup store (claims with a lease) 4 of 20 healthy requests were dead-lettered " +
 		"with the poison, 42 s; with a store without claims it passes (likely: healthy suspects hold the suspect lane while they " +
 		"wait for the crashed process's claims, and the poison runs outside the lane after laneWait)",
-	"rocketmq/crash-poison":     "a poison that crashes the server is redelivered forever and blocks the queue",
-	"rocketmq/fail-deadline":    "a failing request is retried on RocketMQ's schedule (10 s, 30 s, ...) 16 times, not dead-lettered after MaxDeliver",
-	"rocketmq/foreign-deadline": "a one-way message with a malformed deadline is dropped, not dead-lettered",
 }
 
 // skipPending skips a scenario listed in pending, unless

@@ -140,7 +140,7 @@ func (t Target) Open(addr, connName string) (broker.Broker, error) {
 		}
 		return amqp.New(addr, opts...)
 	case "rocketmq":
-		return rocketmq.New(addr)
+		return rocketmq.New(addr, rocketmq.WithMaxDeliveries(MaxDeliver), rocketmq.WithDeliveryJournal(JournalDir()))
 	}
 	return nil, fmt.Errorf("chaos: unknown target %q", t.Name)
 }
@@ -292,6 +292,21 @@ func (s FileDedupStore) Store(_ context.Context, key string, reply *broker.Messa
 		s.OnStore(key)
 	}
 	return nil
+}
+
+// EnvJournal names the directory where the RocketMQ servers of the chaos
+// tests, in this process and in its children, record their deliveries
+// (rocketmq.WithDeliveryJournal), so a server counts a delivery that crashed
+// another one. TestMain sets it; children inherit it.
+const EnvJournal = "MQRPC_CHAOS_ROCKETMQ_JOURNAL"
+
+// JournalDir returns the RocketMQ delivery journal directory of the chaos
+// tests (EnvJournal), or rocketmq.DefaultJournalDir when it is not set.
+func JournalDir() string {
+	if d := os.Getenv(EnvJournal); d != "" {
+		return d
+	}
+	return rocketmq.DefaultJournalDir()
 }
 
 // Environment of a child server process (RunChild).
