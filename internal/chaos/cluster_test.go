@@ -1,0 +1,258 @@
+//go:build chaos
+
+package chaos_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/internal/chaos"
+	"github.com/mqrpc/mqrpc/internal/testenv"
+	"github.com/mqrpc/mqrpc/middleware"
+	"github.com/mqrpc/mqrpc/rpc"
+)
+
+// Cluster chaos (issue 21): 100 callers on a 3-node NATS cluster, one node
+// SIGKILLed mid-load and started again.
+
+const (
+	// clusterRecoverGoal is how soon after a node's death new calls must
+	// succeed (issue 21's goal): met on core NATS.
+	clusterRecoverGoal = 5 * time.Second
+	// streamRecoverWithin bounds it on JetStream when the killed node led
+	// the request stream: the survivors elect a new leader only after a
+	// raft election timeout of nats-server (randomized, 4 to 9 s in
+	// 2.12), so the goal is not always met there (docs/RELIABILITY.md
+	// gives the figures).
+	streamRecoverWithin = 15 * time.Second
+	// failAtOnce bounds how long after the kill of its node a call in
+	// flight on the client's connection may take to fail.
+	failAtOnce = time.Second
+)
+
+var clusterTargets = []chaos.Target{
+	{Name: "nats-cluster-core", Kind: chaos.KindNATS},
+	{Name: "nats-cluster-jetstream", Kind: chaos.KindNATS, Durable: true},
+}
+
+// TestChaosCluster runs TestChaosCluster/<target>/kill-connected (SIGKILL
+// the node the client is connected to) and, on JetStream,
+// kill-leader (SIGKILL the node leading the request stream), each node
+// started again mid-load, on one private cluster.
+func TestChaosCluster(t *testing.T) {
+	dir, err := os.MkdirTemp("", "mqrpc-chaos-cluster-")
+	require.NoError(t, err)
+	begin := time.Now()
+	cl, err := chaos.StartNATSCluster(dir, 3)
+	if errors.Is(err, chaos.ErrNotInstalled) {
+		if testenv.CI() {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	require.NoError(t, err)
+	t.Cleanup(cl.Close)
+	t.Logf("private NATS cluster at %s up in %v (data in %s)", cl.URL(), time.Since(begin).Round(time.Millisecond), dir)
+	for _, target := range clusterTargets {
+		t.Run(target.Name, func(t *testing.T) {
+			if target.Durable {
+				t.Run("replicas", func(t *testing.T) { runClusterReplicas(t, cl) })
+			}
+			t.Run("kill-connected", func(t *testing.T) { runClusterKill(t, target, cl, "kill-connected") })
+			if target.Durable {
+				t.Run("kill-leader", func(t *testing.T) { runClusterKill(t, target, cl, "kill-leader") })
+			}
+		})
+	}
+}
+
+// clusterPending lists the cluster scenarios that fail on main, with what
+// fails; they are skipped unless MQRPC_CHAOS_PENDING=1 (as the pending
+// scenarios of durable_test.go).
+var clusterPending = map[string]string{
+	"nats-cluster-jetstream/kill-connected": "accepted requests are lost when a node dies (3 to 320 of ~1000 in some runs, " +
+		"acked by the consumer, never executed, not dead-lettered) with Dedup on a natskv bucket of 3 replicas",
+	"nats-cluster-jetstream/kill-leader": "accepted requests are lost when the stream leader dies (137 of 1675 in one run); " +
+		"calls wait past their deadline (up to 8 s for 2.5 s) on the stream set-up lock of broker/nats; " +
+		"new calls succeed 5 to 8 s after the kill (raft election)",
+}
+
+// runClusterReplicas: JetStreamConfig.Replicas reaches the streams New
+// creates: the request stream of a durable broker has a copy on each node.
+func runClusterReplicas(t *testing.T, cl *chaos.NATSCluster) {
+	b, err := chaos.OpenCluster(cl.URL(), "replicas", true)
+	require.NoError(t, err)
+	defer b.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// A send makes the broker create its streams.
+	require.NoError(t, b.Send(ctx, &broker.Message{ID: broker.NewID(), Subject: subject("replicas"),
+		Header: broker.Header{broker.HeaderMethod: chaos.MethodRecord}, Body: []byte(`{"n":0}`)}))
+	ci, cfg := streamCluster(t, cl)
+	assert.Equal(t, chaos.ClusterReplicas, cfg.Replicas, "replicas of the request stream")
+	assert.Len(t, ci.Replicas, chaos.ClusterReplicas-1, "followers of the request stream besides leader %s", ci.Leader)
+}
+
+// runClusterKill serves the service from two servers on nodes n2 and n3
+// sharing one Dedup (on JetStream with a natskv bucket of 3 replicas), puts
+// the client on n1 and the load on, and a third into the load SIGKILLs a
+// node: the client's (kill-connected) or the request stream's leader
+// (kill-leader); another third later it starts the node again.
+func runClusterKill(t *testing.T, target chaos.Target, cl *chaos.NATSCluster, which string) {
+	if why, ok := clusterPending[target.Name+"/"+which]; ok && os.Getenv("MQRPC_CHAOS_PENDING") != "1" {
+		t.Skipf("issue 21, fails on main: %s (MQRPC_CHAOS_PENDING=1 runs it)", why)
+	}
+	s := newScenario(t, target, which)
+	defer s.finish()
+	subj := subject(which)
+	var store middleware.DedupStore = middleware.NewMemoryDedupStore(0, 0)
+	if target.Durable {
+		st, closeStore, err := chaos.OpenClusterStore(cl.URLFrom(1), "CHAOS_CLUSTER_DEDUP", s.log)
+		require.NoError(t, err)
+		s.closers = append(s.closers, closeStore)
+		store = st
+	}
+	if target.Durable {
+		// Runs last, after finish waited for the accepted requests: where
+		// the missing ones are, if any.
+		s.closers = append(s.closers, func() {
+			if s.row.Lost > 0 {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				t.Logf("after the drain: %s", cl.StreamState(ctx, chaos.ClusterStream))
+			}
+		})
+	}
+	srv := chaos.NewServer(s.log, store)
+	for i := 1; i <= 2; i++ {
+		b, err := chaos.OpenCluster(cl.URLFrom(i), fmt.Sprintf("server-%d", i), target.Durable)
+		require.NoError(t, err)
+		sub, err := b.Serve(subj, srv, broker.WithConcurrency(64))
+		require.NoError(t, err)
+		s.closers = append(s.closers, func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_ = sub.Stop(ctx)
+			_ = b.Close()
+		})
+	}
+	cb, err := chaos.OpenCluster(cl.URLFrom(0), "client", target.Durable)
+	require.NoError(t, err)
+	s.closers = append(s.closers, func() { _ = cb.Close() })
+	// Core calls are not retried, so the calls the kill cut off show how
+	// they fail; JetStream calls are retried with their message ID, as
+	// docs/RELIABILITY.md recommends.
+	c := rpc.NewClient(cb)
+	if target.Durable {
+		c = newClient(cb)
+	}
+	awaitService(t, c, subj, recoverWithin)
+	if target.Durable {
+		// JetStreamConfig.Replicas reached the stream: a copy on each node.
+		ci, cfg := streamCluster(t, cl)
+		require.Equal(t, chaos.ClusterReplicas, cfg.Replicas, "replicas of the request stream")
+		require.Len(t, ci.Replicas, chaos.ClusterReplicas-1, "followers of the request stream")
+	}
+
+	d := loadDuration(t)
+	stop := make(chan struct{})
+	type result struct {
+		res   *chaos.LoadResult
+		times []chaos.CallTime
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, times := chaos.RunTimedLoad(c, cb, s.loadConfig(subj), stop)
+		done <- result{res, times}
+	}()
+	var (
+		once sync.Once
+		out  result
+	)
+	stopLoad := func() result {
+		once.Do(func() {
+			close(stop)
+			out = <-done
+		})
+		return out
+	}
+	s.closers = append(s.closers, func() { stopLoad() })
+
+	time.Sleep(d / 3) // load before the kill: the scenario's shape, not synchronisation
+	var victim string
+	switch which {
+	case "kill-connected":
+		victim = cb.Conn().ConnectedServerName()
+	case "kill-leader":
+		ci, _ := streamCluster(t, cl)
+		victim = ci.Leader
+	}
+	idx := cl.Index(victim)
+	require.GreaterOrEqual(t, idx, 0, "node %q", victim)
+	clientNode := cb.Conn().ConnectedServerName()
+	killAt := time.Now()
+	require.NoError(t, cl.Kill(idx))
+	s.note("SIGKILLed %s (client on %s)", victim, clientNode)
+	time.Sleep(d / 3) // load with a node down
+	back := time.Now()
+	require.NoError(t, cl.Start(idx))
+	s.note("%s back and caught up in %v", victim, time.Since(back).Round(time.Millisecond))
+	if target.Durable {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ci, _, err := cl.StreamCluster(ctx, chaos.ClusterStream)
+		cancel()
+		if err != nil {
+			s.note("stream info after the restart: %v", err)
+		} else {
+			s.note("stream leader now %s", ci.Leader)
+		}
+	}
+	time.Sleep(d / 3) // load with every node up again
+	r := stopLoad()
+	s.load(r.res)
+
+	e := chaos.EffectOf(r.times, killAt, clusterRecoverGoal)
+	s.note("in flight at the kill: %s (failures returned within %v); first new call ok %v after the kill; %d calls started %v after it failed",
+		chaos.FormatCodes(e.InFlight), e.InFlightEnded.Round(time.Millisecond), e.Recovered.Round(time.Millisecond),
+		e.FailedAfter, clusterRecoverGoal)
+	t.Logf("%s: %s", which, s.row.Note)
+	assert.GreaterOrEqual(t, e.Recovered, time.Duration(0), "no call that started after the kill succeeded")
+	within := clusterRecoverGoal
+	if target.Durable {
+		within = streamRecoverWithin
+	}
+	assert.LessOrEqual(t, e.Recovered, within, "new calls succeeded only %v after the kill", e.Recovered)
+	e = chaos.EffectOf(r.times, killAt, within)
+	assert.Zero(t, e.FailedAfter, "calls started %v after the kill failed", within)
+	if !target.Durable && which == "kill-connected" {
+		// The client's connection died with its node: its calls in
+		// flight fail with Unavailable at once, none waits out its
+		// deadline (the servers run on the other nodes).
+		for code, n := range e.InFlight {
+			assert.Contains(t, []rpc.Code{rpc.OK, rpc.Unavailable}, code, "%d calls in flight at the kill ended %s", n, code)
+		}
+		assert.Positive(t, e.InFlight[rpc.Unavailable], "no call in flight failed with Unavailable")
+		assert.LessOrEqual(t, e.InFlightEnded, failAtOnce, "calls in flight at the kill failed only %v after it", e.InFlightEnded)
+	}
+	// finish (deferred) checks: on JetStream every accepted request
+	// served, no duplicate execution; goroutines and heap back.
+}
+
+func streamCluster(t *testing.T, cl *chaos.NATSCluster) (*jetstream.ClusterInfo, *jetstream.StreamConfig) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ci, cfg, err := cl.StreamCluster(ctx, chaos.ClusterStream)
+	require.NoError(t, err)
+	return ci, cfg
+}
