@@ -13,6 +13,13 @@
 // Clients connect to the name server and the broker directly (the 5.x proxy
 // does not forward replies).
 //
+// Servers retry a failed delivery through the group's retry topic after
+// 1 s, 5 s, then every 10 s, and dead-letter it into %DLQ%<group> after
+// WithMaxDeliveries deliveries, deadline or not. A delivery that crashed the
+// server process counts too: servers keep a delivery journal
+// (WithDeliveryJournal), and a message that was in flight at a crash is sent
+// back rather than run again, then runs alone.
+//
 // rocketmq-client-go has process-wide state: its logger (rlog, see
 // WithLogger), its panic handler (primitive.PanicHandler, which New sets if
 // the application did not, because without one a failed asynchronous send
