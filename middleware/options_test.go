@@ -28,7 +28,7 @@ func TestBreakerOptions(t *testing.T) {
 		middleware.WithTripWhen(func(c middleware.BreakerCounts) bool { return c.ConsecutiveFailures >= 2 }),
 		middleware.WithProbes(2),
 		middleware.WithCountInterval(time.Hour),
-		middleware.WithOpenTimeout(time.Millisecond),
+		middleware.WithOpenTimeout(time.Second), // long enough to see it open on a loaded machine
 		middleware.OnStateChange(func(_ string, from, to middleware.BreakerState) { changes = append(changes, to.String()) }),
 	)
 	c := rpc.NewClient(b, rpc.WithClientMiddleware(cb.Middleware))
@@ -37,7 +37,7 @@ func TestBreakerOptions(t *testing.T) {
 		require.Equal(t, rpc.Unimplemented, rpc.CodeOf(c.Call(ctx, "calc", "Nope", &govReq{}, nil)))
 	}
 	assert.Equal(t, middleware.BreakerOpen, cb.State("calc"), "two failures trip it")
-	time.Sleep(20 * time.Millisecond) // past the open timeout
+	time.Sleep(1100 * time.Millisecond) // past the open timeout
 	require.NoError(t, c.Call(ctx, "calc", "Add", &govReq{}, nil))
 	assert.Equal(t, middleware.BreakerHalfOpen, cb.State("calc"), "one probe of two succeeded")
 	require.NoError(t, c.Call(ctx, "calc", "Add", &govReq{}, nil))
