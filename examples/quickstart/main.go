@@ -93,7 +93,9 @@ func run() error {
 	if err := rpc.Handle(srv, "Div", calc.Div); err != nil {
 		return err
 	}
-	sub, err := b.Serve("Calculator", srv)
+	// srv.Serve (rather than b.Serve) also answers the control plane, so
+	// `mqrpc ls` and `nats micro ls` find this instance.
+	sub, err := srv.Serve(b, "Calculator")
 	if err != nil {
 		return err
 	}
