@@ -27,11 +27,27 @@ const pullExpiry = 10 * time.Second
 // settings must not keep rewriting a shared stream.
 func (b *Broker) ensureStreams(ctx context.Context) error {
 	b.streamMu.Lock()
-	defer b.streamMu.Unlock()
-	if b.streamReady {
+	ready := b.streamReady
+	b.streamMu.Unlock()
+	if ready {
 		return nil
 	}
 	js := b.cfg.js
+	// One caller sets the streams up at a time; the others wait for it no
+	// longer than their own ctx allows (while a cluster elects a stream
+	// leader, a set-up can take as long as its caller's deadline).
+	select {
+	case b.streamSetup <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("stream %s: %w", js.Stream, ctx.Err())
+	}
+	defer func() { <-b.streamSetup }()
+	b.streamMu.Lock()
+	ready = b.streamReady
+	b.streamMu.Unlock()
+	if ready {
+		return nil
+	}
 	storage := jetstream.FileStorage
 	if js.MemoryStorage {
 		storage = jetstream.MemoryStorage
@@ -59,6 +75,7 @@ func (b *Broker) ensureStreams(ctx context.Context) error {
 	if info, err := b.js.AccountInfo(ctx); err == nil && info.API.Level >= 1 {
 		streams[0].AllowMsgTTL = true
 	}
+	msgTTL := false
 	for i, sc := range streams {
 		st, err := b.js.Stream(ctx, sc.Name)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -71,10 +88,12 @@ func (b *Broker) ensureStreams(ctx context.Context) error {
 			return fmt.Errorf("stream %s: %w", sc.Name, err)
 		}
 		if i == 0 {
-			b.msgTTL = st.CachedInfo().Config.AllowMsgTTL
+			msgTTL = st.CachedInfo().Config.AllowMsgTTL
 		}
 	}
-	b.streamReady = true
+	b.streamMu.Lock()
+	b.msgTTL, b.streamReady = msgTTL, true
+	b.streamMu.Unlock()
 	return nil
 }
 

@@ -66,6 +66,7 @@ type Broker struct {
 
 	// Durable mode creates its streams once, on first use.
 	streamMu    sync.Mutex
+	streamSetup chan struct{} // held by the caller setting the streams up
 	streamReady bool
 	msgTTL      bool // the request stream allows per-message TTLs
 
@@ -89,7 +90,7 @@ func New(opts ...Option) (*Broker, error) {
 	}
 	// Everything the connection callbacks touch exists before Connect
 	// starts them.
-	b := &Broker{cfg: cfg, log: cfg.logger, subs: make(map[*subscription]struct{})}
+	b := &Broker{cfg: cfg, log: cfg.logger, subs: make(map[*subscription]struct{}), streamSetup: make(chan struct{}, 1)}
 	b.mux.pending = make(map[string]*call)
 	nopts := []natsgo.Option{
 		natsgo.Name(cfg.name),
