@@ -27,6 +27,8 @@ import (
 // negatively acknowledge the delivery so it is redelivered or dead-lettered,
 // and fast brokers drop it; callers see no reply. Application errors are
 // not delivery failures: report them as a reply carrying a status header.
+// rpc.Server does so for every error except one wrapping
+// [ErrDeliveryFailed], the way to ask for a delivery failure on purpose.
 //
 // ServeMessage is called concurrently from several goroutines (up to the
 // serve concurrency). The ctx carries the caller's deadline (from
@@ -60,7 +62,10 @@ type Broker interface {
 	// Request sends req to req.Subject and waits for the reply of one
 	// server. It returns ErrNoResponders at once when no server can
 	// receive the request (brokers that can tell), an error wrapping
-	// ErrTimeout and ctx.Err() when ctx ends first, ErrDisconnected when
+	// ErrTimeout and ctx.Err() when ctx ends first (a broker built on
+	// broker/kernel wraps context.Canceled alone when the caller
+	// cancelled, and tells the server, whose handler's ctx is cancelled
+	// too), ErrDisconnected when
 	// the connection is lost (or is down when the call starts), and
 	// ErrClosed after Close.
 	//
@@ -123,6 +128,13 @@ var (
 	// ErrMessageTooLarge means a message exceeds the size limit of the
 	// broker or of the configured maximum.
 	ErrMessageTooLarge = errors.New("broker: message too large")
+
+	// ErrDeliveryFailed is what a handler returns (wrapped) to fail a
+	// delivery on purpose: the caller gets no reply, durable brokers
+	// redeliver the message (or dead-letter it after their limit), fast
+	// brokers drop it. rpc.Server answers every other error with a
+	// status reply.
+	ErrDeliveryFailed = errors.New("broker: delivery failed")
 )
 
 // Reason says why a broker rejected a message: why it could not hand a

@@ -188,16 +188,18 @@ func (s *Server) Methods() []string {
 }
 
 // ServeMessage implements broker.Handler. It runs the middleware chain and
-// the dispatcher, and turns an *Error into an error reply. Errors of other
-// kinds (from middleware) are returned as delivery failures.
+// the dispatcher, and turns every error into an error reply: an *Error
+// with its code, any other error (from middleware, say) as Unknown, so the
+// caller hears at once. Only an error wrapping broker.ErrDeliveryFailed
+// fails the delivery instead: the caller gets no reply, and a durable
+// broker redelivers the request (or dead-letters it).
 func (s *Server) ServeMessage(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 	reply, err := s.handler.ServeMessage(ctx, req)
 	if err != nil {
-		var e *Error
-		if errors.As(err, &e) {
-			return ErrorReply(e), nil
+		if errors.Is(err, broker.ErrDeliveryFailed) {
+			return nil, err
 		}
-		return nil, err
+		return ErrorReply(err), nil
 	}
 	return reply, nil
 }

@@ -99,6 +99,20 @@ func (e *Error) Error() string {
 // Unwrap returns the wrapped error.
 func (e *Error) Unwrap() error { return e.err }
 
+// Is reports an error with code DeadlineExceeded as
+// context.DeadlineExceeded and one with code Canceled as context.Canceled,
+// whether it came over the wire or from this process, so
+// errors.Is(err, context.DeadlineExceeded) means the same everywhere.
+func (e *Error) Is(target error) bool {
+	switch target {
+	case context.DeadlineExceeded:
+		return e.code == DeadlineExceeded
+	case context.Canceled:
+		return e.code == Canceled
+	}
+	return false
+}
+
 // CodeOf returns the status code of err: OK for nil, the code of an *Error
 // in its chain, and for local failures the code that describes them
 // (context and broker sentinels included); Unknown otherwise.
@@ -118,10 +132,9 @@ func CodeOf(err error) Code {
 		return DeadlineExceeded
 	case errors.Is(err, context.Canceled):
 		return Canceled
-	case errors.Is(err, broker.ErrNoResponders), errors.Is(err, broker.ErrDisconnected):
+	case errors.Is(err, broker.ErrNoResponders), errors.Is(err, broker.ErrDisconnected),
+		errors.Is(err, broker.ErrClosed):
 		return Unavailable
-	case errors.Is(err, broker.ErrClosed):
-		return Canceled
 	case errors.Is(err, broker.ErrMessageTooLarge):
 		return ResourceExhausted
 	}

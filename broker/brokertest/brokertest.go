@@ -54,6 +54,14 @@ type Features struct {
 	ServeSettle time.Duration
 	// Timeout bounds each call the suite makes. Zero means 10s.
 	Timeout time.Duration
+	// Kernel: the broker is built on broker/kernel and keeps its promises
+	// of one meaning everywhere: a caller's cancel reaches the handler (a
+	// cancel notice) and the caller's error says canceled, not timeout;
+	// Stop past its drain ctx, or Close of the server's connection, with
+	// calls in flight answers their callers at once with the handler's
+	// reply to an Unavailable rejection (broker.Rejecter). Every broker
+	// of mqrpc sets it once it moved onto the kernel.
+	Kernel bool
 	// LeakOptions are passed to goleak when checking that Close leaks no
 	// goroutine, for goroutines a third-party client leaves behind by
 	// design (name each one and say why at the call site).
@@ -90,6 +98,10 @@ func Run(t *testing.T, f Features, newBroker NewBroker) {
 		{"CancelReturnsPromptly", s.testCancel},
 		{"DeadlineReturnsPromptly", s.testDeadline},
 		{"StopDrains", s.testStopDrains},
+		{"StopByDeadline", s.testStopByDeadline},
+		{"CancelReachesHandler", s.testCancelReachesHandler},
+		{"StopPastDrainUnavailable", s.testAbortUnavailable(false)},
+		{"CloseUnavailable", s.testAbortUnavailable(true)},
 		{"Close", s.testClose},
 		{"Durable", s.testDurable},
 		{"Restart", s.testRestart},
@@ -567,8 +579,14 @@ func (s *suite) testCancel(t *testing.T) {
 	select {
 	case err := <-errc:
 		require.Error(t, err)
-		assert.ErrorIs(t, err, broker.ErrTimeout)
 		assert.ErrorIs(t, err, context.Canceled)
+		if s.f.Kernel {
+			assert.NotErrorIs(t, err, broker.ErrTimeout, "a cancel is no timeout")
+			assert.Contains(t, err.Error(), "cancel")
+			assert.NotContains(t, err.Error(), "timeout")
+		} else {
+			assert.ErrorIs(t, err, broker.ErrTimeout)
+		}
 	case <-time.After(time.Second):
 		t.Fatal("Request did not return within 1s of ctx cancel")
 	}
@@ -760,4 +778,165 @@ func ErrorIsAny(err error, targets ...error) bool {
 		}
 	}
 	return false
+}
+
+// testStopByDeadline: Stop returns by its ctx's deadline although a
+// handler ignores its ctx and never returns by itself.
+func (s *suite) testStopByDeadline(t *testing.T) {
+	b := s.open(t)
+	subj := subject(t)
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	sub, err := b.Serve(subj, broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
+		select {
+		case started <- struct{}{}:
+		default:
+		}
+		<-release // ignores ctx
+		return &broker.Message{}, nil
+	}))
+	require.NoError(t, err)
+	s.settle()
+	go func() { _, _ = b.Request(s.ctx(t), &broker.Message{Subject: subj}) }()
+	select {
+	case <-started:
+	case <-time.After(s.f.Timeout):
+		close(release)
+		t.Fatal("request never reached the server")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- sub.Stop(ctx) }()
+	defer close(release)
+	select {
+	case err := <-stopped:
+		assert.ErrorIs(t, err, context.DeadlineExceeded, "Stop past its ctx says so")
+	case <-time.After(200*time.Millisecond + time.Second):
+		t.Error("Stop did not return by its ctx's deadline (+1s)")
+	}
+}
+
+func (s *suite) settle() {
+	if s.f.ServeSettle > 0 {
+		time.Sleep(s.f.ServeSettle)
+	}
+}
+
+// testCancelReachesHandler: a caller that cancels its ctx (no deadline)
+// has the handler's ctx cancelled within 1s, on another connection.
+func (s *suite) testCancelReachesHandler(t *testing.T) {
+	if !s.f.Kernel {
+		t.Skip("the broker sends no cancel notice (Features.Kernel)")
+	}
+	server, caller := s.open(t), s.open(t)
+	subj := subject(t)
+	started := make(chan struct{}, 1)
+	seen := make(chan error, 1)
+	s.serve(t, server, subj, func(ctx context.Context, _ *broker.Message) (*broker.Message, error) {
+		started <- struct{}{}
+		select {
+		case <-ctx.Done():
+			seen <- ctx.Err()
+		case <-time.After(s.f.Timeout):
+			seen <- nil
+		}
+		return nil, ctx.Err()
+	})
+	s.settle()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := caller.Request(ctx, &broker.Message{Subject: subj})
+		errc <- err
+	}()
+	select {
+	case <-started:
+	case <-time.After(s.f.Timeout):
+		cancel()
+		t.Fatal("request never reached the server")
+	}
+	cancel()
+	select {
+	case err := <-seen:
+		assert.ErrorIs(t, err, context.Canceled, "the handler's ctx says canceled")
+	case <-time.After(time.Second):
+		t.Fatal("the caller's cancel did not reach the handler within 1s")
+	}
+	err := <-errc
+	assert.ErrorIs(t, err, context.Canceled)
+	assert.NotErrorIs(t, err, broker.ErrTimeout)
+}
+
+// rejecter is a handler that blocks, ignoring its ctx, until released,
+// and answers rejections with the reason in the body, as rpc.Server
+// answers them with a status.
+type rejecter struct {
+	started chan struct{}
+	release chan struct{}
+}
+
+func (r rejecter) ServeMessage(context.Context, *broker.Message) (*broker.Message, error) {
+	r.started <- struct{}{}
+	<-r.release
+	return &broker.Message{Body: []byte("late")}, nil
+}
+
+func (rejecter) Reject(_ *broker.Message, rj *broker.Rejection) *broker.Message {
+	return &broker.Message{Body: []byte("rejected: " + rj.Reason.String())}
+}
+
+// testAbortUnavailable: Stop past its drain ctx (or Close of the server's
+// connection) with a call in flight answers the caller within 1s with the
+// handler's reply to an Unavailable rejection.
+func (s *suite) testAbortUnavailable(byClose bool) func(t *testing.T) {
+	return func(t *testing.T) {
+		if !s.f.Kernel {
+			t.Skip("the broker does not answer calls it abandons (Features.Kernel)")
+		}
+		server, caller := s.newBroker(t), s.open(t)
+		t.Cleanup(func() { _ = server.Close() })
+		subj := subject(t)
+		h := rejecter{started: make(chan struct{}, 1), release: make(chan struct{})}
+		var once sync.Once
+		release := func() { once.Do(func() { close(h.release) }) }
+		defer release() // the handler returns after the test
+		sub, err := server.Serve(subj, h)
+		require.NoError(t, err)
+		s.settle()
+		type res struct {
+			m   *broker.Message
+			err error
+		}
+		got := make(chan res, 1)
+		go func() {
+			m, err := caller.Request(s.ctx(t), &broker.Message{Subject: subj})
+			got <- res{m, err}
+		}()
+		select {
+		case <-h.started:
+		case <-time.After(s.f.Timeout):
+			t.Fatal("request never reached the server")
+		}
+		closed := make(chan error, 1)
+		if byClose {
+			// Close may wait for the handler, which ignores its ctx.
+			go func() { closed <- server.Close() }()
+		} else {
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			assert.ErrorIs(t, sub.Stop(ctx), context.DeadlineExceeded)
+		}
+		select {
+		case r := <-got:
+			require.NoError(t, r.err)
+			assert.Equal(t, "rejected: unavailable", string(r.m.Body))
+		case <-time.After(time.Second):
+			t.Error("the caller got no answer within 1s")
+		}
+		release()
+		if byClose {
+			assert.NoError(t, <-closed)
+		}
+	}
 }

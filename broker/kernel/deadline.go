@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -80,9 +81,20 @@ func TTL(deadline, now time.Time) time.Duration {
 }
 
 // WaitError is the error of a request whose ctx ended before the reply
-// came: it wraps broker.ErrTimeout and ctx's error (context.DeadlineExceeded
-// or context.Canceled). op and subject name the operation ("memory:
+// came: when the deadline passed it wraps broker.ErrTimeout and
+// context.DeadlineExceeded; when the caller cancelled it says so and wraps
+// context.Canceled alone (a cancel is no timeout; the broker sends the
+// servers a cancel notice). op and subject name the operation ("memory:
 // request", "calc").
 func WaitError(ctx context.Context, op, subject string) error {
-	return fmt.Errorf("%s %s: %w: %w", op, subject, broker.ErrTimeout, ctx.Err())
+	err := ctx.Err()
+	if errors.Is(err, context.Canceled) {
+		return fmt.Errorf("%s %s: canceled by the caller: %w", op, subject, err)
+	}
+	return fmt.Errorf("%s %s: %w: %w", op, subject, broker.ErrTimeout, err)
 }
+
+// Canceled reports whether a request's wait ended because the caller
+// cancelled ctx (not because a deadline passed): the servers should get a
+// cancel notice.
+func Canceled(ctx context.Context) bool { return errors.Is(ctx.Err(), context.Canceled) }

@@ -93,6 +93,10 @@ type Subscription[D any] struct {
 
 	drain   sync.Once
 	aborted sync.Once
+
+	mu       sync.Mutex
+	inflight map[*broker.Message]flight[D] // by the pooled request
+	aborting bool
 }
 
 var _ broker.Subscription = (*Subscription[int])(nil)
@@ -102,7 +106,8 @@ var discard = slog.New(slog.DiscardHandler)
 // Serve starts serving h over drv, with up to cfg.Concurrency handlers at
 // once on an adaptive pool of goroutines (package dispatch).
 func Serve[D any](drv Driver[D], subject string, h broker.Handler, cfg broker.ServeConfig, o Options) *Subscription[D] {
-	s := &Subscription[D]{drv: drv, h: h, subject: subject, name: o.Name, log: o.Log}
+	s := &Subscription[D]{drv: drv, h: h, subject: subject, name: o.Name, log: o.Log,
+		inflight: make(map[*broker.Message]flight[D])}
 	if s.log == nil {
 		s.log = discard
 	}
@@ -114,9 +119,9 @@ func Serve[D any](drv Driver[D], subject string, h broker.Handler, cfg broker.Se
 func (s *Subscription[D]) next() (D, bool) { return s.drv.Next(s.ctx) }
 
 // Deliver runs the pipeline for one delivery: decode, drop if expired,
-// call the handler with a delivery ctx (the caller's deadline) and a
-// recover, then reply and settle. Serve's pool calls it; a driver that
-// runs its own goroutines may call it directly.
+// call the handler with a delivery ctx (the caller's deadline, cancelled by
+// Cancel or Abort) and a recover, then reply and settle. Serve's pool calls
+// it; a driver that runs its own goroutines may call it directly.
 func (s *Subscription[D]) Deliver(d D) {
 	req := msgpool.Get()
 	defer msgpool.Put(req)
@@ -131,13 +136,32 @@ func (s *Subscription[D]) Deliver(d D) {
 		s.drv.Settle(d, Dropped)
 		return
 	}
-	rep, err := s.call(req)
+	dc := deliveryctx.New(s.ctx, req.Deadline)
+	defer dc.Release()
+	s.mu.Lock()
+	if s.aborting {
+		// Taken from the broker just before the abort: the caller hears
+		// now, and a durable broker keeps the message for another server.
+		s.reject(d, req, &broker.Rejection{Reason: broker.Unavailable, Err: errStopped})
+		s.mu.Unlock()
+		s.drv.Settle(d, Failed)
+		return
+	}
+	s.inflight[req] = flight[D]{d: d, dc: dc}
+	s.mu.Unlock()
+
+	rep, err := s.call(dc, req)
+
+	s.mu.Lock()
+	_, mine := s.inflight[req] // false: Abort answered the caller already
+	delete(s.inflight, req)
+	s.mu.Unlock()
 	if err != nil {
 		s.log.Warn(s.name+": delivery failed", "subject", s.subject, "id", req.ID, "error", err)
 		s.drv.Settle(d, Failed)
 		return
 	}
-	if rep != nil {
+	if rep != nil && mine {
 		if err := s.drv.Reply(d, rep); err != nil {
 			s.log.Warn(s.name+": reply failed", "subject", s.subject, "id", req.ID, "error", err)
 			if errors.Is(err, broker.ErrMessageTooLarge) {
@@ -148,22 +172,36 @@ func (s *Subscription[D]) Deliver(d D) {
 	s.drv.Settle(d, Done)
 }
 
+// flight is a delivery whose handler runs.
+type flight[D any] struct {
+	d  D
+	dc *deliveryctx.Ctx
+}
+
+var errStopped = errors.New("the server stopped before it answered")
+
 // call runs the handler with the delivery's ctx. A panic becomes a
 // delivery failure rather than taking the process down from a goroutine
 // the caller does not own.
-func (s *Subscription[D]) call(req *broker.Message) (rep *broker.Message, err error) {
-	ctx := s.ctx
-	if !req.Deadline.IsZero() {
-		dc := deliveryctx.New(s.ctx, req.Deadline)
-		defer dc.Release()
-		ctx = dc
-	}
+func (s *Subscription[D]) call(ctx context.Context, req *broker.Message) (rep *broker.Message, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			rep, err = nil, fmt.Errorf("handler panic: %v\n%s", p, debug.Stack())
 		}
 	}()
 	return s.h.ServeMessage(ctx, req)
+}
+
+// Cancel cancels the ctx of the deliveries in flight with message ID id:
+// the caller's cancel notice, which a driver receives its own way.
+func (s *Subscription[D]) Cancel(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for req, f := range s.inflight {
+		if req.ID == id {
+			f.dc.Cancel()
+		}
+	}
 }
 
 // reject sends the handler's reply to a rejection, when it has one.
@@ -201,11 +239,23 @@ func (s *Subscription[D]) Stop(ctx context.Context) error {
 	return nil
 }
 
-// Abort stops at once, without draining: the driver aborts and the
-// handlers in flight see their ctx cancelled. It does not wait for them
-// (Wait does). Brokers call it from Close.
+// Abort stops at once, without draining: the callers of the deliveries in
+// flight get the handler's reply to an Unavailable rejection at once (the
+// handler's own reply, when it comes, is not sent), the handlers see their
+// ctx cancelled and the driver aborts. It does not wait for the handlers
+// (Wait does). Brokers call it from Close, before closing the connection
+// the replies need.
 func (s *Subscription[D]) Abort() {
 	s.aborted.Do(func() {
+		// Under the lock, so that no handler returns (and gives its
+		// request back to the pool) while its rejection is built.
+		s.mu.Lock()
+		s.aborting = true
+		for req, f := range s.inflight {
+			s.reject(f.d, req, &broker.Rejection{Reason: broker.Unavailable, Err: errStopped})
+			delete(s.inflight, req)
+		}
+		s.mu.Unlock()
 		s.cancel()
 		s.drv.Abort()
 	})

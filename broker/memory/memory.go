@@ -53,8 +53,8 @@ type hub struct {
 // group is a set of competing consumers: every subscription of one queue on
 // one subject reads from the same channel.
 type group struct {
-	ch   chan delivery
-	subs int
+	ch      chan delivery
+	members map[*kernel.Subscription[delivery]]struct{}
 }
 
 // delivery travels by value, and a call is just its reply channel
@@ -225,6 +225,9 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 		}
 		return r.msg, nil
 	case <-ctx.Done():
+		if kernel.Canceled(ctx) {
+			b.hub.cancel(req.Subject, req.ID)
+		}
 		return nil, kernel.WaitError(ctx, op, req.Subject)
 	case <-b.done:
 		return nil, fmt.Errorf("%s %s: %w", op, req.Subject, broker.ErrClosed)
@@ -334,14 +337,14 @@ func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOpt
 	}
 	g := groups[cfg.Queue]
 	if g == nil {
-		g = &group{ch: make(chan delivery, hb.cfg.buffer)}
+		g = &group{ch: make(chan delivery, hb.cfg.buffer), members: make(map[*kernel.Subscription[delivery]]struct{})}
 		groups[cfg.Queue] = g
 	}
-	g.subs++
-	hb.mu.Unlock()
 	d := &driver{b: b, subject: subject, queue: cfg.Queue, ch: g.ch, quit: make(chan struct{})}
-	d.leaveFn = func() { b.hub.leave(subject, cfg.Queue, g) }
 	s := kernel.Serve[delivery](d, subject, h, cfg, kernel.Options{Name: "memory"})
+	g.members[s] = struct{}{}
+	hb.mu.Unlock()
+	d.leaveFn = func() { b.hub.leave(subject, cfg.Queue, g, s) }
 	b.subs[s] = struct{}{}
 	d.sub = s
 	return s, nil
@@ -433,12 +436,28 @@ func (d *driver) leave() {
 	})
 }
 
-// leave takes one subscription out of group g of subject and queue.
-func (h *hub) leave(subject, queue string, g *group) {
+// cancel is the cancel notice of a request: the subscriptions serving its
+// subject cancel the ctx of its delivery, wherever it runs.
+func (h *hub) cancel(subject, id string) {
+	h.mu.RLock()
+	var subs []*kernel.Subscription[delivery]
+	for _, g := range h.subjects[subject] {
+		for s := range g.members {
+			subs = append(subs, s)
+		}
+	}
+	h.mu.RUnlock()
+	for _, s := range subs {
+		s.Cancel(id)
+	}
+}
+
+// leave takes subscription s out of group g of subject and queue.
+func (h *hub) leave(subject, queue string, g *group, s *kernel.Subscription[delivery]) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	g.subs--
-	if g.subs == 0 {
+	delete(g.members, s)
+	if len(g.members) == 0 {
 		if groups := h.subjects[subject]; groups != nil && groups[queue] == g {
 			delete(groups, queue)
 			if len(groups) == 0 {

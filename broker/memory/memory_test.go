@@ -10,7 +10,7 @@ import (
 
 func TestConformance(t *testing.T) {
 	root := memory.New()
-	brokertest.Run(t, brokertest.Features{NoResponders: true}, func(testing.TB) broker.Broker {
+	brokertest.Run(t, brokertest.Features{NoResponders: true, Kernel: true}, func(testing.TB) broker.Broker {
 		return root.Connect()
 	})
 }

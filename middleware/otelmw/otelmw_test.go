@@ -2,7 +2,7 @@ package otelmw_test
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"sort"
 	"testing"
 	"time"
@@ -214,7 +214,7 @@ func TestSpanStatus(t *testing.T) {
 			case "Secret":
 				return nil, rpc.Errorf(rpc.PermissionDenied, "not for you")
 			case "Drop":
-				return nil, errors.New("store unavailable")
+				return nil, fmt.Errorf("store unavailable: %w", broker.ErrDeliveryFailed)
 			}
 			return next.ServeMessage(ctx, m)
 		})

@@ -24,8 +24,8 @@ type Ctx struct {
 
 var _ context.Context = (*Ctx)(nil)
 
-// New returns parent bounded by deadline. Call Release once the handler
-// returned.
+// New returns parent bounded by deadline (none when zero), cancelable with
+// Cancel. Call Release once the handler returned.
 func New(parent context.Context, deadline time.Time) *Ctx {
 	return &Ctx{parent: parent, deadline: deadline}
 }
@@ -34,7 +34,11 @@ func (c *Ctx) materialize() context.Context {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.real == nil {
-		c.real, c.cancel = context.WithDeadline(c.parent, c.deadline)
+		if c.deadline.IsZero() {
+			c.real, c.cancel = context.WithCancel(c.parent)
+		} else {
+			c.real, c.cancel = context.WithDeadline(c.parent, c.deadline)
+		}
 	}
 	return c.real
 }
@@ -47,6 +51,9 @@ func (c *Ctx) materialized() context.Context {
 
 // Deadline returns the request's deadline.
 func (c *Ctx) Deadline() (time.Time, bool) {
+	if c.deadline.IsZero() {
+		return c.parent.Deadline()
+	}
 	if d, ok := c.parent.Deadline(); ok && d.Before(c.deadline) {
 		return d, true
 	}
@@ -63,7 +70,7 @@ func (c *Ctx) Err() error {
 	if r := c.materialized(); r != nil {
 		return r.Err()
 	}
-	if c.parent.Err() == nil && time.Now().Before(c.deadline) {
+	if c.parent.Err() == nil && (c.deadline.IsZero() || time.Now().Before(c.deadline)) {
 		return nil
 	}
 	return c.materialize().Err()
@@ -77,6 +84,10 @@ func (c *Ctx) Value(key any) any {
 	}
 	return c.parent.Value(key)
 }
+
+// Cancel cancels the context, as the caller's cancel notice asks: Err
+// says context.Canceled from then on.
+func (c *Ctx) Cancel() { c.materialize(); c.Release() }
 
 // Release frees the timer, if one was made; call it when the handler
 // returned. The context is done afterwards only if it was made real.

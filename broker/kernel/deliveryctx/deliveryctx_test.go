@@ -83,3 +83,29 @@ func TestCtx(t *testing.T) {
 		assert.Equal(t, pd, d)
 	})
 }
+
+func TestNoDeadlineAndCancel(t *testing.T) {
+	parent, stop := context.WithTimeout(context.Background(), time.Hour)
+	defer stop()
+	c := New(parent, time.Time{})
+	defer c.Release()
+	pd, _ := parent.Deadline()
+	d, ok := c.Deadline()
+	assert.True(t, ok)
+	assert.Equal(t, pd, d, "without a deadline of its own, the parent's")
+	assert.NoError(t, c.Err())
+	assert.Nil(t, c.materialized())
+	c.Cancel()
+	select {
+	case <-c.Done():
+	case <-time.After(2 * time.Second):
+		t.Fatal("Done not closed by Cancel")
+	}
+	assert.ErrorIs(t, c.Err(), context.Canceled)
+
+	n := New(context.Background(), time.Time{})
+	defer n.Release()
+	_, ok = n.Deadline()
+	assert.False(t, ok, "no deadline anywhere")
+	assert.NoError(t, n.Err())
+}
