@@ -54,7 +54,7 @@ const (
 // lands, by target/scenario, with what fails. They are skipped (run them
 // with MQRPC_CHAOS_PENDING=1); an entry goes as soon as its fix is on main.
 var pending = map[string]string{
-	"nats-jetstream/crash-poison": "with the shared natskv dedup store (claims with a lease) 4 of 20 healthy requests were dead-lettered " +
+	"nats-jetstream/crash-poison-claims": "with the shared natskv dedup store (claims with a lease) 4 of 20 healthy requests were dead-lettered " +
 		"with the poison, 42 s; with a store without claims it passes (likely: healthy suspects hold the suspect lane while they " +
 		"wait for the crashed process's claims, and the poison runs outside the lane after laneWait)",
 }
@@ -81,7 +81,12 @@ func runDurable(t *testing.T, target chaos.Target, node *chaos.Node) {
 		t.Run("crash-poison", func(t *testing.T) {
 			skipPending(t, target, "crash-poison")
 			t.Parallel()
-			runCrashPoison(t, target, node)
+			runCrashPoison(t, target, node, false)
+		})
+		t.Run("crash-poison-claims", func(t *testing.T) {
+			skipPending(t, target, "crash-poison-claims")
+			t.Parallel()
+			runCrashPoison(t, target, node, true)
 		})
 		t.Run("fail-deadline", func(t *testing.T) {
 			skipPending(t, target, "fail-deadline")
@@ -341,13 +346,22 @@ func (sv *supervisor) Stop() {
 // poison must be dead-lettered after at most MaxDeliver deliveries, and
 // the healthy requests all served, none dead-lettered with it and none
 // later than the poison's own handling (plus poisonSlack).
-func runCrashPoison(t *testing.T, target chaos.Target, node *chaos.Node) {
-	s := newScenario(t, target, "crash-poison")
+//
+// The servers share a dedup store: with claims false a directory (load and
+// store only), with claims true the store of sharedStore, which claims each
+// key for a lease while its request runs, so a request the crashed process
+// held waits for its claim to run out (crash-poison-claims).
+func runCrashPoison(t *testing.T, target chaos.Target, node *chaos.Node, claims bool) {
+	name, store := "crash-poison", t.TempDir()
+	subj := subject("crash")
+	if claims {
+		name, store = "crash-poison-claims", sharedStore(t, target, node, subj)
+	}
+	s := newScenario(t, target, name)
 	s.parallel = true
 	defer s.finish()
-	subj := subject("crash")
 	dl := s.deadLetters(node, subj)
-	env := chaos.ChildEnv(target, node.Addr, subj, sharedStore(t, target, node, subj))
+	env := chaos.ChildEnv(target, node.Addr, subj, store)
 	sv, err := startSupervisor(env, s.log, chaos.MaxDeliver+4)
 	require.NoError(t, err)
 	s.closers = append(s.closers, sv.Stop)
