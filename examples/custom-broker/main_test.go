@@ -1,0 +1,14 @@
+package main
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestRun(t *testing.T) { require.NoError(t, run()) }
+
+func Example() {
+	main()
+	// Output: hello, tcp
+}
