@@ -50,21 +50,36 @@ var clusterTargets = []chaos.Target{
 // kill-leader (SIGKILL the node leading the request stream), each node
 // started again mid-load, on one private cluster.
 func TestChaosCluster(t *testing.T) {
-	dir, err := os.MkdirTemp("", "mqrpc-chaos-cluster-")
-	require.NoError(t, err)
-	begin := time.Now()
-	cl, err := chaos.StartNATSCluster(dir, 3)
-	if errors.Is(err, chaos.ErrNotInstalled) {
-		if testenv.CI() {
-			t.Fatal(err)
+	// Started by the first subtest that runs, so a -run that selects
+	// none (scripts/chaos rabbitmq) starts nothing.
+	var cl *chaos.NATSCluster
+	cluster := func(t *testing.T) *chaos.NATSCluster {
+		if cl != nil {
+			return cl
 		}
-		t.Skip(err)
+		dir, err := os.MkdirTemp("", "mqrpc-chaos-cluster-")
+		require.NoError(t, err)
+		begin := time.Now()
+		c, err := chaos.StartNATSCluster(dir, 3)
+		if errors.Is(err, chaos.ErrNotInstalled) {
+			if testenv.CI() {
+				t.Fatal(err)
+			}
+			t.Skip(err)
+		}
+		require.NoError(t, err)
+		t.Logf("private NATS cluster at %s up in %v (data in %s)", c.URL(), time.Since(begin).Round(time.Millisecond), dir)
+		cl = c
+		return c
 	}
-	require.NoError(t, err)
-	t.Cleanup(cl.Close)
-	t.Logf("private NATS cluster at %s up in %v (data in %s)", cl.URL(), time.Since(begin).Round(time.Millisecond), dir)
+	t.Cleanup(func() {
+		if cl != nil {
+			cl.Close()
+		}
+	})
 	for _, target := range clusterTargets {
 		t.Run(target.Name, func(t *testing.T) {
+			cl := cluster(t)
 			if target.Durable {
 				t.Run("replicas", func(t *testing.T) { runClusterReplicas(t, cl) })
 			}
