@@ -97,7 +97,8 @@ func TestChaosCluster(t *testing.T) {
 var clusterPending = map[string]string{
 	"nats-cluster-jetstream/kill-connected": "accepted requests are lost when a node dies (3 to 320 of ~1000 in some runs, " +
 		"acked by the consumer, never executed, not dead-lettered): Dedup refuses a request whose claim it cannot " +
-		"write with an Unavailable *rpc.Error, rpc.Server turns that into a reply and the broker acks the request",
+		"write with an Unavailable *rpc.Error, rpc.Server turns that into a reply and the broker acks the request " +
+		"(returned as a delivery failure, broker.ErrDeliveryFailed, it would be redelivered)",
 	"nats-cluster-jetstream/kill-leader": "accepted requests are lost when the stream leader dies (8 to 137 per run), " +
 		"as kill-connected; new calls succeed 5.6 to 10 s after the kill (nats-server's raft election timeout is 4-9 s)",
 }
