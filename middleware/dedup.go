@@ -158,9 +158,12 @@ type DedupConfig struct {
 //     DeadlineExceeded or Canceled) instead of running again: in one
 //     process always, across processes with a shared DedupClaimer.
 //   - When the store cannot be read or the key cannot be claimed (the
-//     store is unreachable), the request is refused with Unavailable
-//     rather than risk running twice: a durable broker redelivers it and
-//     a client's Retry tries again.
+//     store is unreachable), the request is not run, rather than risk
+//     running it twice, and the delivery fails (Unavailable wrapping
+//     broker.ErrDeliveryFailed): a durable broker redelivers it later, a
+//     fast one drops it and its caller sees its deadline pass. Answering
+//     with an Unavailable reply instead would let a durable broker
+//     acknowledge, and so lose, an accepted request.
 //
 // What is not covered: a server process that dies after the method's
 // effect but before the outcome is stored (a store round trip) leaves a
@@ -266,7 +269,7 @@ func (d *deduper) land(key string, f *flight, reply *broker.Message, err error) 
 func (d *deduper) run(ctx context.Context, req *broker.Message, key string) (*broker.Message, error) {
 	stored, ok, err := d.cfg.Store.Load(ctx, key)
 	if err != nil {
-		return nil, rpc.Errorf(rpc.Unavailable, "dedup: load %q: %w", key, err)
+		return nil, rpc.Errorf(rpc.Unavailable, "dedup: load %q: %w: %w", key, err, broker.ErrDeliveryFailed)
 	}
 	if ok {
 		if d.cfg.OnDuplicate != nil {
@@ -305,7 +308,7 @@ func (d *deduper) runClaimed(ctx context.Context, req *broker.Message, key strin
 		case err != nil && waiting && ctx.Err() != nil:
 			return nil, gaveUp(ctx)
 		case err != nil:
-			return nil, rpc.Errorf(rpc.Unavailable, "dedup: claim %q: %w", key, err)
+			return nil, rpc.Errorf(rpc.Unavailable, "dedup: claim %q: %w: %w", key, err, broker.ErrDeliveryFailed)
 		case c.Lease != nil:
 			lease = c.Lease
 			continue

@@ -157,6 +157,21 @@ func TestDedupClaimErrors(t *testing.T) {
 		_, err := h.ServeMessage(context.Background(), &broker.Message{ID: "1"})
 		assert.Equal(t, rpc.Unavailable, rpc.CodeOf(err))
 		assert.ErrorIs(t, err, boom)
+		assert.ErrorIs(t, err, broker.ErrDeliveryFailed, "a refusal fails the delivery, so a durable broker keeps the request")
+		assert.Zero(t, runs.Load())
+		// Through a server: no reply (which a durable broker would
+		// acknowledge, losing the request), the delivery fails.
+		srv := rpc.NewServer(rpc.WithServerMiddleware(middleware.Dedup(middleware.DedupConfig{
+			Store: failingClaimer{middleware.NewMemoryDedupStore(0, 0), boom, nil}})))
+		require.NoError(t, rpc.Handle(srv, "M", func(context.Context, *struct{}) (*struct{}, error) {
+			runs.Add(1)
+			return &struct{}{}, nil
+		}))
+		req := &broker.Message{ID: "2", Header: broker.Header{}, Body: []byte("{}")}
+		req.Header.Set(broker.HeaderMethod, "M")
+		reply, err := srv.ServeMessage(context.Background(), req)
+		assert.Nil(t, reply)
+		assert.ErrorIs(t, err, broker.ErrDeliveryFailed)
 		assert.Zero(t, runs.Load())
 	})
 	t.Run("commit failure is reported, reply sent, claim kept", func(t *testing.T) {
