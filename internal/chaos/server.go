@@ -176,7 +176,7 @@ func NewServerConfig(cfg ServerConfig) *rpc.Server {
 		return broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 			if req.Header.Get(broker.HeaderMethod) == MethodFail {
 				rec.Started(MethodFail, req.ID)
-				return nil, errors.New("chaos: delivery failed on purpose")
+				return nil, fmt.Errorf("chaos: delivery failed on purpose: %w", broker.ErrDeliveryFailed)
 			}
 			return next.ServeMessage(ctx, req)
 		})
