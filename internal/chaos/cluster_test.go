@@ -93,15 +93,9 @@ func TestChaosCluster(t *testing.T) {
 
 // clusterPending lists the cluster scenarios that fail on main, with what
 // fails; they are skipped unless MQRPC_CHAOS_PENDING=1 (as the pending
-// scenarios of durable_test.go).
-var clusterPending = map[string]string{
-	"nats-cluster-jetstream/kill-connected": "accepted requests are lost when a node dies (3 to 320 of ~1000 in some runs, " +
-		"acked by the consumer, never executed, not dead-lettered): Dedup refuses a request whose claim it cannot " +
-		"write with an Unavailable *rpc.Error, rpc.Server turns that into a reply and the broker acks the request " +
-		"(returned as a delivery failure, broker.ErrDeliveryFailed, it would be redelivered)",
-	"nats-cluster-jetstream/kill-leader": "accepted requests are lost when the stream leader dies (8 to 137 per run), " +
-		"as kill-connected; new calls succeed 5.6 to 10 s after the kill (nats-server's raft election timeout is 4-9 s)",
-}
+// scenarios of durable_test.go). Empty: the JetStream kill scenarios lost
+// accepted requests until Dedup's refusals became delivery failures.
+var clusterPending = map[string]string{}
 
 // runClusterReplicas: JetStreamConfig.Replicas reaches the streams New
 // creates: the request stream of a durable broker has a copy on each node.
