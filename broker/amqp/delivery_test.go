@@ -37,10 +37,10 @@ func dead(t *testing.T, ch *amqp091.Channel, queue string) amqp091.Delivery {
 // maxDeliveries deliveries though it has a deadline far ahead.
 func TestFailureBackoff(t *testing.T) {
 	const maxDeliveries = 4
-	const minDelay = 300 * time.Millisecond
+	const minDelay, maxDelay = 300 * time.Millisecond, time.Second
 	url, _ := vhostURL(t)
 	b := open(t, url, amqp.WithDurable(amqp.ClassicQueue), amqp.WithDeadLetter("", maxDeliveries),
-		amqp.WithRetryBackoff(minDelay, time.Second))
+		amqp.WithRetryBackoff(minDelay, maxDelay))
 	subj := "backoff-" + broker.NewID()
 	var mu sync.Mutex
 	var at []time.Time
@@ -60,8 +60,9 @@ func TestFailureBackoff(t *testing.T) {
 	defer mu.Unlock()
 	require.Len(t, at, maxDeliveries)
 	for i := 1; i < len(at); i++ {
-		// Delay i doubles from minDelay; the jitter takes up to half.
-		want := (minDelay << (i - 1)) / 2
+		// Delay i doubles from minDelay up to maxDelay; the jitter takes
+		// up to half.
+		want := min(minDelay<<(i-1), maxDelay) / 2
 		assert.GreaterOrEqual(t, at[i].Sub(at[i-1]), want, "delivery %d came too soon", i+1)
 	}
 }
