@@ -302,19 +302,25 @@ var suspectLane = make(chan struct{}, 1)
 // deadlock. After it, the suspect runs outside the lane.
 const laneWait = 5 * time.Second
 
+// lastChanceWait bounds how long a suspect on its last start (one more
+// crash would dead-letter it) waits for the lane. It never runs outside the
+// lane: after the wait it is handed back unstarted, so a crash of another
+// request can never be the one that dead-letters it.
+const lastChanceWait = time.Minute
+
 // enterLane waits for suspectLane, at most wait, and returns the func that
-// leaves it (a no-op when the wait ran out). It reports false when ctx
-// ended first.
-func enterLane(ctx context.Context, wait time.Duration) (leave func(), ok bool) {
+// leaves it (a no-op when the wait ran out) and whether it got the lane. It
+// reports ok false when ctx ended first.
+func enterLane(ctx context.Context, wait time.Duration) (leave func(), alone, ok bool) {
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case suspectLane <- struct{}{}:
-		return func() { <-suspectLane }, true
+		return func() { <-suspectLane }, true, true
 	case <-t.C:
-		return func() {}, true
+		return func() {}, false, true
 	case <-ctx.Done():
-		return nil, false
+		return nil, false, false
 	}
 }
 
@@ -360,9 +366,21 @@ func (s *subscription) handleDurable(m jetstream.Msg) {
 		return
 	}
 	if a.suspect {
-		leave, ok := enterLane(s.ctx, laneWait)
+		// A suspect runs outside the lane after laneWait, beside others
+		// whose crash it would be charged with too; so its last start
+		// runs in the lane only, and a crash there is its own.
+		last := a.started+1 >= uint64(js.MaxDeliver)
+		wait := laneWait
+		if last {
+			wait = lastChanceWait
+		}
+		leave, alone, ok := enterLane(s.ctx, wait)
 		if !ok {
 			_ = m.Nak() // never started: another server takes it
+			return
+		}
+		if last && !alone {
+			_ = m.NakWithDelay(redeliveryDelay(md.NumDelivered)) // never started
 			return
 		}
 		defer leave()

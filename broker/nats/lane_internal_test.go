@@ -13,13 +13,15 @@ import (
 // longer than its bound (a suspect whose handler calls another suspect of
 // the same process would deadlock), and a stopping server stops waiting.
 func TestSuspectLane(t *testing.T) {
-	leave, ok := enterLane(context.Background(), time.Minute)
+	leave, alone, ok := enterLane(context.Background(), time.Minute)
 	require.True(t, ok)
+	require.True(t, alone)
 
 	entered := make(chan struct{})
 	go func() {
-		l, ok := enterLane(context.Background(), time.Minute)
+		l, alone, ok := enterLane(context.Background(), time.Minute)
 		assert.True(t, ok)
+		assert.True(t, alone)
 		close(entered)
 		l()
 	}()
@@ -30,8 +32,9 @@ func TestSuspectLane(t *testing.T) {
 	}
 
 	start := time.Now()
-	l, ok := enterLane(context.Background(), 50*time.Millisecond)
+	l, alone, ok := enterLane(context.Background(), 50*time.Millisecond)
 	require.True(t, ok, "runs outside the lane once the wait ran out")
+	assert.False(t, alone)
 	assert.GreaterOrEqual(t, time.Since(start), 50*time.Millisecond)
 	l() // a no-op: it must not free the lane held above
 	select {
@@ -42,7 +45,7 @@ func TestSuspectLane(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, ok = enterLane(ctx, time.Minute)
+	_, _, ok = enterLane(ctx, time.Minute)
 	assert.False(t, ok)
 
 	leave()
