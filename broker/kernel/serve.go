@@ -128,12 +128,12 @@ func (s *Subscription[D]) Deliver(d D) {
 	if err := s.drv.Decode(d, req); err != nil {
 		s.log.Warn(s.name+": refused request", "subject", s.subject, "error", err)
 		s.reject(d, req, &broker.Rejection{Reason: broker.Malformed, Err: err})
-		s.drv.Settle(d, Dropped)
+		s.settle(d, Dropped, err)
 		return
 	}
 	if req.Expired(time.Now()) {
 		s.log.Debug(s.name+": dropped expired request", "subject", s.subject, "id", req.ID)
-		s.drv.Settle(d, Dropped)
+		s.settle(d, Dropped, nil)
 		return
 	}
 	dc := deliveryctx.New(s.ctx, req.Deadline)
@@ -144,7 +144,7 @@ func (s *Subscription[D]) Deliver(d D) {
 		// now, and a durable broker keeps the message for another server.
 		s.reject(d, req, &broker.Rejection{Reason: broker.Unavailable, Err: errStopped})
 		s.mu.Unlock()
-		s.drv.Settle(d, Failed)
+		s.settle(d, Failed, errStopped)
 		return
 	}
 	s.inflight[req] = flight[D]{d: d, dc: dc}
@@ -158,7 +158,7 @@ func (s *Subscription[D]) Deliver(d D) {
 	s.mu.Unlock()
 	if err != nil {
 		s.log.Warn(s.name+": delivery failed", "subject", s.subject, "id", req.ID, "error", err)
-		s.drv.Settle(d, Failed)
+		s.settle(d, Failed, err)
 		return
 	}
 	if rep != nil && mine {
@@ -169,7 +169,7 @@ func (s *Subscription[D]) Deliver(d D) {
 			}
 		}
 	}
-	s.drv.Settle(d, Done)
+	s.settle(d, Done, nil)
 }
 
 // flight is a delivery whose handler runs.
