@@ -103,6 +103,7 @@ func Run(t *testing.T, f Features, newBroker NewBroker) {
 		{"StopPastDrainUnavailable", s.testAbortUnavailable(false)},
 		{"CloseUnavailable", s.testAbortUnavailable(true)},
 		{"Close", s.testClose},
+		{"Streams", s.testStreams},
 		{"Durable", s.testDurable},
 		{"Restart", s.testRestart},
 	}

@@ -78,6 +78,9 @@ type Options struct {
 	// Log receives the warnings of serving (refused requests, failed
 	// replies). Default: discard.
 	Log *slog.Logger
+	// Streamer, when the broker has inboxes, goes into every delivery's
+	// ctx (broker.ContextWithStreamer), so handlers can answer streams.
+	Streamer broker.Streamer
 }
 
 // Subscription is a running Serve. It implements broker.Subscription.
@@ -111,7 +114,11 @@ func Serve[D any](drv Driver[D], subject string, h broker.Handler, cfg broker.Se
 	if s.log == nil {
 		s.log = discard
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	parent := context.Background()
+	if o.Streamer != nil {
+		parent = broker.ContextWithStreamer(parent, o.Streamer)
+	}
+	s.ctx, s.cancel = context.WithCancel(parent)
 	s.pool = dispatch.Start(cfg.Concurrency, s.next, s.Deliver)
 	return s
 }

@@ -49,7 +49,7 @@ func (b *Broker) ServeEach(subject string, h broker.Handler, opts ...broker.Serv
 	}
 	t.subs[subject][d] = struct{}{}
 	t.mu.Unlock()
-	s := kernel.Serve[delivery](d, subject, h, cfg, kernel.Options{Name: "memory"})
+	s := kernel.Serve[delivery](d, subject, h, cfg, kernel.Options{Name: "memory", Streamer: b})
 	b.subs[s] = struct{}{}
 	d.sub = s
 	return s, nil

@@ -35,6 +35,7 @@ type Broker struct {
 	done     chan struct{}                               // closed by Close
 	inflight map[chan result]struct{}                    // requests waiting for a reply
 	subs     map[*kernel.Subscription[delivery]]struct{} // running subscriptions
+	inboxes  map[*inbox]struct{}                         // open inboxes (stream.go)
 }
 
 // hub is the broker itself: the routing table and the faults, shared by
@@ -48,6 +49,7 @@ type hub struct {
 	faulty   atomic.Bool                  // faults != Faults{}: the fault-free path takes no lock
 	rng      *rand.Rand                   // guarded by mu (write lock)
 	each     eachTable                    // broadcast subscriptions (control.go)
+	inboxes  inboxTable                   // stream inboxes (stream.go)
 }
 
 // group is a set of competing consumers: every subscription of one queue on
@@ -341,7 +343,7 @@ func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOpt
 		groups[cfg.Queue] = g
 	}
 	d := &driver{b: b, subject: subject, queue: cfg.Queue, ch: g.ch, quit: make(chan struct{})}
-	s := kernel.Serve[delivery](d, subject, h, cfg, kernel.Options{Name: "memory"})
+	s := kernel.Serve[delivery](d, subject, h, cfg, kernel.Options{Name: "memory", Streamer: b})
 	g.members[s] = struct{}{}
 	hb.mu.Unlock()
 	d.leaveFn = func() { b.hub.leave(subject, cfg.Queue, g, s) }
@@ -483,6 +485,7 @@ func (b *Broker) Close() error {
 		subs = append(subs, s)
 	}
 	b.mu.Unlock()
+	b.closeInboxes()
 	// Cancel the handlers in flight and wait for them, so no goroutine
 	// outlives Close (handlers are expected to honour ctx).
 	for _, s := range subs {
