@@ -53,12 +53,7 @@ const (
 // pending lists the scenarios that fail on main until a fix of issue 17
 // lands, by target/scenario, with what fails. They are skipped (run them
 // with MQRPC_CHAOS_PENDING=1); an entry goes as soon as its fix is on main.
-var pending = map[string]string{
-	"nats-jetstream/crash-poison-claims": "no healthy request is dead-lettered with the poison any more (0 in 3 runs), but it is " +
-		"too slow: in 2 of 3 runs the last healthy request came 19 s after the poison (bound 12 s) or the poison was not dead-lettered " +
-		"within 60 s; the suspects' last starts run one at a time in the suspect lane and each waits a whole lease for the crashed " +
-		"process's natskv claim",
-}
+var pending = map[string]string{}
 
 // skipPending skips a scenario listed in pending, unless
 // MQRPC_CHAOS_PENDING=1.

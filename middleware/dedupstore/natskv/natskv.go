@@ -16,15 +16,26 @@
 //
 // A run claims the request's key with KeyValue.Create (atomic in
 // JetStream: of the processes racing for a key, one gets it), renews the
-// claim while the method runs (KeyValue.Update on the claim's revision),
-// and puts the outcome in its place, kept for the bucket's TTL. A repeat
-// that finds the key claimed waits for the outcome; one that finds the
-// outcome is answered from it. A claim whose process died (SIGKILL, power
-// loss) is not renewed: a process that sees the same revision of a claim
-// for a whole lease (middleware.DedupConfig.Lease, measured on its own
-// monotonic clock, so no clocks are compared) takes it over with an
-// Update on that revision, which again only one process can win, and runs
-// the request.
+// claim while the method runs (a compare-and-set update on the claim's
+// revision), and puts the outcome in its place, kept for the bucket's TTL.
+// A repeat that finds the key claimed waits for the outcome; one that finds
+// the outcome is answered from it.
+//
+// A claim whose process died (SIGKILL, power loss) is not renewed. The
+// NATS server itself removes it a lease after its last renewal
+// (middleware.DedupConfig.Lease, rounded up to whole seconds; each claim
+// revision carries it as a per-message TTL, measured on the server's
+// clock), and a repeat then claims the key anew. So after a crash every
+// request the dead process held can run again a lease after the crash,
+// however many they are and however late a repeat first looks. This needs
+// per-message TTLs in the bucket (NATS server 2.11 or later): New creates
+// its bucket with them. In a bucket without them (made by an older version
+// of this package or on an older server) a process takes a claim over once
+// it has seen the same revision of it for a whole lease on its own
+// monotonic clock (which, as the server's expiry, compares no clocks), so
+// each repeat waits up to a lease from when it first looks. Either way the
+// new claim is a compare-and-set on the key's last revision, which only
+// one process can win.
 //
 // When the NATS server cannot be reached, Dedup refuses requests with
 // Unavailable instead of running them unguarded: a durable broker
@@ -43,9 +54,11 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
+	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mqrpc/mqrpc/broker"
@@ -57,6 +70,10 @@ import (
 // is safe for concurrent use.
 type Store struct {
 	kv jetstream.KeyValue
+	js jetstream.JetStream
+	// put is the subject prefix of the bucket's keys for publishing,
+	// when its claims carry a per-message TTL; "" when they cannot.
+	put string
 
 	mu   sync.Mutex
 	seen map[string]sighting // claims of others this process waits on, by bucket key
@@ -97,9 +114,10 @@ func WithReplicas(n int) Option { return func(c *config) { c.replicas = n } }
 func WithMemoryStorage() Option { return func(c *config) { c.storage = jetstream.MemoryStorage } }
 
 // New opens the key-value bucket named bucket, creating it when it does
-// not exist (history 1, the TTL of WithTTL, file storage), and returns a
-// store on it. The bucket should hold nothing but this store's keys. The
-// store uses js until its last request; it does not close it.
+// not exist (history 1, the TTL of WithTTL, file storage, per-message
+// TTLs when the server has them), and returns a store on it. The bucket
+// should hold nothing but this store's keys. The store uses js until its
+// last request; it does not close it.
 func New(ctx context.Context, js jetstream.JetStream, bucket string, opts ...Option) (*Store, error) {
 	cfg := config{ttl: middleware.DefaultDedupTTL, replicas: 1, storage: jetstream.FileStorage}
 	for _, o := range opts {
@@ -110,14 +128,22 @@ func New(ctx context.Context, js jetstream.JetStream, bucket string, opts ...Opt
 	}
 	kv, err := js.KeyValue(ctx, bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+		kvc := jetstream.KeyValueConfig{
 			Bucket:      bucket,
 			Description: "mqrpc Dedup: claims and outcomes of requests",
 			History:     1,
 			TTL:         cfg.ttl,
 			Storage:     cfg.storage,
 			Replicas:    cfg.replicas,
-		})
+			// Per-message TTLs, so the server drops a claim nobody
+			// renews; the markers it leaves then go after a second.
+			LimitMarkerTTL: time.Second,
+		}
+		kv, err = js.CreateKeyValue(ctx, kvc)
+		if errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) { // NATS server before 2.11
+			kvc.LimitMarkerTTL = 0
+			kv, err = js.CreateKeyValue(ctx, kvc)
+		}
 		if errors.Is(err, jetstream.ErrBucketExists) { // created meanwhile
 			kv, err = js.KeyValue(ctx, bucket)
 		}
@@ -125,16 +151,34 @@ func New(ctx context.Context, js jetstream.JetStream, bucket string, opts ...Opt
 	if err != nil {
 		return nil, fmt.Errorf("natskv: bucket %q: %w", bucket, err)
 	}
-	if cfg.ttlSet {
-		st, err := kv.Status(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("natskv: bucket %q: %w", bucket, err)
-		}
-		if st.TTL() != cfg.ttl {
-			return nil, fmt.Errorf("natskv: bucket %q exists with TTL %v, not %v: change or delete it", bucket, st.TTL(), cfg.ttl)
-		}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("natskv: bucket %q: %w", bucket, err)
 	}
-	return &Store{kv: kv, seen: make(map[string]sighting)}, nil
+	if cfg.ttlSet && st.TTL() != cfg.ttl {
+		return nil, fmt.Errorf("natskv: bucket %q exists with TTL %v, not %v: change or delete it", bucket, st.TTL(), cfg.ttl)
+	}
+	return &Store{kv: kv, js: js, put: putPrefix(js, kv, st), seen: make(map[string]sighting)}, nil
+}
+
+// putPrefix returns the subject prefix under which the store publishes a
+// claim with a TTL (as KeyValue.Update would, which takes no TTL), or ""
+// when the bucket has no per-message TTLs, or is a mirror (whose writes go
+// elsewhere).
+func putPrefix(js jetstream.JetStream, kv jetstream.KeyValue, st jetstream.KeyValueStatus) string {
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok || !bs.StreamInfo().Config.AllowMsgTTL || bs.StreamInfo().Config.Mirror != nil {
+		return ""
+	}
+	pre := "$KV." + kv.Bucket() + "."
+	// The API prefix of a domain or an import, as KeyValue's own puts.
+	switch o := js.Options(); {
+	case o.Domain != "":
+		return "$JS." + o.Domain + ".API." + pre
+	case o.APIPrefix != "" && o.APIPrefix != jetstream.DefaultAPIPrefix:
+		return strings.TrimSuffix(o.APIPrefix, ".") + "." + pre
+	}
+	return pre
 }
 
 // bucketKey maps a request key onto a key-value key.
@@ -156,7 +200,7 @@ func (s *Store) Claim(ctx context.Context, key string, lease time.Duration) (mid
 	k := bucketKey(key)
 	value := record.Claim(rand.Text(), lease)
 	for range maxClaimTries {
-		rev, err := s.kv.Create(ctx, k, value)
+		rev, err := s.create(ctx, k, value, lease)
 		if err == nil {
 			return s.claimed(key, k, value, rev, lease), nil
 		}
@@ -182,7 +226,7 @@ func (s *Store) Claim(ctx context.Context, key string, lease time.Duration) (mid
 			return middleware.DedupClaim{}, nil
 		}
 		// The claim was not renewed for a whole lease: its process died.
-		rev, err = s.kv.Update(ctx, k, value, e.Revision())
+		rev, err = s.update(ctx, k, value, e.Revision(), lease)
 		if err == nil {
 			return s.claimed(key, k, value, rev, lease), nil
 		}
@@ -200,7 +244,41 @@ func conflict(err error) bool {
 
 func (s *Store) claimed(key, k string, value []byte, rev uint64, lease time.Duration) middleware.DedupClaim {
 	s.forget(k)
-	return middleware.DedupClaim{Lease: &claim{s: s, key: key, k: k, value: value, rev: rev}}
+	return middleware.DedupClaim{Lease: &claim{s: s, key: key, k: k, value: value, rev: rev, lease: lease}}
+}
+
+// claimTTL is the per-message TTL of a claim for lease: whole seconds
+// (the server's unit, which it would round down), rounded up, so the
+// server never drops a claim before its lease has passed.
+func claimTTL(lease time.Duration) time.Duration {
+	return (lease + time.Second - 1).Truncate(time.Second)
+}
+
+// create puts a claim on k when k holds nothing (or a delete marker).
+func (s *Store) create(ctx context.Context, k string, value []byte, lease time.Duration) (uint64, error) {
+	if s.put == "" {
+		return s.kv.Create(ctx, k, value)
+	}
+	return s.kv.Create(ctx, k, value, jetstream.KeyTTL(claimTTL(lease)))
+}
+
+// update puts a claim on k in place of its revision rev: a renewal, or
+// the takeover of a dead claim.
+func (s *Store) update(ctx context.Context, k string, value []byte, rev uint64, lease time.Duration) (uint64, error) {
+	if s.put == "" {
+		return s.kv.Update(ctx, k, value, rev)
+	}
+	ack, err := s.js.PublishMsg(ctx, &natsgo.Msg{Subject: s.put + k, Data: value},
+		jetstream.WithExpectLastSequencePerSubject(rev), jetstream.WithMsgTTL(claimTTL(lease)))
+	if err != nil {
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+			return 0, fmt.Errorf("%w: %w", err, jetstream.ErrKeyRevisionMismatch)
+		}
+		return 0, err
+	}
+	return ack.Sequence, nil
 }
 
 // stale reports whether this process has seen revision rev of a claim
@@ -267,10 +345,11 @@ type claim struct {
 	k     string // the bucket's key
 	value []byte
 	rev   uint64
+	lease time.Duration
 }
 
 func (c *claim) Renew(ctx context.Context) error {
-	rev, err := c.s.kv.Update(ctx, c.k, c.value, c.rev)
+	rev, err := c.s.update(ctx, c.k, c.value, c.rev, c.lease)
 	if conflict(err) || errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("natskv: renew claim of %q: %w", c.key, middleware.ErrDedupLeaseLost)
 	}

@@ -3,6 +3,7 @@ package natskv_test
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -138,4 +139,58 @@ func TestUnreachable(t *testing.T) {
 	assert.Equal(t, rpc.Unavailable, rpc.CodeOf(err))
 	assert.ErrorContains(t, err, "natskv: claim")
 	assert.Zero(t, runs.Load(), "the method did not run unguarded")
+}
+
+// TestDeadClaimExpiresOnServer: a claim nobody renews any more (its
+// process died) is dropped by the NATS server a lease after its last
+// renewal, so a process that looks at the key only then claims it at once,
+// instead of watching the dead claim for another lease. Before it is
+// dropped, nobody else gets it.
+func TestDeadClaimExpiresOnServer(t *testing.T) {
+	ctx := context.Background()
+	url := testenv.NATSURL(t)
+	js := connect(t, url)
+	name := bucket(t, js)
+	dead, err := natskv.New(ctx, js, name)
+	require.NoError(t, err)
+	kv, err := js.KeyValue(ctx, name)
+	require.NoError(t, err)
+	st, err := kv.Status(ctx)
+	require.NoError(t, err)
+	require.True(t, st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config.AllowMsgTTL, "New makes buckets with per-message TTLs")
+
+	const lease = 2 * time.Second
+	c, err := dead.Claim(ctx, "k", lease)
+	require.NoError(t, err)
+	require.NotNil(t, c.Lease)
+	renewed := time.Now() // no later than the server's time of the renewal
+	require.NoError(t, c.Lease.Renew(ctx), "a renewal carries the TTL too")
+	// The process dies here: no renewal, no release.
+
+	other, err := natskv.New(ctx, connect(t, url), name)
+	require.NoError(t, err)
+	busy, err := other.Claim(ctx, "k", lease)
+	require.NoError(t, err)
+	require.Nil(t, busy.Lease, "a live claim is not taken")
+
+	// Wait (bounded) until the server has dropped the claim: the process
+	// that looks now has never seen it.
+	gone := false
+	for end := time.Now().Add(30 * time.Second); !gone && time.Now().Before(end); {
+		time.Sleep(100 * time.Millisecond) // poll interval of a bounded wait
+		keys, err := kv.Keys(ctx)
+		gone = errors.Is(err, jetstream.ErrNoKeysFound) || err == nil && len(keys) == 0
+	}
+	require.True(t, gone, "the server never dropped the unrenewed claim")
+	assert.GreaterOrEqual(t, time.Since(renewed), lease, "dropped before its lease had passed")
+
+	fresh, err := natskv.New(ctx, connect(t, url), name)
+	require.NoError(t, err)
+	got, err := fresh.Claim(ctx, "k", lease)
+	require.NoError(t, err)
+	require.NotNil(t, got.Lease, "the first look after the server dropped a dead claim claims the key")
+	assert.ErrorIs(t, c.Lease.Renew(ctx), middleware.ErrDedupLeaseLost, "the dead claim is lost")
+	again, err := other.Claim(ctx, "k", lease)
+	require.NoError(t, err)
+	assert.Nil(t, again.Lease, "the new claim is held")
 }
