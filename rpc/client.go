@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/stream"
 	"github.com/mqrpc/mqrpc/codec"
 	jsoncodec "github.com/mqrpc/mqrpc/codec/json"
 )
@@ -25,6 +26,7 @@ type Client struct {
 	handler  broker.Handler // nil without middleware: calls go to the broker
 	maxSize  int
 	inflight *semaphore.Weighted // nil: unlimited
+	stream   stream.Config       // stream.go
 
 	// Without middleware nothing changes a request's header after it is
 	// made (brokers treat it as read-only, see broker.Broker), so calls
@@ -75,6 +77,7 @@ type clientConfig struct {
 	middleware  []Middleware
 	maxSize     int
 	maxInFlight int
+	stream      stream.Config // stream.go
 }
 
 // WithMaxInFlight limits the calls in flight on the client to n: further
@@ -108,7 +111,7 @@ func NewClient(b broker.Broker, opts ...ClientOption) *Client {
 	for _, o := range opts {
 		o.applyToClient(&cfg)
 	}
-	c := &Client{b: b, codec: cfg.codec, timeout: cfg.timeout, maxSize: cfg.maxSize}
+	c := &Client{b: b, codec: cfg.codec, timeout: cfg.timeout, maxSize: cfg.maxSize, stream: cfg.stream}
 	if cfg.maxInFlight > 0 {
 		c.inflight = semaphore.NewWeighted(int64(cfg.maxInFlight))
 	}
@@ -333,6 +336,9 @@ var reservedHeaders = map[string]bool{
 	// broker/nats (JetStream) and broker/rocketmq markers
 	"mqrpc-reply": true, "mqrpc-empty-body": true, "mqrpc-topic-init": true,
 	"mqrpc-dead-reason": true, "mqrpc-deliveries": true,
+	// streams (broker/stream)
+	stream.HeaderStream: true, stream.HeaderInbox: true, stream.HeaderHeartbeat: true,
+	stream.HeaderFrame: true, stream.HeaderSeq: true, stream.HeaderCredit: true,
 }
 
 // ReservedHeader reports whether name (case-insensitive) is a header of

@@ -31,6 +31,7 @@ type Server struct {
 	handler      broker.Handler
 	maxSize      int
 	maxHeader    int
+	window       int // stream.go
 
 	mu      sync.Mutex // serializes registration
 	methods atomic.Pointer[map[string]method]
@@ -51,6 +52,7 @@ type serverConfig struct {
 	middleware []Middleware
 	maxSize    int
 	maxHeader  int
+	window     int // stream.go
 }
 
 // DefaultMaxMessageSize is the default limit on request and reply bodies,
@@ -96,6 +98,7 @@ func NewServer(opts ...ServerOption) *Server {
 		defaultCodec: cfg.codec,
 		maxSize:      cfg.maxSize,
 		maxHeader:    cfg.maxHeader,
+		window:       cfg.window,
 	}
 	names := make([]string, 0, len(cfg.codecs))
 	for _, c := range cfg.codecs {
@@ -199,7 +202,7 @@ func (s *Server) ServeMessage(ctx context.Context, req *broker.Message) (*broker
 		if errors.Is(err, broker.ErrDeliveryFailed) {
 			return nil, err
 		}
-		return ErrorReply(err), nil
+		return withTrailers(ErrorReply(err), err), nil
 	}
 	return reply, nil
 }
@@ -258,6 +261,9 @@ func (s *Server) dispatch(ctx context.Context, req *broker.Message) (reply *brok
 	}()
 	body, err := m.call(sc, cd, req.Body)
 	if err != nil {
+		if te, ok := err.(*trailerError); ok {
+			return nil, te // a stream's error, with its trailers (stream.go)
+		}
 		return nil, asError(err)
 	}
 	if s.maxSize >= 0 && len(body) > s.maxSize {

@@ -388,7 +388,10 @@ func (st *Stream) run() {
 				return
 			}
 			if err == nil {
-				st.postCancel()
+				// The peer has the same deadline: only a cancel is news.
+				if !errors.Is(st.ctx.Err(), context.DeadlineExceeded) {
+					st.postCancel()
+				}
 				st.fail(st.ctx.Err())
 			}
 			st.shutdown()
@@ -622,7 +625,7 @@ func (st *Stream) Finish() broker.Header {
 // Finished hands the outcome of the opening request to the caller's
 // side: an error ends the stream with it at once; a reply ends it once
 // every data frame it counts arrived (Recv then returns io.EOF and End the
-// reply). A reply without a count (a server that streams nothing, an
+// reply, which Finished does not change). A reply without a count (a server that streams nothing, an
 // error answered by middleware) ends it after the frames received.
 func (st *Stream) Finished(reply *broker.Message, err error) {
 	st.mu.Lock()
@@ -650,7 +653,6 @@ func (st *Stream) Finished(reply *broker.Message, err error) {
 			return
 		}
 		st.endSeq = n
-		reply.Header.Del(HeaderSeq)
 	}
 	st.end = reply
 	st.endAt = time.Now()

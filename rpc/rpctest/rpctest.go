@@ -50,6 +50,7 @@ func Run(t *testing.T, f Features, newBroker NewBroker) {
 	t.Run("StopPastDrainUnavailable", s.testAbort(false))
 	t.Run("CloseUnavailable", s.testAbort(true))
 	t.Run("CancelReachesHandler", s.testCancel)
+	t.Run("Streams", s.testStreams)
 }
 
 func (s *suite) open(t testing.TB) broker.Broker {
