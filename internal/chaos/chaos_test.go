@@ -132,6 +132,9 @@ func TestChaos(t *testing.T) {
 			t.Run("restart", func(t *testing.T) { runRestart(t, target, node) })
 			t.Run("kill", func(t *testing.T) { runKill(t, target, node) })
 			t.Run("poison", func(t *testing.T) { runPoison(t, target, node) })
+			if target.Name == "rabbitmq-fast" {
+				t.Run("crash-poison", func(t *testing.T) { runFastCrashPoison(t, target, node) })
+			}
 			if target.Durable {
 				t.Run("late-server", func(t *testing.T) { runLateServer(t, target, node) })
 				runDurable(t, target, node)
