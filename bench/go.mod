@@ -45,3 +45,7 @@ require (
 	gopkg.in/natefinch/lumberjack.v2 v2.0.0 // indirect
 	stathat.com/c/consistent v1.0.0 // indirect
 )
+
+require github.com/mqrpc/mqrpc/broker/rocketmq v0.0.0-00010101000000-000000000000
+
+replace github.com/mqrpc/mqrpc/broker/rocketmq => ../broker/rocketmq

@@ -10,7 +10,8 @@
 //	                                 loopback port; closing the broker stops it
 //	nats://host:port, tls://...      NATS (broker/nats)
 //	amqp://..., amqps://...          RabbitMQ (broker/amqp)
-//	rocketmq://host:port             RocketMQ through its name server (broker/rocketmq)
+//	rocketmq://host:port             RocketMQ through its name server, with WithScheme
+//	                                 (broker/rocketmq is a module of its own; see below)
 //
 // For a cluster, list its nodes separated by commas; the client connects to
 // one that answers and fails over to the others by itself:
@@ -19,17 +20,26 @@
 //	amqp://u:p@r1:5672/,amqp://u:p@r2:5672/   (tried in turn)
 //	rocketmq://ns1:9876,ns2:9876              (name servers)
 //
-// Importing dial links every broker client; a program that needs one broker
-// can import that broker's package alone. Linking rocketmq-client-go (as
-// dial and broker/rocketmq do) starts one goroutine of its own when the
-// program starts, a cache janitor that never ends.
+// Importing dial links the NATS (with the embedded server) and RabbitMQ
+// clients, which live in mqrpc's main module; a program that needs one
+// broker can import that broker's package alone. RocketMQ is a module of
+// its own, github.com/mqrpc/mqrpc/broker/rocketmq, so that no other program
+// downloads or links rocketmq-client-go (and its old dependencies), which
+// starts a goroutine that never ends as soon as it is linked. Importing dial
+// starts no goroutine. A program that wants rocketmq:// URLs gives dial the
+// constructor:
+//
+//	b, err := dial.Open(url, dial.WithScheme("rocketmq", func(u string) (broker.Broker, error) {
+//		return rocketmq.New(u)
+//	}))
+//
+// WithScheme adds any other broker the same way, yours included.
 package dial
 
 import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"strings"
 
 	"github.com/mqrpc/mqrpc/broker"
@@ -37,7 +47,6 @@ import (
 	"github.com/mqrpc/mqrpc/broker/memory"
 	"github.com/mqrpc/mqrpc/broker/nats"
 	"github.com/mqrpc/mqrpc/broker/nats/embedded"
-	"github.com/mqrpc/mqrpc/broker/rocketmq"
 	"github.com/mqrpc/mqrpc/internal/redact"
 )
 
@@ -45,8 +54,9 @@ import (
 type Option func(*config)
 
 type config struct {
-	name   string
-	logger *slog.Logger
+	name    string
+	logger  *slog.Logger
+	schemes map[string]func(rawURL string) (broker.Broker, error)
 }
 
 // WithName sets the connection name the broker shows in its management
@@ -56,6 +66,20 @@ func WithName(name string) Option { return func(c *config) { c.name = name } }
 // WithLogger sets the logger the broker client reports connection events
 // to. Default: discard.
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// WithScheme makes Open open URLs of scheme (case-insensitive) with open,
+// which gets the whole URL, a comma-separated list included. A scheme dial
+// knows (memory, embedded, nats, tls, amqp, amqps) can be taken over too.
+// WithName and WithLogger do not reach open: give its broker its own
+// options. Default: none (rocketmq:// is an unknown scheme without it).
+func WithScheme(scheme string, open func(rawURL string) (broker.Broker, error)) Option {
+	return func(c *config) {
+		if c.schemes == nil {
+			c.schemes = make(map[string]func(string) (broker.Broker, error))
+		}
+		c.schemes[strings.ToLower(scheme)] = open
+	}
+}
 
 // ErrUnknownScheme is returned for a URL whose scheme names no broker.
 var ErrUnknownScheme = errors.New("dial: unknown broker scheme")
@@ -71,6 +95,13 @@ func Open(rawURL string, opts ...Option) (broker.Broker, error) {
 		cfg.logger = slog.New(slog.DiscardHandler)
 	}
 	scheme, _, _ := strings.Cut(rawURL, ":")
+	if open, ok := cfg.schemes[strings.ToLower(scheme)]; ok && open != nil {
+		b, err := open(rawURL)
+		if err != nil {
+			return nil, fmt.Errorf("dial: %w", err)
+		}
+		return b, nil
+	}
 	switch strings.ToLower(scheme) {
 	case "memory":
 		return memory.New(), nil
@@ -102,27 +133,10 @@ func Open(rawURL string, opts ...Option) (broker.Broker, error) {
 		}
 		return b, nil
 	case "rocketmq":
-		// Several name servers: rocketmq://h1:9876,h2:9876 or
-		// rocketmq://h1:9876,rocketmq://h2:9876.
-		var hosts []string
-		for _, p := range strings.Split(rawURL, ",") {
-			p = strings.TrimSpace(p)
-			if !strings.Contains(p, "://") && len(hosts) > 0 {
-				p = "rocketmq://" + p
-			}
-			u, err := url.Parse(p)
-			if err != nil || u.Host == "" || !strings.EqualFold(u.Scheme, "rocketmq") {
-				return nil, fmt.Errorf("dial: rocketmq URL %q: want rocketmq://host:port[,host:port...]", rawURL)
-			}
-			hosts = append(hosts, u.Host)
-		}
-		b, err := rocketmq.New(strings.Join(hosts, ";"), rocketmq.WithLogger(cfg.logger))
-		if err != nil {
-			return nil, fmt.Errorf("dial: %w", err)
-		}
-		return b, nil
+		return nil, fmt.Errorf("%w %q in %q: broker/rocketmq is a module of its own; "+
+			"open it with dial.WithScheme(\"rocketmq\", ...) and rocketmq.New (see the package doc)", ErrUnknownScheme, scheme, rawURL)
 	}
-	return nil, fmt.Errorf("%w %q in %q (want memory, embedded, nats, tls, amqp, amqps or rocketmq)", ErrUnknownScheme, scheme, rawURL)
+	return nil, fmt.Errorf("%w %q in %q (want memory, embedded, nats, tls, amqp, amqps or one given with WithScheme)", ErrUnknownScheme, scheme, rawURL)
 }
 
 // Redact returns rawURL fit to print or log: the user info of every URL in

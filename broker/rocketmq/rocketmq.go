@@ -174,7 +174,8 @@ type rocketProducer interface {
 var _ broker.Broker = (*Broker)(nil)
 
 // New connects to the RocketMQ name server(s) at nameServer, a host:port
-// or a list of them separated by ';' or ','.
+// or a list of them separated by ';' or ',', each optionally written as a
+// rocketmq://host:port URL (the form broker/dial takes).
 func New(nameServer string, opts ...Option) (*Broker, error) {
 	b, err := newBroker(nameServer, opts...)
 	if err != nil {
@@ -237,9 +238,9 @@ func newBroker(nameServer string, opts ...Option) (*Broker, error) {
 	if !cfg.journalSet {
 		cfg.journalDir = DefaultJournalDir()
 	}
-	servers := strings.FieldsFunc(nameServer, func(r rune) bool { return r == ';' || r == ',' || r == ' ' })
-	if len(servers) == 0 {
-		return nil, errors.New("rocketmq: no name server address")
+	servers, err := nameServers(nameServer)
+	if err != nil {
+		return nil, err
 	}
 	log := cfg.logger
 	if log == nil {

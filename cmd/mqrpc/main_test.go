@@ -54,7 +54,7 @@ func TestScripts(t *testing.T) {
 	for _, name := range []string{"embedded", "nats", "amqp", "rocketmq"} {
 		t.Run(name, func(t *testing.T) {
 			url := brokerURLs[name](t)
-			b, err := dial.Open(url)
+			b, err := dial.Open(url, dial.WithScheme("rocketmq", openRocketMQ))
 			require.NoError(t, err)
 			t.Cleanup(func() { _ = b.Close() })
 			id := strings.ReplaceAll(broker.NewID(), "-", "_")

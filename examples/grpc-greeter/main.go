@@ -44,7 +44,7 @@ func (greeter) SayHello(ctx context.Context, in *pb.HelloRequest) (*pb.HelloRepl
 
 func main() {
 	brokerFlag := flag.String("broker", "embedded",
-		`broker: "embedded" (a NATS server in this process), "memory", or a URL: nats://, tls://, amqp://, amqps://, rocketmq://host:port`)
+		`broker: "embedded" (a NATS server in this process), "memory", or a URL: nats://, tls://, amqp://, amqps://`)
 	name := flag.String("name", "world", "name to greet")
 	flag.Parse()
 	if err := run(*brokerFlag, *name); err != nil {

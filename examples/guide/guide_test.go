@@ -223,7 +223,7 @@ func clientProcess() {
 
 // realBrokers is compiled, not run: brokers by URL, and the durable modes.
 func realBrokers() {
-	b, err := dial.Open(os.Getenv("MQRPC_BROKER")) // memory:, embedded:, nats://, amqp://, rocketmq://
+	b, err := dial.Open(os.Getenv("MQRPC_BROKER")) // memory:, embedded:, nats://, amqp://
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -32,7 +32,7 @@ type DivParams struct {
 
 func main() {
 	brokerFlag := flag.String("broker", "embedded",
-		`broker: "embedded" (a NATS server in this process), "memory", or a URL: nats://, tls://, amqp://, amqps://, rocketmq://host:port`)
+		`broker: "embedded" (a NATS server in this process), "memory", or a URL: nats://, tls://, amqp://, amqps://`)
 	flag.Parse()
 	if err := run(*brokerFlag); err != nil {
 		fmt.Fprintln(os.Stderr, "jsonrpc:", err)

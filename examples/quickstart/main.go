@@ -6,10 +6,11 @@
 //	go run ./examples/quickstart                                  # embedded NATS
 //	go run ./examples/quickstart -broker nats://127.0.0.1:4222    # an external NATS server
 //	go run ./examples/quickstart -broker amqp://guest:guest@127.0.0.1:5672/
-//	go run ./examples/quickstart -broker rocketmq://127.0.0.1:9876
 //	go run ./examples/quickstart -broker memory                   # the in-process memory broker
 //
-// The -broker default can also be set with MQRPC_BROKER.
+// The -broker default can also be set with MQRPC_BROKER. RocketMQ's client
+// is a module of its own (broker/rocketmq), which this program does not
+// link: go run ./examples/rocketmq is the same calculator on RocketMQ.
 package main
 
 import (
@@ -61,7 +62,7 @@ func main() {
 }
 
 var brokerFlag = flag.String("broker", envOr("MQRPC_BROKER", "embedded"),
-	`broker: "embedded" (a NATS server in this process), "memory", or a URL: nats://, tls://, amqp://, amqps://, rocketmq://host:port`)
+	`broker: "embedded" (a NATS server in this process), "memory", or a URL: nats://, tls://, amqp://, amqps://`)
 
 func envOr(name, def string) string {
 	if v := os.Getenv(name); v != "" {

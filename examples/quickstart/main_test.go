@@ -9,14 +9,13 @@ import (
 )
 
 // The quickstart is the first thing a user runs: keep it working on both
-// zero-setup brokers and on every real one.
+// zero-setup brokers and on every real one (RocketMQ: examples/rocketmq).
 func TestQuickstart(t *testing.T) {
 	brokers := map[string]func(testing.TB) string{
 		"embedded": func(testing.TB) string { return "embedded" },
 		"memory":   func(testing.TB) string { return "memory" },
 		"nats":     testenv.NATSURL,
 		"rabbitmq": testenv.AMQPURL,
-		"rocketmq": func(t testing.TB) string { return "rocketmq://" + testenv.RocketMQNoRace(t) },
 	}
 	for name, url := range brokers {
 		t.Run(name, func(t *testing.T) {
@@ -27,5 +26,3 @@ func TestQuickstart(t *testing.T) {
 		})
 	}
 }
-
-func TestRocketMQWithoutRace(t *testing.T) { testenv.RerunWithoutRace(t, "^TestQuickstart$") }

@@ -53,7 +53,7 @@ func (h *handler) Record(_ context.Context, note string) error {
 
 func main() {
 	brokerFlag := flag.String("broker", "embedded",
-		`broker: "embedded" (a NATS server in this process), "memory", or a URL: nats://, tls://, amqp://, amqps://, rocketmq://host:port`)
+		`broker: "embedded" (a NATS server in this process), "memory", or a URL: nats://, tls://, amqp://, amqps://`)
 	protoFlag := flag.String("protocol", "binary", "thrift protocol: binary, compact or json")
 	flag.Parse()
 	if err := run(*brokerFlag, *protoFlag); err != nil {

@@ -20,12 +20,11 @@ import (
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/memory"
-	"github.com/mqrpc/mqrpc/internal/testenv"
 	"github.com/mqrpc/mqrpc/middleware/otelmw"
 	"github.com/mqrpc/mqrpc/rpc"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testenv.RocketMQLeaks()...) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type req struct{ A, B int }
 type res struct{ Sum int }
