@@ -97,12 +97,12 @@ func run(url string) error {
 	defer cancel()
 	sum, err := add(ctx, &AddRequest{A: 2, B: 40})
 	if err != nil {
-		return fmt.Errorf("Add: %w", err)
+		return fmt.Errorf("calling Add: %w", err)
 	}
 	fmt.Println("Add(2, 40) =", sum.Value)
 	q, err := div(ctx, &DivRequest{A: 84, B: 2})
 	if err != nil {
-		return fmt.Errorf("Div: %w", err)
+		return fmt.Errorf("calling Div: %w", err)
 	}
 	fmt.Println("Div(84, 2) =", q.Value)
 	_, err = div(ctx, &DivRequest{A: 1, B: 0})
