@@ -9,7 +9,12 @@
 // client. Requests are published with the mandatory flag, so a request no
 // queue can take fails at once with broker.ErrNoResponders, and with an AMQP
 // expiration equal to the time left before the caller's deadline, so
-// RabbitMQ drops requests whose caller has given up.
+// RabbitMQ drops requests whose caller has given up. A caller that cancels
+// sends the servers a cancel notice (CancelExchange), which cancels the
+// handler's ctx.
+//
+// Serving runs on broker/kernel: this package is the wire (publish,
+// consume, reply, acknowledge, retry and dead-letter queues).
 //
 // In fast mode (the default) request queues are transient and auto-deleted
 // with their last server, and messages are not persistent. Durable mode
@@ -68,6 +73,7 @@ type Broker struct {
 	sess   *session      // nil while reconnecting
 	ready  chan struct{} // closed when sess is set
 	closed bool
+	subs   map[*driver]struct{} // running subscriptions
 }
 
 var _ broker.Broker = (*Broker)(nil)
@@ -88,6 +94,7 @@ func New(url string, opts ...Option) (*Broker, error) {
 		urls:  splitURLs(url),
 		cfg:   cfg,
 		ready: make(chan struct{}),
+		subs:  make(map[*driver]struct{}),
 	}
 	for _, u := range b.urls {
 		if _, err := amqp091.ParseURI(u); err != nil {
@@ -174,10 +181,12 @@ func parseError(raw string, err error) error {
 		"@ : / ? # must be percent-encoded)")
 }
 
-// Close implements broker.Broker. Subscriptions stop without draining (their
-// handlers' contexts are cancelled and the deliveries they hold are returned
-// to RabbitMQ), calls in flight fail with broker.ErrClosed, and Close waits
-// until every goroutine of the broker, handlers included, has returned.
+// Close implements broker.Broker. Subscriptions stop without draining: the
+// callers of their requests in flight get the handler's reply to an
+// Unavailable rejection at once, their handlers' contexts are cancelled and
+// the deliveries they hold are returned to RabbitMQ. Calls in flight fail
+// with broker.ErrClosed, and Close waits until every goroutine of the
+// broker, handlers included, has returned.
 func (b *Broker) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -186,11 +195,23 @@ func (b *Broker) Close() error {
 	}
 	b.closed = true
 	s := b.sess
+	subs := make([]*driver, 0, len(b.subs))
+	for d := range b.subs {
+		subs = append(subs, d)
+	}
 	b.mu.Unlock()
+	// Before the connection goes: the rejections go out on it.
+	for _, d := range subs {
+		d.sub.Load().Abort()
+	}
 	b.cancel()
 	var err error
 	if s != nil {
 		err = s.close()
+	}
+	for _, d := range subs {
+		d.sub.Load().Wait()
+		d.wg.Wait()
 	}
 	b.wg.Wait()
 	if err != nil && !errors.Is(err, amqp091.ErrClosed) {
@@ -616,25 +637,6 @@ func (b *Broker) session(ctx context.Context) (*session, error) {
 		case <-ready:
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w: %w (waiting for a connection: %w)", broker.ErrTimeout, ctx.Err(), broker.ErrDisconnected)
-		case <-b.ctx.Done():
-			return nil, broker.ErrClosed
-		}
-	}
-}
-
-// nextSession waits for a session other than prev (nil: any), for
-// subscriptions resuming after a loss.
-func (b *Broker) nextSession(prev *session) (*session, error) {
-	for {
-		s, err := b.session(b.ctx)
-		if err != nil {
-			return nil, broker.ErrClosed
-		}
-		if s != prev {
-			return s, nil
-		}
-		select {
-		case <-s.lost:
 		case <-b.ctx.Done():
 			return nil, broker.ErrClosed
 		}

@@ -9,6 +9,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 )
 
 // errNack is the result of a publish RabbitMQ refused to take
@@ -18,44 +19,37 @@ var errNack = errors.New("not confirmed by the broker (basic.nack)")
 
 // Request implements broker.Broker. The request is published with mandatory
 // set, reply_to amq.rabbitmq.reply-to and a fresh correlation id; the reply
-// comes back on the connection's single reply consumer.
+// comes back on the connection's single reply consumer. When ctx is
+// cancelled before the reply (no deadline passed), the servers of the
+// subject get a cancel notice through CancelExchange.
 func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Message, error) {
-	deadline := req.Deadline
-	ctxDeadline, hasCtxDeadline := ctx.Deadline()
-	if deadline.IsZero() && hasCtxDeadline {
-		deadline = ctxDeadline
-	}
-	now := time.Now()
-	if !deadline.IsZero() {
-		if !now.Before(deadline) {
-			return nil, fmt.Errorf("amqp: request to %s: %w: %w", req.Subject, broker.ErrTimeout, context.DeadlineExceeded)
-		}
-		// Message.Deadline bounds the wait too, unless ctx ends first.
-		if !hasCtxDeadline || deadline.Before(ctxDeadline) {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithDeadline(ctx, deadline)
-			defer cancel()
-		}
+	const op = "amqp: request"
+	ctx, cancel, err := kernel.Prepare(ctx, req, op)
+	defer cancel()
+	if err != nil {
+		return nil, err
 	}
 	if ctx.Err() != nil {
-		return nil, b.ctxErr("request to", req.Subject, ctx)
+		return nil, kernel.WaitError(ctx, op, req.Subject)
 	}
-
-	s, c, err := b.publish(ctx, req, deadline, now, false)
+	s, c, err := b.publish(ctx, req, false)
 	if err != nil {
 		return nil, err
 	}
 	select {
 	case r := <-c.res:
 		if r.err != nil {
-			return nil, fmt.Errorf("amqp: request to %s: %w", req.Subject, b.closedOr(r.err))
+			return nil, fmt.Errorf("%s %s: %w", op, req.Subject, b.closedOr(r.err))
 		}
 		return r.reply, nil
 	case <-ctx.Done():
 		s.forget(c)
-		return nil, b.ctxErr("request to", req.Subject, ctx)
+		if kernel.Canceled(ctx) {
+			b.notifyCancel(s, req.Subject, req.ID)
+		}
+		return nil, kernel.WaitError(ctx, op, req.Subject)
 	case <-b.ctx.Done():
-		return nil, fmt.Errorf("amqp: request to %s: %w", req.Subject, broker.ErrClosed)
+		return nil, fmt.Errorf("%s %s: %w", op, req.Subject, broker.ErrClosed)
 	}
 }
 
@@ -65,37 +59,34 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 // msg.Deadline, when set, becomes the AMQP expiration; the ctx deadline only
 // bounds how long Send waits.
 func (b *Broker) Send(ctx context.Context, msg *broker.Message) error {
-	now := time.Now()
-	if msg.Expired(now) {
-		return fmt.Errorf("amqp: send to %s: %w: %w", msg.Subject, broker.ErrTimeout, context.DeadlineExceeded)
+	const op = "amqp: send"
+	if err := kernel.PrepareSend(ctx, msg, op); err != nil {
+		return err
 	}
-	if ctx.Err() != nil {
-		return b.ctxErr("send to", msg.Subject, ctx)
-	}
-	s, c, err := b.publish(ctx, msg, msg.Deadline, now, true)
+	s, c, err := b.publish(ctx, msg, true)
 	if err != nil {
 		return err
 	}
 	select {
 	case r := <-c.res:
 		if r.err != nil {
-			return fmt.Errorf("amqp: send to %s: %w", msg.Subject, b.closedOr(r.err))
+			return fmt.Errorf("%s %s: %w", op, msg.Subject, b.closedOr(r.err))
 		}
 		return nil
 	case <-ctx.Done():
 		s.forget(c)
-		return b.ctxErr("send to", msg.Subject, ctx)
+		return kernel.WaitError(ctx, op, msg.Subject)
 	case <-b.ctx.Done():
-		return fmt.Errorf("amqp: send to %s: %w", msg.Subject, broker.ErrClosed)
+		return fmt.Errorf("%s %s: %w", op, msg.Subject, broker.ErrClosed)
 	}
 }
 
 // publish sends m as a request (oneway false: with reply_to) or a one-way
 // message, and returns the call that receives its outcome.
-func (b *Broker) publish(ctx context.Context, m *broker.Message, deadline, now time.Time, oneway bool) (*session, *call, error) {
-	op := "request to"
+func (b *Broker) publish(ctx context.Context, m *broker.Message, oneway bool) (*session, *call, error) {
+	op := "request"
 	if oneway {
-		op = "send to"
+		op = "send"
 	}
 	if m.Subject == "" {
 		return nil, nil, fmt.Errorf("amqp: %s: empty subject", op)
@@ -117,10 +108,7 @@ func (b *Broker) publish(ctx context.Context, m *broker.Message, deadline, now t
 	if err != nil {
 		return nil, nil, fmt.Errorf("amqp: %s %s: %w", op, m.Subject, err)
 	}
-	p := toPublishing(m, deadline, now, b.cfg.durable)
-	if p.MessageId == "" {
-		p.MessageId = broker.NewID()
-	}
+	p := toPublishing(m, m.Deadline, time.Now(), b.cfg.durable)
 	p.CorrelationId = c.corr
 	if !oneway {
 		p.ReplyTo = directReplyTo
@@ -146,13 +134,18 @@ func (b *Broker) publish(ctx context.Context, m *broker.Message, deadline, now t
 // close the channel), and in durable mode on the default exchange the
 // subject's queue, so a request sent before any server started is kept.
 func (b *Broker) declareForClient(s *session, subject string) error {
-	if b.cfg.exchange == "" && !b.cfg.durable {
-		return nil
+	switch {
+	case b.cfg.exchange != "":
+		return s.declareOnce("\x00exchange", b.declareExchange)
+	case b.cfg.durable:
+		return s.declareOnce(subject, func(ch *amqp091.Channel) error { return b.declareQueue(ch, subject) })
 	}
-	key := subject
-	if b.cfg.exchange != "" {
-		key = "\x00exchange"
-	}
+	return nil
+}
+
+// declareOnce runs declare on a channel of its own unless it succeeded
+// under key on this connection before.
+func (s *session) declareOnce(key string, declare func(*amqp091.Channel) error) error {
 	s.mu.Lock()
 	done := s.declared[key]
 	s.mu.Unlock()
@@ -167,13 +160,7 @@ func (b *Broker) declareForClient(s *session, subject string) error {
 	if done {
 		return nil
 	}
-	err := withChannel(s.conn, func(ch *amqp091.Channel) error {
-		if b.cfg.exchange != "" {
-			return b.declareExchange(ch)
-		}
-		return b.declareQueue(ch, subject)
-	})
-	if err != nil {
+	if err := withChannel(s.conn, declare); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -194,10 +181,6 @@ func withChannel(conn *amqp091.Connection, f func(*amqp091.Channel) error) error
 	err = f(ch)
 	_ = ch.Close()
 	return err
-}
-
-func (b *Broker) ctxErr(op, subject string, ctx context.Context) error {
-	return fmt.Errorf("amqp: %s %s: %w: %w", op, subject, broker.ErrTimeout, ctx.Err())
 }
 
 // closedOr reports ErrClosed instead of err once Close has begun: Close also

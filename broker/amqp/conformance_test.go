@@ -36,6 +36,9 @@ func TestConformanceFast(t *testing.T) {
 		// RabbitMQ's own limit is 128 MiB; 8 MiB keeps the suite quick.
 		MaxBodySize: 8 << 20,
 		Restart:     func(t testing.TB) { closeVhostConnections(t, vhost) },
+		// Serve and Request on broker/kernel, cancel notices through
+		// CancelExchange.
+		Kernel: true,
 	}, newBrokerFunc(url))
 }
 
@@ -46,6 +49,7 @@ func TestConformanceExchange(t *testing.T) {
 	brokertest.Run(t, brokertest.Features{
 		NoResponders: true,
 		Restart:      func(t testing.TB) { closeVhostConnections(t, vhost) },
+		Kernel:       true,
 	}, newBrokerFunc(url, amqp.WithExchange("mqrpc.test")))
 }
 
@@ -59,6 +63,7 @@ func TestConformanceDurable(t *testing.T) {
 		NoResponders: false,
 		Durable:      true,
 		Restart:      func(t testing.TB) { n.restart(t, false) },
+		Kernel:       true,
 	}, newBrokerFunc(n.URL(), amqp.WithDurable(amqp.ClassicQueue)))
 }
 
@@ -70,5 +75,6 @@ func TestConformanceQuorum(t *testing.T) {
 		NoResponders: false,
 		Durable:      true,
 		Restart:      func(t testing.TB) { closeVhostConnections(t, vhost) },
+		Kernel:       true,
 	}, newBrokerFunc(url, amqp.WithDurable(amqp.QuorumQueue)))
 }

@@ -3,12 +3,12 @@ package amqp
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 )
 
 // ControlExchange is the exchange that broadcast messages (ServeEach and
@@ -25,55 +25,43 @@ var _ broker.Broadcaster = (*Broker)(nil)
 // (nothing is stored for an instance that is down), and re-made after a
 // connection loss.
 func (b *Broker) ServeEach(subject string, h broker.Handler, opts ...broker.ServeOption) (broker.Subscription, error) {
+	if subject == "" || h == nil {
+		return nil, fmt.Errorf("amqp: serve each %q: empty subject or nil handler", subject)
+	}
 	cfg := broker.NewServeConfig(subject, opts...)
-	s := &eachSub{b: b, subject: subject, h: h, sem: make(chan struct{}, cfg.Concurrency), quit: make(chan struct{}), done: make(chan struct{})}
-	sess, err := b.session(b.ctx)
-	if err != nil {
-		return nil, fmt.Errorf("amqp: serve each %s: %w", subject, err)
-	}
-	ch, deliveries, err := s.setup(sess)
-	if err != nil {
-		return nil, fmt.Errorf("amqp: serve each %s: %w", subject, err)
-	}
-	b.wg.Add(1)
-	go s.run(sess, ch, deliveries)
-	return s, nil
+	d := &driver{b: b, subject: subject, queue: subject, autoAck: true}
+	d.setup = d.setupEach
+	return b.serve(d, h, cfg, "serve each")
 }
 
-type eachSub struct {
-	b       *Broker
-	subject string
-	h       broker.Handler
-	sem     chan struct{}
-	wg      sync.WaitGroup // handlers in flight
-	quit    chan struct{}  // closed by Stop
-	once    sync.Once
-	done    chan struct{} // closed when run returned
-}
-
-func (s *eachSub) setup(sess *session) (*amqp091.Channel, <-chan amqp091.Delivery, error) {
-	ch, err := sess.conn.Channel()
+// setupEach opens a channel on s with an exclusive queue bound to
+// ControlExchange for the subject, and consumes it without acks.
+func (d *driver) setupEach(s *session) (*consumer, error) {
+	ch, err := s.conn.Channel()
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: open channel: %w", broker.ErrDisconnected, err)
+		return nil, fmt.Errorf("%w: open channel: %w", broker.ErrDisconnected, err)
 	}
-	deliveries, err := func() (<-chan amqp091.Delivery, error) {
+	c := newConsumer(ch)
+	err = func() error {
 		if err := declareControl(ch); err != nil {
-			return nil, err
+			return err
 		}
 		q, err := ch.QueueDeclare("", false, true, true, false, nil)
 		if err != nil {
-			return nil, fmt.Errorf("declare queue: %w", err)
+			return fmt.Errorf("declare queue: %w", err)
 		}
-		if err := ch.QueueBind(q.Name, s.subject, ControlExchange, false, nil); err != nil {
-			return nil, fmt.Errorf("bind %s: %w", s.subject, err)
+		if err := ch.QueueBind(q.Name, d.subject, ControlExchange, false, nil); err != nil {
+			return fmt.Errorf("bind %s: %w", d.subject, err)
 		}
-		return ch.Consume(q.Name, "", true, true, false, false, nil)
+		c.tag = "mqrpc-" + broker.NewID()
+		c.deliveries, err = ch.Consume(q.Name, c.tag, true, true, false, false, nil)
+		return err
 	}()
 	if err != nil {
-		_ = ch.Close()
-		return nil, nil, err
+		c.close()
+		return nil, err
 	}
-	return ch, deliveries, nil
+	return c, nil
 }
 
 func declareControl(ch *amqp091.Channel) error {
@@ -83,114 +71,17 @@ func declareControl(ch *amqp091.Channel) error {
 	return nil
 }
 
-// run consumes until Stop or Close, setting the queue up again on every
-// new connection.
-func (s *eachSub) run(sess *session, ch *amqp091.Channel, deliveries <-chan amqp091.Delivery) {
-	b := s.b
-	defer b.wg.Done()
-	defer close(s.done)
-	for {
-	consume:
-		for {
-			select {
-			case d, ok := <-deliveries:
-				if !ok {
-					break consume
-				}
-				s.dispatch(ch, d)
-			case <-s.quit:
-				_ = ch.Close() // the exclusive queue goes with it
-				return
-			case <-b.ctx.Done():
-				return
-			}
-		}
-		_ = ch.Close()
-		for {
-			next, err := b.nextSession(sess)
-			if err != nil {
-				return // closed
-			}
-			sess = next
-			select {
-			case <-s.quit:
-				return
-			default:
-			}
-			var err2 error
-			if ch, deliveries, err2 = s.setup(sess); err2 == nil {
-				break
-			}
-			b.cfg.logger.Warn("amqp: control subscription", "subject", s.subject, "error", err2)
-			if !sleepCtx(b.ctx, time.Second) {
-				return
-			}
-		}
-	}
-}
-
-func (s *eachSub) dispatch(ch *amqp091.Channel, d amqp091.Delivery) {
-	if d.ReplyTo == "" {
-		return
-	}
-	select {
-	case s.sem <- struct{}{}:
-	case <-s.quit:
-		return
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		defer func() { <-s.sem }()
-		req, err := fromDelivery(&d)
-		if err != nil || req.Expired(time.Now()) {
-			return
-		}
-		ctx := s.b.ctx
-		if !req.Deadline.IsZero() {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithDeadline(ctx, req.Deadline)
-			defer cancel()
-		}
-		rep, err := serveSafely(ctx, s.h, req)
-		if err != nil || rep == nil {
-			return
-		}
-		p := toReply(rep)
-		p.CorrelationId = d.CorrelationId
-		if err := ch.PublishWithContext(ctx, "", d.ReplyTo, false, false, p); err != nil {
-			s.b.cfg.logger.Warn("amqp: control reply", "subject", s.subject, "error", err)
-		}
-	}()
-}
-
-// Stop implements broker.Subscription.
-func (s *eachSub) Stop(ctx context.Context) error {
-	s.once.Do(func() { close(s.quit) })
-	done := make(chan struct{})
-	go func() { <-s.done; s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("amqp: stop %s: %w", s.subject, ctx.Err())
-	}
-}
-
 // Gather implements broker.Broadcaster: req goes to ControlExchange with
 // the subject as routing key, mandatory, with direct reply-to on a
 // channel of its own, which takes any number of replies. A request no
 // queue is bound for comes back as a return: broker.ErrNoResponders at
 // once.
 func (b *Broker) Gather(ctx context.Context, req *broker.Message, max int, fn func(*broker.Message) bool) error {
-	deadline := req.Deadline
-	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
-		deadline = d
-	}
-	if !deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, deadline)
-		defer cancel()
+	const op = "amqp: gather"
+	ctx, cancel, err := kernel.Prepare(ctx, req, op)
+	defer cancel()
+	if err != nil {
+		return err
 	}
 	sess, err := b.session(ctx)
 	if err != nil {
@@ -210,10 +101,7 @@ func (b *Broker) Gather(ctx context.Context, req *broker.Message, max int, fn fu
 	}
 	returns := ch.NotifyReturn(make(chan amqp091.Return, 1))
 	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
-	if req.ID == "" {
-		req.ID = broker.NewID()
-	}
-	p := toPublishing(req, deadline, time.Now(), false)
+	p := toPublishing(req, req.Deadline, time.Now(), false)
 	p.ReplyTo = "amq.rabbitmq.reply-to"
 	p.CorrelationId = req.ID
 	if err := ch.PublishWithContext(ctx, ControlExchange, req.Subject, true, false, p); err != nil {

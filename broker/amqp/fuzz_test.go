@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 	"github.com/mqrpc/mqrpc/internal/testenv"
 )
 
@@ -72,11 +73,11 @@ func FuzzDelivery(f *testing.F) {
 		d.Acknowledger = ack
 		d.ReplyTo = ""
 		var served []string // the subjects of the requests served
-		sub := fuzzSubscription(broker.HandlerFunc(func(_ context.Context, req *broker.Message) (*broker.Message, error) {
+		deliver := fuzzServe(t, broker.HandlerFunc(func(_ context.Context, req *broker.Message) (*broker.Message, error) {
 			served = append(served, req.Subject) // not req: the broker reuses it
 			return &broker.Message{Header: req.Header.Clone(), Body: req.Body}, nil
 		}))
-		sub.handle(nil, &d, false)
+		deliver(&d)
 		require.Len(t, ack.settled, 1, "settled %v", ack.settled)
 		switch {
 		case err != nil:
@@ -179,11 +180,21 @@ func nearNow(d time.Time) bool {
 	return diff > -time.Minute && diff < time.Minute
 }
 
-// fuzzSubscription makes a fast-mode subscription of a broker without a
-// connection.
-func fuzzSubscription(h broker.Handler) *subscription {
+// fuzzServe serves h on a fast-mode subscription of a broker without a
+// connection and returns what runs the kernel's pipeline on one delivery.
+func fuzzServe(t *testing.T, h broker.Handler) func(*amqp091.Delivery) {
 	b := &Broker{cfg: newConfig(nil), ctx: context.Background()}
-	return &subscription{b: b, subject: "fuzz", queue: "fuzz", h: h}
+	d := &driver{b: b, subject: "fuzz", queue: "fuzz"}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.cancel() // Next hands nothing out: the test delivers itself
+	sub := kernel.Serve[*delivery](d, "fuzz", h, broker.NewServeConfig("fuzz"), kernel.Options{Name: "amqp"})
+	t.Cleanup(sub.Wait)
+	c := newConsumer(nil)
+	return func(m *amqp091.Delivery) {
+		x := d.take(c, m, false)
+		require.NotNil(t, x)
+		sub.Deliver(x)
+	}
 }
 
 // recordingAck is an amqp091.Acknowledger that records how a delivery was

@@ -252,7 +252,7 @@ func WithHeartbeat(d time.Duration) Option {
 
 // WithMaxMessageSize sets the largest body the broker publishes; a larger
 // request fails with broker.ErrMessageTooLarge before it is sent, and a
-// larger reply fails its delivery. Set it to the server's max_message_size
+// larger reply is replaced by the handler's reply to a TooLarge rejection. Set it to the server's max_message_size
 // when that was changed: RabbitMQ closes the channel of a publish over its
 // limit. Default: DefaultMaxMessageSize.
 func WithMaxMessageSize(n int) Option {

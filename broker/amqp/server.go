@@ -4,17 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"strconv"
 	"sync"
-	"time"
+	"sync/atomic"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqrpc/mqrpc/broker"
-	"github.com/mqrpc/mqrpc/broker/kernel/deliveryctx"
-	"github.com/mqrpc/mqrpc/broker/kernel/dispatch"
-	"github.com/mqrpc/mqrpc/broker/kernel/msgpool"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 )
 
 // Serve implements broker.Broker. It declares the request queue, sets the
@@ -24,7 +20,15 @@ import (
 // without reaching h. A handler that returns an error or panics fails the
 // delivery: fast mode drops it, durable mode retries it and finally
 // dead-letters it (WithDeadLetter). The queue and consumer are re-created
-// after a reconnection.
+// after a reconnection. A caller's cancel notice (see Request) cancels the
+// ctx of its request's handler.
+//
+// Stop cancels the consumer, waits for the handlers in flight to finish and
+// acknowledge, then closes the channel, which hands prefetched requests
+// that were not started back to RabbitMQ for other servers; past its ctx,
+// the callers in flight get the handler's reply to an Unavailable
+// rejection at once. In fast mode the auto-delete queue disappears with
+// its last server, and requests still in it with it.
 //
 // On the default exchange the queue is named after the subject and
 // broker.WithQueue has no effect: all servers of a subject compete on that
@@ -33,8 +37,8 @@ import (
 // queue names each get a copy of every request.
 func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOption) (broker.Subscription, error) {
 	cfg := broker.NewServeConfig(subject, opts...)
-	if subject == "" {
-		return nil, errors.New("amqp: serve: empty subject")
+	if subject == "" || h == nil {
+		return nil, fmt.Errorf("amqp: serve %q: empty subject or nil handler", subject)
 	}
 	if b.cfg.exchange == "" {
 		// The default exchange routes by queue name only, so every server
@@ -46,87 +50,473 @@ func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOpt
 	if prefetch < 1 {
 		prefetch = cfg.Concurrency
 	}
-	sub := &subscription{
-		b:           b,
-		subject:     subject,
-		queue:       cfg.Queue,
-		h:           h,
-		prefetch:    prefetch,
-		concurrency: cfg.Concurrency,
-		done:        make(chan struct{}),
-	}
-	sub.ctx, sub.cancel = context.WithCancel(b.ctx)
+	d := &driver{b: b, subject: subject, queue: cfg.Queue, prefetch: prefetch, durable: b.cfg.durable}
+	d.setup = d.setupServe
+	return b.serve(d, h, cfg, "serve")
+}
+
+// serve starts d, whose setup is set, as a kernel subscription.
+func (b *Broker) serve(d *driver, h broker.Handler, cfg broker.ServeConfig, op string) (broker.Subscription, error) {
+	d.ctx, d.cancel = context.WithCancel(b.ctx)
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.dialTimeout)
 	defer cancel()
 	s, err := b.session(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("amqp: serve %s: %w", subject, err)
+		d.cancel()
+		return nil, fmt.Errorf("amqp: %s %s: %w", op, d.subject, err)
 	}
-	c, err := sub.setup(s)
+	c, err := d.setup(s)
 	if err != nil {
-		sub.cancel()
-		return nil, fmt.Errorf("amqp: serve %s: %w", subject, err)
+		d.cancel()
+		return nil, fmt.Errorf("amqp: %s %s: %w", op, d.subject, err)
 	}
+	d.cur = c
+	sub := kernel.Serve[*delivery](d, d.subject, h, cfg, kernel.Options{Name: "amqp", Log: b.cfg.logger})
+	d.sub.Store(sub)
+	d.startLanes(c)
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		sub.cancel()
-		_ = c.ch.Close()
-		return nil, fmt.Errorf("amqp: serve %s: %w", subject, broker.ErrClosed)
+		sub.Abort()
+		sub.Wait()
+		d.wg.Wait()
+		return nil, fmt.Errorf("amqp: %s %s: %w", op, d.subject, broker.ErrClosed)
 	}
-	b.wg.Add(1)
+	b.subs[d] = struct{}{}
 	b.mu.Unlock()
-	go sub.run(c)
 	return sub, nil
 }
 
-// subscription is one Serve: a consumer on its own channel, re-created
-// after connection or channel loss until Stop or Close.
-type subscription struct {
-	b              *Broker
-	subject, queue string
-	h              broker.Handler
-	prefetch       int
-	concurrency    int            // handlers running at once, at most
-	handlers       sync.WaitGroup // every consumer's pool and channel, across reconnections
-
-	// ctx ends with Stop or Close and bounds resuming; handlers' contexts
-	// derive from the broker's instead, since Stop drains them.
-	ctx    context.Context
-	cancel context.CancelFunc
-	done   chan struct{} // closed when the consumer and all handlers ended
+// delivery is one AMQP delivery as the kernel serves it, with the
+// consumer it came from. Deliveries are pooled: the kernel settles each
+// once, last.
+type delivery struct {
+	amqp091.Delivery
+	c       *consumer
+	suspect bool   // from the suspect queue: runs alone
+	entered bool   // counted in by Broker.isolate (a durable request)
+	failed  int    // durable: failed deliveries before this one
+	release func() // a suspect's end of running alone
 }
 
-var _ broker.Subscription = (*subscription)(nil)
+var deliveryPool = sync.Pool{New: func() any { return new(delivery) }}
 
-// Stop implements broker.Subscription. It cancels the consumer, waits for
-// the handlers in flight to finish and acknowledge, then closes the channel,
-// which hands prefetched requests that were not started back to RabbitMQ
-// for other servers. In fast mode the auto-delete queue disappears with its
-// last server, and requests still in it with it.
-func (sub *subscription) Stop(ctx context.Context) error {
-	sub.cancel()
-	select {
-	case <-sub.done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("amqp: stop %s: %w", sub.subject, ctx.Err())
+// channel is the channel d came on, which its reply and settlement use.
+func (x *delivery) channel() *amqp091.Channel {
+	if x.suspect {
+		return x.c.sch
+	}
+	return x.c.ch
+}
+
+// driver is the wire of one subscription (Serve or ServeEach), a
+// kernel.Driver: it receives from its current consumer and re-creates the
+// consumer after a loss, until the subscription stops.
+type driver struct {
+	b              *Broker
+	subject, queue string
+	prefetch       int
+	durable        bool // durable mode's failure counts, retries and suspects
+	autoAck        bool // ServeEach: nothing to settle
+	setup          func(*session) (*consumer, error)
+	sub            atomic.Pointer[kernel.Subscription[*delivery]]
+
+	// ctx ends with Drain, Abort or Close: no new deliveries, no resuming.
+	ctx    context.Context
+	cancel context.CancelFunc
+	stop   sync.Once
+	wg     sync.WaitGroup // lanes and channel closers; no Add once ctx ended
+
+	mu       sync.Mutex
+	cur      *consumer     // nil while resuming
+	resuming chan struct{} // closed when a resume ended; nil when none runs
+}
+
+var (
+	_ kernel.Driver[*delivery]       = (*driver)(nil)
+	_ kernel.CauseSettler[*delivery] = (*driver)(nil)
+	_ kernel.Flusher                 = (*driver)(nil)
+)
+
+// Next implements kernel.Driver. In durable mode it also takes suspects,
+// each once no other handler of the broker runs, and moves a redelivered
+// request to the suspect queue instead of handing it out (admit).
+func (d *driver) Next(ctx context.Context) (*delivery, bool) {
+	for {
+		c := d.current()
+		if c == nil {
+			return nil, false
+		}
+		var m amqp091.Delivery
+		var ok, suspect bool
+		select {
+		case m, ok = <-c.deliveries:
+		case m, ok = <-c.suspects: // nil but in durable mode
+			suspect = true
+		case <-c.lost:
+			continue
+		case <-d.ctx.Done():
+			return nil, false
+		case <-ctx.Done():
+			return nil, false
+		}
+		if !ok {
+			c.lose()
+			continue
+		}
+		if x := d.take(c, &m, suspect); x != nil {
+			return x, true
+		}
 	}
 }
 
-// consumer is one consumer of a subscription on its own channel, and in
-// durable mode a second one, of the suspect queue, on another channel.
+// take makes m a delivery to hand out, or settles it here: nil when the
+// consumer is ending (m was not started: closing the channel requeues it)
+// or when admit moved it.
+func (d *driver) take(c *consumer, m *amqp091.Delivery, suspect bool) *delivery {
+	if !c.hold() {
+		return nil
+	}
+	x := deliveryPool.Get().(*delivery)
+	*x = delivery{Delivery: *m, c: c, suspect: suspect}
+	if !d.durable {
+		return x
+	}
+	if suspect {
+		// Alone in the broker, and after every acknowledgement sent so
+		// far was processed.
+		x.release = d.b.isolate.alone(isolationWait)
+		c.barrier(d.prefetch)
+	} else {
+		// A suspect waits until this delivery is settled.
+		d.b.isolate.enter(isolationWait)
+		x.entered = true
+	}
+	if !d.admit(x) {
+		d.done(x)
+		return nil
+	}
+	return x
+}
+
+// current returns the live consumer, resuming after a loss (one caller
+// resumes, the others wait for it), or nil once the subscription stopped.
+func (d *driver) current() *consumer {
+	for d.ctx.Err() == nil {
+		d.mu.Lock()
+		c, resuming := d.cur, d.resuming
+		if c != nil && !c.isLost() {
+			d.mu.Unlock()
+			return c
+		}
+		if resuming == nil {
+			d.resuming = make(chan struct{})
+			d.cur = nil
+		}
+		d.mu.Unlock()
+		if resuming != nil {
+			select {
+			case <-resuming:
+				continue
+			case <-d.ctx.Done():
+				return nil
+			}
+		}
+		if d.ctx.Err() != nil {
+			d.resumed(nil)
+			return nil
+		}
+		if c != nil {
+			// Closed once its handlers have settled on it.
+			d.end(c, false)
+		}
+		d.resumed(d.resume())
+	}
+	return nil
+}
+
+// resumed ends a resume with consumer c (nil: the subscription stopped).
+func (d *driver) resumed(c *consumer) {
+	d.mu.Lock()
+	close(d.resuming)
+	d.resuming = nil
+	stopped := d.ctx.Err() != nil
+	if c != nil && !stopped {
+		d.cur = c
+		d.startLanesLocked(c)
+	}
+	d.mu.Unlock()
+	if c != nil && stopped {
+		// Stopped meanwhile: Drain or Abort did not see c, which nothing
+		// was taken from.
+		c.close()
+	}
+}
+
+// resume sets a consumer up again after a loss, with backoff, until it
+// succeeds or the subscription stops.
+func (d *driver) resume() *consumer {
+	b := d.b
+	b.cfg.logger.Warn("amqp: consumer lost; resuming", "queue", d.queue)
+	for attempt := 0; ; attempt++ {
+		if !sleepCtx(d.ctx, backoff(b.cfg.minBackoff, b.cfg.maxBackoff, attempt)) {
+			return nil
+		}
+		s, err := b.session(d.ctx)
+		if err != nil {
+			return nil
+		}
+		c, err := d.setup(s)
+		if err == nil {
+			b.cfg.logger.Info("amqp: consumer resumed", "queue", d.queue)
+			return c
+		}
+		b.cfg.logger.Warn("amqp: resume consumer failed", "queue", d.queue, "attempt", attempt+1, "err", err)
+	}
+}
+
+// startLanes starts the goroutine that reads c's cancel notices.
+func (d *driver) startLanes(c *consumer) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ctx.Err() == nil {
+		d.startLanesLocked(c)
+	}
+}
+
+func (d *driver) startLanesLocked(c *consumer) {
+	if c.cancels == nil {
+		return
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		for m := range c.cancels {
+			if sub := d.sub.Load(); sub != nil {
+				sub.Cancel(m.MessageId)
+			}
+		}
+		c.lose()
+	}()
+}
+
+// Decode implements kernel.Driver.
+func (d *driver) Decode(x *delivery, m *broker.Message) error {
+	err := decodeDelivery(m, &x.Delivery)
+	m.Subject = d.subject
+	return err
+}
+
+// Reply implements kernel.Driver: the reply goes to the request's reply_to
+// on the channel the request came on.
+func (d *driver) Reply(x *delivery, rep *broker.Message) error {
+	if x.ReplyTo == "" {
+		return nil
+	}
+	if len(rep.Body) > d.b.cfg.maxSize {
+		return fmt.Errorf("reply: %w: %d bytes, limit %d", broker.ErrMessageTooLarge, len(rep.Body), d.b.cfg.maxSize)
+	}
+	// A reply has a message_id only when the handler gave it an ID, as on
+	// the other brokers: nothing deduplicates replies.
+	p := toReply(rep)
+	// Plain clients (the RabbitMQ tutorial's) set only correlation_id;
+	// some set only message_id.
+	p.CorrelationId = x.CorrelationId
+	if p.CorrelationId == "" {
+		p.CorrelationId = x.MessageId
+	}
+	return x.channel().Publish("", x.ReplyTo, false, false, p)
+}
+
+// Settle implements kernel.Driver; the kernel calls SettleCause instead.
+func (d *driver) Settle(x *delivery, o kernel.Outcome) { d.SettleCause(x, o, nil) }
+
+// SettleCause implements kernel.CauseSettler: acknowledge a served or
+// expired request; a failed one is dropped (fast mode) or retried and
+// finally dead-lettered with its cause (durable mode); a malformed one
+// and, in durable mode, an expired one that failed before, are
+// dead-lettered at once (or dropped in fast mode).
+func (d *driver) SettleCause(x *delivery, o kernel.Outcome, cause error) {
+	switch {
+	case d.autoAck:
+	case o == kernel.Done:
+		d.ack(x)
+	case o == kernel.Failed:
+		d.retry(x, x.failed+1, cause)
+	case cause != nil: // malformed: never gets better
+		d.reject(x, x.failed+1, cause)
+	case x.failed > 0:
+		// Expired after failing before: kept for inspection rather than
+		// dropped silently.
+		d.reject(x, x.failed, fmt.Errorf("deadline passed after %d failed deliveries", x.failed))
+	default:
+		d.ack(x) // expired: dropped
+	}
+	d.done(x)
+}
+
+func (d *driver) ack(x *delivery) {
+	if err := x.Ack(false); err != nil {
+		d.b.cfg.logger.Warn("amqp: ack failed", "queue", d.queue, "id", x.MessageId, "err", err)
+	}
+}
+
+// done ends x, settled: a suspect's isolation ends, the consumer may close.
+func (d *driver) done(x *delivery) {
+	if x.release != nil {
+		x.release()
+	} else if x.entered {
+		d.b.isolate.leave()
+	}
+	c := x.c
+	*x = delivery{}
+	deliveryPool.Put(x)
+	c.unhold()
+}
+
+// Drain implements kernel.Driver: the consumers are cancelled and the
+// channel closes once the handlers in flight settled, which requeues the
+// requests prefetched but not started.
+func (d *driver) Drain() { d.halt() }
+
+// Abort implements kernel.Driver: as Drain; the kernel has answered the
+// callers in flight, whose deliveries are settled when their handlers
+// return.
+func (d *driver) Abort() { d.halt() }
+
+func (d *driver) halt() {
+	d.stop.Do(func() {
+		d.mu.Lock()
+		d.cancel() // under mu: no lane or closer starts after
+		c := d.cur
+		if c != nil {
+			c.markEnding()
+			d.wg.Add(1)
+		}
+		d.mu.Unlock()
+		d.b.mu.Lock()
+		delete(d.b.subs, d)
+		d.b.mu.Unlock()
+		if c != nil {
+			// The network part on its own goroutine: Stop returns by its
+			// ctx even on a silent connection.
+			go func() {
+				defer d.wg.Done()
+				d.end(c, true)
+			}()
+		}
+	})
+}
+
+// Flush implements kernel.Flusher: Stop returns once the channels closed,
+// so the requests prefetched but not started are back in the queue, and
+// the goroutines of the subscription ended.
+func (d *driver) Flush(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		d.wg.Wait()
+		d.mu.Lock()
+		c := d.cur
+		d.mu.Unlock()
+		if c != nil {
+			<-c.closed
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// end ends consumer c: cancel (Stop) cancels its consumers first; its
+// channels close once no delivery taken from them is unsettled.
+func (d *driver) end(c *consumer, cancel bool) {
+	if c.markEnding() && cancel {
+		c.cancel()
+	}
+	c.mu.Lock()
+	idle := c.busy == 0
+	c.mu.Unlock()
+	if idle {
+		c.close()
+	}
+}
+
+// consumer is one set-up of a subscription on its own channel: the request
+// consumer and the cancel-notice consumer, and in durable mode a consumer
+// of the suspect queue on a second channel.
 type consumer struct {
 	ch         *amqp091.Channel
 	tag        string
 	deliveries <-chan amqp091.Delivery
+	cancels    <-chan amqp091.Delivery // nil for ServeEach
 
-	sch      *amqp091.Channel // nil in fast mode
+	sch      *amqp091.Channel // nil but in durable mode
 	stag     string
 	suspects <-chan amqp091.Delivery
 	// syncMu serializes synchronous methods on ch and sch (amqp091-go
 	// does not pair concurrent ones with their replies).
-	syncMu *sync.Mutex
+	syncMu sync.Mutex
+
+	lost     chan struct{} // closed when a delivery channel closed
+	lostOnce sync.Once
+
+	mu     sync.Mutex
+	busy   int  // deliveries taken and not settled
+	ending bool // take no more; close when busy drops to 0
+
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+func newConsumer(ch *amqp091.Channel) *consumer {
+	return &consumer{ch: ch, lost: make(chan struct{}), closed: make(chan struct{})}
+}
+
+func (c *consumer) lose() { c.lostOnce.Do(func() { close(c.lost) }) }
+
+func (c *consumer) isLost() bool {
+	select {
+	case <-c.lost:
+		return true
+	default:
+		return false
+	}
+}
+
+// hold counts a delivery in, unless c is ending.
+func (c *consumer) hold() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ending {
+		return false
+	}
+	c.busy++
+	return true
+}
+
+// unhold counts a settled delivery out and closes an ending consumer's
+// channels after its last one.
+func (c *consumer) unhold() {
+	c.mu.Lock()
+	c.busy--
+	last := c.ending && c.busy == 0
+	c.mu.Unlock()
+	if last {
+		c.close()
+	}
+}
+
+// markEnding marks c ending and reports whether it was not already.
+func (c *consumer) markEnding() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	was := c.ending
+	c.ending = true
+	return !was
 }
 
 // barrier returns once RabbitMQ has processed everything sent on c's
@@ -134,575 +524,120 @@ type consumer struct {
 // on a channel is answered after the methods before it. A suspect runs
 // only after it, so a crash it causes cannot undo an acknowledgement that
 // was still on its way (RabbitMQ would redeliver that request again).
-func (c consumer) barrier(prefetch int) {
+func (c *consumer) barrier(prefetch int) {
 	c.syncMu.Lock()
 	defer c.syncMu.Unlock()
 	_ = c.ch.Qos(prefetch, 0, false)
 	_ = c.sch.Qos(1, 0, false)
 }
 
-// cancel cancels c's consumers.
-func (c consumer) cancel() {
+// cancel cancels c's request and suspect consumers; cancel notices still
+// come until the channel closes.
+func (c *consumer) cancel() {
 	c.syncMu.Lock()
 	defer c.syncMu.Unlock()
-	_ = c.ch.Cancel(c.tag, false)
+	if c.tag != "" {
+		_ = c.ch.Cancel(c.tag, false)
+	}
 	if c.sch != nil {
 		_ = c.sch.Cancel(c.stag, false)
 	}
 }
 
-// close closes the consumer's channels.
-func (c consumer) close() {
-	_ = c.ch.Close()
-	if c.sch != nil {
-		_ = c.sch.Close()
-	}
+// close closes c's channels, once.
+func (c *consumer) close() {
+	c.closeOnce.Do(func() {
+		_ = c.ch.Close()
+		if c.sch != nil {
+			_ = c.sch.Close()
+		}
+		close(c.closed)
+	})
 }
 
-// setup opens a channel on s and declares and consumes the queue.
-func (sub *subscription) setup(s *session) (consumer, error) {
-	b := sub.b
+// setupServe opens a channel on s, declares the request queue (and in
+// durable mode its dead-letter, retry and suspect queues) and consumes it,
+// and the cancel notices of the subject.
+func (d *driver) setupServe(s *session) (*consumer, error) {
+	b := d.b
 	ch, err := s.conn.Channel()
 	if err != nil {
-		return consumer{}, fmt.Errorf("%w: open channel: %w", broker.ErrDisconnected, err)
+		return nil, fmt.Errorf("%w: open channel: %w", broker.ErrDisconnected, err)
 	}
-	tag := "mqrpc-" + broker.NewID()
-	deliveries, err := func() (<-chan amqp091.Delivery, error) {
+	c := newConsumer(ch)
+	c.tag = "mqrpc-" + broker.NewID()
+	err = func() error {
 		if b.cfg.durable {
 			// Confirms make republishing a failed request (retry or dead
 			// letter) safe before the original is acknowledged.
 			if err := ch.Confirm(false); err != nil {
-				return nil, fmt.Errorf("confirm mode: %w", err)
+				return fmt.Errorf("confirm mode: %w", err)
 			}
 		}
-		if err := b.declareQueue(ch, sub.queue); err != nil {
-			return nil, err
+		if err := b.declareQueue(ch, d.queue); err != nil {
+			return err
 		}
 		if b.cfg.exchange != "" {
 			if err := b.declareExchange(ch); err != nil {
-				return nil, err
+				return err
 			}
-			if err := ch.QueueBind(sub.queue, sub.subject, b.cfg.exchange, false, nil); err != nil {
-				return nil, fmt.Errorf("bind queue %s to exchange %s: %w", sub.queue, b.cfg.exchange, err)
+			if err := ch.QueueBind(d.queue, d.subject, b.cfg.exchange, false, nil); err != nil {
+				return fmt.Errorf("bind queue %s to exchange %s: %w", d.queue, b.cfg.exchange, err)
 			}
 		}
 		if b.cfg.durable {
-			if err := b.declareDeadLetter(ch, sub.queue); err != nil {
-				return nil, err
+			if err := b.declareDeadLetter(ch, d.queue); err != nil {
+				return err
 			}
-			if err := b.declareRetry(ch, sub.queue); err != nil {
-				return nil, err
+			if err := b.declareRetry(ch, d.queue); err != nil {
+				return err
 			}
 		}
-		if err := ch.Qos(sub.prefetch, 0, false); err != nil {
-			return nil, fmt.Errorf("qos %d: %w", sub.prefetch, err)
+		if c.cancels, err = consumeCancels(ch, d.subject); err != nil {
+			return err
 		}
-		d, err := ch.Consume(sub.queue, tag, false, false, false, false, nil)
-		if err != nil {
-			return nil, fmt.Errorf("consume %s: %w", sub.queue, err)
+		if err := ch.Qos(d.prefetch, 0, false); err != nil {
+			return fmt.Errorf("qos %d: %w", d.prefetch, err)
 		}
-		return d, nil
+		if c.deliveries, err = ch.Consume(d.queue, c.tag, false, false, false, false, nil); err != nil {
+			return fmt.Errorf("consume %s: %w", d.queue, err)
+		}
+		if b.cfg.durable {
+			return d.consumeSuspects(s, c)
+		}
+		return nil
 	}()
 	if err != nil {
-		_ = ch.Close()
-		return consumer{}, err
-	}
-	c := consumer{ch: ch, tag: tag, deliveries: deliveries, syncMu: new(sync.Mutex)}
-	if b.cfg.durable {
-		if err := sub.consumeSuspects(s, &c); err != nil {
-			_ = ch.Close()
-			return consumer{}, err
-		}
+		c.close()
+		return nil, err
 	}
 	return c, nil
 }
 
 // consumeSuspects opens c's second channel, in confirm mode, and consumes
 // the suspect queue on it one request at a time (prefetch 1): a suspect
-// runs alone in the broker (handle), so if it crashes the process again,
+// runs alone in the broker (take), so if it crashes the process again,
 // it is the one request of the queue it lost while running.
-func (sub *subscription) consumeSuspects(s *session, c *consumer) error {
+func (d *driver) consumeSuspects(s *session, c *consumer) error {
 	ch, err := s.conn.Channel()
 	if err != nil {
 		return fmt.Errorf("%w: open channel: %w", broker.ErrDisconnected, err)
 	}
-	q := suspectQueue(sub.queue)
-	tag := "mqrpc-" + broker.NewID()
-	deliveries, err := func() (<-chan amqp091.Delivery, error) {
-		if err := ch.Confirm(false); err != nil {
-			return nil, fmt.Errorf("confirm mode: %w", err)
-		}
-		if err := ch.Qos(1, 0, false); err != nil {
-			return nil, fmt.Errorf("qos 1: %w", err)
-		}
-		d, err := ch.Consume(q, tag, false, false, false, false, nil)
-		if err != nil {
-			return nil, fmt.Errorf("consume %s: %w", q, err)
-		}
-		return d, nil
-	}()
-	if err != nil {
-		_ = ch.Close()
-		return err
+	c.sch = ch
+	q := suspectQueue(d.queue)
+	c.stag = "mqrpc-" + broker.NewID()
+	if err := ch.Confirm(false); err != nil {
+		return fmt.Errorf("confirm mode: %w", err)
 	}
-	c.sch, c.stag, c.suspects = ch, tag, deliveries
+	if err := ch.Qos(1, 0, false); err != nil {
+		return fmt.Errorf("qos 1: %w", err)
+	}
+	if c.suspects, err = ch.Consume(q, c.stag, false, false, false, false, nil); err != nil {
+		return fmt.Errorf("consume %s: %w", q, err)
+	}
 	return nil
 }
-
-// run consumes until Stop or Close, resuming after losses.
-func (sub *subscription) run(c consumer) {
-	b := sub.b
-	defer b.wg.Done()
-	defer close(sub.done)
-	// Stop returns only when the handlers of lost channels are done too.
-	defer sub.handlers.Wait()
-	defer sub.cancel()
-	for {
-		sub.handlers.Add(1) // done when the pool and the channel are
-		wait, stopped := sub.consume(c)
-		if stopped {
-			// Drain: no new deliveries, and the handlers acknowledge on
-			// the channel, so it closes after them; closing it returns
-			// deliveries prefetched but not started to the queue.
-			c.cancel()
-			wait()
-			c.close()
-			sub.handlers.Done()
-			return
-		}
-		// The channel or connection is gone (or the queue was deleted):
-		// its handlers finish on their own, and it is closed after them.
-		b.wg.Add(1)
-		go func(c consumer) {
-			defer b.wg.Done()
-			wait()
-			c.close()
-			sub.handlers.Done()
-		}(c)
-		b.cfg.logger.Warn("amqp: consumer lost; resuming", "queue", sub.queue)
-		for attempt := 0; ; attempt++ {
-			if !sleepCtx(sub.ctx, backoff(b.cfg.minBackoff, b.cfg.maxBackoff, attempt)) {
-				return
-			}
-			s, err := b.session(sub.ctx)
-			if err != nil {
-				return
-			}
-			if c, err = sub.setup(s); err == nil {
-				b.cfg.logger.Info("amqp: consumer resumed", "queue", sub.queue)
-				break
-			}
-			b.cfg.logger.Warn("amqp: resume consumer failed", "queue", sub.queue, "attempt", attempt+1, "err", err)
-		}
-	}
-}
-
-// consume serves c's deliveries on a dispatch pool until a delivery
-// channel closes (stopped false) or Stop or Close (stopped true). The pool's
-// goroutines receive deliveries and handle them themselves, so under load a
-// delivery costs no goroutine start and no hand-off; the pool bounds the
-// handlers running at once to the concurrency. Suspects are served one at a
-// time by a goroutine of their own. wait returns once the handlers of c are
-// done: the channels they acknowledge on may close then.
-func (sub *subscription) consume(c consumer) (wait func(), stopped bool) {
-	lost := make(chan struct{})
-	var lostOnce sync.Once
-	// sub.ctx ends with Stop and with Close.
-	stop := sub.ctx.Done()
-	recv := func() (amqp091.Delivery, bool) {
-		select {
-		case d, ok := <-c.deliveries:
-			if !ok {
-				lostOnce.Do(func() { close(lost) })
-				return d, false
-			}
-			select {
-			case <-stop:
-				// Not started: closing the channel requeues it.
-				return d, false
-			default:
-				return d, true
-			}
-		case <-stop:
-			return amqp091.Delivery{}, false
-		}
-	}
-	pool := dispatch.Start(sub.concurrency, recv, func(d amqp091.Delivery) { sub.handle(c.ch, &d, false) })
-	var suspects sync.WaitGroup
-	if c.suspects != nil {
-		suspects.Add(1)
-		go func() {
-			defer suspects.Done()
-			for {
-				select {
-				case d, ok := <-c.suspects:
-					if !ok {
-						lostOnce.Do(func() { close(lost) })
-						return
-					}
-					select {
-					case <-stop:
-						return // not started: closing the channel requeues it
-					default:
-					}
-					// Alone in the broker, and after every
-					// acknowledgement sent so far was processed.
-					release := sub.b.isolate.alone(isolationWait)
-					c.barrier(sub.prefetch)
-					sub.handle(c.sch, &d, true)
-					release()
-				case <-stop:
-					return
-				case <-lost:
-					return
-				}
-			}
-		}()
-	}
-	wait = func() {
-		pool.Wait()
-		suspects.Wait()
-	}
-	select {
-	case <-lost:
-		return wait, false
-	case <-stop:
-		return wait, true
-	}
-}
-
-// handle serves one delivery, of the request queue or (suspect true) of
-// the suspect queue, and acknowledges it after the reply was published.
-//
-// In durable mode a delivery counts its failed deliveries so far (trusted
-// only from a copy a server republished, see failures). A redelivered one
-// (RabbitMQ's redelivered flag: a server held it and died, lost its
-// channel or stopped) is not served again at once: that earlier delivery
-// counts as failed, and the request moves to the suspect queue, whose
-// requests each run alone in the broker (no other handler runs meanwhile).
-// So a request that crashes its server is dead-lettered after
-// maxDeliveries deliveries and never blocks the requests behind it, and
-// the requests a crash took with it are counted once, then run alone and
-// are done.
-func (sub *subscription) handle(ch *amqp091.Channel, d *amqp091.Delivery, suspect bool) {
-	b := sub.b
-	durable := b.cfg.durable
-	failed := 0
-	if durable {
-		failed = sub.failures(d, suspect)
-		if !suspect {
-			// A suspect waits until this delivery is settled.
-			b.isolate.enter(isolationWait)
-			defer b.isolate.leave()
-		}
-	}
-	// Handlers do not keep a request after they return (broker.Handler),
-	// so the message and its header map are reused from request to
-	// request.
-	m := msgpool.Get()
-	defer msgpool.Put(m)
-	if err := decodeDelivery(m, d); err != nil {
-		// A malformed request never gets better: no retry.
-		sub.reject(ch, d, failed+1, err)
-		return
-	}
-	m.Subject = sub.subject
-	now := time.Now()
-	if durable && d.Redelivered {
-		failed++
-	}
-	if m.Expired(now) {
-		if failed > 0 {
-			// It failed before: keep it for inspection rather than
-			// drop it silently.
-			sub.reject(ch, d, failed, fmt.Errorf("deadline passed after %d failed deliveries", failed))
-			return
-		}
-		b.cfg.logger.Debug("amqp: dropped expired request", "queue", sub.queue, "id", m.ID)
-		_ = d.Ack(false)
-		return
-	}
-	if durable && d.Redelivered {
-		if failed >= b.cfg.maxDeliveries {
-			sub.reject(ch, d, failed, errLost)
-			return
-		}
-		b.cfg.logger.Warn("amqp: delivery lost; moved to the suspect queue", "queue", sub.queue, "id", d.MessageId,
-			"deliveries", failed)
-		sub.republish(ch, d, "", suspectQueue(sub.queue), republishing(d, failed, errLost))
-		return
-	}
-	ctx := b.ctx
-	if !m.Deadline.IsZero() {
-		dc := deliveryctx.New(ctx, m.Deadline)
-		defer dc.Release()
-		ctx = dc
-	}
-	reply, err := serveSafely(ctx, sub.h, m)
-	if err != nil {
-		sub.retry(ch, d, failed+1, err)
-		return
-	}
-	if reply != nil && d.ReplyTo != "" {
-		if len(reply.Body) > b.cfg.maxSize {
-			sub.retry(ch, d, failed+1, fmt.Errorf("reply: %w: %d bytes, limit %d", broker.ErrMessageTooLarge, len(reply.Body), b.cfg.maxSize))
-			return
-		}
-		// A reply has a message_id only when the handler gave it an ID,
-		// as on the other brokers: nothing deduplicates replies.
-		p := toReply(reply)
-		// Plain clients (the RabbitMQ tutorial's) set only correlation_id;
-		// some set only message_id.
-		p.CorrelationId = d.CorrelationId
-		if p.CorrelationId == "" {
-			p.CorrelationId = d.MessageId
-		}
-		if err := ch.Publish("", d.ReplyTo, false, false, p); err != nil {
-			b.cfg.logger.Warn("amqp: publish reply failed", "queue", sub.queue, "id", m.ID, "err", err)
-			// The channel is gone or the reply is malformed; either way
-			// the request is not acknowledged, so a durable queue
-			// redelivers it (flagged redelivered: counted).
-			_ = d.Nack(false, durable)
-			return
-		}
-	}
-	if err := d.Ack(false); err != nil {
-		b.cfg.logger.Warn("amqp: ack failed", "queue", sub.queue, "id", m.ID, "err", err)
-	}
-}
-
-// isolationWait bounds how long a suspect waits for the handlers running
-// in its broker to finish before it runs anyway, and how long a handler
-// waits for a suspect running alone (see isolation).
-const isolationWait = 5 * time.Second
 
 // errLost is the failure of a delivery RabbitMQ redelivered: the server
 // that held it died, lost its channel or stopped before acknowledging it.
 var errLost = errors.New("delivery lost with its server (crashed, disconnected or stopped)")
-
-// failures returns how many deliveries of d failed before this one, as
-// counted by servers. The count travels in x-mqrpc-deliveries, and is read
-// only from the suspect queue (which servers alone publish to) and from a
-// delivery that came through retryExchange: an internal exchange, which
-// clients cannot publish to. So a client cannot make a server dead-letter
-// its request early (and a copy taken from a dead-letter queue and
-// published again starts afresh). RabbitMQ's own counts are not used: on
-// 3.10 a client may set x-death and x-delivery-count, and they come
-// through (RabbitMQ even adds to a client's x-death count).
-func (sub *subscription) failures(d *amqp091.Delivery, suspect bool) int {
-	if !suspect && d.Exchange != retryExchange {
-		return 0
-	}
-	return min(max(headerInt(d.Headers, headerFailures), 0), sub.b.cfg.maxDeliveries)
-}
-
-func serveSafely(ctx context.Context, h broker.Handler, m *broker.Message) (reply *broker.Message, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("handler panicked: %v", r)
-		}
-	}()
-	return h.ServeMessage(ctx, m)
-}
-
-// retry handles a failed delivery; failed counts the failed deliveries of
-// the request, this one included. Fast mode drops it (or RabbitMQ
-// dead-letters it if the queue arguments name a dead-letter exchange).
-// Durable mode publishes a copy with the count to the retry queue of its
-// delay, from which RabbitMQ dead-letters it back to the request queue
-// through retryExchange once the delay passed; after maxDeliveries failures
-// the copy goes to the dead-letter exchange instead. The original is
-// acknowledged only once RabbitMQ confirmed the copy.
-func (sub *subscription) retry(ch *amqp091.Channel, d *amqp091.Delivery, failed int, cause error) {
-	b := sub.b
-	if !b.cfg.durable {
-		b.cfg.logger.Warn("amqp: delivery failed; dropped", "queue", sub.queue, "id", d.MessageId, "err", cause)
-		_ = d.Nack(false, false)
-		return
-	}
-	if failed >= b.cfg.maxDeliveries {
-		sub.reject(ch, d, failed, cause)
-		return
-	}
-	delay := b.cfg.retryDelay(failed)
-	p := republishing(d, failed, cause)
-	// Jittered down to half, so requests that failed together (those a
-	// crash took with it) come back apart. The retry queue's own TTL is
-	// the full delay; RabbitMQ expires messages at the queue's head, so
-	// none waits much longer than that.
-	p.Expiration = expiration(delay/2 + rand.N(delay/2+1))
-	b.cfg.logger.Warn("amqp: delivery failed; retrying", "queue", sub.queue, "id", d.MessageId,
-		"deliveries", failed, "delay", delay, "err", cause)
-	sub.republish(ch, d, "", retryQueue(sub.queue, delay), p)
-}
-
-// reject dead-letters d at once (durable mode) or drops it (fast mode),
-// for a request that will not succeed however often it is delivered:
-// failed times, or malformed.
-func (sub *subscription) reject(ch *amqp091.Channel, d *amqp091.Delivery, failed int, cause error) {
-	b := sub.b
-	if !b.cfg.durable {
-		b.cfg.logger.Warn("amqp: delivery failed; dropped", "queue", sub.queue, "id", d.MessageId, "err", cause)
-		_ = d.Nack(false, false)
-		return
-	}
-	b.cfg.logger.Warn("amqp: delivery failed; dead-lettered", "queue", sub.queue, "id", d.MessageId,
-		"deliveries", failed, "err", cause)
-	sub.republish(ch, d, b.cfg.dlx, sub.queue, republishing(d, failed, cause))
-}
-
-// republishing is a persistent copy of d with its failure count and last
-// error, and without an expiration (the deadline header stays).
-func republishing(d *amqp091.Delivery, failed int, cause error) amqp091.Publishing {
-	p := amqp091.Publishing{
-		Headers:       make(amqp091.Table, len(d.Headers)+2),
-		ContentType:   d.ContentType,
-		DeliveryMode:  amqp091.Persistent,
-		CorrelationId: d.CorrelationId,
-		ReplyTo:       d.ReplyTo,
-		MessageId:     d.MessageId,
-		Timestamp:     d.Timestamp,
-		Type:          d.Type,
-		AppId:         d.AppId,
-		Body:          d.Body,
-	}
-	for k, v := range d.Headers {
-		p.Headers[k] = v
-	}
-	p.Headers[headerFailures] = int32(failed)
-	p.Headers[headerError] = cause.Error()
-	return p
-}
-
-// republish publishes p on ch, waits for RabbitMQ's confirm and then
-// acknowledges d; if the copy is not confirmed, d goes back to the queue.
-func (sub *subscription) republish(ch *amqp091.Channel, d *amqp091.Delivery, exchange, key string, p amqp091.Publishing) {
-	b := sub.b
-	dc, err := ch.PublishWithDeferredConfirm(exchange, key, false, false, p)
-	if err == nil && dc != nil {
-		ctx, cancel := context.WithTimeout(b.ctx, b.cfg.dialTimeout)
-		var ok bool
-		ok, err = dc.WaitContext(ctx)
-		cancel()
-		if err == nil && !ok {
-			err = errNack
-		}
-	}
-	if err != nil {
-		// RabbitMQ keeps the original and redelivers it (flagged
-		// redelivered, so counted).
-		b.cfg.logger.Warn("amqp: republish failed; requeued", "queue", sub.queue, "id", d.MessageId, "err", err)
-		_ = d.Nack(false, true)
-		return
-	}
-	_ = d.Ack(false)
-}
-
-// retryDelay is the delay before the delivery that follows failed failed
-// deliveries: retryMin, doubling up to retryMax.
-func (c *config) retryDelay(failed int) time.Duration {
-	d := c.retryMin
-	for i := 1; i < failed && d < c.retryMax; i++ {
-		d *= 2
-	}
-	return min(d, c.retryMax)
-}
-
-// suspectQueue names the suspect queue of queue.
-func suspectQueue(queue string) string { return queue + ".suspect" }
-
-// retryQueue names the retry queue of queue for delay.
-func retryQueue(queue string, delay time.Duration) string {
-	return queue + ".retry-" + strconv.FormatInt(delay.Milliseconds(), 10) + "ms"
-}
-
-// declareQueue declares a request queue: transient and auto-deleted in fast
-// mode, durable (classic or quorum) in durable mode.
-func (b *Broker) declareQueue(ch *amqp091.Channel, name string) error {
-	args := make(amqp091.Table, len(b.cfg.queueArgs)+1)
-	for k, v := range b.cfg.queueArgs {
-		args[k] = v
-	}
-	var err error
-	if b.cfg.durable {
-		if b.cfg.queueType == QuorumQueue {
-			args["x-queue-type"] = string(QuorumQueue)
-		}
-		_, err = ch.QueueDeclare(name, true, false, false, false, args)
-	} else {
-		_, err = ch.QueueDeclare(name, false, true, false, false, args)
-	}
-	if err != nil {
-		return fmt.Errorf("declare queue %s: %w", name, err)
-	}
-	return nil
-}
-
-func (b *Broker) declareExchange(ch *amqp091.Channel) error {
-	if err := ch.ExchangeDeclare(b.cfg.exchange, amqp091.ExchangeDirect, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare exchange %s: %w", b.cfg.exchange, err)
-	}
-	return nil
-}
-
-// declareRetry declares the retry queues of queue, one per delay a request
-// may wait before its next delivery, and binds queue to the internal
-// retryExchange through which they hand requests back. A retry queue's
-// messages expire after its delay at most and are dead-lettered by
-// RabbitMQ to retryExchange with queue as routing key. In quorum mode the
-// retry queues are quorum queues too, dead-lettering at least once.
-func (b *Broker) declareRetry(ch *amqp091.Channel, queue string) error {
-	if err := ch.ExchangeDeclare(retryExchange, amqp091.ExchangeDirect, true, false, true, false, nil); err != nil {
-		return fmt.Errorf("declare retry exchange %s: %w", retryExchange, err)
-	}
-	if err := ch.QueueBind(queue, queue, retryExchange, false, nil); err != nil {
-		return fmt.Errorf("bind queue %s to retry exchange: %w", queue, err)
-	}
-	var suspectArgs amqp091.Table
-	if b.cfg.queueType == QuorumQueue {
-		suspectArgs = amqp091.Table{"x-queue-type": string(QuorumQueue)}
-	}
-	if _, err := ch.QueueDeclare(suspectQueue(queue), true, false, false, false, suspectArgs); err != nil {
-		return fmt.Errorf("declare suspect queue %s: %w", suspectQueue(queue), err)
-	}
-	var last time.Duration
-	for failed := 1; failed < b.cfg.maxDeliveries; failed++ {
-		delay := b.cfg.retryDelay(failed)
-		if delay == last {
-			break // the delays have reached retryMax
-		}
-		last = delay
-		args := amqp091.Table{
-			"x-message-ttl":             delay.Milliseconds(),
-			"x-dead-letter-exchange":    retryExchange,
-			"x-dead-letter-routing-key": queue,
-		}
-		if b.cfg.queueType == QuorumQueue {
-			args["x-queue-type"] = string(QuorumQueue)
-			// At-least-once dead-lettering needs reject-publish.
-			args["x-dead-letter-strategy"] = "at-least-once"
-			args["x-overflow"] = "reject-publish"
-		}
-		name := retryQueue(queue, delay)
-		if _, err := ch.QueueDeclare(name, true, false, false, false, args); err != nil {
-			return fmt.Errorf("declare retry queue %s: %w", name, err)
-		}
-	}
-	return nil
-}
-
-// declareDeadLetter declares the dead-letter exchange and the queue
-// "<queue>.dead-letter" that keeps the failed requests of queue.
-func (b *Broker) declareDeadLetter(ch *amqp091.Channel, queue string) error {
-	if err := ch.ExchangeDeclare(b.cfg.dlx, amqp091.ExchangeDirect, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare dead-letter exchange %s: %w", b.cfg.dlx, err)
-	}
-	dlq := queue + ".dead-letter"
-	if _, err := ch.QueueDeclare(dlq, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare dead-letter queue %s: %w", dlq, err)
-	}
-	if err := ch.QueueBind(dlq, queue, b.cfg.dlx, false, nil); err != nil {
-		return fmt.Errorf("bind dead-letter queue %s: %w", dlq, err)
-	}
-	return nil
-}
