@@ -93,6 +93,7 @@ type Subscription[D any] struct {
 	ctx     context.Context // parent of every delivery's ctx
 	cancel  context.CancelFunc
 	pool    *dispatch.Pool[D]
+	ab      abilities[D]
 
 	drain   sync.Once
 	aborted sync.Once
@@ -110,7 +111,7 @@ var discard = slog.New(slog.DiscardHandler)
 // once on an adaptive pool of goroutines (package dispatch).
 func Serve[D any](drv Driver[D], subject string, h broker.Handler, cfg broker.ServeConfig, o Options) *Subscription[D] {
 	s := &Subscription[D]{drv: drv, h: h, subject: subject, name: o.Name, log: o.Log,
-		inflight: make(map[*broker.Message]flight[D])}
+		inflight: make(map[*broker.Message]flight[D]), ab: abilitiesOf(drv)}
 	if s.log == nil {
 		s.log = discard
 	}
@@ -143,6 +144,15 @@ func (s *Subscription[D]) Deliver(d D) {
 		s.settle(d, Dropped, nil)
 		return
 	}
+	if s.ab.admit != nil {
+		if !s.ab.admit.Admit(s.ctx, d, req) {
+			return
+		}
+		if req.Expired(time.Now()) { // it may have waited
+			s.settle(d, Dropped, nil)
+			return
+		}
+	}
 	dc := deliveryctx.New(s.ctx, req.Deadline)
 	defer dc.Release()
 	s.mu.Lock()
@@ -151,7 +161,9 @@ func (s *Subscription[D]) Deliver(d D) {
 		// now, and a durable broker keeps the message for another server.
 		s.reject(d, req, &broker.Rejection{Reason: broker.Unavailable, Err: errStopped})
 		s.mu.Unlock()
-		s.settle(d, Failed, errStopped)
+		if !s.abandoned(d) {
+			s.settle(d, Failed, errStopped)
+		}
 		return
 	}
 	s.inflight[req] = flight[D]{d: d, dc: dc}
@@ -163,6 +175,9 @@ func (s *Subscription[D]) Deliver(d D) {
 	_, mine := s.inflight[req] // false: Abort answered the caller already
 	delete(s.inflight, req)
 	s.mu.Unlock()
+	if !mine && s.abandoned(d) {
+		return
+	}
 	if err != nil {
 		s.log.Warn(s.name+": delivery failed", "subject", s.subject, "id", req.ID, "error", err)
 		s.settle(d, Failed, err)

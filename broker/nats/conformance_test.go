@@ -11,13 +11,14 @@ import (
 	"github.com/mqrpc/mqrpc/broker/brokertest"
 	natsbroker "github.com/mqrpc/mqrpc/broker/nats"
 	"github.com/mqrpc/mqrpc/internal/testenv"
+	"github.com/mqrpc/mqrpc/rpc/rpctest"
 )
 
 // Core NATS promises a quick no-responders error but keeps nothing while
 // no server runs.
 func TestConformanceCore(t *testing.T) {
 	url := testenv.NATSURL(t)
-	brokertest.Run(t, brokertest.Features{NoResponders: true}, func(t testing.TB) broker.Broker {
+	brokertest.Run(t, brokertest.Features{NoResponders: true, Kernel: true}, func(t testing.TB) broker.Broker {
 		return newBroker(t, natsbroker.WithURL(url))
 	})
 }
@@ -27,7 +28,7 @@ func TestConformanceCore(t *testing.T) {
 func TestConformanceJetStream(t *testing.T) {
 	url := testenv.NATSURL(t)
 	js := testJetStream(t, url)
-	brokertest.Run(t, brokertest.Features{Durable: true}, func(t testing.TB) broker.Broker {
+	brokertest.Run(t, brokertest.Features{Durable: true, Kernel: true}, func(t testing.TB) broker.Broker {
 		return newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
 	})
 }
@@ -37,7 +38,7 @@ func TestConformanceJetStream(t *testing.T) {
 func TestConformanceCoreRestart(t *testing.T) {
 	srv := startEmbedded(t)
 	restart := func(t testing.TB) { require.NoError(t, srv.Restart()) }
-	brokertest.Run(t, brokertest.Features{NoResponders: true, Restart: restart}, func(t testing.TB) broker.Broker {
+	brokertest.Run(t, brokertest.Features{NoResponders: true, Kernel: true, Restart: restart}, func(t testing.TB) broker.Broker {
 		return newBroker(t, natsbroker.WithURL(srv.URL()), natsbroker.WithReconnectWait(50*time.Millisecond))
 	})
 }
@@ -48,7 +49,7 @@ func TestConformanceJetStreamRestart(t *testing.T) {
 		c.MemoryStorage = false // the stored requests must survive the restart
 	})
 	restart := func(t testing.TB) { require.NoError(t, srv.Restart()) }
-	f := brokertest.Features{Durable: true, Restart: restart, LeakOptions: embeddedJetStreamGoroutines()}
+	f := brokertest.Features{Durable: true, Kernel: true, Restart: restart, LeakOptions: embeddedJetStreamGoroutines()}
 	brokertest.Run(t, f, func(t testing.TB) broker.Broker {
 		return newBroker(t, natsbroker.WithURL(srv.URL()), natsbroker.WithJetStream(js),
 			natsbroker.WithReconnectWait(50*time.Millisecond))
@@ -74,4 +75,22 @@ func embeddedJetStreamGoroutines() []goleak.Option {
 		opts = append(opts, goleak.IgnoreTopFunction(srv+f))
 	}
 	return opts
+}
+
+// The rpc-level suite: what a caller of an rpc service sees on NATS (a
+// middleware error is a reply, a delivery failure only on purpose,
+// Unavailable from a server that stops, a cancel that reaches the method).
+func TestRPCConformanceCore(t *testing.T) {
+	url := testenv.NATSURL(t)
+	rpctest.Run(t, rpctest.Features{Kernel: true}, func(t testing.TB) broker.Broker {
+		return newBroker(t, natsbroker.WithURL(url))
+	})
+}
+
+func TestRPCConformanceJetStream(t *testing.T) {
+	url := testenv.NATSURL(t)
+	js := testJetStream(t, url)
+	rpctest.Run(t, rpctest.Features{Kernel: true}, func(t testing.TB) broker.Broker {
+		return newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+	})
 }

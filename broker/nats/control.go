@@ -3,12 +3,12 @@ package nats
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	natsgo "github.com/nats-io/nats.go"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 )
 
 var _ broker.Broadcaster = (*Broker)(nil)
@@ -23,98 +23,11 @@ func (b *Broker) ServeEach(subject string, h broker.Handler, opts ...broker.Serv
 	if b.closed.Load() {
 		return nil, fmt.Errorf("nats: serve each %s: %w", subject, broker.ErrClosed)
 	}
-	cfg := broker.NewServeConfig(subject, opts...)
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &eachSub{b: b, subject: subject, h: h, sem: make(chan struct{}, cfg.Concurrency), ctx: ctx, cancel: cancel}
-	sub, err := b.nc.Subscribe(subject, s.receive)
+	sub, err := b.serveCore(subject, "", h, broker.NewServeConfig(subject, opts...), false)
 	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("nats: serve each %s: %w", subject, mapPublishError(err))
+		return nil, fmt.Errorf("nats: serve each %s: %w", subject, err)
 	}
-	s.sub = sub
-	return s, nil
-}
-
-type eachSub struct {
-	b       *Broker
-	subject string
-	h       broker.Handler
-	sub     *natsgo.Subscription
-	sem     chan struct{}
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	mu      sync.Mutex // orders wg.Add in receive against Stop's wg.Wait
-	stopped bool
-}
-
-// receive runs on the subscription's goroutine; each message is handled on
-// a goroutine of its own, at most Concurrency at once.
-func (s *eachSub) receive(m *natsgo.Msg) {
-	if m.Reply == "" {
-		return // nobody to answer
-	}
-	s.mu.Lock()
-	if s.stopped {
-		s.mu.Unlock()
-		return
-	}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	select {
-	case s.sem <- struct{}{}:
-	case <-s.ctx.Done():
-		s.wg.Done()
-		return
-	}
-	go func() {
-		defer s.wg.Done()
-		defer func() { <-s.sem }()
-		s.handle(m)
-	}()
-}
-
-func (s *eachSub) handle(m *natsgo.Msg) {
-	req, err := fromNATS(m, m.Subject)
-	if err != nil || req.Expired(time.Now()) {
-		return
-	}
-	ctx := s.ctx
-	if !req.Deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, req.Deadline)
-		defer cancel()
-	}
-	rep, err := s.h.ServeMessage(ctx, req)
-	if err != nil || rep == nil {
-		return
-	}
-	out := &natsgo.Msg{Subject: m.Reply, Data: rep.Body, Header: toNATS(rep, rep.ID, rep.Deadline)}
-	if err := s.b.nc.PublishMsg(out); err != nil {
-		s.b.log.Warn("nats: control reply", "subject", s.subject, "error", err)
-	}
-}
-
-// Stop implements broker.Subscription.
-func (s *eachSub) Stop(ctx context.Context) error {
-	s.mu.Lock()
-	first := !s.stopped
-	s.stopped = true
-	s.mu.Unlock()
-	if first {
-		// Unsubscribe fails only on a closed connection, which
-		// ended the subscription already.
-		_ = s.sub.Unsubscribe()
-	}
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		s.cancel()
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("nats: stop %s: %w", s.subject, ctx.Err())
-	}
+	return sub, nil
 }
 
 // Gather implements broker.Broadcaster: req is published once on core
@@ -126,14 +39,10 @@ func (b *Broker) Gather(ctx context.Context, req *broker.Message, max int, fn fu
 	if b.closed.Load() {
 		return fmt.Errorf("nats: gather %s: %w", req.Subject, broker.ErrClosed)
 	}
-	deadline := req.Deadline
-	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
-		deadline = d
-	}
-	if !deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, deadline)
-		defer cancel()
+	ctx, cancel, err := kernel.Prepare(ctx, req, "nats: gather")
+	defer cancel()
+	if err != nil {
+		return err
 	}
 	if st := b.nc.Status(); st != natsgo.CONNECTED {
 		if st == natsgo.CLOSED {
@@ -148,11 +57,7 @@ func (b *Broker) Gather(ctx context.Context, req *broker.Message, max int, fn fu
 		return fmt.Errorf("nats: gather %s: %w", req.Subject, mapPublishError(err))
 	}
 	defer sub.Unsubscribe() //nolint:errcheck // the inbox dies with the connection anyway
-	id := req.ID
-	if id == "" {
-		id = broker.NewID()
-	}
-	msg := &natsgo.Msg{Subject: req.Subject, Reply: inbox, Data: req.Body, Header: toNATS(req, id, deadline)}
+	msg := &natsgo.Msg{Subject: req.Subject, Reply: inbox, Data: req.Body, Header: toNATS(req, req.ID, req.Deadline)}
 	if err := b.nc.PublishMsg(msg); err != nil {
 		return fmt.Errorf("nats: gather %s: %w", req.Subject, mapPublishError(err))
 	}

@@ -126,7 +126,7 @@ func TestDurableForeignMalformedDeadlineWithTTL(t *testing.T) {
 	b := newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
 	subj := uniqueSubject(t)
 	var served atomic.Int64
-	_, err := b.Serve(subj, broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+	_, err := b.Serve(subj, rpcRejecting(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 		served.Add(1)
 		return &broker.Message{}, nil
 	}))

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 	"github.com/mqrpc/mqrpc/internal/testenv"
 )
 
@@ -181,13 +182,12 @@ func FuzzFromNATS(f *testing.F) {
 
 		// The core server's decision on the same message.
 		var served []*broker.Message
-		s := fuzzSubscription(broker.HandlerFunc(func(_ context.Context, req *broker.Message) (*broker.Message, error) {
+		serve := fuzzCore(broker.HandlerFunc(func(_ context.Context, req *broker.Message) (*broker.Message, error) {
 			checkInbound(t, in, data, subject, req, nil)
 			served = append(served, req)
 			return &broker.Message{Header: req.Header.Clone(), Body: req.Body}, nil
-		}), nil)
-		defer s.cancel()
-		s.handleCore(msg)
+		}))
+		serve(msg)
 		switch {
 		case err != nil:
 			assert.Empty(t, served, "a request with a malformed deadline was served")
@@ -222,19 +222,19 @@ func FuzzDurableDelivery(f *testing.F) {
 
 		js := &fakeJS{}
 		var served int
-		s := fuzzSubscription(broker.HandlerFunc(func(_ context.Context, req *broker.Message) (*broker.Message, error) {
+		cfg := JetStreamConfig{}.withDefaults()
+		serve := fuzzDurable(broker.HandlerFunc(func(_ context.Context, req *broker.Message) (*broker.Message, error) {
 			checkInbound(t, in, data, subject, req, nil)
 			served++
 			return &broker.Message{Body: req.Body}, nil
-		}), js)
-		defer s.cancel()
+		}), js, cfg)
 		m := &fakeJSMsg{
-			subject:   s.b.cfg.js.SubjectPrefix + "." + subject,
+			subject:   cfg.SubjectPrefix + "." + subject,
 			hdr:       in,
 			data:      data,
 			delivered: delivered,
 		}
-		s.handleDurable(m)
+		serve(m)
 
 		require.Len(t, m.settled, 1, "settled %v", m.settled)
 		switch {
@@ -247,7 +247,7 @@ func FuzzDurableDelivery(f *testing.F) {
 		case want.Expired(time.Now()):
 			assert.Equal(t, "term", m.settled[0])
 			assert.Zero(t, served)
-		case delivered > uint64(s.b.cfg.js.MaxDeliver):
+		case delivered > uint64(cfg.MaxDeliver):
 			assert.Equal(t, "term:mqrpc: dead-lettered", m.settled[0])
 			assert.Zero(t, served)
 		default:
@@ -269,19 +269,38 @@ func nearNow(d time.Time) bool {
 	return diff > -time.Minute && diff < time.Minute
 }
 
-// fuzzSubscription makes a subscription of a broker without a connection
-// (core mode when js is nil).
-func fuzzSubscription(h broker.Handler, js jetstream.JetStream) *subscription {
-	cfg := &config{logger: slog.New(slog.DiscardHandler)}
-	if js != nil {
-		c := JetStreamConfig{}.withDefaults()
-		cfg.js = &c
-	}
-	b := &Broker{cfg: cfg, log: cfg.logger, js: js, subs: map[*subscription]struct{}{}}
-	s := &subscription{b: b, subject: "fuzz", h: h}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
-	return s
+// fuzzCore returns the kernel pipeline of a core server of a broker
+// without a connection: a message runs through it on the caller's
+// goroutine.
+func fuzzCore(h broker.Handler) func(*natsgo.Msg) {
+	d := fuzzCoreDriver{&coreDriver{b: fuzzBroker(nil), subject: "fuzz"}}
+	return kernel.Serve[*natsgo.Msg](d, "fuzz", h, broker.NewServeConfig("fuzz"), kernel.Options{}).Deliver
 }
+
+// fuzzDurable is fuzzCore for a durable server over js.
+func fuzzDurable(h broker.Handler, js jetstream.JetStream, cfg JetStreamConfig) func(jetstream.Msg) {
+	b := fuzzBroker(&cfg)
+	b.js = newJetStream(cfg, js, b.log)
+	d := &jsDriver{b: b, js: b.js, log: b.log, subject: "fuzz"}
+	d.ctx, d.stop = context.WithCancel(context.Background())
+	s := kernel.Serve[*jsDelivery](fuzzJSDriver{d}, "fuzz", h, broker.NewServeConfig("fuzz"), kernel.Options{})
+	return func(m jetstream.Msg) { s.Deliver(&jsDelivery{m: m}) }
+}
+
+func fuzzBroker(js *JetStreamConfig) *Broker {
+	cfg := &config{logger: slog.New(slog.DiscardHandler), js: js}
+	return &Broker{cfg: cfg, log: cfg.logger, subs: map[server]struct{}{}}
+}
+
+// The fuzz drivers receive nothing: the kernel's pool ends at once, and
+// the test delivers by itself.
+type (
+	fuzzCoreDriver struct{ *coreDriver }
+	fuzzJSDriver   struct{ *jsDriver }
+)
+
+func (fuzzCoreDriver) Next(context.Context) (*natsgo.Msg, bool) { return nil, false }
+func (fuzzJSDriver) Next(context.Context) (*jsDelivery, bool)   { return nil, false }
 
 // fakeJS records dead letters; every other method is unused.
 type fakeJS struct {

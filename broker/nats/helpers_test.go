@@ -13,6 +13,7 @@ import (
 	"github.com/mqrpc/mqrpc/broker"
 	natsbroker "github.com/mqrpc/mqrpc/broker/nats"
 	"github.com/mqrpc/mqrpc/broker/nats/embedded"
+	"github.com/mqrpc/mqrpc/rpc"
 )
 
 // newBroker connects a broker that the test closes.
@@ -83,4 +84,18 @@ func ctxTimeout(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// rpcRejecting is a handler whose requests the broker rejects (a malformed
+// deadline, a reply too large) are answered with rpc.Server's status
+// reply, as a service served with rpc answers them: the transport writes
+// no status of its own.
+type rpcRejecting func(context.Context, *broker.Message) (*broker.Message, error)
+
+func (h rpcRejecting) ServeMessage(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+	return h(ctx, req)
+}
+
+func (rpcRejecting) Reject(req *broker.Message, r *broker.Rejection) *broker.Message {
+	return rpc.NewServer().Reject(req, r)
 }

@@ -4,15 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 )
 
 // setupTimeout bounds the JetStream API calls made by Serve and by the
@@ -22,17 +25,38 @@ const setupTimeout = 10 * time.Second
 // pullExpiry is how long one pull request of a server waits for messages.
 const pullExpiry = 10 * time.Second
 
+// jetStream is what a Broker in durable mode keeps besides its
+// connection: the JetStream client, the streams (made once, on first
+// use) and the bucket of delivery records (opened on first need).
+type jetStream struct {
+	cfg JetStreamConfig
+	js  jetstream.JetStream
+	log *slog.Logger
+
+	streamMu    sync.Mutex
+	streamSetup chan struct{} // held by the caller setting the streams up
+	streamReady bool
+	msgTTL      bool // the request stream allows per-message TTLs
+
+	kvMu sync.Mutex
+	kv   jetstream.KeyValue
+}
+
+func newJetStream(cfg JetStreamConfig, js jetstream.JetStream, log *slog.Logger) *jetStream {
+	return &jetStream{cfg: cfg, js: js, log: log, streamSetup: make(chan struct{}, 1)}
+}
+
 // ensureStreams creates the request and dead-letter streams when missing.
 // Existing streams are used as they are: clients with slightly different
 // settings must not keep rewriting a shared stream.
-func (b *Broker) ensureStreams(ctx context.Context) error {
+func (b *jetStream) ensureStreams(ctx context.Context) error {
 	b.streamMu.Lock()
 	ready := b.streamReady
 	b.streamMu.Unlock()
 	if ready {
 		return nil
 	}
-	js := b.cfg.js
+	js := &b.cfg
 	// One caller sets the streams up at a time; the others wait for it no
 	// longer than their own ctx allows (while a cluster elects a stream
 	// leader, a set-up can take as long as its caller's deadline).
@@ -105,7 +129,7 @@ const maxMsgTTL = 100 * 365 * 24 * time.Hour
 // ttlHeader sets the JetStream per-message TTL of a stored request to its
 // deadline (whole seconds, rounded up, at least 1s, at most maxMsgTTL) when
 // the stream allows it.
-func (b *Broker) ttlHeader(m *natsgo.Msg, deadline time.Time) {
+func (b *jetStream) ttlHeader(m *natsgo.Msg, deadline time.Time) {
 	if !b.msgTTL || deadline.IsZero() {
 		return
 	}
@@ -131,10 +155,10 @@ func messageID(subject, msgID string) string {
 	return msgID
 }
 
-// publishDurable stores m in the request stream and returns once the
+// publish stores m in the request stream and returns once the
 // stream acknowledged it. A duplicate (same Nats-Msg-Id within the
 // duplicate window) is not an error: the stored original stands for it.
-func (b *Broker) publishDurable(ctx context.Context, m *natsgo.Msg, deadline time.Time) error {
+func (b *jetStream) publish(ctx context.Context, m *natsgo.Msg, deadline time.Time) error {
 	sctx, cancel := context.WithTimeout(ctx, setupTimeout)
 	defer cancel()
 	if err := b.ensureStreams(sctx); err != nil {
@@ -191,179 +215,163 @@ func consumerName(queue string) string {
 	}, queue)
 }
 
-func (s *subscription) startDurable(cfg broker.ServeConfig) error {
+// jsDriver is the kernel.Driver of a durable server: a JetStream consumer
+// whose Consume callback hands each delivery to the kernel's pool, one at
+// a time, so the callback waits (and the consumer pulls no more than the
+// serve concurrency) while every handler is busy. Beyond the Driver it
+// admits a delivery only after counting its handler starts (and running a
+// suspect in the suspect lane), keeps the handler's error as the reason of
+// a dead letter (kernel.CauseSettler), and hands back the deliveries an
+// abort abandoned.
+type jsDriver struct {
+	b       *Broker
+	js      *jetStream
+	log     *slog.Logger
+	subject string
+	sub     *kernel.Subscription[*jsDelivery]
+
+	consumer jetstream.ConsumerConfig
+	cc       jetstream.ConsumeContext
+	closed   <-chan struct{} // cc.Closed(): drained, stopped or connection closed
+	cancels  *natsgo.Subscription
+
+	ctx       context.Context // of the consumer repairs and records; ends with the server
+	stop      context.CancelFunc
+	ch        chan *jsDelivery
+	quit      chan struct{} // closed by Abort
+	quitOnce  sync.Once
+	repairing atomic.Bool
+	mu        sync.Mutex // orders repairs.Add against the Wait after stop
+	repairs   sync.WaitGroup
+}
+
+// jsDelivery is one delivery of a stored request, with what the server
+// learns about it on its way through the kernel.
+type jsDelivery struct {
+	m       jetstream.Msg
+	md      *jetstream.MsgMetadata
+	subject string // the service subject
+	reply   string // mqrpc-reply
+	a       attempt
+	keep    func() // stops the in-progress acknowledgements
+	leave   func() // leaves the suspect lane
+}
+
+var (
+	_ kernel.Driver[*jsDelivery]       = (*jsDriver)(nil)
+	_ kernel.Admitter[*jsDelivery]     = (*jsDriver)(nil)
+	_ kernel.CauseSettler[*jsDelivery] = (*jsDriver)(nil)
+	_ kernel.Abandoner[*jsDelivery]    = (*jsDriver)(nil)
+	_ kernel.Flusher                   = (*jsDriver)(nil)
+)
+
+func (b *Broker) serveDurable(subject string, h broker.Handler, cfg broker.ServeConfig) (broker.Subscription, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
-	b, js := s.b, s.b.cfg.js
-	s.sem = make(chan struct{}, cfg.Concurrency)
-	if err := b.ensureStreams(ctx); err != nil {
-		return err
+	js := b.js
+	if err := js.ensureStreams(ctx); err != nil {
+		return nil, err
 	}
-	consumer := jetstream.ConsumerConfig{
+	d := &jsDriver{b: b, js: js, log: b.log, subject: subject, ch: make(chan *jsDelivery), quit: make(chan struct{})}
+	d.ctx, d.stop = context.WithCancel(context.Background())
+	d.consumer = jetstream.ConsumerConfig{
 		Durable:       consumerName(cfg.Queue),
-		Description:   "mqrpc servers of " + s.subject,
-		FilterSubject: js.SubjectPrefix + "." + s.subject,
+		Description:   "mqrpc servers of " + subject,
+		FilterSubject: js.cfg.SubjectPrefix + "." + subject,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       js.AckWait,
+		AckWait:       js.cfg.AckWait,
 		// The broker counts deliveries itself and dead-letters; a server
 		// limit would strand the message in the work queue instead.
 		MaxDeliver:        -1,
-		InactiveThreshold: js.InactiveThreshold,
+		InactiveThreshold: js.cfg.InactiveThreshold,
 	}
-	s.mu.Lock()
-	s.consumer = consumer
-	s.mu.Unlock()
-	cons, err := b.js.CreateOrUpdateConsumer(ctx, js.Stream, consumer)
+	cons, err := js.js.CreateOrUpdateConsumer(ctx, js.cfg.Stream, d.consumer)
 	if err != nil {
-		return fmt.Errorf("consumer %s: %w", cfg.Queue, err)
+		d.stop()
+		return nil, fmt.Errorf("consumer %s: %w", cfg.Queue, err)
 	}
-	cc, err := cons.Consume(s.onDurable,
+	d.cc, err = cons.Consume(d.receive,
 		jetstream.PullMaxMessages(cfg.Concurrency),
 		// Short pulls with heartbeats: a pull lost in a server restart
 		// is noticed and renewed within seconds, not half a minute.
 		jetstream.PullExpiry(pullExpiry),
 		jetstream.PullHeartbeat(pullExpiry/5),
-		jetstream.ConsumeErrHandler(s.onConsumeError))
+		jetstream.ConsumeErrHandler(d.onConsumeError))
 	if err != nil {
-		return fmt.Errorf("consume %s: %w", cfg.Queue, err)
+		d.stop()
+		return nil, fmt.Errorf("consume %s: %w", cfg.Queue, err)
 	}
-	s.mu.Lock()
-	s.cc = cc
-	s.mu.Unlock()
-	return nil
+	d.closed = d.cc.Closed()
+	d.sub = kernel.Serve[*jsDelivery](d, subject, h, cfg, kernel.Options{Name: "nats", Log: b.log})
+	if d.cancels, err = b.listenCancels(subject, d.sub.Cancel); err != nil {
+		d.abort()
+		return nil, err
+	}
+	if err := b.started(d); err != nil {
+		d.abort()
+		return nil, err
+	}
+	return d.sub, nil
 }
 
-// onConsumeError repairs the consumer when it has gone (deleted, or lost
-// with a memory stream in a server restart). The pull loop keeps asking for
-// messages by the consumer's name, so it resumes once the consumer exists
-// again.
-func (s *subscription) onConsumeError(_ jetstream.ConsumeContext, err error) {
-	s.b.log.Debug("nats: consume", "subject", s.subject, "error", err)
-	if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
-		errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, natsgo.ErrNoResponders) {
-		s.repairConsumer()
-	}
-}
-
-func (s *subscription) repairConsumer() {
-	if !s.repairing.CompareAndSwap(false, true) {
-		return
-	}
-	s.mu.Lock()
-	consumer := s.consumer
-	if s.stopped || consumer.Durable == "" {
-		s.mu.Unlock()
-		s.repairing.Store(false)
-		return
-	}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	go func() {
-		defer s.wg.Done()
-		defer s.repairing.Store(false)
-		ctx, cancel := context.WithTimeout(s.ctx, setupTimeout)
-		defer cancel()
-		b, stream := s.b, s.b.cfg.js.Stream
-		if _, err := b.js.Consumer(ctx, stream, consumer.Durable); err == nil {
-			return
-		}
-		b.streamMu.Lock()
-		b.streamReady = false
-		b.streamMu.Unlock()
-		if err := b.ensureStreams(ctx); err != nil {
-			b.log.Warn("nats: repair stream", "subject", s.subject, "error", err)
-			return
-		}
-		if _, err := b.js.CreateOrUpdateConsumer(ctx, stream, consumer); err != nil {
-			b.log.Warn("nats: repair consumer", "subject", s.subject, "error", err)
-			return
-		}
-		b.log.Info("nats: consumer recreated", "subject", s.subject, "consumer", consumer.Durable)
-	}()
-}
-
-func (s *subscription) onDurable(m jetstream.Msg) {
-	if !s.dispatch(func() { s.handleDurable(m) }) {
-		// Stopping: hand it straight back for another server.
+// receive is the Consume callback: it waits until a handler goroutine
+// takes m, which pushes back on the consumer. Once the server stopped, m
+// goes straight back for another server.
+func (d *jsDriver) receive(m jetstream.Msg) {
+	select {
+	case d.ch <- &jsDelivery{m: m}:
+	case <-d.quit:
 		_ = m.Nak()
 	}
 }
 
-// suspectLane runs the suspect redeliveries (see attempt) one at a time.
-// It spans the whole process, not one Broker or subscription, because a
-// crash does: a suspect that crashes the process while no other suspect
-// runs is the one charged for it, and the suspects waiting behind it never
-// started, so they are not.
-var suspectLane = make(chan struct{}, 1)
-
-// laneWait bounds how long a suspect waits for the lane: a suspect whose
-// handler waits for another suspect of the same process (a call to another
-// service whose stored request was also in flight at the crash) must not
-// deadlock. After it, the suspect runs outside the lane.
-const laneWait = 5 * time.Second
-
-// lastChanceWait bounds how long a suspect on its last start (one more
-// crash would dead-letter it) waits for the lane. It never runs outside the
-// lane: after the wait it is handed back unstarted, so a crash of another
-// request can never be the one that dead-letters it.
-const lastChanceWait = time.Minute
-
-// enterLane waits for suspectLane, at most wait, and returns the func that
-// leaves it (a no-op when the wait ran out) and whether it got the lane. It
-// reports ok false when ctx ended first.
-func enterLane(ctx context.Context, wait time.Duration) (leave func(), alone, ok bool) {
-	t := time.NewTimer(wait)
-	defer t.Stop()
+// Next implements kernel.Driver.
+func (d *jsDriver) Next(ctx context.Context) (*jsDelivery, bool) {
 	select {
-	case suspectLane <- struct{}{}:
-		return func() { <-suspectLane }, true, true
-	case <-t.C:
-		return func() {}, false, true
+	case x := <-d.ch:
+		return x, true
+	case <-d.closed: // no callback runs once it is closed
+	case <-d.quit:
 	case <-ctx.Done():
-		return nil, false, false
 	}
+	return nil, false
 }
 
-func (s *subscription) handleDurable(m jetstream.Msg) {
-	js := s.b.cfg.js
-	subject := strings.TrimPrefix(m.Subject(), js.SubjectPrefix+".")
-	md, err := m.Metadata()
-	if err != nil {
-		md = &jetstream.MsgMetadata{NumDelivered: 1}
+// Decode implements kernel.Driver. The delivery is this server's from now
+// on (in-progress acknowledgements), also while it waits for the suspect
+// lane or the delivery records.
+func (d *jsDriver) Decode(x *jsDelivery, into *broker.Message) error {
+	m := x.m
+	var err error
+	if x.md, err = m.Metadata(); err != nil {
+		x.md = &jetstream.MsgMetadata{NumDelivered: 1}
 	}
-	// The delivery is ours from now on, also while it waits for the
-	// suspect lane or the delivery records.
-	stopKeepAlive := keepInProgress(m, js.AckWait/2)
-	defer stopKeepAlive()
-
+	x.keep = keepInProgress(m, d.js.cfg.AckWait/2)
+	x.subject = strings.TrimPrefix(m.Subject(), d.js.cfg.SubjectPrefix+".")
 	hdr := m.Headers()
-	reply := hdr.Get(HeaderReply)
-	req, err := fromNATS(&natsgo.Msg{Header: hdr, Data: m.Data()}, subject)
-	if err != nil {
-		if reply != "" {
-			s.replyStatus(reply, statusInvalidArgument, err.Error())
-		}
-		if !s.deadLetter(m, subject, 0, err.Error()) {
-			_ = m.NakWithDelay(redeliveryDelay(md.NumDelivered))
-		}
-		return
-	}
-	req.ID = messageID(subject, req.ID)
-	if req.Expired(time.Now()) {
-		s.dropExpired(m, req)
-		return
-	}
+	x.reply = hdr.Get(HeaderReply)
+	err = decodeInto(into, &natsgo.Msg{Header: hdr, Data: m.Data()}, x.subject)
+	into.ID = messageID(x.subject, into.ID)
+	return err
+}
 
-	a := s.loadAttempt(md)
+// Admit implements kernel.Admitter: it counts the earlier handler starts
+// of x (see the delivery records below), dead-letters a request started
+// MaxDeliver times, runs a suspect in the suspect lane and records that
+// the handler starts.
+func (d *jsDriver) Admit(ctx context.Context, x *jsDelivery, req *broker.Message) bool {
+	js, md := &d.js.cfg, x.md
+	a := d.loadAttempt(ctx, md)
 	if a.started >= uint64(js.MaxDeliver) {
 		reason := a.reason
 		if reason == "" {
 			reason = fmt.Sprintf("delivered %d times without an acknowledgement (servers died or timed out)", a.started)
 		}
-		if !s.deadLetter(m, subject, a.started, reason) {
-			_ = m.NakWithDelay(redeliveryDelay(md.NumDelivered))
+		if !d.deadLetter(x.m, x.subject, a.started, reason) {
+			_ = x.m.NakWithDelay(redeliveryDelay(md.NumDelivered))
 		}
-		return
+		x.done()
+		return false
 	}
 	if a.suspect {
 		// A suspect runs outside the lane after laneWait, beside others
@@ -374,63 +382,197 @@ func (s *subscription) handleDurable(m jetstream.Msg) {
 		if last {
 			wait = lastChanceWait
 		}
-		leave, alone, ok := enterLane(s.ctx, wait)
-		if !ok {
-			_ = m.Nak() // never started: another server takes it
-			return
+		leave, alone, err := suspectLane.Enter(ctx, wait)
+		switch {
+		case err != nil:
+			_ = x.m.Nak() // never started: another server takes it
+			x.done()
+			return false
+		case last && !alone:
+			_ = x.m.NakWithDelay(redeliveryDelay(md.NumDelivered)) // never started
+			x.done()
+			return false
 		}
-		if last && !alone {
-			_ = m.NakWithDelay(redeliveryDelay(md.NumDelivered)) // never started
-			return
-		}
-		defer leave()
-		if req.Expired(time.Now()) { // it may have waited a while
-			s.dropExpired(m, req)
-			return
-		}
+		x.leave = leave
 	}
-	if md.NumDelivered > 1 && !s.recordStart(&a, md) {
-		_ = m.NakWithDelay(redeliveryDelay(md.NumDelivered))
-		return
+	if md.NumDelivered > 1 && !d.recordStart(ctx, &a, md) {
+		_ = x.m.NakWithDelay(redeliveryDelay(md.NumDelivered))
+		x.done()
+		return false
 	}
+	x.a = a
+	return true
+}
 
-	rep, err := s.serve(req)
-	if s.ctx.Err() != nil && err != nil {
-		// Closed mid-request: leave the message unacknowledged so the
-		// stream redelivers it to another server.
-		return
-	}
-	started := a.started + 1
-	if err != nil {
-		s.b.log.Warn("nats: delivery failed", "subject", subject, "id", req.ID, "delivery", started, "error", err)
-		if started >= uint64(js.MaxDeliver) && s.deadLetter(m, subject, started, err.Error()) {
+// suspectLane runs the suspect redeliveries (see Admit) one at a time. It
+// spans the whole process, not one Broker or subscription, because a
+// crash does.
+var suspectLane = kernel.NewLane()
+
+// laneWait bounds how long a suspect waits for the lane (a suspect whose
+// handler waits for another suspect of the same process must not
+// deadlock). After it, the suspect runs outside the lane.
+const laneWait = 5 * time.Second
+
+// lastChanceWait bounds how long a suspect on its last start (one more
+// crash would dead-letter it) waits for the lane. It never runs outside the
+// lane: after the wait it is handed back unstarted, so a crash of another
+// request can never be the one that dead-letters it.
+const lastChanceWait = time.Minute
+
+// Reply implements kernel.Driver: the reply goes to mqrpc-reply on core
+// NATS. A reply that cannot be published is logged by the kernel and the
+// request acknowledged all the same: the handler succeeded, and running it
+// again would not make the reply subject any better.
+func (d *jsDriver) Reply(x *jsDelivery, rep *broker.Message) error {
+	return d.b.reply(x.reply, rep)
+}
+
+// Settle implements kernel.Driver; the kernel calls SettleCause.
+func (d *jsDriver) Settle(x *jsDelivery, o kernel.Outcome) { d.SettleCause(x, o, nil) }
+
+// SettleCause implements kernel.CauseSettler: a served request is
+// acknowledged; a failed one dead-lettered after its last start, or else
+// handed back with a backoff and the handler's error recorded; a malformed
+// one dead-lettered; an expired one dropped.
+func (d *jsDriver) SettleCause(x *jsDelivery, o kernel.Outcome, cause error) {
+	x.done()
+	switch {
+	case o == kernel.Done:
+		// The reply was published on this same connection before the
+		// ack, so the server has the reply before it forgets the
+		// request.
+		if err := x.m.Ack(); err != nil {
+			d.log.Warn("nats: ack failed", "subject", x.subject, "error", err)
+		}
+	case o == kernel.Failed:
+		if cause == nil {
+			cause = errors.New("delivery failed")
+		}
+		started := x.a.started + 1
+		if started >= uint64(d.js.cfg.MaxDeliver) && d.deadLetter(x.m, x.subject, started, cause.Error()) {
 			return
 		}
 		// Redelivered later; a dead letter that could not be stored
 		// keeps the handler's error as its reason for the next try.
-		s.recordFailure(&a, md, started, err.Error())
-		_ = m.NakWithDelay(redeliveryDelay(max(started, md.NumDelivered)))
-		return
-	}
-	if rep != nil && reply != "" {
-		// A reply that cannot be published is logged, and the request
-		// acknowledged all the same: the handler succeeded, and running
-		// it again would not make the reply subject any better.
-		if err := s.sendReply(reply, rep); err != nil {
-			s.b.log.Warn("nats: reply failed", "subject", subject, "id", req.ID, "reply", reply, "error", err)
+		d.recordFailure(&x.a, x.md, started, cause.Error())
+		_ = x.m.NakWithDelay(redeliveryDelay(max(started, x.md.NumDelivered)))
+	case cause != nil: // Dropped: malformed
+		if !d.deadLetter(x.m, x.subject, 0, cause.Error()) {
+			_ = x.m.NakWithDelay(redeliveryDelay(x.md.NumDelivered))
 		}
-	}
-	stopKeepAlive()
-	// The reply was published on this same connection before the ack,
-	// so the server has the reply before it forgets the request.
-	if err := m.Ack(); err != nil {
-		s.b.log.Warn("nats: ack failed", "subject", subject, "id", req.ID, "error", err)
+	default: // Dropped: expired
+		d.log.Debug("nats: dropped expired request", "subject", x.subject)
+		_ = x.m.Term()
 	}
 }
 
-func (s *subscription) dropExpired(m jetstream.Msg, req *broker.Message) {
-	s.b.log.Debug("nats: dropped expired request", "subject", req.Subject, "id", req.ID)
-	_ = m.Term()
+// Abandon implements kernel.Abandoner: the server stopped with x in
+// flight and its caller heard Unavailable; another server takes it now
+// (a retry with the same ID waits for that server's reply).
+func (d *jsDriver) Abandon(x *jsDelivery) {
+	x.done()
+	_ = x.m.Nak()
+}
+
+// done stops what runs beside a delivery: the in-progress
+// acknowledgements and its place in the suspect lane.
+func (x *jsDelivery) done() {
+	if x.keep != nil {
+		x.keep()
+	}
+	if x.leave != nil {
+		x.leave()
+		x.leave = nil
+	}
+}
+
+// Drain implements kernel.Driver: the consumer pulls no more; the
+// deliveries it pulled already are handed out.
+func (d *jsDriver) Drain() { d.cc.Drain() }
+
+// Abort implements kernel.Driver.
+func (d *jsDriver) Abort() {
+	d.quitOnce.Do(func() { close(d.quit) })
+	d.cc.Stop()
+	d.done()
+	d.stop()
+}
+
+// Flush implements kernel.Flusher: replies and acknowledgements reach the
+// server before Stop returns.
+func (d *jsDriver) Flush(ctx context.Context) error {
+	d.done()
+	d.wait()
+	return d.b.flush(ctx)
+}
+
+func (d *jsDriver) done() {
+	if d.cancels != nil {
+		_ = d.cancels.Unsubscribe()
+	}
+	d.b.removeSub(d)
+}
+
+func (d *jsDriver) abort() { d.sub.Abort() }
+
+func (d *jsDriver) wait() {
+	d.sub.Wait()
+	d.mu.Lock()
+	d.stop()
+	d.mu.Unlock()
+	d.repairs.Wait()
+}
+
+// reconnected repairs the consumer: the server may have come back without
+// its memory streams and their consumers.
+func (d *jsDriver) reconnected() { d.repairConsumer() }
+
+// onConsumeError repairs the consumer when it has gone (deleted, or lost
+// with a memory stream in a server restart). The pull loop keeps asking for
+// messages by the consumer's name, so it resumes once the consumer exists
+// again.
+func (d *jsDriver) onConsumeError(_ jetstream.ConsumeContext, err error) {
+	d.log.Debug("nats: consume", "subject", d.subject, "error", err)
+	if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
+		errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, natsgo.ErrNoResponders) {
+		d.repairConsumer()
+	}
+}
+
+func (d *jsDriver) repairConsumer() {
+	if !d.repairing.CompareAndSwap(false, true) {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ctx.Err() != nil {
+		d.repairing.Store(false)
+		return
+	}
+	d.repairs.Add(1)
+	go func() {
+		defer d.repairs.Done()
+		defer d.repairing.Store(false)
+		ctx, cancel := context.WithTimeout(d.ctx, setupTimeout)
+		defer cancel()
+		js, stream := d.js, d.js.cfg.Stream
+		if _, err := js.js.Consumer(ctx, stream, d.consumer.Durable); err == nil {
+			return
+		}
+		js.streamMu.Lock()
+		js.streamReady = false
+		js.streamMu.Unlock()
+		if err := js.ensureStreams(ctx); err != nil {
+			d.log.Warn("nats: repair stream", "subject", d.subject, "error", err)
+			return
+		}
+		if _, err := js.js.CreateOrUpdateConsumer(ctx, stream, d.consumer); err != nil {
+			d.log.Warn("nats: repair consumer", "subject", d.subject, "error", err)
+			return
+		}
+		d.log.Info("nats: consumer recreated", "subject", d.subject, "consumer", d.consumer.Durable)
+	}()
 }
 
 // redeliveryDelay backs off redeliveries of failed requests a little:
@@ -447,8 +589,8 @@ func redeliveryDelay(delivered uint64) time.Duration {
 // and removes it from the work queue. It reports false when storing
 // failed: the caller then hands the request back with a delay that grows
 // with every delivery (NakWithDelay), so it is never lost and never spins.
-func (s *subscription) deadLetter(m jetstream.Msg, subject string, deliveries uint64, reason string) bool {
-	js := s.b.cfg.js
+func (s *jsDriver) deadLetter(m jetstream.Msg, subject string, deliveries uint64, reason string) bool {
+	js := &s.js.cfg
 	src := m.Headers()
 	hdr := make(natsgo.Header, len(src)+2)
 	for k, v := range src {
@@ -469,11 +611,11 @@ func (s *subscription) deadLetter(m jetstream.Msg, subject string, deliveries ui
 	dl := &natsgo.Msg{Subject: js.DeadLetterPrefix + "." + subject, Header: hdr, Data: m.Data()}
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
-	if _, err := s.b.js.PublishMsg(ctx, dl); err != nil {
-		s.b.log.Error("nats: dead-letter failed", "subject", subject, "error", err)
+	if _, err := s.js.js.PublishMsg(ctx, dl); err != nil {
+		s.log.Error("nats: dead-letter failed", "subject", subject, "error", err)
 		return false
 	}
-	s.b.log.Warn("nats: dead-lettered request", "subject", subject, "deliveries", deliveries, "reason", reason)
+	s.log.Warn("nats: dead-lettered request", "subject", subject, "deliveries", deliveries, "reason", reason)
 	_ = m.TermWithReason("mqrpc: dead-lettered")
 	return true
 }
@@ -524,7 +666,7 @@ func recordKey(md *jetstream.MsgMetadata) string {
 
 // loadAttempt reads what is known about the earlier deliveries of the
 // request md describes.
-func (s *subscription) loadAttempt(md *jetstream.MsgMetadata) attempt {
+func (s *jsDriver) loadAttempt(ctx context.Context, md *jetstream.MsgMetadata) attempt {
 	if md.Sequence.Stream == 0 {
 		return attempt{started: md.NumDelivered - 1, counted: true}
 	}
@@ -532,9 +674,9 @@ func (s *subscription) loadAttempt(md *jetstream.MsgMetadata) attempt {
 		return attempt{} // its key is made only if it fails
 	}
 	key := recordKey(md)
-	ctx, cancel := context.WithTimeout(s.ctx, setupTimeout)
+	ctx, cancel := context.WithTimeout(ctx, setupTimeout)
 	defer cancel()
-	kv, err := s.b.deliveries(ctx)
+	kv, err := s.js.deliveries(ctx)
 	if err == nil {
 		var e jetstream.KeyValueEntry
 		e, err = kv.Get(ctx, key)
@@ -550,9 +692,9 @@ func (s *subscription) loadAttempt(md *jetstream.MsgMetadata) attempt {
 			// as started, and suspect it.
 			return attempt{key: key, kv: kv, started: 1, suspect: true}
 		}
-		s.b.resetDeliveries(err)
+		s.js.resetDeliveries(err)
 	}
-	s.b.log.Warn("nats: delivery records unavailable, counting every delivery", "subject", s.subject, "error", err)
+	s.log.Warn("nats: delivery records unavailable, counting every delivery", "subject", s.subject, "error", err)
 	return attempt{started: md.NumDelivered - 1, counted: true}
 }
 
@@ -560,11 +702,11 @@ func (s *subscription) loadAttempt(md *jetstream.MsgMetadata) attempt {
 // another server wrote the record meanwhile (it holds the same request
 // after an ack timeout): then this delivery must not run. When the record
 // cannot be written, a falls back to JetStream's count.
-func (s *subscription) recordStart(a *attempt, md *jetstream.MsgMetadata) bool {
+func (s *jsDriver) recordStart(ctx context.Context, a *attempt, md *jetstream.MsgMetadata) bool {
 	if a.kv == nil {
 		return true
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, setupTimeout)
+	ctx, cancel := context.WithTimeout(ctx, setupTimeout)
 	defer cancel()
 	rev, err := s.putRecord(ctx, a, strconv.FormatUint(a.started+1, 10)+" running")
 	switch {
@@ -574,8 +716,8 @@ func (s *subscription) recordStart(a *attempt, md *jetstream.MsgMetadata) bool {
 	case errors.Is(err, jetstream.ErrKeyExists), errors.Is(err, jetstream.ErrKeyRevisionMismatch):
 		return false
 	}
-	s.b.resetDeliveries(err)
-	s.b.log.Warn("nats: delivery record not written, counting every delivery", "subject", s.subject, "error", err)
+	s.js.resetDeliveries(err)
+	s.log.Warn("nats: delivery record not written, counting every delivery", "subject", s.subject, "error", err)
 	a.kv, a.counted = nil, true
 	a.started = max(a.started, md.NumDelivered-1)
 	return true
@@ -584,16 +726,16 @@ func (s *subscription) recordStart(a *attempt, md *jetstream.MsgMetadata) bool {
 // recordFailure writes that the handler start number started ended in an
 // error. A record that cannot be written is left as it was: the next
 // delivery then suspects this one, which still counts it.
-func (s *subscription) recordFailure(a *attempt, md *jetstream.MsgMetadata, started uint64, reason string) {
+func (s *jsDriver) recordFailure(a *attempt, md *jetstream.MsgMetadata, started uint64, reason string) {
 	if a.counted {
 		return
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, setupTimeout)
 	defer cancel()
 	if a.kv == nil {
-		kv, err := s.b.deliveries(ctx)
+		kv, err := s.js.deliveries(ctx)
 		if err != nil {
-			s.b.log.Warn("nats: delivery records unavailable", "subject", s.subject, "error", err)
+			s.log.Warn("nats: delivery records unavailable", "subject", s.subject, "error", err)
 			return
 		}
 		a.kv, a.key = kv, recordKey(md)
@@ -603,12 +745,12 @@ func (s *subscription) recordFailure(a *attempt, md *jetstream.MsgMetadata, star
 		reason = reason[:maxReason]
 	}
 	if _, err := s.putRecord(ctx, a, strconv.FormatUint(started, 10)+" failed: "+reason); err != nil {
-		s.b.resetDeliveries(err)
-		s.b.log.Warn("nats: delivery record not written", "subject", s.subject, "error", err)
+		s.js.resetDeliveries(err)
+		s.log.Warn("nats: delivery record not written", "subject", s.subject, "error", err)
 	}
 }
 
-func (s *subscription) putRecord(ctx context.Context, a *attempt, value string) (uint64, error) {
+func (s *jsDriver) putRecord(ctx context.Context, a *attempt, value string) (uint64, error) {
 	if a.rev == 0 {
 		return a.kv.Create(ctx, a.key, []byte(value))
 	}
@@ -632,13 +774,13 @@ func parseRecord(v []byte) (started uint64, failed bool, reason string, ok bool)
 }
 
 // deliveries returns the bucket of delivery records, made on first use.
-func (b *Broker) deliveries(ctx context.Context) (jetstream.KeyValue, error) {
+func (b *jetStream) deliveries(ctx context.Context) (jetstream.KeyValue, error) {
 	b.kvMu.Lock()
 	defer b.kvMu.Unlock()
 	if b.kv != nil {
 		return b.kv, nil
 	}
-	js := b.cfg.js
+	js := &b.cfg
 	kv, err := b.js.KeyValue(ctx, js.DeliveryBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		storage := jetstream.FileStorage
@@ -666,7 +808,7 @@ func (b *Broker) deliveries(ctx context.Context) (jetstream.KeyValue, error) {
 
 // resetDeliveries forgets the bucket after an error that says it may be
 // gone (a memory bucket lost in a server restart), so it is made again.
-func (b *Broker) resetDeliveries(err error) {
+func (b *jetStream) resetDeliveries(err error) {
 	if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) ||
 		errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, natsgo.ErrNoResponders) {
 		b.kvMu.Lock()

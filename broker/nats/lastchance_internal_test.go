@@ -78,14 +78,14 @@ func TestSuspectLastStartRunsOnlyInTheLane(t *testing.T) {
 	require.NoError(t, err)
 	md := &jetstream.MsgMetadata{Timestamp: raw.Time}
 	md.Sequence.Stream = raw.Sequence
-	kv, err := dying.deliveries(ctx)
+	kv, err := dying.js.deliveries(ctx)
 	require.NoError(t, err)
 	_, err = kv.Create(ctx, recordKey(md), []byte("4 running"))
 	require.NoError(t, err)
 	require.NoError(t, dying.Close())
 
-	leave, alone, ok := enterLane(ctx, time.Second)
-	require.True(t, ok)
+	leave, alone, err := suspectLane.Enter(ctx, time.Second)
+	require.NoError(t, err)
 	require.True(t, alone)
 	lanePassed := make(chan struct{})
 	ran := make(chan bool, 1)

@@ -36,6 +36,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 	"github.com/mqrpc/mqrpc/internal/redact"
 )
 
@@ -52,6 +53,11 @@ const (
 	HeaderDeadReason = "mqrpc-dead-reason"
 	// HeaderDeliveries says how often a dead letter was delivered.
 	HeaderDeliveries = "mqrpc-deliveries"
+	// CancelPrefix forms the subject of the cancel notices of a service:
+	// "<CancelPrefix>.<subject>". A caller that cancels a request
+	// publishes its message ID there (the payload), and the servers of
+	// the subject cancel the handler's ctx.
+	CancelPrefix = "_mqrpc.cancel"
 )
 
 // Broker is a broker.Broker on one NATS connection. Make it with New; it is
@@ -60,22 +66,19 @@ type Broker struct {
 	cfg    *config
 	log    *slog.Logger
 	nc     *natsgo.Conn
-	js     jetstream.JetStream // nil in core mode
+	js     *jetStream // durable mode; nil in core mode
 	mux    replyMux
 	closed atomic.Bool
 
-	// Durable mode creates its streams once, on first use.
-	streamMu    sync.Mutex
-	streamSetup chan struct{} // held by the caller setting the streams up
-	streamReady bool
-	msgTTL      bool // the request stream allows per-message TTLs
-
-	// Durable mode opens its bucket of delivery records on first need.
-	kvMu sync.Mutex
-	kv   jetstream.KeyValue
-
 	subsMu sync.Mutex
-	subs   map[*subscription]struct{}
+	subs   map[server]struct{}
+}
+
+// server is a running Serve or ServeEach, as Close and a reconnect see it.
+type server interface {
+	abort()       // stop at once (Close)
+	wait()        // wait for its handlers and helpers
+	reconnected() // the connection is back: repair what the server lost
 }
 
 var _ broker.Broker = (*Broker)(nil)
@@ -90,7 +93,7 @@ func New(opts ...Option) (*Broker, error) {
 	}
 	// Everything the connection callbacks touch exists before Connect
 	// starts them.
-	b := &Broker{cfg: cfg, log: cfg.logger, subs: make(map[*subscription]struct{}), streamSetup: make(chan struct{}, 1)}
+	b := &Broker{cfg: cfg, log: cfg.logger, subs: make(map[server]struct{})}
 	b.mux.pending = make(map[string]*call)
 	nopts := []natsgo.Option{
 		natsgo.Name(cfg.name),
@@ -115,7 +118,7 @@ func New(opts ...Option) (*Broker, error) {
 			nc.Close()
 			return nil, fmt.Errorf("nats: jetstream: %w", err)
 		}
-		b.js = js
+		b.js = newJetStream(*cfg.js, js, b.log)
 	}
 	return b, nil
 }
@@ -138,15 +141,10 @@ func (b *Broker) onReconnect(nc *natsgo.Conn) {
 	// Not nc.ConnectedUrlRedacted, which hides only a password: a URL's
 	// user info alone is a token (nats://token@host).
 	b.log.Info("nats: reconnected", "url", redact.URL(nc.ConnectedUrl()))
-	if b.cfg.js == nil {
-		return
-	}
-	// The server may have come back without its memory streams and their
-	// consumers; servers make theirs again.
 	b.subsMu.Lock()
 	defer b.subsMu.Unlock()
 	for s := range b.subs {
-		s.repairConsumer()
+		s.reconnected()
 	}
 }
 
@@ -166,51 +164,46 @@ func (b *Broker) onAsyncError(_ *natsgo.Conn, sub *natsgo.Subscription, err erro
 //
 // In core mode it returns broker.ErrNoResponders at once when no server
 // subscribes to the subject. In durable mode the request is stored first,
-// so it waits for a server instead. The wait ends at req.Deadline or when
-// ctx ends (an error wrapping broker.ErrTimeout and the ctx error), when
-// the connection drops (broker.ErrDisconnected: the request may or may not
-// have been served) or when the broker is closed (broker.ErrClosed). While
-// the connection is down, Request fails at once with
-// broker.ErrDisconnected instead of queueing the request; retry after a
-// pause. A request with no deadline in req or ctx waits until ctx ends.
+// so it waits for a server instead. The wait ends at req.Deadline or
+// ctx's deadline (an error wrapping broker.ErrTimeout and
+// context.DeadlineExceeded), when the caller cancels ctx (an error
+// wrapping context.Canceled alone; the servers get a cancel notice and
+// cancel the handler's ctx), when the connection drops
+// (broker.ErrDisconnected: the request may or may not have been served) or
+// when the broker is closed (broker.ErrClosed). While the connection is
+// down, Request fails at once with broker.ErrDisconnected instead of
+// queueing the request; retry after a pause. A request with no deadline in
+// req or ctx waits until ctx ends.
 //
 // In durable mode a retry with the same Message.ID is not stored again (the
 // stream drops duplicates); made through the same Broker, it waits for the
 // stored original's reply.
 func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+	const op = "nats: request"
 	if b.closed.Load() {
-		return nil, fmt.Errorf("nats: request %s: %w", req.Subject, broker.ErrClosed)
+		return nil, fmt.Errorf("%s %s: %w", op, req.Subject, broker.ErrClosed)
 	}
-	deadline := req.Deadline
-	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
-		deadline = d
-	}
-	if !deadline.IsZero() && !time.Now().Before(deadline) {
-		return nil, fmt.Errorf("nats: request %s: %w: %w", req.Subject, broker.ErrTimeout, context.DeadlineExceeded)
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("nats: request %s: %w: %w", req.Subject, broker.ErrTimeout, err)
-	}
-	if !req.Deadline.IsZero() {
-		if d, ok := ctx.Deadline(); !ok || req.Deadline.Before(d) {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithDeadline(ctx, req.Deadline)
-			defer cancel()
-		}
-	}
-
-	id := req.ID
-	if id == "" {
-		id = broker.NewID()
-	}
-	call, err := b.mux.register(id, req.Subject, b.js != nil)
+	ctx, cancel, err := kernel.Prepare(ctx, req, op)
+	defer cancel()
 	if err != nil {
-		return nil, fmt.Errorf("nats: request %s: %w", req.Subject, err)
+		return nil, err
 	}
-	o, err := b.publishRequest(ctx, req, id, call.reply, deadline)
+	if ctx.Err() != nil {
+		return nil, kernel.WaitError(ctx, op, req.Subject)
+	}
+	call, err := b.mux.register(req.ID, req.Subject, b.js != nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", op, req.Subject, err)
+	}
+	o, err := b.publishRequest(ctx, req, call.reply)
 	if err != nil {
 		b.mux.cancel(call)
-		return nil, fmt.Errorf("nats: request %s: %w", req.Subject, err)
+		if ctx.Err() != nil {
+			// Cancelled while the stream was storing it: it may be
+			// stored, and served already.
+			return nil, b.abandon(ctx, req, op)
+		}
+		return nil, fmt.Errorf("%s %s: %w", op, req.Subject, err)
 	}
 	// The published message goes back to its pool only once the call
 	// ended: the flusher the publish woke waits for this goroutine's
@@ -220,10 +213,10 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 	case r := <-call.ch:
 		b.mux.done(call)
 		if r.err != nil {
-			return nil, fmt.Errorf("nats: request %s: %w", req.Subject, r.err)
+			return nil, fmt.Errorf("%s %s: %w", op, req.Subject, r.err)
 		}
 		if isNoResponders(r.msg) {
-			return nil, fmt.Errorf("nats: request %s: %w", req.Subject, broker.ErrNoResponders)
+			return nil, fmt.Errorf("%s %s: %w", op, req.Subject, broker.ErrNoResponders)
 		}
 		rep, err := fromNATS(r.msg, "")
 		if err != nil {
@@ -232,13 +225,26 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 		return rep, nil
 	case <-ctx.Done():
 		b.mux.cancel(call)
-		return nil, fmt.Errorf("nats: request %s: %w: %w", req.Subject, broker.ErrTimeout, ctx.Err())
+		return nil, b.abandon(ctx, req, op)
 	}
+}
+
+// abandon ends a request whose ctx ended before its reply came: when the
+// caller cancelled, the servers of its subject get the cancel notice (core
+// NATS, also in durable mode: the payload is the message ID) and cancel
+// the handler's ctx.
+func (b *Broker) abandon(ctx context.Context, req *broker.Message, op string) error {
+	if kernel.Canceled(ctx) {
+		if err := b.nc.Publish(CancelPrefix+"."+req.Subject, []byte(req.ID)); err != nil {
+			b.log.Debug("nats: cancel notice", "subject", req.Subject, "id", req.ID, "error", err)
+		}
+	}
+	return kernel.WaitError(ctx, op, req.Subject)
 }
 
 // publishRequest publishes req with reply as its reply subject. It
 // returns the published message, for the caller to release.
-func (b *Broker) publishRequest(ctx context.Context, req *broker.Message, id, reply string, deadline time.Time) (*outbound, error) {
+func (b *Broker) publishRequest(ctx context.Context, req *broker.Message, reply string) (*outbound, error) {
 	// A request published while the connection is down would sit in
 	// nats.go's reconnect buffer with nobody to fail it; fail it now so
 	// the caller can retry once the connection is back.
@@ -251,13 +257,13 @@ func (b *Broker) publishRequest(ctx context.Context, req *broker.Message, id, re
 	var o *outbound
 	var err error
 	if b.js == nil {
-		o = newOutbound(req.Subject, req, id, deadline)
+		o = newOutbound(req.Subject, req, req.ID, req.Deadline)
 		o.msg.Reply = reply
 		err = mapPublishError(b.nc.PublishMsg(&o.msg))
 	} else {
-		o = newOutbound(b.cfg.js.SubjectPrefix+"."+req.Subject, req, durableMsgID(req.Subject, id), deadline)
+		o = newOutbound(b.js.cfg.SubjectPrefix+"."+req.Subject, req, durableMsgID(req.Subject, req.ID), req.Deadline)
 		o.set(HeaderReply, reply)
-		err = b.publishDurable(ctx, &o.msg, deadline)
+		err = b.js.publish(ctx, &o.msg, req.Deadline)
 	}
 	if err != nil {
 		o.release()
@@ -271,62 +277,61 @@ func (b *Broker) publishRequest(ctx context.Context, req *broker.Message, id, re
 // serving the subject is not an error: NATS does not report it); in
 // durable mode once the stream has stored it.
 func (b *Broker) Send(ctx context.Context, msg *broker.Message) error {
+	const op = "nats: send"
 	if b.closed.Load() {
-		return fmt.Errorf("nats: send %s: %w", msg.Subject, broker.ErrClosed)
+		return fmt.Errorf("%s %s: %w", op, msg.Subject, broker.ErrClosed)
 	}
-	if msg.Expired(time.Now()) {
-		return fmt.Errorf("nats: send %s: %w: %w", msg.Subject, broker.ErrTimeout, context.DeadlineExceeded)
+	if err := kernel.PrepareSend(ctx, msg, op); err != nil {
+		return err
 	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("nats: send %s: %w: %w", msg.Subject, broker.ErrTimeout, err)
-	}
-	id := msg.ID
-	if id == "" {
-		id = broker.NewID()
-	}
-	if b.js != nil {
-		id = durableMsgID(msg.Subject, id)
-	}
-	o := newOutbound(msg.Subject, msg, id, msg.Deadline)
-	defer o.release()
-	m := &o.msg
 	var err error
 	if b.js == nil {
+		o := newOutbound(msg.Subject, msg, msg.ID, msg.Deadline)
 		if st := b.nc.Status(); st == natsgo.CLOSED {
 			err = broker.ErrClosed
 		} else {
 			// While reconnecting, nats.go buffers the message and
 			// sends it after the reconnect; that is what one-way
 			// callers want.
-			err = mapPublishError(b.nc.PublishMsg(m))
+			err = mapPublishError(b.nc.PublishMsg(&o.msg))
 		}
+		o.release()
 	} else {
-		m.Subject = b.cfg.js.SubjectPrefix + "." + msg.Subject
-		err = b.publishDurable(ctx, m, msg.Deadline)
+		o := newOutbound(b.js.cfg.SubjectPrefix+"."+msg.Subject, msg, durableMsgID(msg.Subject, msg.ID), msg.Deadline)
+		err = b.js.publish(ctx, &o.msg, msg.Deadline)
+		o.release()
 	}
 	if err != nil {
-		return fmt.Errorf("nats: send %s: %w", msg.Subject, err)
+		return fmt.Errorf("%s %s: %w", op, msg.Subject, err)
 	}
 	return nil
 }
 
-// Close stops every subscription without draining (handlers in flight see
-// their ctx cancelled and Close waits for them to return), fails calls in
-// flight with broker.ErrClosed and closes the connection. In durable mode
-// the requests being handled are not acknowledged, so the stream
-// redelivers them to another server. Close is idempotent.
+// Close stops every subscription without draining: the callers of the
+// requests being handled get the handler's reply to an Unavailable
+// rejection (rpc.Server answers Unavailable, which rpc's Retry retries),
+// handlers in flight see their ctx cancelled and Close waits for them to
+// return. It fails calls in flight with broker.ErrClosed and closes the
+// connection. In durable mode the requests being handled are handed back
+// unacknowledged, so the stream redelivers them to another server. Close
+// is idempotent.
 func (b *Broker) Close() error {
 	if !b.closed.CompareAndSwap(false, true) {
 		return nil
 	}
 	b.subsMu.Lock()
-	subs := make([]*subscription, 0, len(b.subs))
+	subs := make([]server, 0, len(b.subs))
 	for s := range b.subs {
 		subs = append(subs, s)
 	}
 	b.subsMu.Unlock()
 	for _, s := range subs {
 		s.abort()
+	}
+	if len(subs) > 0 && b.nc.IsConnected() {
+		// The Unavailable replies of the aborted deliveries go out
+		// before the connection.
+		_ = b.nc.FlushTimeout(time.Second)
 	}
 	// Fail the calls before closing: the connection's own callbacks run
 	// asynchronously, and Close must return with none left waiting.
@@ -339,7 +344,7 @@ func (b *Broker) Close() error {
 	return nil
 }
 
-func (b *Broker) addSub(s *subscription) bool {
+func (b *Broker) addSub(s server) bool {
 	b.subsMu.Lock()
 	defer b.subsMu.Unlock()
 	if b.closed.Load() {
@@ -349,7 +354,7 @@ func (b *Broker) addSub(s *subscription) bool {
 	return true
 }
 
-func (b *Broker) removeSub(s *subscription) {
+func (b *Broker) removeSub(s server) {
 	b.subsMu.Lock()
 	delete(b.subs, s)
 	b.subsMu.Unlock()

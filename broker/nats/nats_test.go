@@ -96,7 +96,7 @@ func TestServerDropsExpiredAndRefusesMalformedDeadline(t *testing.T) {
 	b := newBroker(t, natsbroker.WithURL(url))
 	subj := uniqueSubject(t)
 	var served atomic.Int64
-	_, err := b.Serve(subj, broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+	_, err := b.Serve(subj, rpcRejecting(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 		served.Add(1)
 		return &broker.Message{}, nil
 	}))
@@ -171,7 +171,7 @@ func TestMessageTooLarge(t *testing.T) {
 	srv := startEmbedded(t, embedded.WithoutJetStream(), embedded.WithMaxPayload(64<<10))
 	b := newBroker(t, natsbroker.WithURL(srv.URL()))
 	subj := uniqueSubject(t)
-	_, err := b.Serve(subj, broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+	_, err := b.Serve(subj, rpcRejecting(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 		return &broker.Message{Body: make([]byte, 128<<10)}, nil
 	}))
 	require.NoError(t, err)

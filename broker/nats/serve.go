@@ -4,27 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime/debug"
-	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	natsgo "github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mqrpc/mqrpc/broker"
-	"github.com/mqrpc/mqrpc/broker/kernel/deliveryctx"
-	"github.com/mqrpc/mqrpc/broker/kernel/dispatch"
-	"github.com/mqrpc/mqrpc/broker/kernel/msgpool"
-)
-
-// Status codes the broker itself puts in replies (gRPC's numbers, as in
-// docs/PROTOCOL.md) when it cannot hand a request to the handler or cannot
-// send the handler's reply.
-const (
-	statusInvalidArgument   = 3
-	statusResourceExhausted = 8
+	"github.com/mqrpc/mqrpc/broker/kernel"
 )
 
 // Serve starts serving subject with h as a member of the queue group
@@ -34,6 +19,10 @@ const (
 // In durable mode every queue group of a subject is one durable JetStream
 // consumer on the work-queue stream; a work-queue stream allows only one
 // group per subject.
+//
+// In both modes the servers listen for the callers' cancel notices on
+// "<CancelPrefix>.<subject>" and cancel the ctx of the handler of a
+// cancelled request.
 func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOption) (broker.Subscription, error) {
 	if b.closed.Load() {
 		return nil, fmt.Errorf("nats: serve %s: %w", subject, broker.ErrClosed)
@@ -42,285 +31,170 @@ func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOpt
 		return nil, fmt.Errorf("nats: serve %q: empty subject or nil handler", subject)
 	}
 	cfg := broker.NewServeConfig(subject, opts...)
-	s := &subscription{
-		b:       b,
-		subject: subject,
-		h:       h,
-	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
-	if !b.addSub(s) {
-		s.cancel()
-		return nil, fmt.Errorf("nats: serve %s: %w", subject, broker.ErrClosed)
-	}
-	var err error
+	var (
+		sub broker.Subscription
+		err error
+	)
 	if b.js == nil {
-		err = s.startCore(cfg)
+		sub, err = b.serveCore(subject, cfg.Queue, h, cfg, true)
 	} else {
-		err = s.startDurable(cfg)
+		sub, err = b.serveDurable(subject, h, cfg)
 	}
 	if err != nil {
-		b.removeSub(s)
-		s.cancel()
 		return nil, fmt.Errorf("nats: serve %s: %w", subject, err)
+	}
+	return sub, nil
+}
+
+// coreDriver is the kernel.Driver of a core NATS subscription: the kernel's
+// pool takes messages straight from the subscription (no goroutine
+// hand-off per request under load, as with a plain nats.go responder, but
+// without its one-at-a-time handling; see broker/kernel/dispatch).
+type coreDriver struct {
+	b       *Broker
+	subject string
+	nsub    *natsgo.Subscription
+	cancels *natsgo.Subscription // cancel notices; nil for ServeEach
+	sub     *kernel.Subscription[*natsgo.Msg]
+}
+
+var (
+	_ kernel.Driver[*natsgo.Msg] = (*coreDriver)(nil)
+	_ kernel.Flusher             = (*coreDriver)(nil)
+)
+
+// serveCore serves subject on a core NATS subscription: in queue group
+// queue, or every subscriber (queue "", ServeEach). With cancels the
+// server listens for cancel notices.
+func (b *Broker) serveCore(subject, queue string, h broker.Handler, cfg broker.ServeConfig, cancels bool) (broker.Subscription, error) {
+	nsub, err := b.nc.QueueSubscribeSync(subject, queue)
+	if err != nil {
+		return nil, mapPublishError(err)
+	}
+	d := &coreDriver{b: b, subject: subject, nsub: nsub}
+	d.sub = kernel.Serve[*natsgo.Msg](d, subject, h, cfg, kernel.Options{Name: "nats", Log: b.log})
+	if cancels {
+		if d.cancels, err = b.listenCancels(subject, d.sub.Cancel); err != nil {
+			d.abort()
+			return nil, err
+		}
+	}
+	if err := b.started(d); err != nil {
+		d.abort()
+		return nil, err
+	}
+	return d.sub, nil
+}
+
+// listenCancels subscribes to the cancel notices of subject's requests.
+func (b *Broker) listenCancels(subject string, cancel func(id string)) (*natsgo.Subscription, error) {
+	s, err := b.nc.Subscribe(CancelPrefix+"."+subject, func(m *natsgo.Msg) { cancel(string(m.Data)) })
+	if err != nil {
+		return nil, fmt.Errorf("cancel notices: %w", mapPublishError(err))
 	}
 	return s, nil
 }
 
-// subscription is one Serve: a NATS queue subscription read by a fixed
-// set of workers (core mode), or a JetStream consumer feeding a bounded set
-// of handler goroutines (durable mode).
-type subscription struct {
-	b       *Broker
-	subject string
-	h       broker.Handler
-	sem     chan struct{} // durable mode: one slot per handler running
-	ctx     context.Context
-	cancel  context.CancelFunc // cancels every delivery's ctx
-
-	sub       *natsgo.Subscription        // core mode
-	pool      *dispatch.Pool[*natsgo.Msg] // core mode
-	cc        jetstream.ConsumeContext    // durable mode
-	consumer  jetstream.ConsumerConfig    // durable mode
-	repairing atomic.Bool                 // durable mode: consumer being recreated
-
-	mu      sync.Mutex
-	stopped bool // no new handler goroutine may start
-	wg      sync.WaitGroup
-
-	stopMu   sync.Mutex
-	stopDone bool
-}
-
-func (s *subscription) startCore(cfg broker.ServeConfig) error {
-	sub, err := s.b.nc.QueueSubscribeSync(s.subject, cfg.Queue)
-	if err != nil {
-		return mapPublishError(err)
-	}
-	s.mu.Lock()
-	s.sub = sub
-	s.mu.Unlock()
-	// Serve returns once the server knows the subscription, so a request
-	// sent right after (from any connection) finds this server.
-	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
-	defer cancel()
-	if err := s.b.nc.FlushWithContext(ctx); err != nil {
-		_ = sub.Unsubscribe()
-		return fmt.Errorf("flush subscription: %w", mapPublishError(err))
-	}
-	// The pool's goroutines take messages straight from the connection's
-	// reader and handle them themselves: under load no goroutine hand-off
-	// per request, as with a plain nats.go responder, but without its
-	// one-at-a-time handling (see internal/dispatch).
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stopped {
+// started registers a new server with its broker and returns once the NATS
+// server knows its subscriptions, so a request sent right after (from any
+// connection) finds it.
+func (b *Broker) started(s server) error {
+	if !b.addSub(s) {
 		return broker.ErrClosed
 	}
-	s.pool = dispatch.Start(cfg.Concurrency, s.nextCore, s.handleCore)
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	if err := b.nc.FlushWithContext(ctx); err != nil {
+		return fmt.Errorf("flush subscription: %w", mapPublishError(err))
+	}
 	return nil
 }
 
-// nextCore returns the next request for the pool, or false once the
-// subscription is drained, unsubscribed or closed.
-func (s *subscription) nextCore() (*natsgo.Msg, bool) {
+// Next implements kernel.Driver.
+func (d *coreDriver) Next(ctx context.Context) (*natsgo.Msg, bool) {
 	for {
-		m, err := s.sub.NextMsgWithContext(s.ctx)
+		m, err := d.nsub.NextMsgWithContext(ctx)
 		if err == nil {
 			return m, true
 		}
 		if !errors.Is(err, natsgo.ErrSlowConsumer) {
 			return nil, false
 		}
-		s.b.log.Warn("nats: slow consumer, messages dropped", "subject", s.subject)
+		d.b.log.Warn("nats: slow consumer, messages dropped", "subject", d.subject)
 	}
 }
 
-// dispatch runs fn on a handler goroutine once a concurrency slot is free.
-// It blocks the delivering goroutine meanwhile, which pushes back on the
-// server. It reports false when the subscription stops first.
-func (s *subscription) dispatch(fn func()) bool {
-	select {
-	case s.sem <- struct{}{}:
-	case <-s.ctx.Done():
-		return false
-	}
-	s.mu.Lock()
-	if s.stopped {
-		s.mu.Unlock()
-		<-s.sem
-		return false
-	}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	go func() {
-		defer func() {
-			<-s.sem
-			s.wg.Done()
-		}()
-		fn()
-	}()
-	return true
+// Decode implements kernel.Driver.
+func (d *coreDriver) Decode(m *natsgo.Msg, into *broker.Message) error {
+	return decodeInto(into, m, m.Subject)
 }
 
-func (s *subscription) handleCore(m *natsgo.Msg) {
-	// Handlers do not keep a request after they return (broker.Handler),
-	// so the message and its header map are reused from request to
-	// request.
-	req := msgpool.Get()
-	defer msgpool.Put(req)
-	err := decodeInto(req, m, m.Subject)
-	if err != nil {
-		s.b.log.Warn("nats: refused request", "subject", m.Subject, "error", err)
-		if m.Reply != "" {
-			s.replyStatus(m.Reply, statusInvalidArgument, err.Error())
-		}
-		return
-	}
-	if req.Expired(time.Now()) {
-		s.b.log.Debug("nats: dropped expired request", "subject", m.Subject, "id", req.ID)
-		return
-	}
-	rep, err := s.serve(req)
-	if err != nil {
-		s.b.log.Warn("nats: delivery failed", "subject", m.Subject, "id", req.ID, "error", err)
-		return
-	}
-	if rep == nil || m.Reply == "" {
-		return
-	}
-	if err := s.sendReply(m.Reply, rep); err != nil {
-		s.b.log.Warn("nats: reply failed", "subject", m.Subject, "id", req.ID, "error", err)
-	}
+// Reply implements kernel.Driver.
+func (d *coreDriver) Reply(m *natsgo.Msg, rep *broker.Message) error {
+	return d.b.reply(m.Reply, rep)
 }
 
-// serve calls the handler with a ctx carrying the request's deadline. A
-// panic is turned into a delivery failure rather than taking the process
-// down from a goroutine the caller does not own.
-func (s *subscription) serve(req *broker.Message) (rep *broker.Message, err error) {
-	ctx := s.ctx
-	if !req.Deadline.IsZero() {
-		dc := deliveryctx.New(s.ctx, req.Deadline)
-		defer dc.Release()
-		ctx = dc
+// reply publishes rep to the reply subject of a request ("": one-way).
+func (b *Broker) reply(to string, rep *broker.Message) error {
+	if to == "" {
+		return nil
 	}
-	defer func() {
-		if p := recover(); p != nil {
-			rep, err = nil, fmt.Errorf("handler panic: %v\n%s", p, debug.Stack())
-		}
-	}()
-	return s.h.ServeMessage(ctx, req)
-}
-
-// sendReply publishes rep to reply. A reply too large for the server is
-// replaced by a ResourceExhausted status so the caller does not wait for
-// nothing.
-func (s *subscription) sendReply(reply string, rep *broker.Message) error {
-	o := newOutbound(reply, rep, rep.ID, time.Time{})
-	err := mapPublishError(s.b.nc.PublishMsg(&o.msg))
+	o := newOutbound(to, rep, rep.ID, time.Time{})
+	err := mapPublishError(b.nc.PublishMsg(&o.msg))
 	o.release()
-	if errors.Is(err, broker.ErrMessageTooLarge) {
-		s.replyStatus(reply, statusResourceExhausted,
-			"reply of "+strconv.Itoa(len(rep.Body))+" bytes exceeds the NATS max payload")
-	}
 	return err
 }
 
-func (s *subscription) replyStatus(reply string, code int, msg string) {
-	m := &natsgo.Msg{Subject: reply, Header: natsgo.Header{
-		broker.HeaderStatus:        {strconv.Itoa(code)},
-		broker.HeaderStatusMessage: {msg},
-	}}
-	if err := s.b.nc.PublishMsg(m); err != nil {
-		s.b.log.Warn("nats: status reply failed", "subject", s.subject, "error", err)
+// Settle implements kernel.Driver: core NATS acknowledges nothing.
+func (d *coreDriver) Settle(*natsgo.Msg, kernel.Outcome) {}
+
+// Drain implements kernel.Driver: the messages NATS delivered already are
+// handed out, and Next then reports the end.
+func (d *coreDriver) Drain() {
+	if err := d.nsub.Drain(); err != nil {
+		_ = d.nsub.Unsubscribe()
 	}
 }
 
-// Stop stops taking messages, lets the messages already delivered to this
-// client and the handlers in flight finish, and flushes their replies (in
-// durable mode also their acknowledgements), or gives up when ctx ends. In
-// durable mode messages not yet delivered stay in the stream for the other
-// servers.
-func (s *subscription) Stop(ctx context.Context) error {
-	s.stopMu.Lock()
-	defer s.stopMu.Unlock()
-	if s.stopDone {
+// Abort implements kernel.Driver.
+func (d *coreDriver) Abort() {
+	_ = d.nsub.Unsubscribe()
+	d.done()
+}
+
+// Flush implements kernel.Flusher: Stop drained the subscription and its
+// handlers returned; their replies reach the server before Stop returns.
+func (d *coreDriver) Flush(ctx context.Context) error {
+	d.done()
+	return d.b.flush(ctx)
+}
+
+// done ends what outlives the subscription's drain: the cancel notices
+// and its place in the broker.
+func (d *coreDriver) done() {
+	if d.cancels != nil {
+		_ = d.cancels.Unsubscribe()
+	}
+	d.b.removeSub(d)
+}
+
+func (d *coreDriver) abort()       { d.sub.Abort() }
+func (d *coreDriver) wait()        { d.sub.Wait() }
+func (d *coreDriver) reconnected() {}
+
+// flush waits until the server has what this connection sent, or ctx
+// ends (setupTimeout when ctx has no deadline).
+func (b *Broker) flush(ctx context.Context) error {
+	if b.closed.Load() {
 		return nil
 	}
-	s.stopDone = true
-	defer s.b.removeSub(s)
-
-	drained := s.drain()
-	select {
-	case <-drained:
-	case <-s.ctx.Done(): // the broker was closed meanwhile
-	case <-ctx.Done():
-		s.abort()
-		return fmt.Errorf("nats: stop %s: %w", s.subject, ctx.Err())
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, setupTimeout)
+		defer cancel()
 	}
-	s.mu.Lock()
-	s.stopped = true
-	s.mu.Unlock()
-
-	done := make(chan struct{})
-	go func() {
-		s.wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.abort()
-		return fmt.Errorf("nats: stop %s: %w", s.subject, ctx.Err())
-	}
-	s.cancel()
-	if s.b.closed.Load() {
-		return nil
-	}
-	if err := s.b.nc.FlushWithContext(ctx); err != nil {
-		return fmt.Errorf("nats: stop %s: flush: %w", s.subject, mapPublishError(err))
+	if err := b.nc.FlushWithContext(ctx); err != nil {
+		return mapPublishError(err)
 	}
 	return nil
-}
-
-// drain stops taking new messages and returns a channel closed once the
-// messages already delivered to this client were handed to handlers.
-func (s *subscription) drain() <-chan struct{} {
-	if s.cc != nil {
-		s.cc.Drain()
-		return s.cc.Closed()
-	}
-	// The workers handle what was delivered and return once the drained
-	// subscription is closed; the wait for them follows in Stop.
-	out := make(chan struct{})
-	if err := s.sub.Drain(); err != nil {
-		s.abort()
-	}
-	close(out)
-	return out
-}
-
-// abort stops the subscription at once: no new handlers, in-flight
-// handlers see their ctx cancelled.
-func (s *subscription) abort() {
-	s.mu.Lock()
-	s.stopped = true
-	cc, sub := s.cc, s.sub
-	s.mu.Unlock()
-	s.cancel()
-	if cc != nil {
-		cc.Stop()
-	} else if sub != nil {
-		_ = sub.Unsubscribe()
-	}
-}
-
-// wait waits for the handlers in flight to return.
-func (s *subscription) wait() {
-	s.mu.Lock()
-	pool := s.pool
-	s.mu.Unlock()
-	if pool != nil {
-		pool.Wait()
-	}
-	s.wg.Wait()
 }

@@ -1,4 +1,4 @@
-package nats
+package kernel_test
 
 import (
 	"context"
@@ -7,20 +7,23 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mqrpc/mqrpc/broker/kernel"
 )
 
 // Suspects run one at a time, but a suspect never waits for the lane
 // longer than its bound (a suspect whose handler calls another suspect of
 // the same process would deadlock), and a stopping server stops waiting.
-func TestSuspectLane(t *testing.T) {
-	leave, alone, ok := enterLane(context.Background(), time.Minute)
-	require.True(t, ok)
+func TestLane(t *testing.T) {
+	lane := kernel.NewLane()
+	leave, alone, err := lane.Enter(context.Background(), time.Minute)
+	require.NoError(t, err)
 	require.True(t, alone)
 
 	entered := make(chan struct{})
 	go func() {
-		l, alone, ok := enterLane(context.Background(), time.Minute)
-		assert.True(t, ok)
+		l, alone, err := lane.Enter(context.Background(), time.Minute)
+		assert.NoError(t, err)
 		assert.True(t, alone)
 		close(entered)
 		l()
@@ -32,8 +35,8 @@ func TestSuspectLane(t *testing.T) {
 	}
 
 	start := time.Now()
-	l, alone, ok := enterLane(context.Background(), 50*time.Millisecond)
-	require.True(t, ok, "runs outside the lane once the wait ran out")
+	l, alone, err := lane.Enter(context.Background(), 50*time.Millisecond)
+	require.NoError(t, err, "runs outside the lane once the wait ran out")
 	assert.False(t, alone)
 	assert.GreaterOrEqual(t, time.Since(start), 50*time.Millisecond)
 	l() // a no-op: it must not free the lane held above
@@ -45,8 +48,8 @@ func TestSuspectLane(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, _, ok = enterLane(ctx, time.Minute)
-	assert.False(t, ok)
+	_, _, err = lane.Enter(ctx, time.Minute)
+	assert.ErrorIs(t, err, context.Canceled)
 
 	leave()
 	select {
