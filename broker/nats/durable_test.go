@@ -235,3 +235,52 @@ func TestDurableRecoversLostMemoryStream(t *testing.T) {
 	}
 	t.Fatalf("no call succeeded after the restart: %v", lastErr)
 }
+
+// A server that stops past its drain time with a request in flight answers
+// its caller Unavailable and hands the request back to the stream at once,
+// also when its handler, ignoring ctx, succeeds afterwards: the caller's
+// retry with the same ID (a duplicate the stream does not store again)
+// gets the reply of the server that runs it next.
+func TestDurableAbandonedRunsElsewhere(t *testing.T) {
+	url := testenv.NATSURL(t)
+	js := testJetStream(t, url)
+	opts := []natsbroker.Option{natsbroker.WithURL(url), natsbroker.WithJetStream(js)}
+	client := newBroker(t, opts...)
+	subj := uniqueSubject(t)
+
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	stopping := newBroker(t, opts...)
+	sub, err := stopping.Serve(subj, rpcRejecting(func(context.Context, *broker.Message) (*broker.Message, error) {
+		started <- struct{}{}
+		<-release // ignores ctx
+		return &broker.Message{Body: []byte("late")}, nil
+	}))
+	require.NoError(t, err)
+	first := make(chan *broker.Message, 1)
+	go func() {
+		rep, err := client.Request(ctxTimeout(t, 20*time.Second), &broker.Message{ID: "job-1", Subject: subj})
+		assert.NoError(t, err)
+		first <- rep
+	}()
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	require.ErrorIs(t, sub.Stop(ctx), context.DeadlineExceeded)
+	assert.Equal(t, "14", (<-first).Header.Get(broker.HeaderStatus), "Unavailable")
+
+	retry := make(chan *broker.Message, 1)
+	go func() {
+		rep, err := client.Request(ctxTimeout(t, 20*time.Second), &broker.Message{ID: "job-1", Subject: subj})
+		assert.NoError(t, err)
+		retry <- rep
+	}()
+	_, err = newBroker(t, opts...).Serve(subj, broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
+		return &broker.Message{Body: []byte("done")}, nil
+	}))
+	require.NoError(t, err)
+	time.Sleep(300 * time.Millisecond) // the retry waits for its reply
+	close(release)
+	rep := <-retry
+	require.NotNil(t, rep)
+	assert.Equal(t, "done", string(rep.Body))
+}
