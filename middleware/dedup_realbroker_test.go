@@ -29,7 +29,7 @@ func TestExactlyOnceRealBroker(t *testing.T) {
 	}{
 		{name: "nats", connect: func(t *testing.T) broker.Broker {
 			url := testenv.NATSURL(t)
-			b, err := natsbroker.New(natsbroker.WithURL(url))
+			b, err := natsbroker.New(url)
 			require.NoError(t, err)
 			return b
 		}},

@@ -79,7 +79,7 @@ func TestErrorDetails(t *testing.T) {
 	brokers := map[string]func(t *testing.T) broker.Broker{
 		"memory": func(*testing.T) broker.Broker { return memory.New() },
 		"nats": func(t *testing.T) broker.Broker {
-			b, err := natsbroker.New(natsbroker.WithURL(testenv.NATSURL(t)))
+			b, err := natsbroker.New(testenv.NATSURL(t))
 			require.NoError(t, err)
 			return b
 		},

@@ -26,7 +26,7 @@ import (
 // nats; MQRPC_NATS_URL).
 func TestOverNATS(t *testing.T) {
 	url := testenv.NATSURL(t)
-	b, err := natsbroker.New(natsbroker.WithURL(url))
+	b, err := natsbroker.New(url)
 	require.NoError(t, err)
 	defer b.Close()
 	testOverBroker(t, b)

@@ -31,7 +31,7 @@ func TestRealBrokers(t *testing.T) {
 			return b
 		}},
 		{"nats", func(t *testing.T) broker.Broker {
-			b, err := nats.New(nats.WithURL(testenv.NATSURL(t)))
+			b, err := nats.New(testenv.NATSURL(t))
 			require.NoError(t, err)
 			return b
 		}},

@@ -96,7 +96,7 @@ func (c Config) natsMQRPC(raw bool) func(context.Context) (harness.Target, error
 
 func (c Config) natsMQRPCTarget(raw bool) (*mqrpcTarget, error) {
 	return c.newTarget(raw, subject("mqbench"), func(name string) (broker.Broker, error) {
-		return mqnats.New(mqnats.WithURL(c.NATSURL), mqnats.WithName(name))
+		return mqnats.New(c.NATSURL, mqnats.WithName(name))
 	})
 }
 

@@ -9,13 +9,7 @@ import (
 )
 
 // Option configures a Broker created by New.
-type Option interface {
-	apply(*config)
-}
-
-type optionFunc func(*config)
-
-func (f optionFunc) apply(c *config) { f(c) }
+type Option func(*config)
 
 // QueueType selects the kind of request queue declared in durable mode.
 type QueueType string
@@ -90,7 +84,7 @@ func newConfig(opts []Option) config {
 		maxSize:       DefaultMaxMessageSize,
 	}
 	for _, o := range opts {
-		o.apply(&c)
+		o(&c)
 	}
 	if c.logger == nil {
 		c.logger = slog.New(slog.DiscardHandler)
@@ -102,19 +96,19 @@ func newConfig(opts []Option) config {
 // which for an amqps:// URL means the system roots and the URL's host name.
 // It has no effect on amqp:// URLs.
 func WithTLS(cfg *tls.Config) Option {
-	return optionFunc(func(c *config) { c.tls = cfg })
+	return func(c *config) { c.tls = cfg }
 }
 
 // WithVHost sets the virtual host, overriding the one in the URL. Default:
 // the URL's path, or "/" when it has none.
 func WithVHost(vhost string) Option {
-	return optionFunc(func(c *config) { c.vhost = &vhost })
+	return func(c *config) { c.vhost = &vhost }
 }
 
 // WithCredentials sets the user name and password (SASL PLAIN), overriding
 // those in the URL. Default: the URL's user info, or guest/guest.
 func WithCredentials(user, password string) Option {
-	return optionFunc(func(c *config) { c.user, c.password = &user, &password })
+	return func(c *config) { c.user, c.password = &user, &password }
 }
 
 // WithExchange routes requests through the named direct exchange, with the
@@ -123,7 +117,7 @@ func WithCredentials(user, password string) Option {
 // ServeConfig.Queue different from the subject. Default: "" (the default
 // exchange: the subject is the queue name).
 func WithExchange(name string) Option {
-	return optionFunc(func(c *config) { c.exchange = name })
+	return func(c *config) { c.exchange = name }
 }
 
 // WithQueueArgs adds arguments to every request queue this broker declares
@@ -131,27 +125,27 @@ func WithExchange(name string) Option {
 // durable mode, clients of one queue must use equal arguments, since RabbitMQ
 // refuses to redeclare a queue with different ones. Default: none.
 func WithQueueArgs(args amqp091.Table) Option {
-	return optionFunc(func(c *config) { c.queueArgs = args })
+	return func(c *config) { c.queueArgs = args }
 }
 
 // WithPrefetch sets the consumer prefetch (QoS) of every subscription.
 // Default: 0, which ties it to ServeConfig.Concurrency so a server never
 // holds more unacknowledged requests than it can handle at once.
 func WithPrefetch(n int) Option {
-	return optionFunc(func(c *config) { c.prefetch = n })
+	return func(c *config) { c.prefetch = n }
 }
 
 // WithConnectionName sets the client-provided connection name RabbitMQ shows
 // in its management tools. Default: DefaultConnectionName.
 func WithConnectionName(name string) Option {
-	return optionFunc(func(c *config) { c.connName = name })
+	return func(c *config) { c.connName = name }
 }
 
 // WithLogger sets where the broker reports reconnections and dropped or
 // failed deliveries. Default: nil, which discards everything; the library
 // never prints.
 func WithLogger(l *slog.Logger) Option {
-	return optionFunc(func(c *config) { c.logger = l })
+	return func(c *config) { c.logger = l }
 }
 
 // WithDurable switches the broker to durable mode: request queues of type qt
@@ -167,12 +161,12 @@ func WithLogger(l *slog.Logger) Option {
 // type. Default: fast mode, with transient auto-delete queues and
 // non-persistent messages.
 func WithDurable(qt QueueType) Option {
-	return optionFunc(func(c *config) {
+	return func(c *config) {
 		c.durable = true
 		if qt != "" {
 			c.queueType = qt
 		}
-	})
+	}
 }
 
 // WithDeadLetter sets, for durable mode, the exchange a request is
@@ -187,14 +181,14 @@ func WithDurable(qt QueueType) Option {
 // queue name as routing key. Defaults: DefaultDeadLetterExchange and
 // DefaultMaxDeliveries; values below 1 and "" keep the defaults.
 func WithDeadLetter(exchange string, maxDeliveries int) Option {
-	return optionFunc(func(c *config) {
+	return func(c *config) {
 		if exchange != "" {
 			c.dlx = exchange
 		}
 		if maxDeliveries > 0 {
 			c.maxDeliveries = maxDeliveries
 		}
-	})
+	}
 }
 
 // WithRetryBackoff sets, for durable mode, the delays before a failed
@@ -205,7 +199,7 @@ func WithDeadLetter(exchange string, maxDeliveries int) Option {
 // half of it. Defaults: DefaultRetryMinBackoff and DefaultRetryMaxBackoff;
 // values below 1 ms keep the defaults, and a max below min is min.
 func WithRetryBackoff(min, max time.Duration) Option {
-	return optionFunc(func(c *config) {
+	return func(c *config) {
 		if min >= time.Millisecond {
 			c.retryMin = min
 		}
@@ -215,39 +209,39 @@ func WithRetryBackoff(min, max time.Duration) Option {
 		if c.retryMax < c.retryMin {
 			c.retryMax = c.retryMin
 		}
-	})
+	}
 }
 
 // WithReconnectBackoff sets the delays between reconnection attempts: they
 // start at min and double up to max, with jitter. Defaults: 100ms and 5s.
 func WithReconnectBackoff(min, max time.Duration) Option {
-	return optionFunc(func(c *config) {
+	return func(c *config) {
 		if min > 0 {
 			c.minBackoff = min
 		}
 		if max >= c.minBackoff {
 			c.maxBackoff = max
 		}
-	})
+	}
 }
 
 // WithDialTimeout bounds each connection attempt. Default:
 // DefaultDialTimeout.
 func WithDialTimeout(d time.Duration) Option {
-	return optionFunc(func(c *config) {
+	return func(c *config) {
 		if d > 0 {
 			c.dialTimeout = d
 		}
-	})
+	}
 }
 
 // WithHeartbeat sets the AMQP heartbeat interval. Default: DefaultHeartbeat.
 func WithHeartbeat(d time.Duration) Option {
-	return optionFunc(func(c *config) {
+	return func(c *config) {
 		if d > 0 {
 			c.heartbeat = d
 		}
-	})
+	}
 }
 
 // WithMaxMessageSize sets the largest body the broker publishes; a larger
@@ -256,9 +250,9 @@ func WithHeartbeat(d time.Duration) Option {
 // when that was changed: RabbitMQ closes the channel of a publish over its
 // limit. Default: DefaultMaxMessageSize.
 func WithMaxMessageSize(n int) Option {
-	return optionFunc(func(c *config) {
+	return func(c *config) {
 		if n > 0 {
 			c.maxSize = n
 		}
-	})
+	}
 }

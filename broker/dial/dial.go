@@ -110,14 +110,14 @@ func Open(rawURL string, opts ...Option) (broker.Broker, error) {
 		if err != nil {
 			return nil, fmt.Errorf("dial: start embedded NATS server: %w", err)
 		}
-		b, err := nats.New(natsOptions(cfg, srv.URL())...)
+		b, err := nats.New(srv.URL(), natsOptions(cfg)...)
 		if err != nil {
 			srv.Close()
 			return nil, fmt.Errorf("dial: %w", err)
 		}
 		return &withServer{Broker: b, stop: srv.Close}, nil
 	case "nats", "tls":
-		b, err := nats.New(natsOptions(cfg, strings.Split(rawURL, ",")...)...)
+		b, err := nats.New(rawURL, natsOptions(cfg)...)
 		if err != nil {
 			return nil, fmt.Errorf("dial: %w", err)
 		}
@@ -157,8 +157,8 @@ func Redact(rawURL string) string {
 	return redact.URLs(parts)
 }
 
-func natsOptions(cfg config, urls ...string) []nats.Option {
-	opts := []nats.Option{nats.WithURL(urls...), nats.WithLogger(cfg.logger)}
+func natsOptions(cfg config) []nats.Option {
+	opts := []nats.Option{nats.WithLogger(cfg.logger)}
 	if cfg.name != "" {
 		opts = append(opts, nats.WithName(cfg.name))
 	}

@@ -22,8 +22,8 @@ func BenchmarkRequestJetStream(b *testing.B) {
 	for _, c := range []int{1, 64} {
 		b.Run("c="+strconv.Itoa(c), func(b *testing.B) {
 			js := testJetStream(b, url)
-			srv := newBroker(b, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
-			client := newBroker(b, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+			srv := newBroker(b, url, natsbroker.WithJetStream(js))
+			client := newBroker(b, url, natsbroker.WithJetStream(js))
 			subj := uniqueSubject(b)
 			if _, err := srv.Serve(subj, broker.HandlerFunc(echoHandler)); err != nil {
 				b.Fatal(err)

@@ -11,7 +11,6 @@ import (
 	natsgo "github.com/nats-io/nats.go"
 
 	"github.com/mqrpc/mqrpc/broker"
-	natsbroker "github.com/mqrpc/mqrpc/broker/nats"
 	"github.com/mqrpc/mqrpc/internal/testenv"
 )
 
@@ -26,8 +25,8 @@ func BenchmarkRequest(b *testing.B) {
 	body := make([]byte, 128)
 	for _, c := range []int{1, 64} {
 		b.Run("c="+strconv.Itoa(c)+"/mqrpc", func(b *testing.B) {
-			srv := newBroker(b, natsbroker.WithURL(url))
-			client := newBroker(b, natsbroker.WithURL(url))
+			srv := newBroker(b, url)
+			client := newBroker(b, url)
 			subj := uniqueSubject(b)
 			_, err := srv.Serve(subj, broker.HandlerFunc(echoHandler))
 			if err != nil {
@@ -113,8 +112,8 @@ func BenchmarkRatio(b *testing.B) {
 	body := make([]byte, 128)
 	for _, c := range []int{1, 64} {
 		b.Run("c="+strconv.Itoa(c), func(b *testing.B) {
-			srv := newBroker(b, natsbroker.WithURL(url))
-			client := newBroker(b, natsbroker.WithURL(url))
+			srv := newBroker(b, url)
+			client := newBroker(b, url)
 			subj := uniqueSubject(b)
 			if _, err := srv.Serve(subj, broker.HandlerFunc(echoHandler)); err != nil {
 				b.Fatal(err)

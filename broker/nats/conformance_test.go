@@ -19,7 +19,7 @@ import (
 func TestConformanceCore(t *testing.T) {
 	url := testenv.NATSURL(t)
 	brokertest.Run(t, brokertest.Features{NoResponders: true, Kernel: true}, func(t testing.TB) broker.Broker {
-		return newBroker(t, natsbroker.WithURL(url))
+		return newBroker(t, url)
 	})
 }
 
@@ -29,7 +29,7 @@ func TestConformanceJetStream(t *testing.T) {
 	url := testenv.NATSURL(t)
 	js := testJetStream(t, url)
 	brokertest.Run(t, brokertest.Features{Durable: true, Kernel: true}, func(t testing.TB) broker.Broker {
-		return newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+		return newBroker(t, url, natsbroker.WithJetStream(js))
 	})
 }
 
@@ -39,7 +39,7 @@ func TestConformanceCoreRestart(t *testing.T) {
 	srv := startEmbedded(t)
 	restart := func(t testing.TB) { require.NoError(t, srv.Restart()) }
 	brokertest.Run(t, brokertest.Features{NoResponders: true, Kernel: true, Restart: restart}, func(t testing.TB) broker.Broker {
-		return newBroker(t, natsbroker.WithURL(srv.URL()), natsbroker.WithReconnectWait(50*time.Millisecond))
+		return newBroker(t, srv.URL(), natsbroker.WithReconnectWait(50*time.Millisecond))
 	})
 }
 
@@ -51,7 +51,7 @@ func TestConformanceJetStreamRestart(t *testing.T) {
 	restart := func(t testing.TB) { require.NoError(t, srv.Restart()) }
 	f := brokertest.Features{Durable: true, Kernel: true, Restart: restart, LeakOptions: embeddedJetStreamGoroutines()}
 	brokertest.Run(t, f, func(t testing.TB) broker.Broker {
-		return newBroker(t, natsbroker.WithURL(srv.URL()), natsbroker.WithJetStream(js),
+		return newBroker(t, srv.URL(), natsbroker.WithJetStream(js),
 			natsbroker.WithReconnectWait(50*time.Millisecond))
 	})
 }
@@ -83,7 +83,7 @@ func embeddedJetStreamGoroutines() []goleak.Option {
 func TestRPCConformanceCore(t *testing.T) {
 	url := testenv.NATSURL(t)
 	rpctest.Run(t, rpctest.Features{Kernel: true}, func(t testing.TB) broker.Broker {
-		return newBroker(t, natsbroker.WithURL(url))
+		return newBroker(t, url)
 	})
 }
 
@@ -91,6 +91,6 @@ func TestRPCConformanceJetStream(t *testing.T) {
 	url := testenv.NATSURL(t)
 	js := testJetStream(t, url)
 	rpctest.Run(t, rpctest.Features{Kernel: true}, func(t testing.TB) broker.Broker {
-		return newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+		return newBroker(t, url, natsbroker.WithJetStream(js))
 	})
 }

@@ -73,7 +73,7 @@ func TestDurablePoisonCrashChargesOnlyItself(t *testing.T) {
 	require.NoError(t, nc.Flush())
 
 	const healthy = 20
-	client := newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+	client := newBroker(t, url, natsbroker.WithJetStream(js))
 	send := func(id string) {
 		require.NoError(t, client.Send(ctxTimeout(t, 5*time.Second), &broker.Message{ID: id, Subject: child.Subject, Body: []byte(id)}))
 	}
@@ -163,7 +163,7 @@ func runCrashChild(t *testing.T, settings string) {
 		_ = nc.Publish(c.Report, []byte(id))
 		_ = nc.Flush()
 	}
-	b, err := natsbroker.New(natsbroker.WithURL(c.URL), natsbroker.WithJetStream(c.JS))
+	b, err := natsbroker.New(c.URL, natsbroker.WithJetStream(c.JS))
 	require.NoError(t, err)
 	_, err = b.Serve(c.Subject, broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 		if req.ID == "poison" {

@@ -95,7 +95,7 @@ func TestCredentialsNeverLogged(t *testing.T) {
 			}
 
 			url, opts := tt.good(srv.URL())
-			b := newBroker(t, append(opts, natsbroker.WithURL(url), natsbroker.WithLogger(testenv.DebugLogger(logs)),
+			b := newBroker(t, url, append(opts, natsbroker.WithLogger(testenv.DebugLogger(logs)),
 				natsbroker.WithReconnectWait(20*time.Millisecond))...)
 			roundTrip(t, b)
 
@@ -125,12 +125,12 @@ func TestCredentialsNeverLogged(t *testing.T) {
 			// Wrong credentials, and right ones for a server that is not
 			// there.
 			url, opts = tt.bad(srv.URL())
-			_, err = natsbroker.New(append(opts, natsbroker.WithURL(url), natsbroker.WithLogger(testenv.DebugLogger(logs)))...)
+			_, err = natsbroker.New(url, append(opts, natsbroker.WithLogger(testenv.DebugLogger(logs)))...)
 			require.Error(t, err)
 			note(err)
 			url, opts = tt.good(srv.URL())
 			srv.Close()
-			_, err = natsbroker.New(append(opts, natsbroker.WithURL(url), natsbroker.WithLogger(testenv.DebugLogger(logs)))...)
+			_, err = natsbroker.New(url, append(opts, natsbroker.WithLogger(testenv.DebugLogger(logs)))...)
 			require.Error(t, err)
 			note(err)
 

@@ -76,7 +76,7 @@ func workQueueEmpty(t *testing.T, jsc jetstream.JetStream, cfg natsbroker.JetStr
 func TestDurableDeadLetterWithDeadline(t *testing.T) {
 	url := testenv.NATSURL(t)
 	js := testJetStream(t, url, func(c *natsbroker.JetStreamConfig) { c.MaxDeliver = 3 })
-	b := newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+	b := newBroker(t, url, natsbroker.WithJetStream(js))
 	jsc, err := jetstream.New(b.Conn())
 	require.NoError(t, err)
 	info, err := jsc.AccountInfo(context.Background())
@@ -123,7 +123,7 @@ func TestDurableDeadLetterWithDeadline(t *testing.T) {
 func TestDurableForeignMalformedDeadlineWithTTL(t *testing.T) {
 	url := testenv.NATSURL(t)
 	js := testJetStream(t, url)
-	b := newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+	b := newBroker(t, url, natsbroker.WithJetStream(js))
 	subj := uniqueSubject(t)
 	var served atomic.Int64
 	_, err := b.Serve(subj, rpcRejecting(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
@@ -167,7 +167,7 @@ func TestDurableForeignMalformedDeadlineWithTTL(t *testing.T) {
 func TestDurableDeadLetterFailureBacksOff(t *testing.T) {
 	url := testenv.NATSURL(t)
 	js := testJetStream(t, url, func(c *natsbroker.JetStreamConfig) { c.MaxDeliver = 2 })
-	b := newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+	b := newBroker(t, url, natsbroker.WithJetStream(js))
 	jsc, err := jetstream.New(b.Conn())
 	require.NoError(t, err)
 	// A full dead-letter stream that refuses new messages: every
@@ -214,7 +214,7 @@ func TestDurableDeadLetterFailureBacksOff(t *testing.T) {
 func TestDurableIDsDoNotClashAcrossServices(t *testing.T) {
 	url := testenv.NATSURL(t)
 	js := testJetStream(t, url)
-	b := newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+	b := newBroker(t, url, natsbroker.WithJetStream(js))
 	subjA, subjB := uniqueSubject(t)+".a", uniqueSubject(t)+".b"
 
 	// One-way: both run, each once, and a retry to the same service is
@@ -284,7 +284,7 @@ func TestDurableIDsDoNotClashAcrossServices(t *testing.T) {
 func TestDurableFarDeadline(t *testing.T) {
 	url := testenv.NATSURL(t)
 	js := testJetStream(t, url)
-	b := newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+	b := newBroker(t, url, natsbroker.WithJetStream(js))
 	jsc, err := jetstream.New(b.Conn())
 	require.NoError(t, err)
 	subj := uniqueSubject(t)
@@ -346,7 +346,7 @@ func TestDurableFarDeadline(t *testing.T) {
 func TestDurableUnpublishableReplyIsAcked(t *testing.T) {
 	url := testenv.NATSURL(t)
 	js := testJetStream(t, url)
-	b := newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+	b := newBroker(t, url, natsbroker.WithJetStream(js))
 	subj := uniqueSubject(t)
 	var served atomic.Int64
 	_, err := b.Serve(subj, broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {

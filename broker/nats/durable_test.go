@@ -21,11 +21,11 @@ import (
 func TestDurableRedeliveryWhenServerDies(t *testing.T) {
 	url := testenv.NATSURL(t)
 	js := testJetStream(t, url, func(c *natsbroker.JetStreamConfig) { c.AckWait = time.Second })
-	opts := []natsbroker.Option{natsbroker.WithURL(url), natsbroker.WithJetStream(js)}
-	client := newBroker(t, opts...)
+	opts := []natsbroker.Option{natsbroker.WithJetStream(js)}
+	client := newBroker(t, url, opts...)
 	subj := uniqueSubject(t)
 
-	dying := newBroker(t, opts...)
+	dying := newBroker(t, url, opts...)
 	started := make(chan string, 1)
 	_, err := dying.Serve(subj, broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 		started <- req.ID
@@ -46,7 +46,7 @@ func TestDurableRedeliveryWhenServerDies(t *testing.T) {
 	require.Equal(t, "job-1", <-started)
 	require.NoError(t, dying.Close())
 
-	survivor := newBroker(t, opts...)
+	survivor := newBroker(t, url, opts...)
 	var sawID atomic.Value
 	_, err = survivor.Serve(subj, broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 		sawID.Store(req.ID)
@@ -65,7 +65,7 @@ func TestDurableRedeliveryWhenServerDies(t *testing.T) {
 func TestDurableDeadLetter(t *testing.T) {
 	url := testenv.NATSURL(t)
 	js := testJetStream(t, url, func(c *natsbroker.JetStreamConfig) { c.MaxDeliver = 3 })
-	b := newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+	b := newBroker(t, url, natsbroker.WithJetStream(js))
 	subj := uniqueSubject(t)
 	var attempts atomic.Int64
 	_, err := b.Serve(subj, broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
@@ -110,7 +110,7 @@ func TestDurableDeadLetter(t *testing.T) {
 func TestDurableDeduplicatesByID(t *testing.T) {
 	url := testenv.NATSURL(t)
 	js := testJetStream(t, url)
-	b := newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+	b := newBroker(t, url, natsbroker.WithJetStream(js))
 	subj := uniqueSubject(t)
 	var served atomic.Int64
 	for i := 0; i < 2; i++ {
@@ -131,7 +131,7 @@ func TestDurableDeduplicatesByID(t *testing.T) {
 func TestDurableSlowHandlerIsNotRedelivered(t *testing.T) {
 	url := testenv.NATSURL(t)
 	js := testJetStream(t, url, func(c *natsbroker.JetStreamConfig) { c.AckWait = 2 * time.Second })
-	b := newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+	b := newBroker(t, url, natsbroker.WithJetStream(js))
 	subj := uniqueSubject(t)
 	var served atomic.Int64
 	_, err := b.Serve(subj, broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
@@ -153,7 +153,7 @@ func TestDurableSlowHandlerIsNotRedelivered(t *testing.T) {
 func TestDurableRetryWithSameIDGetsTheReply(t *testing.T) {
 	url := testenv.NATSURL(t)
 	js := testJetStream(t, url)
-	b := newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+	b := newBroker(t, url, natsbroker.WithJetStream(js))
 	subj := uniqueSubject(t)
 
 	deadline := time.Now().Add(10 * time.Second)
@@ -180,7 +180,7 @@ func TestDurableRetryWithSameIDGetsTheReply(t *testing.T) {
 func TestDurableDeadlineIsStreamTTL(t *testing.T) {
 	url := testenv.NATSURL(t)
 	js := testJetStream(t, url)
-	b := newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+	b := newBroker(t, url, natsbroker.WithJetStream(js))
 	jsc, err := jetstream.New(b.Conn())
 	require.NoError(t, err)
 	info, err := jsc.AccountInfo(context.Background())
@@ -210,10 +210,10 @@ func TestDurableDeadlineIsStreamTTL(t *testing.T) {
 func TestDurableRecoversLostMemoryStream(t *testing.T) {
 	srv := startEmbedded(t)
 	js := testJetStream(t, srv.URL()) // MemoryStorage
-	opts := []natsbroker.Option{natsbroker.WithURL(srv.URL()), natsbroker.WithJetStream(js),
+	opts := []natsbroker.Option{natsbroker.WithJetStream(js),
 		natsbroker.WithReconnectWait(50 * time.Millisecond)}
-	server := newBroker(t, opts...)
-	client := newBroker(t, opts...)
+	server := newBroker(t, srv.URL(), opts...)
+	client := newBroker(t, srv.URL(), opts...)
 	subj := uniqueSubject(t)
 	_, err := server.Serve(subj, broker.HandlerFunc(echoHandler))
 	require.NoError(t, err)
@@ -244,12 +244,12 @@ func TestDurableRecoversLostMemoryStream(t *testing.T) {
 func TestDurableAbandonedRunsElsewhere(t *testing.T) {
 	url := testenv.NATSURL(t)
 	js := testJetStream(t, url)
-	opts := []natsbroker.Option{natsbroker.WithURL(url), natsbroker.WithJetStream(js)}
-	client := newBroker(t, opts...)
+	opts := []natsbroker.Option{natsbroker.WithJetStream(js)}
+	client := newBroker(t, url, opts...)
 	subj := uniqueSubject(t)
 
 	started, release := make(chan struct{}, 1), make(chan struct{})
-	stopping := newBroker(t, opts...)
+	stopping := newBroker(t, url, opts...)
 	sub, err := stopping.Serve(subj, rpcRejecting(func(context.Context, *broker.Message) (*broker.Message, error) {
 		started <- struct{}{}
 		<-release // ignores ctx
@@ -274,7 +274,7 @@ func TestDurableAbandonedRunsElsewhere(t *testing.T) {
 		assert.NoError(t, err)
 		retry <- rep
 	}()
-	_, err = newBroker(t, opts...).Serve(subj, broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
+	_, err = newBroker(t, url, opts...).Serve(subj, broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
 		return &broker.Message{Body: []byte("done")}, nil
 	}))
 	require.NoError(t, err)

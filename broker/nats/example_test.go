@@ -11,7 +11,7 @@ import (
 )
 
 // A server and a client over a NATS server started in-process: nothing to
-// install. Point WithURL at a real server (nats://host:4222) instead in
+// install. Give New a real server's URL (nats://host:4222) instead in
 // production.
 func Example() {
 	srv, err := embedded.Start()
@@ -21,7 +21,7 @@ func Example() {
 	}
 	defer srv.Close()
 
-	b, err := natsbroker.New(natsbroker.WithURL(srv.URL()))
+	b, err := natsbroker.New(srv.URL())
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -58,7 +58,7 @@ func ExampleWithJetStream() {
 	}
 	defer srv.Close()
 
-	b, err := natsbroker.New(natsbroker.WithURL(srv.URL()), natsbroker.WithJetStream(natsbroker.JetStreamConfig{}))
+	b, err := natsbroker.New(srv.URL(), natsbroker.WithJetStream(natsbroker.JetStreamConfig{}))
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -17,9 +17,9 @@ import (
 )
 
 // newBroker connects a broker that the test closes.
-func newBroker(t testing.TB, opts ...natsbroker.Option) *natsbroker.Broker {
+func newBroker(t testing.TB, url string, opts ...natsbroker.Option) *natsbroker.Broker {
 	t.Helper()
-	b, err := natsbroker.New(opts...)
+	b, err := natsbroker.New(url, opts...)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = b.Close() })
 	return b

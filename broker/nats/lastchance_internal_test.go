@@ -45,7 +45,7 @@ func TestSuspectLastStartRunsOnlyInTheLane(t *testing.T) {
 		_ = jsc.DeleteKeyValue(ctx, js.Stream+"_DELIVERIES")
 	})
 	newB := func() *Broker {
-		b, err := New(WithURL(url), WithJetStream(js))
+		b, err := New(url, WithJetStream(js))
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = b.Close() })
 		return b

@@ -83,11 +83,14 @@ type server interface {
 
 var _ broker.Broker = (*Broker)(nil)
 
-// New connects to NATS and returns a Broker. It fails when no server can
+// New connects to the NATS server at url and returns a Broker. url is
+// nats://host:port or tls://host:port, or a comma-separated list of them
+// (the nodes of a cluster): the client connects to one and fails over to
+// the others. An empty url means DefaultURL. New fails when no server can
 // be reached; once connected, the broker reconnects by itself for as long
 // as it lives.
-func New(opts ...Option) (*Broker, error) {
-	cfg, err := newConfig(opts)
+func New(url string, opts ...Option) (*Broker, error) {
+	cfg, err := newConfig(url, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -27,8 +27,8 @@ func TestMain(m *testing.M) {
 // costs no SUB/UNSUB round of its own.
 func TestOneInboxSubscriptionPerClient(t *testing.T) {
 	url := testenv.NATSURL(t)
-	srv := newBroker(t, natsbroker.WithURL(url))
-	client := newBroker(t, natsbroker.WithURL(url))
+	srv := newBroker(t, url)
+	client := newBroker(t, url)
 	subj := uniqueSubject(t)
 	_, err := srv.Serve(subj, broker.HandlerFunc(echoHandler))
 	require.NoError(t, err)
@@ -48,7 +48,7 @@ func TestOneInboxSubscriptionPerClient(t *testing.T) {
 
 func TestHeadersAndIDOnTheWire(t *testing.T) {
 	url := testenv.NATSURL(t)
-	b := newBroker(t, natsbroker.WithURL(url))
+	b := newBroker(t, url)
 	subj := uniqueSubject(t)
 
 	// A raw subscriber shows exactly what mqrpc puts on the wire.
@@ -82,7 +82,7 @@ func TestHeadersAndIDOnTheWire(t *testing.T) {
 }
 
 func TestNoRespondersIsImmediate(t *testing.T) {
-	b := newBroker(t, natsbroker.WithURL(testenv.NATSURL(t)))
+	b := newBroker(t, testenv.NATSURL(t))
 	start := time.Now()
 	_, err := b.Request(ctxTimeout(t, 10*time.Second), &broker.Message{Subject: uniqueSubject(t)})
 	require.ErrorIs(t, err, broker.ErrNoResponders)
@@ -93,7 +93,7 @@ func TestNoRespondersIsImmediate(t *testing.T) {
 // handler; a malformed deadline gets an InvalidArgument status reply.
 func TestServerDropsExpiredAndRefusesMalformedDeadline(t *testing.T) {
 	url := testenv.NATSURL(t)
-	b := newBroker(t, natsbroker.WithURL(url))
+	b := newBroker(t, url)
 	subj := uniqueSubject(t)
 	var served atomic.Int64
 	_, err := b.Serve(subj, rpcRejecting(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
@@ -120,7 +120,7 @@ func TestServerDropsExpiredAndRefusesMalformedDeadline(t *testing.T) {
 
 func TestConcurrencyIsBounded(t *testing.T) {
 	url := testenv.NATSURL(t)
-	b := newBroker(t, natsbroker.WithURL(url))
+	b := newBroker(t, url)
 	subj := uniqueSubject(t)
 	var running, peak atomic.Int64
 	_, err := b.Serve(subj, broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
@@ -151,7 +151,7 @@ func TestConcurrencyIsBounded(t *testing.T) {
 }
 
 func TestHandlerPanicIsADeliveryFailure(t *testing.T) {
-	b := newBroker(t, natsbroker.WithURL(testenv.NATSURL(t)))
+	b := newBroker(t, testenv.NATSURL(t))
 	subj := uniqueSubject(t)
 	_, err := b.Serve(subj, broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 		if string(req.Body) == "panic" {
@@ -169,7 +169,7 @@ func TestHandlerPanicIsADeliveryFailure(t *testing.T) {
 
 func TestMessageTooLarge(t *testing.T) {
 	srv := startEmbedded(t, embedded.WithoutJetStream(), embedded.WithMaxPayload(64<<10))
-	b := newBroker(t, natsbroker.WithURL(srv.URL()))
+	b := newBroker(t, srv.URL())
 	subj := uniqueSubject(t)
 	_, err := b.Serve(subj, rpcRejecting(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 		return &broker.Message{Body: make([]byte, 128<<10)}, nil
@@ -190,7 +190,7 @@ func TestNewFailsWithoutServer(t *testing.T) {
 	srv := startEmbedded(t, embedded.WithoutJetStream())
 	url := srv.URL()
 	srv.Close()
-	_, err := natsbroker.New(natsbroker.WithURL(url))
+	_, err := natsbroker.New(url)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "nats: connect")
 }
@@ -200,9 +200,9 @@ func TestNewFailsWithoutServer(t *testing.T) {
 // their deadline), and both the client and the server resume by themselves.
 func TestReconnectUnderLoad(t *testing.T) {
 	srv := startEmbedded(t, embedded.WithoutJetStream())
-	opts := []natsbroker.Option{natsbroker.WithURL(srv.URL()), natsbroker.WithReconnectWait(50 * time.Millisecond)}
-	server := newBroker(t, opts...)
-	client := newBroker(t, opts...)
+	opts := []natsbroker.Option{natsbroker.WithReconnectWait(50 * time.Millisecond)}
+	server := newBroker(t, srv.URL(), opts...)
+	client := newBroker(t, srv.URL(), opts...)
 	subj := uniqueSubject(t)
 	_, err := server.Serve(subj, broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 		time.Sleep(100 * time.Millisecond) // keep calls in flight
@@ -287,12 +287,12 @@ func TestStopRacesClose(t *testing.T) {
 	url := testenv.NATSURL(t)
 	for _, durable := range []bool{false, true} {
 		t.Run(map[bool]string{false: "Core", true: "JetStream"}[durable], func(t *testing.T) {
-			opts := []natsbroker.Option{natsbroker.WithURL(url)}
+			var opts []natsbroker.Option
 			if durable {
 				opts = append(opts, natsbroker.WithJetStream(testJetStream(t, url)))
 			}
 			for i := 0; i < 5; i++ {
-				b := newBroker(t, opts...)
+				b := newBroker(t, url, opts...)
 				subj := uniqueSubject(t)
 				sub, err := b.Serve(subj, broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
 					<-ctx.Done()

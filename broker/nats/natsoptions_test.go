@@ -20,9 +20,9 @@ func TestWithNATSOptions(t *testing.T) {
 	}))
 	require.NoError(t, err)
 	defer s.Close()
-	_, err = natsbroker.New(natsbroker.WithURL(s.URL()))
+	_, err = natsbroker.New(s.URL())
 	require.Error(t, err, "no credentials")
-	b, err := natsbroker.New(natsbroker.WithURL(s.URL()), natsbroker.WithNATSOptions(natsgo.UserInfo("app", "secret")))
+	b, err := natsbroker.New(s.URL(), natsbroker.WithNATSOptions(natsgo.UserInfo("app", "secret")))
 	require.NoError(t, err)
 	require.NoError(t, b.Close())
 }

@@ -10,7 +10,7 @@ import (
 	natsgo "github.com/nats-io/nats.go"
 )
 
-// DefaultURL is the server New connects to when no WithURL option is given.
+// DefaultURL is the server New connects to when its url is empty.
 const DefaultURL = "nats://127.0.0.1:4222"
 
 // Option configures a Broker made by New.
@@ -26,10 +26,15 @@ type config struct {
 	js            *JetStreamConfig
 }
 
-func newConfig(opts []Option) (*config, error) {
+func newConfig(url string, opts []Option) (*config, error) {
 	c := &config{
 		name:          "mqrpc",
 		reconnectWait: 250 * time.Millisecond,
+	}
+	for _, p := range strings.Split(url, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			c.urls = append(c.urls, p)
+		}
 	}
 	for _, o := range opts {
 		o(c)
@@ -51,21 +56,6 @@ func newConfig(opts []Option) (*config, error) {
 		c.js = &js
 	}
 	return c, nil
-}
-
-// WithURL sets the NATS server URLs (nats://host:port, tls://host:port,
-// comma-separated lists are accepted too). The client connects to one and
-// fails over to the others. Default: DefaultURL. No URLs keeps the default.
-func WithURL(urls ...string) Option {
-	return func(c *config) {
-		for _, u := range urls {
-			for _, p := range strings.Split(u, ",") {
-				if p = strings.TrimSpace(p); p != "" {
-					c.urls = append(c.urls, p)
-				}
-			}
-		}
-	}
 }
 
 // WithTLS makes the connection use TLS with cfg (server CAs, client

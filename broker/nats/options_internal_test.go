@@ -10,15 +10,14 @@ import (
 )
 
 func TestConfigDefaults(t *testing.T) {
-	c, err := newConfig(nil)
+	c, err := newConfig("", nil)
 	require.NoError(t, err)
 	assert.Equal(t, []string{DefaultURL}, c.urls)
 	assert.Equal(t, "mqrpc", c.name)
 	assert.NotNil(t, c.logger)
 	assert.Nil(t, c.js, "core mode by default")
 
-	c, err = newConfig([]Option{
-		WithURL("nats://a:4222, nats://b:4222", "", "tls://c:4443"),
+	c, err = newConfig("nats://a:4222, nats://b:4222,, tls://c:4443", []Option{
 		WithName(""), WithLogger(nil), WithReconnectWait(-1),
 		WithJetStream(JetStreamConfig{SubjectPrefix: "jobs."}),
 	})
@@ -33,7 +32,7 @@ func TestConfigDefaults(t *testing.T) {
 		DeliveryBucket: "MQRPC_DELIVERIES",
 	}, *c.js)
 
-	c, err = newConfig([]Option{WithJetStream(JetStreamConfig{Stream: "jobs:v1"})})
+	c, err = newConfig("", []Option{WithJetStream(JetStreamConfig{Stream: "jobs:v1"})})
 	require.NoError(t, err)
 	assert.Equal(t, "jobs_v1_DELIVERIES", c.js.DeliveryBucket, "a bucket name cannot hold ':'")
 }
@@ -52,7 +51,7 @@ func TestConfigErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := New(tt.opt)
+			_, err := New("", tt.opt)
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tt.want)
 		})

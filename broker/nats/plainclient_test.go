@@ -41,7 +41,7 @@ func deadlineIn(d time.Duration) string {
 
 func TestPlainNATSClientCallsService(t *testing.T) {
 	url := testenv.NATSURL(t)
-	b := newBroker(t, natsbroker.WithURL(url))
+	b := newBroker(t, url)
 	subject := uniqueSubject(t)
 	serveCalculator(t, b, subject)
 
@@ -86,7 +86,7 @@ func TestPlainNATSClientCallsService(t *testing.T) {
 func TestPlainNATSClientCallsDurableService(t *testing.T) {
 	url := testenv.NATSURL(t)
 	js := testJetStream(t, url)
-	b := newBroker(t, natsbroker.WithURL(url), natsbroker.WithJetStream(js))
+	b := newBroker(t, url, natsbroker.WithJetStream(js))
 	subject := uniqueSubject(t)
 	serveCalculator(t, b, subject)
 

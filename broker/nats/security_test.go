@@ -73,11 +73,11 @@ func TestTLS(t *testing.T) {
 		o.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}))
 
-	b := newBroker(t, natsbroker.WithURL(srv.URL()), natsbroker.WithTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
+	b := newBroker(t, srv.URL(), natsbroker.WithTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
 	require.True(t, b.Conn().TLSRequired())
 	roundTrip(t, b)
 
-	_, err := natsbroker.New(natsbroker.WithURL(srv.URL()), natsbroker.WithTLS(nil))
+	_, err := natsbroker.New(srv.URL(), natsbroker.WithTLS(nil))
 	require.Error(t, err, "a certificate from an unknown authority is refused")
 }
 
@@ -133,10 +133,10 @@ func TestAuthentication(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := startEmbedded(t, embedded.WithoutJetStream(), embedded.WithServerOptions(tt.server))
-			roundTrip(t, newBroker(t, natsbroker.WithURL(srv.URL()), tt.good))
-			_, err := natsbroker.New(natsbroker.WithURL(srv.URL()), tt.bad)
+			roundTrip(t, newBroker(t, srv.URL(), tt.good))
+			_, err := natsbroker.New(srv.URL(), tt.bad)
 			require.Error(t, err)
-			_, err = natsbroker.New(natsbroker.WithURL(srv.URL()))
+			_, err = natsbroker.New(srv.URL())
 			require.Error(t, err, "no credentials")
 		})
 	}
@@ -214,7 +214,7 @@ func (h *recordingHandler) has(msg string) bool {
 func TestNameAndLogger(t *testing.T) {
 	srv := startEmbedded(t, embedded.WithoutJetStream())
 	rec := &recordingHandler{}
-	b := newBroker(t, natsbroker.WithURL(srv.URL()), natsbroker.WithName("billing-client"),
+	b := newBroker(t, srv.URL(), natsbroker.WithName("billing-client"),
 		natsbroker.WithLogger(slog.New(rec)), natsbroker.WithReconnectWait(20*time.Millisecond))
 
 	connz, err := srv.NATSServer().Connz(&server.ConnzOptions{})

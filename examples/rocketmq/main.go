@@ -53,8 +53,8 @@ func envOr(name, def string) string {
 }
 
 func run(url string) error {
-	b, err := dial.Open(url, dial.WithName("rocketmq-example"), dial.WithScheme("rocketmq", func(u string) (broker.Broker, error) {
-		return rocketmq.New(u)
+	b, err := dial.Open(url, dial.WithScheme("rocketmq", func(u string) (broker.Broker, error) {
+		return rocketmq.New(u) // rocketmq://ns1:9876,ns2:9876
 	}))
 	if err != nil {
 		return err

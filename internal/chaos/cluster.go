@@ -232,7 +232,7 @@ func (c *NATSCluster) StreamCluster(ctx context.Context, stream string) (*jetstr
 // first URL that answers (the list is not randomized), in core mode, or in
 // durable mode with streams of ClusterReplicas replicas.
 func OpenCluster(urls, connName string, durable bool) (*nats.Broker, error) {
-	opts := []nats.Option{nats.WithURL(urls), nats.WithName(connName), nats.WithReconnectWait(100 * time.Millisecond),
+	opts := []nats.Option{nats.WithName(connName), nats.WithReconnectWait(100 * time.Millisecond),
 		nats.WithNATSOptions(natsgo.DontRandomize())}
 	if durable {
 		opts = append(opts, nats.WithJetStream(nats.JetStreamConfig{
@@ -245,7 +245,7 @@ func OpenCluster(urls, connName string, durable bool) (*nats.Broker, error) {
 			Replicas:         ClusterReplicas,
 		}))
 	}
-	return nats.New(opts...)
+	return nats.New(urls, opts...)
 }
 
 // OpenClusterStore opens the dedup store the servers of a cluster scenario

@@ -116,7 +116,7 @@ func TargetByName(name string) (Target, bool) {
 func (t Target) Open(addr, connName string) (broker.Broker, error) {
 	switch t.Name {
 	case "nats-core", "nats-jetstream":
-		opts := []nats.Option{nats.WithURL(addr), nats.WithName(connName), nats.WithReconnectWait(100 * time.Millisecond)}
+		opts := []nats.Option{nats.WithName(connName), nats.WithReconnectWait(100 * time.Millisecond)}
 		if t.Durable {
 			opts = append(opts, nats.WithJetStream(nats.JetStreamConfig{
 				Stream:           jsStream,
@@ -129,7 +129,7 @@ func (t Target) Open(addr, connName string) (broker.Broker, error) {
 				MaxDeliver: MaxDeliver,
 			}))
 		}
-		return nats.New(opts...)
+		return nats.New(addr, opts...)
 	case "rabbitmq-fast", "rabbitmq-durable", "rabbitmq-quorum":
 		opts := []amqp.Option{amqp.WithConnectionName(connName), amqp.WithReconnectBackoff(50*time.Millisecond, time.Second)}
 		switch t.Name {

@@ -55,7 +55,7 @@ func TestDependencies(t *testing.T) {
 		{name: "core", links: []string{}, notLinks: []string{nats, amqp, rocketmq}},
 		{
 			name: "nats", imports: `"github.com/mqrpc/mqrpc/broker/nats"`,
-			use:   `_, _ = nats.New(nats.WithURL("nats://127.0.0.1:4222"))`,
+			use:   `_, _ = nats.New("nats://127.0.0.1:4222")`,
 			links: []string{nats}, notLinks: []string{amqp, rocketmq},
 		},
 		{

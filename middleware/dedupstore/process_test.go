@@ -112,7 +112,7 @@ func runChild() int {
 	if err != nil {
 		return fail(err)
 	}
-	b, err := natsbroker.New(natsbroker.WithURL(os.Getenv(envNATS)))
+	b, err := natsbroker.New(os.Getenv(envNATS))
 	if err != nil {
 		return fail(err)
 	}
@@ -247,7 +247,7 @@ func TestAcrossProcesses(t *testing.T) {
 		t.Run(st.name, func(t *testing.T) {
 			env := append(st.setup(t), envNATS+"="+natsURL)
 			subject := func(name string) string { return "mqrpctest.dedupprocs." + name + "." + broker.NewID() }
-			b, err := natsbroker.New(natsbroker.WithURL(natsURL))
+			b, err := natsbroker.New(natsURL)
 			require.NoError(t, err)
 			defer b.Close()
 			client := rpc.NewClient(b)

@@ -57,7 +57,7 @@ func brokers() map[string]opener {
 			return b
 		},
 		"nats": func(t *testing.T) broker.Broker {
-			b, err := natsbroker.New(natsbroker.WithURL(testenv.NATSURL(t)))
+			b, err := natsbroker.New(testenv.NATSURL(t))
 			require.NoError(t, err)
 			t.Cleanup(func() { _ = b.Close() })
 			return b

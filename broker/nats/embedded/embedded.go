@@ -5,7 +5,7 @@
 //	srv, err := embedded.Start()
 //	if err != nil { ... }
 //	defer srv.Close()
-//	b, err := nats.New(nats.WithURL(srv.URL()))
+//	b, err := nats.New(srv.URL())
 //
 // It lives in its own package so that programs using broker/nats as a
 // client do not link the server.

@@ -17,7 +17,7 @@ func ExampleStart() {
 		panic(err)
 	}
 	defer ns.Close()
-	b, err := natsbroker.New(natsbroker.WithURL(ns.URL()))
+	b, err := natsbroker.New(ns.URL())
 	if err != nil {
 		panic(err)
 	}
