@@ -329,12 +329,7 @@ func (b *Broker) Close() error {
 	}
 	b.subsMu.Unlock()
 	for _, s := range subs {
-		s.abort()
-	}
-	if len(subs) > 0 && b.nc.IsConnected() {
-		// The Unavailable replies of the aborted deliveries go out
-		// before the connection.
-		_ = b.nc.FlushTimeout(time.Second)
+		s.abort() // their Unavailable replies go out with nc.Close's last flush
 	}
 	// Fail the calls before closing: the connection's own callbacks run
 	// asynchronously, and Close must return with none left waiting.

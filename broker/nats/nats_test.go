@@ -319,3 +319,20 @@ func TestStopRacesClose(t *testing.T) {
 		})
 	}
 }
+
+// Stop takes a ctx without a deadline: it drains for as long as the
+// handlers need (flushing the replies at most setupTimeout), in both modes.
+func TestStopWithoutDeadline(t *testing.T) {
+	url := testenv.NATSURL(t)
+	for name, opts := range map[string][]natsbroker.Option{
+		"core":      nil,
+		"jetstream": {natsbroker.WithJetStream(testJetStream(t, url))},
+	} {
+		t.Run(name, func(t *testing.T) {
+			b := newBroker(t, url, opts...)
+			sub, err := b.Serve(uniqueSubject(t), broker.HandlerFunc(echoHandler))
+			require.NoError(t, err)
+			require.NoError(t, sub.Stop(context.Background()))
+		})
+	}
+}
