@@ -20,7 +20,7 @@ import (
 // flight, instead of running the method again.
 const HeaderReplayed = "mqrpc-replayed"
 
-// Defaults of DedupConfig and NewMemoryDedupStore.
+// Defaults of Dedup's options and NewMemoryDedupStore.
 const (
 	// DefaultDedupSize is how many outcomes the in-memory store keeps.
 	DefaultDedupSize = 10000
@@ -107,43 +107,67 @@ type DedupLease interface {
 	Release(ctx context.Context) error
 }
 
-// DedupConfig configures Dedup. The zero value deduplicates by Message.ID
-// in a DefaultDedupSize, DefaultDedupTTL in-memory store.
-type DedupConfig struct {
-	// Store keeps outcomes. Default: NewMemoryDedupStore(DefaultDedupSize,
-	// DefaultDedupTTL), of its own per Dedup middleware. Server processes
-	// that compete for the same requests share a store (see DedupClaimer).
-	Store DedupStore
-	// Lease is how long a claim in a DedupClaimer holds a key without
-	// renewal: a run renews it every Lease/3, and a repeat runs the
-	// request once Lease has passed since the last renewal of a claim
-	// whose process died. Shorter leases recover sooner after a crash and
-	// cost more renewals. Default: DefaultDedupLease.
-	Lease time.Duration
-	// Key returns the deduplication key of a request; "" means the request
-	// is not deduplicated. Default: Message.ID, which a client keeps
-	// across the retries of one call. Message IDs are trusted: callers
-	// that can choose them can read each other's cached replies, so scope
-	// the key (for instance by a caller identity header) when callers do
-	// not trust each other.
-	Key func(req *broker.Message) string
-	// TransientCodes are the error codes whose replies are not stored, so
-	// a repeat runs the method again: they say the work was not done, or
-	// not finished, and a retry is meant to try again. Default:
-	// Unavailable, ResourceExhausted, Aborted, DeadlineExceeded, Canceled.
-	// Delivery failures (errors that are not *rpc.Error) are never stored.
+// DedupOption configures Dedup.
+type DedupOption func(*dedupConfig)
+
+type dedupConfig struct {
+	Store          DedupStore
+	Lease          time.Duration
+	Key            func(req *broker.Message) string
 	TransientCodes []rpc.Code
-	// OnDuplicate, if not nil, is called for each repeat that does not
-	// run the method: with inFlight true when it starts waiting for the
-	// first run still in flight (in this process or, with a DedupClaimer,
-	// in another), with inFlight false when it is answered from the store.
-	// It must not retain req.
-	OnDuplicate func(ctx context.Context, req *broker.Message, inFlight bool)
-	// OnStoreError, if not nil, is called when storing an outcome, or
-	// renewing or releasing a claim, fails. The reply is still sent, but
-	// a repeat may run the method again (once the claim's lease passed).
-	// It must not retain req.
-	OnStoreError func(ctx context.Context, req *broker.Message, err error)
+	OnDuplicate    func(ctx context.Context, req *broker.Message, inFlight bool)
+	OnStoreError   func(ctx context.Context, req *broker.Message, err error)
+}
+
+// WithDedupStore sets the store that keeps outcomes. Server processes that
+// compete for the same requests share a store (see DedupClaimer). Default
+// (and nil): NewMemoryDedupStore(DefaultDedupSize, DefaultDedupTTL), of its
+// own per Dedup middleware.
+func WithDedupStore(s DedupStore) DedupOption { return func(c *dedupConfig) { c.Store = s } }
+
+// WithDedupLease sets how long a claim in a DedupClaimer holds a key
+// without renewal: a run renews it every lease/3, and a repeat runs the
+// request once lease has passed since the last renewal of a claim whose
+// process died. Shorter leases recover sooner after a crash and cost more
+// renewals. Default (and zero or less): DefaultDedupLease.
+func WithDedupLease(lease time.Duration) DedupOption {
+	return func(c *dedupConfig) { c.Lease = lease }
+}
+
+// WithDedupKey sets the function that returns the deduplication key of a
+// request; "" means the request is not deduplicated. Default (and nil):
+// Message.ID, which a client keeps across the retries of one call. Message
+// IDs are trusted: callers that can choose them can read each other's
+// cached replies, so scope the key (for instance by a caller identity
+// header) when callers do not trust each other.
+func WithDedupKey(key func(req *broker.Message) string) DedupOption {
+	return func(c *dedupConfig) { c.Key = key }
+}
+
+// WithTransientCodes sets the error codes whose replies are not stored, so
+// a repeat runs the method again: they say the work was not done, or not
+// finished, and a retry is meant to try again. Default (and no codes):
+// Unavailable, ResourceExhausted, Aborted, DeadlineExceeded, Canceled.
+// Delivery failures (errors that are not *rpc.Error) are never stored.
+func WithTransientCodes(codes ...rpc.Code) DedupOption {
+	return func(c *dedupConfig) { c.TransientCodes = slices.Clone(codes) }
+}
+
+// OnDuplicate sets a function called for each repeat that does not run
+// the method: with inFlight true when it starts waiting for the first run
+// still in flight (in this process or, with a DedupClaimer, in another),
+// with inFlight false when it is answered from the store. It must not
+// retain req. Default: none.
+func OnDuplicate(fn func(ctx context.Context, req *broker.Message, inFlight bool)) DedupOption {
+	return func(c *dedupConfig) { c.OnDuplicate = fn }
+}
+
+// OnStoreError sets a function called when storing an outcome, or renewing
+// or releasing a claim, fails. The reply is still sent, but a repeat may
+// run the method again (once the claim's lease passed). It must not retain
+// req. Default: none.
+func OnStoreError(fn func(ctx context.Context, req *broker.Message, err error)) DedupOption {
+	return func(c *dedupConfig) { c.OnStoreError = fn }
 }
 
 // Dedup returns server middleware that runs a method at most once per
@@ -173,8 +197,13 @@ type DedupConfig struct {
 // effect and its outcome in one transaction of its own.
 //
 // Place it inside a DeadlineGuard and outside limits, so a repeat is
-// answered from the store without taking a slot.
-func Dedup(cfg DedupConfig) rpc.Middleware {
+// answered from the store without taking a slot. It is server middleware:
+// a client chain with it panics when it is built.
+func Dedup(opts ...DedupOption) rpc.Middleware {
+	var cfg dedupConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
 	if cfg.Store == nil {
 		cfg.Store = NewMemoryDedupStore(DefaultDedupSize, DefaultDedupTTL)
 	}
@@ -184,18 +213,17 @@ func Dedup(cfg DedupConfig) rpc.Middleware {
 	if cfg.Key == nil {
 		cfg.Key = func(req *broker.Message) string { return req.ID }
 	}
-	if cfg.TransientCodes == nil {
+	if len(cfg.TransientCodes) == 0 {
 		cfg.TransientCodes = []rpc.Code{rpc.Unavailable, rpc.ResourceExhausted, rpc.Aborted, rpc.DeadlineExceeded, rpc.Canceled}
 	}
-	cfg.TransientCodes = slices.Clone(cfg.TransientCodes)
 	claimer, _ := cfg.Store.(DedupClaimer)
-	return func(next broker.Handler) broker.Handler {
+	return rpc.ServerOnly("middleware.Dedup", func(next broker.Handler) broker.Handler {
 		return &deduper{cfg: cfg, claimer: claimer, next: next, flights: make(map[string]*flight)}
-	}
+	})
 }
 
 type deduper struct {
-	cfg     DedupConfig
+	cfg     dedupConfig
 	claimer DedupClaimer // cfg.Store, when it claims keys
 	next    broker.Handler
 

@@ -23,7 +23,7 @@ func BenchmarkDedup(b *testing.B) {
 		ids[i] = "id-" + strconv.Itoa(i)
 	}
 	b.Run("new", func(b *testing.B) {
-		h := middleware.Dedup(middleware.DedupConfig{})(next)
+		h := middleware.Dedup()(next)
 		b.ReportAllocs()
 		i := 0
 		for b.Loop() {
@@ -35,7 +35,7 @@ func BenchmarkDedup(b *testing.B) {
 		}
 	})
 	b.Run("repeat", func(b *testing.B) {
-		h := middleware.Dedup(middleware.DedupConfig{})(next)
+		h := middleware.Dedup()(next)
 		for _, id := range ids[:1000] {
 			_, _ = h.ServeMessage(ctx, &broker.Message{ID: id})
 		}
@@ -49,7 +49,7 @@ func BenchmarkDedup(b *testing.B) {
 		}
 	})
 	b.Run("parallel-new", func(b *testing.B) {
-		h := middleware.Dedup(middleware.DedupConfig{})(next)
+		h := middleware.Dedup()(next)
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {

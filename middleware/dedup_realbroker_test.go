@@ -63,7 +63,7 @@ func TestExactlyOnceRealBroker(t *testing.T) {
 				})
 			}
 			var runs atomic.Int32
-			srv := rpc.NewServer(rpc.WithServerMiddleware(loseFirstReply, middleware.Dedup(middleware.DedupConfig{})))
+			srv := rpc.NewServer(rpc.WithServerMiddleware(loseFirstReply, middleware.Dedup()))
 			require.NoError(t, rpc.Handle(srv, "Pay", func(_ context.Context, in *govReq) (*govRes, error) {
 				runs.Add(1)
 				return &govRes{Sum: in.A}, nil

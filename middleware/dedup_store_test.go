@@ -44,17 +44,17 @@ func TestDedupSharedStore(t *testing.T) {
 	// every lease/3 is never late on a loaded two-core machine under -race.
 	const lease = time.Second
 	var waited atomic.Int32
-	cfg := middleware.DedupConfig{
-		Store: store,
-		Lease: lease,
-		OnDuplicate: func(_ context.Context, _ *broker.Message, inFlight bool) {
+	cfg := []middleware.DedupOption{
+		middleware.WithDedupStore(store),
+		middleware.WithDedupLease(lease),
+		middleware.OnDuplicate(func(_ context.Context, _ *broker.Message, inFlight bool) {
 			if inFlight {
 				waited.Add(1)
 			}
-		},
-		OnStoreError: func(_ context.Context, _ *broker.Message, err error) { t.Errorf("store error: %v", err) },
+		}),
+		middleware.OnStoreError(func(_ context.Context, _ *broker.Message, err error) { t.Errorf("store error: %v", err) }),
 	}
-	first, second := middleware.Dedup(cfg)(next), middleware.Dedup(cfg)(next)
+	first, second := middleware.Dedup(cfg...)(next), middleware.Dedup(cfg...)(next)
 
 	firstDone := make(chan error, 1)
 	go func() {
@@ -93,12 +93,12 @@ func TestDedupSharedStoreTransient(t *testing.T) {
 		}
 		return &broker.Message{}, nil
 	})
-	cfg := middleware.DedupConfig{Store: store, Lease: time.Hour}
-	_, err := middleware.Dedup(cfg)(next).ServeMessage(context.Background(), &broker.Message{ID: "k"})
+	cfg := []middleware.DedupOption{middleware.WithDedupStore(store), middleware.WithDedupLease(time.Hour)}
+	_, err := middleware.Dedup(cfg...)(next).ServeMessage(context.Background(), &broker.Message{ID: "k"})
 	assert.Equal(t, rpc.Unavailable, rpc.CodeOf(err))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err = middleware.Dedup(cfg)(next).ServeMessage(ctx, &broker.Message{ID: "k"})
+	_, err = middleware.Dedup(cfg...)(next).ServeMessage(ctx, &broker.Message{ID: "k"})
 	require.NoError(t, err, "the repeat ran without waiting for the hour-long lease")
 	assert.Equal(t, int32(2), runs.Load())
 }
@@ -110,7 +110,7 @@ func TestDedupSharedStoreGivesUp(t *testing.T) {
 	c, err := store.Claim(context.Background(), "k", time.Hour) // another process holds it
 	require.NoError(t, err)
 	require.NotNil(t, c.Lease)
-	h := middleware.Dedup(middleware.DedupConfig{Store: store})(broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
+	h := middleware.Dedup(middleware.WithDedupStore(store))(broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
 		t.Error("ran although claimed elsewhere")
 		return nil, nil
 	}))
@@ -153,7 +153,7 @@ func TestDedupClaimErrors(t *testing.T) {
 	t.Run("claim fails closed", func(t *testing.T) {
 		runs.Store(0)
 		boom := errors.New("store down")
-		h := middleware.Dedup(middleware.DedupConfig{Store: failingClaimer{middleware.NewMemoryDedupStore(0, 0), boom, nil}})(next)
+		h := middleware.Dedup(middleware.WithDedupStore(failingClaimer{middleware.NewMemoryDedupStore(0, 0), boom, nil}))(next)
 		_, err := h.ServeMessage(context.Background(), &broker.Message{ID: "1"})
 		assert.Equal(t, rpc.Unavailable, rpc.CodeOf(err))
 		assert.ErrorIs(t, err, boom)
@@ -161,8 +161,9 @@ func TestDedupClaimErrors(t *testing.T) {
 		assert.Zero(t, runs.Load())
 		// Through a server: no reply (which a durable broker would
 		// acknowledge, losing the request), the delivery fails.
-		srv := rpc.NewServer(rpc.WithServerMiddleware(middleware.Dedup(middleware.DedupConfig{
-			Store: failingClaimer{middleware.NewMemoryDedupStore(0, 0), boom, nil}})))
+		srv := rpc.NewServer(rpc.WithServerMiddleware(middleware.Dedup(
+			middleware.WithDedupStore(failingClaimer{middleware.NewMemoryDedupStore(0, 0), boom, nil}),
+		)))
 		require.NoError(t, rpc.Handle(srv, "M", func(context.Context, *struct{}) (*struct{}, error) {
 			runs.Add(1)
 			return &struct{}{}, nil
@@ -179,10 +180,10 @@ func TestDedupClaimErrors(t *testing.T) {
 		boom := errors.New("store full")
 		store := failingClaimer{middleware.NewMemoryDedupStore(0, 0), nil, boom}
 		var reported error
-		h := middleware.Dedup(middleware.DedupConfig{
-			Store:        store,
-			OnStoreError: func(_ context.Context, _ *broker.Message, err error) { reported = err },
-		})(next)
+		h := middleware.Dedup(
+			middleware.WithDedupStore(store),
+			middleware.OnStoreError(func(_ context.Context, _ *broker.Message, err error) { reported = err }),
+		)(next)
 		reply, err := h.ServeMessage(context.Background(), &broker.Message{ID: "1"})
 		require.NoError(t, err)
 		assert.Equal(t, "ok", string(reply.Body))
@@ -206,7 +207,7 @@ func TestDedupPanic(t *testing.T) {
 				store = govFailingStore{} // loads nothing, stores nowhere
 			}
 			var runs atomic.Int32
-			h := middleware.Dedup(middleware.DedupConfig{Store: store, Lease: time.Hour})(broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
+			h := middleware.Dedup(middleware.WithDedupStore(store), middleware.WithDedupLease(time.Hour))(broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
 				if runs.Add(1) == 1 {
 					panic("poison")
 				}

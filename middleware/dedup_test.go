@@ -55,9 +55,9 @@ func TestDedup(t *testing.T) {
 				return &r, tt.err
 			})
 			var dups []bool
-			h := middleware.Dedup(middleware.DedupConfig{
-				OnDuplicate: func(_ context.Context, _ *broker.Message, inFlight bool) { dups = append(dups, inFlight) },
-			})(next)
+			h := middleware.Dedup(
+				middleware.OnDuplicate(func(_ context.Context, _ *broker.Message, inFlight bool) { dups = append(dups, inFlight) }),
+			)(next)
 			for i := range 2 {
 				reply, err := h.ServeMessage(context.Background(), &broker.Message{ID: tt.id})
 				assert.Equal(t, tt.wantCode, rpc.CodeOf(err), "call %d", i)
@@ -88,7 +88,7 @@ func TestDedupStoreErrors(t *testing.T) {
 	})
 	t.Run("load fails closed", func(t *testing.T) {
 		boom := errors.New("store down")
-		h := middleware.Dedup(middleware.DedupConfig{Store: govFailingStore{load: boom}})(next)
+		h := middleware.Dedup(middleware.WithDedupStore(govFailingStore{load: boom}))(next)
 		_, err := h.ServeMessage(context.Background(), &broker.Message{ID: "1"})
 		assert.Equal(t, rpc.Unavailable, rpc.CodeOf(err))
 		assert.ErrorIs(t, err, boom)
@@ -96,10 +96,10 @@ func TestDedupStoreErrors(t *testing.T) {
 	t.Run("store failure is reported, reply sent", func(t *testing.T) {
 		boom := errors.New("store full")
 		var reported error
-		h := middleware.Dedup(middleware.DedupConfig{
-			Store:        govFailingStore{store: boom},
-			OnStoreError: func(_ context.Context, _ *broker.Message, err error) { reported = err },
-		})(next)
+		h := middleware.Dedup(
+			middleware.WithDedupStore(govFailingStore{store: boom}),
+			middleware.OnStoreError(func(_ context.Context, _ *broker.Message, err error) { reported = err }),
+		)(next)
 		reply, err := h.ServeMessage(context.Background(), &broker.Message{ID: "1"})
 		require.NoError(t, err)
 		assert.Equal(t, "ok", string(reply.Body))
@@ -115,13 +115,13 @@ func TestDedupInFlight(t *testing.T) {
 	defer b.Close()
 	release := make(chan struct{})
 	var waited atomic.Int32
-	dedup := middleware.Dedup(middleware.DedupConfig{
-		OnDuplicate: func(_ context.Context, _ *broker.Message, inFlight bool) {
+	dedup := middleware.Dedup(
+		middleware.OnDuplicate(func(_ context.Context, _ *broker.Message, inFlight bool) {
 			if inFlight && waited.Add(1) == 1 {
 				close(release) // the duplicate is waiting: let the first finish
 			}
-		},
-	})
+		}),
+	)
 	runs := govCounter(t, b, func(int32) { <-release }, dedup)
 	b.SetFaults(memory.Faults{Duplicates: 1})
 	got, err := rpc.Invoke[govReq, govRes](context.Background(), rpc.NewClient(b), "calc", "Add", &govReq{A: 20, B: 22})
@@ -155,7 +155,7 @@ func TestDedupExactlyOnce(t *testing.T) {
 			defer b.Close()
 			var mw []rpc.Middleware
 			if tt.dedup {
-				mw = append(mw, middleware.Dedup(middleware.DedupConfig{}))
+				mw = append(mw, middleware.Dedup())
 			}
 			runs := govCounter(t, b, nil, mw...)
 			var retries atomic.Int32
@@ -183,4 +183,45 @@ func TestDedupExactlyOnce(t *testing.T) {
 			}
 		})
 	}
+}
+
+// WithDedupKey picks the key (here a header, so two IDs with one key run
+// once; no key, no dedup); WithTransientCodes replaces the codes whose
+// replies are not kept.
+func TestDedupOptions(t *testing.T) {
+	run := func(t *testing.T, h broker.Handler, reqs ...*broker.Message) {
+		t.Helper()
+		for _, req := range reqs {
+			_, _ = h.ServeMessage(context.Background(), req)
+		}
+	}
+	counting := func(runs *int, err error) broker.Handler {
+		return broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
+			*runs++
+			return &broker.Message{Body: []byte("ok")}, err
+		})
+	}
+	t.Run("key", func(t *testing.T) {
+		runs := 0
+		h := middleware.Dedup(middleware.WithDedupKey(func(req *broker.Message) string {
+			return req.Header.Get("x-operation")
+		}))(counting(&runs, nil))
+		op := func(id, key string) *broker.Message {
+			m := &broker.Message{ID: id, Header: broker.Header{}}
+			m.Header.Set("x-operation", key)
+			return m
+		}
+		run(t, h, op("1", "pay-7"), op("2", "pay-7"), op("3", ""), op("3", ""))
+		assert.Equal(t, 3, runs, "pay-7 once, the keyless request twice")
+	})
+	t.Run("transient codes", func(t *testing.T) {
+		runs := 0
+		h := middleware.Dedup(middleware.WithTransientCodes(rpc.NotFound))(counting(&runs, rpc.Errorf(rpc.NotFound, "not yet")))
+		run(t, h, &broker.Message{ID: "1"}, &broker.Message{ID: "1"})
+		assert.Equal(t, 2, runs, "NotFound is transient: runs again")
+		runs = 0
+		h = middleware.Dedup(middleware.WithTransientCodes(rpc.NotFound))(counting(&runs, rpc.Errorf(rpc.Unavailable, "down")))
+		run(t, h, &broker.Message{ID: "1"}, &broker.Message{ID: "1"})
+		assert.Equal(t, 1, runs, "Unavailable is no longer transient: replayed")
+	})
 }

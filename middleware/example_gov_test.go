@@ -63,7 +63,7 @@ func ExampleDedup() {
 	defer b.Close()
 
 	var runs atomic.Int32
-	srv := rpc.NewServer(rpc.WithServerMiddleware(middleware.Dedup(middleware.DedupConfig{})))
+	srv := rpc.NewServer(rpc.WithServerMiddleware(middleware.Dedup()))
 	_ = rpc.Handle(srv, "Pay", func(_ context.Context, in *govAddRequest) (*govAddReply, error) {
 		runs.Add(1)
 		return &govAddReply{Sum: in.A}, nil

@@ -32,6 +32,7 @@ func TestMiddlewareSides(t *testing.T) {
 		"ServerTimeout":    middleware.ServerTimeout(time.Second),
 		"DeadlineGuard":    (&middleware.DeadlineGuard{}).Middleware,
 		"HMAC server":      signer.Server(),
+		"Dedup":            middleware.Dedup(),
 	}
 	both := map[string]rpc.Middleware{
 		"Recover": middleware.Recover(),

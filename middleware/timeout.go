@@ -22,7 +22,7 @@
 //	guard := &middleware.DeadlineGuard{}          // guard.Expired() counts refusals
 //	srv := rpc.NewServer(rpc.WithServerMiddleware(
 //		guard.Middleware,                           // refuses expired work
-//		middleware.Dedup(middleware.DedupConfig{}), // answers repeats from a cache
+//		middleware.Dedup(), // answers repeats from a cache
 //		middleware.ConcurrencyLimit(100),           // refuses excess at once
 //	))
 //

@@ -160,7 +160,7 @@ type ServerConfig struct {
 	// Crash is what MethodCrash does once it recorded its start: os.Exit
 	// in a child server. Default: panic (Recover turns it into Internal).
 	Crash func()
-	// Lease is Dedup's claim lease (DedupConfig.Lease), for stores that
+	// Lease is Dedup's claim lease (WithDedupLease), for stores that
 	// claim keys; 0 is Dedup's default.
 	Lease time.Duration
 }
@@ -186,7 +186,7 @@ func NewServerConfig(cfg ServerConfig) *rpc.Server {
 		rpc.WithServerMiddleware(
 			middleware.Recover(),
 			guard.Middleware,
-			middleware.Dedup(middleware.DedupConfig{Store: store, Lease: cfg.Lease}),
+			middleware.Dedup(middleware.WithDedupStore(store), middleware.WithDedupLease(cfg.Lease)),
 			fail,
 		),
 	)

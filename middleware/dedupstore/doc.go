@@ -22,7 +22,7 @@
 //     outcome, and a repeat that arrives after it gets the stored reply
 //     (marked middleware.HeaderReplayed), for the store's TTL;
 //   - when a process dies mid-request (SIGKILL included), its claim
-//     expires after the lease (middleware.DedupConfig.Lease, 15 s by
+//     expires after the lease (middleware.WithDedupLease, 15 s by
 //     default) and a repeat then runs the request in another process;
 //   - when the store cannot be reached, requests are refused with
 //     Unavailable, never run unguarded: a durable broker redelivers them.

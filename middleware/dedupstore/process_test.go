@@ -38,7 +38,7 @@ const (
 	envSubject = "MQRPC_DEDUPSTORE_SUBJECT"
 )
 
-// lease is the children's DedupConfig.Lease: short, so a killed child's
+// lease is the children's WithDedupLease: short, so a killed child's
 // claim expires soon.
 const lease = 2 * time.Second
 
@@ -95,7 +95,7 @@ func runChild() int {
 		defer mu.Unlock()
 		_, _ = io.WriteString(os.Stdout, s+"\n")
 	}
-	srv := rpc.NewServer(rpc.WithServerMiddleware(middleware.Dedup(middleware.DedupConfig{Store: store, Lease: lease})))
+	srv := rpc.NewServer(rpc.WithServerMiddleware(middleware.Dedup(middleware.WithDedupStore(store), middleware.WithDedupLease(lease))))
 	err := rpc.Handle(srv, "Work", func(ctx context.Context, in *workRequest) (*workReply, error) {
 		id := rpc.RequestMessage(ctx).ID
 		line("S " + id)

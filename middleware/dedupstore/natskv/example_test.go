@@ -45,7 +45,7 @@ func Example() {
 	b := memory.New()
 	defer b.Close()
 	payments := 0
-	server := rpc.NewServer(rpc.WithServerMiddleware(middleware.Dedup(middleware.DedupConfig{Store: store})))
+	server := rpc.NewServer(rpc.WithServerMiddleware(middleware.Dedup(middleware.WithDedupStore(store))))
 	_ = rpc.Handle(server, "Pay", func(_ context.Context, in *PayRequest) (*PayReply, error) {
 		payments++
 		return &PayReply{Paid: in.Cents}, nil

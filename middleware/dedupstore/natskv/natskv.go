@@ -9,7 +9,7 @@
 //	js, _ := jetstream.New(nc)
 //	store, err := natskv.New(ctx, js, "mqrpc_dedup")
 //	srv := rpc.NewServer(rpc.WithServerMiddleware(
-//		middleware.Dedup(middleware.DedupConfig{Store: store}),
+//		middleware.Dedup(middleware.WithDedupStore(store)),
 //	))
 //
 // # Guarantee
@@ -23,7 +23,7 @@
 //
 // A claim whose process died (SIGKILL, power loss) is not renewed. The
 // NATS server itself removes it a lease after its last renewal
-// (middleware.DedupConfig.Lease, rounded up to whole seconds; each claim
+// (middleware.WithDedupLease, rounded up to whole seconds; each claim
 // revision carries it as a per-message TTL, measured on the server's
 // clock), and a repeat then claims the key anew. So after a crash every
 // request the dead process held can run again a lease after the crash,
@@ -41,7 +41,7 @@
 // Unavailable instead of running them unguarded: a durable broker
 // redelivers them, a client's Retry tries again, and nothing runs twice.
 // A claim or outcome that cannot be written is reported to
-// DedupConfig.OnStoreError.
+// middleware.OnStoreError.
 //
 // Request keys are stored hashed (SHA-256, base64url), since key-value
 // keys allow few characters.

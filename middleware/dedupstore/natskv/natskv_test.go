@@ -128,7 +128,7 @@ func TestUnreachable(t *testing.T) {
 	srv.Stop()
 
 	var runs atomic.Int32
-	h := middleware.Dedup(middleware.DedupConfig{Store: store})(broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
+	h := middleware.Dedup(middleware.WithDedupStore(store))(broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
 		runs.Add(1)
 		return &broker.Message{}, nil
 	}))

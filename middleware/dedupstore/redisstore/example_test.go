@@ -14,6 +14,6 @@ func ExampleNew() {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
 	defer rdb.Close()
 	store := redisstore.New(rdb, redisstore.WithPrefix("payments:dedup:"))
-	srv := rpc.NewServer(rpc.WithServerMiddleware(middleware.Dedup(middleware.DedupConfig{Store: store})))
+	srv := rpc.NewServer(rpc.WithServerMiddleware(middleware.Dedup(middleware.WithDedupStore(store))))
 	_ = srv // rpc.Handle(srv, ...), then serve it on a broker
 }

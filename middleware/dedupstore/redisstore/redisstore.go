@@ -6,7 +6,7 @@
 //
 //	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
 //	srv := rpc.NewServer(rpc.WithServerMiddleware(
-//		middleware.Dedup(middleware.DedupConfig{Store: redisstore.New(rdb)}),
+//		middleware.Dedup(middleware.WithDedupStore(redisstore.New(rdb))),
 //	))
 //
 // # Guarantee
@@ -17,14 +17,14 @@
 // A repeat that finds the key claimed waits for the outcome; one that
 // finds the outcome is answered from it. A claim whose process died
 // (SIGKILL, power loss) is not renewed and expires after its lease
-// (middleware.DedupConfig.Lease): a repeat then runs the request. Expiry
+// (middleware.WithDedupLease): a repeat then runs the request. Expiry
 // follows the Redis server's clock only; the servers' clocks do not
 // matter.
 //
 // When Redis cannot be reached, Dedup refuses requests with Unavailable
 // instead of running them unguarded: a durable broker redelivers them,
 // a client's Retry tries again, and nothing runs twice. A claim or outcome
-// that cannot be written is reported to DedupConfig.OnStoreError.
+// that cannot be written is reported to middleware.OnStoreError.
 //
 // What Redis itself loses it cannot deduplicate: an outcome written just
 // before a Redis crash without persistence, or on a primary that failed

@@ -89,10 +89,10 @@ func TestUnreachable(t *testing.T) {
 	defer c.Close()
 
 	var runs, storeErrs atomic.Int32
-	h := middleware.Dedup(middleware.DedupConfig{
-		Store:        redisstore.New(c),
-		OnStoreError: func(context.Context, *broker.Message, error) { storeErrs.Add(1) },
-	})(broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
+	h := middleware.Dedup(
+		middleware.WithDedupStore(redisstore.New(c)),
+		middleware.OnStoreError(func(context.Context, *broker.Message, error) { storeErrs.Add(1) }),
+	)(broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
 		runs.Add(1)
 		return &broker.Message{}, nil
 	}))
