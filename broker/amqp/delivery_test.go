@@ -273,3 +273,40 @@ func TestSuspectNestedCall(t *testing.T) {
 		t.Fatal("the suspect did not run")
 	}
 }
+
+// TestSuspectRunsAlone: in durable mode a suspect (a request moved to
+// "<queue>.suspect" after its server was lost) starts only once the
+// handler running in its broker finished, and a request that comes while
+// the suspect runs starts only after it.
+func TestSuspectRunsAlone(t *testing.T) {
+	url, _ := vhostURL(t)
+	b := open(t, url, amqp.WithDurable(amqp.ClassicQueue))
+	subj := "alone-" + broker.NewID()
+	var mu sync.Mutex
+	var events []string
+	record := func(e string) {
+		mu.Lock()
+		events = append(events, e)
+		mu.Unlock()
+	}
+	started := make(chan string, 3)
+	serve(t, b, subj, func(_ context.Context, req *broker.Message) (*broker.Message, error) {
+		record("start " + req.ID)
+		started <- req.ID
+		time.Sleep(time.Second)
+		record("end " + req.ID)
+		return nil, nil
+	}, broker.WithConcurrency(4))
+
+	require.NoError(t, b.Send(ctxT(t, 10*time.Second), &broker.Message{ID: "before", Subject: subj}))
+	require.Equal(t, "before", <-started)
+	_, ch := rawChannel(t, url)
+	require.NoError(t, ch.Publish("", subj+".suspect", false, false, amqp091.Publishing{MessageId: "suspect",
+		DeliveryMode: amqp091.Persistent, Headers: amqp091.Table{"x-mqrpc-deliveries": int32(1)}}))
+	require.Equal(t, "suspect", <-started)
+	require.NoError(t, b.Send(ctxT(t, 10*time.Second), &broker.Message{ID: "after", Subject: subj}))
+	require.Equal(t, "after", <-started)
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, []string{"start before", "end before", "start suspect", "end suspect", "start after"}, events)
+}
