@@ -9,6 +9,7 @@ import (
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/amqp"
 	"github.com/mqrpc/mqrpc/broker/brokertest"
+	"github.com/mqrpc/mqrpc/rpc/rpctest"
 )
 
 func newBrokerFunc(url string, opts ...amqp.Option) brokertest.NewBroker {
@@ -77,4 +78,20 @@ func TestConformanceQuorum(t *testing.T) {
 		Restart:      func(t testing.TB) { closeVhostConnections(t, vhost) },
 		Kernel:       true,
 	}, newBrokerFunc(url, amqp.WithDurable(amqp.QuorumQueue)))
+}
+
+// TestRPCConformance runs the rpc-level suite (rpc/rpctest) on the shared
+// RabbitMQ, in fast and durable mode.
+func TestRPCConformance(t *testing.T) {
+	url, _ := vhostURL(t)
+	for name, opts := range map[string][]amqp.Option{
+		"fast":    nil,
+		"durable": {amqp.WithDurable(amqp.QuorumQueue)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			rpctest.Run(t, rpctest.Features{Kernel: true}, func(t testing.TB) broker.Broker {
+				return newBrokerFunc(url, opts...)(t)
+			})
+		})
+	}
 }
