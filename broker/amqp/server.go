@@ -70,10 +70,14 @@ func (b *Broker) serve(d *driver, h broker.Handler, cfg broker.ServeConfig, op s
 		d.cancel()
 		return nil, fmt.Errorf("amqp: %s %s: %w", op, d.subject, err)
 	}
-	d.cur = c
+	d.cur.Store(c)
 	sub := kernel.Serve[*delivery](d, d.subject, h, cfg, kernel.Options{Name: "amqp", Log: b.cfg.logger})
 	d.sub.Store(sub)
-	d.startLanes(c)
+	d.mu.Lock()
+	if d.ctx.Err() == nil {
+		d.watchCancels(c)
+	}
+	d.mu.Unlock()
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -127,9 +131,9 @@ type driver struct {
 	stop   sync.Once
 	wg     sync.WaitGroup // lanes and channel closers; no Add once ctx ended
 
-	mu       sync.Mutex
-	cur      *consumer     // nil while resuming
-	resuming chan struct{} // closed when a resume ended; nil when none runs
+	cur      atomic.Pointer[consumer]
+	resuming sync.Mutex // held by the one who replaces a lost consumer
+	mu       sync.Mutex // orders halt and a resume's end
 }
 
 var (
@@ -202,55 +206,36 @@ func (d *driver) take(c *consumer, m *amqp091.Delivery, suspect bool) *delivery 
 // current returns the live consumer, resuming after a loss (one caller
 // resumes, the others wait for it), or nil once the subscription stopped.
 func (d *driver) current() *consumer {
-	for d.ctx.Err() == nil {
-		d.mu.Lock()
-		c, resuming := d.cur, d.resuming
-		if c != nil && !c.isLost() {
-			d.mu.Unlock()
-			return c
-		}
-		if resuming == nil {
-			d.resuming = make(chan struct{})
-			d.cur = nil
-		}
-		d.mu.Unlock()
-		if resuming != nil {
-			select {
-			case <-resuming:
-				continue
-			case <-d.ctx.Done():
-				return nil
-			}
-		}
-		if d.ctx.Err() != nil {
-			d.resumed(nil)
-			return nil
-		}
-		if c != nil {
-			// Closed once its handlers have settled on it.
-			d.end(c, false)
-		}
-		d.resumed(d.resume())
+	if c := d.cur.Load(); c != nil && !c.isLost() {
+		return c
 	}
-	return nil
-}
-
-// resumed ends a resume with consumer c (nil: the subscription stopped).
-func (d *driver) resumed(c *consumer) {
+	d.resuming.Lock()
+	defer d.resuming.Unlock()
+	c := d.cur.Load()
+	if c != nil && !c.isLost() {
+		return c // resumed meanwhile
+	}
+	if d.ctx.Err() != nil {
+		return nil
+	}
+	if c != nil {
+		// Closed once its handlers have settled on it.
+		d.end(c, false)
+	}
+	if c = d.resume(); c == nil {
+		return nil
+	}
 	d.mu.Lock()
-	close(d.resuming)
-	d.resuming = nil
-	stopped := d.ctx.Err() != nil
-	if c != nil && !stopped {
-		d.cur = c
-		d.startLanesLocked(c)
-	}
-	d.mu.Unlock()
-	if c != nil && stopped {
+	defer d.mu.Unlock()
+	if d.ctx.Err() != nil {
 		// Stopped meanwhile: Drain or Abort did not see c, which nothing
 		// was taken from.
 		c.close()
+		return nil
 	}
+	d.cur.Store(c)
+	d.watchCancels(c)
+	return c
 }
 
 // resume sets a consumer up again after a loss, with backoff, until it
@@ -275,16 +260,9 @@ func (d *driver) resume() *consumer {
 	}
 }
 
-// startLanes starts the goroutine that reads c's cancel notices.
-func (d *driver) startLanes(c *consumer) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.ctx.Err() == nil {
-		d.startLanesLocked(c)
-	}
-}
-
-func (d *driver) startLanesLocked(c *consumer) {
+// watchCancels starts the goroutine that reads c's cancel notices; d.mu
+// is held and the subscription runs.
+func (d *driver) watchCancels(c *consumer) {
 	if c.cancels == nil {
 		return
 	}
@@ -387,8 +365,8 @@ func (d *driver) Abort() { d.halt() }
 func (d *driver) halt() {
 	d.stop.Do(func() {
 		d.mu.Lock()
-		d.cancel() // under mu: no lane or closer starts after
-		c := d.cur
+		d.cancel() // under mu: no goroutine of d starts after
+		c := d.cur.Load()
 		if c != nil {
 			c.markEnding()
 			d.wg.Add(1)
@@ -415,10 +393,7 @@ func (d *driver) Flush(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		d.wg.Wait()
-		d.mu.Lock()
-		c := d.cur
-		d.mu.Unlock()
-		if c != nil {
+		if c := d.cur.Load(); c != nil {
 			<-c.closed
 		}
 		close(done)
