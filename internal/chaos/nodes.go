@@ -499,8 +499,9 @@ func (n *Node) setupRabbitMQ() error {
 // keeps its store.
 
 // RocketMQLib returns the directory of the RocketMQ jars that scripts/brokers
-// keeps in its cache.
-func RocketMQLib() string {
+// keeps in its cache (the version of scripts/versions.env, or
+// MQRPC_ROCKETMQ_VERSION).
+func RocketMQLib() (string, error) {
 	state := os.Getenv("MQRPC_STATE_DIR")
 	if state == "" {
 		cache := os.Getenv("XDG_CACHE_HOME")
@@ -512,13 +513,19 @@ func RocketMQLib() string {
 	}
 	ver := os.Getenv("MQRPC_ROCKETMQ_VERSION")
 	if ver == "" {
-		ver = "5.1.4"
+		var err error
+		if ver, err = version("ROCKETMQ_VERSION"); err != nil {
+			return "", err
+		}
 	}
-	return filepath.Join(state, "rocketmq", ver, "lib")
+	return filepath.Join(state, "rocketmq", ver, "lib"), nil
 }
 
 func (n *Node) setupRocketMQ() error {
-	lib := RocketMQLib()
+	lib, err := RocketMQLib()
+	if err != nil {
+		return err
+	}
 	if _, err := os.Stat(filepath.Join(lib)); err != nil {
 		return fmt.Errorf("%w: RocketMQ jars not in %s (run scripts/brokers up rocketmq)", ErrNotInstalled, lib)
 	}
@@ -587,15 +594,25 @@ func (n *Node) setupRocketMQ() error {
 		}
 	}
 	env := append(os.Environ(), "ROCKETMQ_HOME="+home)
+	// The JVM flags and heaps of scripts/versions.env, as scripts/brokers
+	// passes them.
+	flags, err := version("ROCKETMQ_JVM_FLAGS")
+	if err != nil {
+		return err
+	}
+	nsHeap, err := version("ROCKETMQ_NAMESRV_HEAP")
+	if err != nil {
+		return err
+	}
+	brokerHeap, err := version("ROCKETMQ_BROKER_HEAP")
+	if err != nil {
+		return err
+	}
 	jvm := func(heap, main, conf string) []string {
-		return []string{"-server", "-Xms128m", "-Xmx" + heap, "-XX:MaxDirectMemorySize=256m",
-			"-XX:+UseG1GC", "-XX:-OmitStackTraceInFastThrow", "-XX:+PerfDisableSharedMem",
-			"-XX:ActiveProcessorCount=2",
-			"--add-opens", "java.base/java.nio=ALL-UNNAMED", "--add-opens", "java.base/sun.nio.ch=ALL-UNNAMED",
-			"--add-opens", "java.base/java.lang=ALL-UNNAMED", "--add-exports", "java.base/sun.nio.ch=ALL-UNNAMED",
-			"-Duser.home=" + n.dir, "-Drocketmq.home.dir=" + home, "-Drocketmq.client.logRoot=" + filepath.Join(n.dir, "logs"),
-			"-Drocketmq.namesrv.addr=" + nsAddr,
-			"-cp", filepath.Join(lib, "*"), main, "-c", conf}
+		return append(strings.Fields(flags), "-Xmx"+heap,
+			"-Duser.home="+n.dir, "-Drocketmq.home.dir="+home, "-Drocketmq.client.logRoot="+filepath.Join(n.dir, "logs"),
+			"-Drocketmq.namesrv.addr="+nsAddr,
+			"-cp", filepath.Join(lib, "*"), main, "-c", conf)
 	}
 	n.Addr, n.port = nsAddr, bPort
 	n.restartRoles = []string{"broker"}
@@ -607,10 +624,10 @@ func (n *Node) setupRocketMQ() error {
 		)
 		switch role {
 		case "namesrv":
-			p, err = startProc(n.dir, "namesrv.log", env, java, jvm("256m", "org.apache.rocketmq.namesrv.NamesrvStartup", nsConf)...)
+			p, err = startProc(n.dir, "namesrv.log", env, java, jvm(nsHeap, "org.apache.rocketmq.namesrv.NamesrvStartup", nsConf)...)
 			port = nsPort
 		default:
-			p, err = startProc(n.dir, "broker.log", env, java, jvm("768m", "org.apache.rocketmq.broker.BrokerStartup", brokerConf)...)
+			p, err = startProc(n.dir, "broker.log", env, java, jvm(brokerHeap, "org.apache.rocketmq.broker.BrokerStartup", brokerConf)...)
 			port = bPort
 		}
 		if err != nil {

@@ -5,8 +5,8 @@
 
 nats_host=127.0.0.1
 nats_port=4222
-# The Go-module fallback; keep in step with go.mod's nats-server version.
-nats_go_version=v2.12.15
+# The Go-module fallback (scripts/versions.env).
+nats_go_version=$NATS_SERVER_VERSION
 
 nats_dir() { printf '%s/nats' "$MQRPC_STATE_DIR"; }
 

@@ -14,13 +14,14 @@
 #   logs/               namesrv.log, broker.log (stdout/stderr) and RocketMQ's own log files
 #   namesrv.pid, broker.pid
 #
-# Environment knobs: MQRPC_ROCKETMQ_VERSION (default below),
-# MQRPC_ROCKETMQ_NAMESRV_HEAP / MQRPC_ROCKETMQ_BROKER_HEAP (JVM -Xmx).
+# Environment knobs: MQRPC_ROCKETMQ_VERSION,
+# MQRPC_ROCKETMQ_NAMESRV_HEAP / MQRPC_ROCKETMQ_BROKER_HEAP (JVM -Xmx); their
+# defaults and the other JVM flags are in scripts/versions.env.
 # MQRPC_ROCKETMQ_KEEP_STORE=1 makes `down` stop only the broker and keep its
 # store, and `up` start it on the kept store: a broker restart, which the
 # broker/rocketmq tests use to check that clients recover.
 
-rocketmq_version() { printf '%s' "${MQRPC_ROCKETMQ_VERSION:-5.1.4}"; }
+rocketmq_version() { printf '%s' "${MQRPC_ROCKETMQ_VERSION:-$ROCKETMQ_VERSION}"; }
 rocketmq_dir() { printf '%s' "$MQRPC_STATE_DIR/rocketmq"; }
 
 # rocketmq_fetch: download the jars unless cached. A marker file is written
@@ -118,15 +119,11 @@ rocketmq_java() {
 	root=$(rocketmq_dir)
 	lib="$root/$(rocketmq_version)/lib"
 	# -Duser.home: RocketMQ's logback configs write under ${user.home}/logs;
-	# pointing it at the state dir keeps the files out of $HOME.
-	# -XX:+UseG1GC and small heaps: two cores and several users share the
-	# machine. The --add-opens are what RocketMQ's own 5.x scripts pass on
-	# Java 9+ (netty/direct buffers).
-	setsid nohup java -server -Xms128m -Xmx"$heap" -XX:MaxDirectMemorySize=256m \
-		-XX:+UseG1GC -XX:-OmitStackTraceInFastThrow -XX:+PerfDisableSharedMem \
-		-XX:ActiveProcessorCount=2 \
-		--add-opens java.base/java.nio=ALL-UNNAMED --add-opens java.base/sun.nio.ch=ALL-UNNAMED \
-		--add-opens java.base/java.lang=ALL-UNNAMED --add-exports java.base/sun.nio.ch=ALL-UNNAMED \
+	# pointing it at the state dir keeps the files out of $HOME. The other
+	# flags are ROCKETMQ_JVM_FLAGS (scripts/versions.env), split into words.
+	local -a flags
+	read -r -a flags <<<"$ROCKETMQ_JVM_FLAGS"
+	setsid nohup java "${flags[@]}" -Xmx"$heap" \
 		-Duser.home="$root" -Drocketmq.home.dir="$root/home" -Drocketmq.client.logRoot="$root/logs" \
 		-Drocketmq.namesrv.addr=127.0.0.1:9876 \
 		-cp "$lib/*" "$main" "$@" </dev/null >"$root/logs/$name.log" 2>&1 &
@@ -150,7 +147,7 @@ rocketmq_up() {
 listenPort=9876
 EOF
 		export ROCKETMQ_HOME="$root/home"
-		rocketmq_java namesrv org.apache.rocketmq.namesrv.NamesrvStartup "${MQRPC_ROCKETMQ_NAMESRV_HEAP:-256m}" \
+		rocketmq_java namesrv org.apache.rocketmq.namesrv.NamesrvStartup "${MQRPC_ROCKETMQ_NAMESRV_HEAP:-$ROCKETMQ_NAMESRV_HEAP}" \
 			-c "$root/home/conf/namesrv.conf"
 		if ! wait_port 127.0.0.1 9876 60; then
 			log "rocketmq: name server did not start; see $root/logs/namesrv.log"
@@ -201,7 +198,7 @@ deleteWhen=04
 fileReservedTime=1
 EOF
 		export ROCKETMQ_HOME="$root/home"
-		rocketmq_java broker org.apache.rocketmq.broker.BrokerStartup "${MQRPC_ROCKETMQ_BROKER_HEAP:-768m}" \
+		rocketmq_java broker org.apache.rocketmq.broker.BrokerStartup "${MQRPC_ROCKETMQ_BROKER_HEAP:-$ROCKETMQ_BROKER_HEAP}" \
 			-c "$root/home/conf/broker.conf"
 		if ! wait_port 127.0.0.1 10911 90; then
 			log "rocketmq: broker did not start; see $root/logs/broker.log"
