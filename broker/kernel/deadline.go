@@ -15,9 +15,10 @@ import (
 // (m.Deadline). When the two are equal, the usual case as rpc.Client
 // copies the ctx deadline into the message, ctx is returned as it is,
 // without a timer. It returns an error wrapping broker.ErrTimeout and
-// context.DeadlineExceeded when that deadline has passed already; op names
-// the operation in errors ("nats: request", followed by the subject). Call
-// cancel when done, also on error.
+// context.DeadlineExceeded when that deadline has passed already, and
+// WaitError's when ctx has ended already (nothing to send, nobody to
+// notify); op names the operation in errors ("nats: request", followed by
+// the subject). Call cancel when done, also on error.
 func Prepare(ctx context.Context, m *broker.Message, op string) (context.Context, context.CancelFunc, error) {
 	if m.ID == "" {
 		m.ID = broker.NewID()
@@ -31,6 +32,9 @@ func Prepare(ctx context.Context, m *broker.Message, op string) (context.Context
 	if m.Expired(time.Now()) {
 		return ctx, cancel, fmt.Errorf("%s %s: deadline passed before sending: %w: %w",
 			op, m.Subject, broker.ErrTimeout, context.DeadlineExceeded)
+	}
+	if ctx.Err() != nil {
+		return ctx, cancel, WaitError(ctx, op, m.Subject)
 	}
 	return ctx, cancel, nil
 }

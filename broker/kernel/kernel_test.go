@@ -46,6 +46,13 @@ func TestPrepare(t *testing.T) {
 	defer c()
 	assert.ErrorIs(t, err, broker.ErrTimeout)
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
+
+	cctx, ccancel := context.WithCancel(context.Background())
+	ccancel()
+	_, c, err = kernel.Prepare(cctx, &broker.Message{}, "op")
+	defer c()
+	assert.ErrorIs(t, err, context.Canceled, "a ctx cancelled already: nothing is sent")
+	assert.NotErrorIs(t, err, broker.ErrTimeout)
 }
 
 func TestTTL(t *testing.T) {

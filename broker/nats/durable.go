@@ -310,12 +310,7 @@ func (d *jsDriver) Flush(ctx context.Context) error {
 	return d.b.flush(ctx)
 }
 
-func (d *jsDriver) done() {
-	if d.cancels != nil {
-		_ = d.cancels.Unsubscribe()
-	}
-	d.b.removeSub(d)
-}
+func (d *jsDriver) done() { d.b.forget(d, d.cancels) }
 
 func (d *jsDriver) abort() { d.sub.Abort() }
 

@@ -191,9 +191,6 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 	if err != nil {
 		return nil, err
 	}
-	if ctx.Err() != nil {
-		return nil, kernel.WaitError(ctx, op, req.Subject)
-	}
 	call, err := b.mux.register(req.ID, req.Subject, b.js != nil)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", op, req.Subject, err)

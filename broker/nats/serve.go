@@ -169,13 +169,15 @@ func (d *coreDriver) Flush(ctx context.Context) error {
 	return d.b.flush(ctx)
 }
 
-// done ends what outlives the subscription's drain: the cancel notices
-// and its place in the broker.
-func (d *coreDriver) done() {
-	if d.cancels != nil {
-		_ = d.cancels.Unsubscribe()
+func (d *coreDriver) done() { d.b.forget(d, d.cancels) }
+
+// forget ends what outlives a server's drain: its cancel notices (nil: it
+// has none) and its place in the broker.
+func (b *Broker) forget(s server, cancels *natsgo.Subscription) {
+	if cancels != nil {
+		_ = cancels.Unsubscribe()
 	}
-	d.b.removeSub(d)
+	b.removeSub(s)
 }
 
 func (d *coreDriver) abort()       { d.sub.Abort() }
