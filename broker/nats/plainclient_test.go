@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mqrpc/mqrpc/broker"
 	natsbroker "github.com/mqrpc/mqrpc/broker/nats"
 	"github.com/mqrpc/mqrpc/internal/testenv"
 	"github.com/mqrpc/mqrpc/rpc"
@@ -123,4 +124,64 @@ func TestPlainNATSClientCallsDurableService(t *testing.T) {
 	assert.Equal(t, 42, out.Sum)
 	_, err = replies.NextMsg(300 * time.Millisecond)
 	assert.ErrorIs(t, err, natsgo.ErrTimeout, "one reply only")
+}
+
+// A plain client cancels a call as docs/PROTOCOL.md says: the message ID
+// as the payload of a core NATS message to "_mqrpc.cancel.<subject>". The
+// handler's ctx ends, and mqrpc's own cancel notice looks the same on the
+// wire.
+func TestPlainNATSClientCancels(t *testing.T) {
+	url := testenv.NATSURL(t)
+	b := newBroker(t, url)
+	subject := uniqueSubject(t)
+	started, ended := make(chan struct{}, 1), make(chan error, 1)
+	srv := rpc.NewServer()
+	require.NoError(t, rpc.Handle(srv, "Wait", func(ctx context.Context, _ *addRequest) (*addReply, error) {
+		started <- struct{}{}
+		select {
+		case <-ctx.Done():
+			ended <- ctx.Err()
+		case <-time.After(10 * time.Second):
+			ended <- nil
+		}
+		return &addReply{}, nil
+	}))
+	_, err := b.Serve(subject, srv)
+	require.NoError(t, err)
+
+	nc, err := natsgo.Connect(url)
+	require.NoError(t, err)
+	defer nc.Close()
+	notices, err := nc.SubscribeSync("_mqrpc.cancel." + subject)
+	require.NoError(t, err)
+	require.NoError(t, nc.Flush())
+
+	m := natsgo.NewMsg(subject)
+	m.Header.Set("mqrpc-method", "Wait")
+	m.Header.Set("content-type", "application/json")
+	m.Header.Set("Nats-Msg-Id", "plain-cancel-1")
+	m.Data = []byte(`{}`)
+	m.Reply = nc.NewInbox()
+	require.NoError(t, nc.PublishMsg(m))
+	<-started
+	require.NoError(t, nc.Publish("_mqrpc.cancel."+subject, []byte("plain-cancel-1")))
+	select {
+	case err := <-ended:
+		assert.ErrorIs(t, err, context.Canceled)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the cancel notice did not reach the handler")
+	}
+
+	// mqrpc's own notice: the same subject, the ID as the payload.
+	_, err = notices.NextMsg(5 * time.Second)
+	require.NoError(t, err, "the plain client's own notice")
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-started; cancel() }()
+	_, err = newBroker(t, url).Request(ctx, &broker.Message{ID: "mqrpc-cancel-1", Subject: subject,
+		Header: broker.Header{"mqrpc-method": "Wait", "content-type": "application/json"}, Body: []byte(`{}`)})
+	assert.ErrorIs(t, err, context.Canceled)
+	n, err := notices.NextMsg(5 * time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, "mqrpc-cancel-1", string(n.Data))
+	assert.Empty(t, n.Header)
 }
