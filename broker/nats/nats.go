@@ -17,6 +17,13 @@
 // when its server dies, deduplicated by subject and Message.ID and
 // dead-lettered after JetStreamConfig.MaxDeliver deliveries.
 //
+// Both modes are drivers of broker/kernel, and keep its promises: a caller
+// that cancels its ctx tells the servers (a cancel notice on core NATS,
+// "<CancelPrefix>.<subject>"), whose handler sees its ctx cancelled; a
+// server that stops past its drain time, or closes, answers the callers of
+// the requests it was handling with its handler's reply to an Unavailable
+// rejection (rpc.Server's Unavailable status).
+//
 // The wire format, for clients written in other languages, is in the NATS
 // section of docs/PROTOCOL.md. Package broker/nats/embedded starts an
 // in-process NATS server for tests and zero-setup programs.
