@@ -454,11 +454,15 @@ func head(s []string) []string {
 
 // serveInProcess serves the service under test on its own connection.
 func (s *scenario) serveInProcess(node *chaos.Node, subj string, srv *rpc.Server, name string) {
-	t := s.t
 	b, err := s.target.Open(node.Addr, name)
-	require.NoError(t, err)
+	require.NoError(s.t, err)
+	s.serveOn(b, subj, srv)
+}
+
+// serveOn serves the service under test on b, which it closes at the end.
+func (s *scenario) serveOn(b broker.Broker, subj string, srv *rpc.Server) {
 	sub, err := b.Serve(subj, srv, broker.WithConcurrency(64))
-	require.NoError(t, err)
+	require.NoError(s.t, err)
 	s.closers = append(s.closers, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

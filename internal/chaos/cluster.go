@@ -8,14 +8,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/nats"
 	"github.com/mqrpc/mqrpc/middleware"
 	"github.com/mqrpc/mqrpc/middleware/dedupstore/natskv"
@@ -40,13 +38,11 @@ const (
 // and n3 on free loopback ports with routes between them, each with its own
 // store under dir. Every process dies with the test process (Pdeathsig).
 type NATSCluster struct {
-	Names []string
+	nodeSet
 	bin   string
 	dir   string
 	ports []int // client ports
 	mport []int // monitoring ports
-	mu    sync.Mutex
-	procs []*proc
 }
 
 // StartNATSCluster starts a cluster of size nodes and waits until every node
@@ -56,7 +52,7 @@ func StartNATSCluster(dir string, size int) (*NATSCluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &NATSCluster{bin: bin, dir: dir, procs: make([]*proc, size)}
+	c := &NATSCluster{nodeSet: newNodeSet(size), bin: bin, dir: dir}
 	var routes []string
 	rports := make([]int, size)
 	for i := 0; i < size; i++ {
@@ -96,17 +92,8 @@ cluster {
 		}
 	}
 	// All first, then wait: a node is healthy only once a quorum runs.
-	for i := range c.Names {
-		if err := c.spawn(i); err != nil {
-			c.Close()
-			return nil, err
-		}
-	}
-	for i := range c.Names {
-		if err := c.wait(i); err != nil {
-			c.Close()
-			return nil, err
-		}
+	if err := startAll(len(c.Names), c.spawn, c.wait, c.Close); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
@@ -117,16 +104,12 @@ func (c *NATSCluster) spawn(i int) error {
 	if err != nil {
 		return err
 	}
-	c.mu.Lock()
-	c.procs[i] = p
-	c.mu.Unlock()
+	c.set(i, p)
 	return nil
 }
 
 func (c *NATSCluster) wait(i int) error {
-	c.mu.Lock()
-	p := c.procs[i]
-	c.mu.Unlock()
+	p := c.get(i)
 	if err := waitPort(p, c.ports[i], 30*time.Second); err != nil {
 		return fmt.Errorf("chaos: cluster node %s: %w", c.Names[i], err)
 	}
@@ -151,34 +134,8 @@ func (c *NATSCluster) URLFrom(first int) string {
 	return strings.Join(urls, ",")
 }
 
-// Index returns the index of the node called name, or -1.
-func (c *NATSCluster) Index(name string) int {
-	for i, n := range c.Names {
-		if n == name {
-			return i
-		}
-	}
-	return -1
-}
-
 // Kill SIGKILLs node i and waits until its client port is free.
-func (c *NATSCluster) Kill(i int) error {
-	c.mu.Lock()
-	p := c.procs[i]
-	c.procs[i] = nil
-	c.mu.Unlock()
-	if p == nil {
-		return fmt.Errorf("chaos: cluster node %s is not running", c.Names[i])
-	}
-	p.kill()
-	for deadline := time.Now().Add(30 * time.Second); !portFree(c.ports[i]); {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("chaos: cluster node %s still listens after SIGKILL", c.Names[i])
-		}
-		time.Sleep(50 * time.Millisecond) // poll interval of a bounded wait
-	}
-	return nil
-}
+func (c *NATSCluster) Kill(i int) error { return c.sigkill(i, "", c.ports[i]) }
 
 // Start starts node i again on its ports and store, and waits until it is
 // healthy (caught up with the cluster).
@@ -191,11 +148,7 @@ func (c *NATSCluster) Start(i int) error {
 
 // Close stops every node.
 func (c *NATSCluster) Close() {
-	c.mu.Lock()
-	procs := c.procs
-	c.procs = make([]*proc, len(procs))
-	c.mu.Unlock()
-	for _, p := range procs {
+	for _, p := range c.takeAll() {
 		if p != nil {
 			p.signal(syscall.SIGTERM, 10*time.Second)
 		}
@@ -271,79 +224,105 @@ func OpenClusterStore(urls, bucket string, log *ExecLog) (middleware.DedupStore,
 	return reporting{s, log.Committed}, nc.Close, nil
 }
 
-// CallTime is when one call of a timed load ran and how it ended.
-type CallTime struct {
-	Start, End time.Time
-	Code       rpc.Code
-}
-
-// RunTimedLoad is RunLoad that also keeps every call's start, end and
-// outcome, to tell what a node's death did to the calls in flight and how
-// soon new calls succeeded. Tracked sends go through b as in RunLoad.
-func RunTimedLoad(c *rpc.Client, b broker.Broker, cfg LoadConfig, stop <-chan struct{}) (*LoadResult, []CallTime) {
-	sendsDone := make(chan *LoadResult, 1)
-	sendCfg := cfg
-	sendCfg.Callers = 0
-	go func() { sendsDone <- RunLoad(c, b, sendCfg, stop) }()
-
-	res := &LoadResult{Codes: map[rpc.Code]int64{}, Errors: map[rpc.Code]string{}, Outcomes: map[string]rpc.Code{}}
-	var (
-		mu      sync.Mutex
-		wg      sync.WaitGroup
-		counter atomic.Int64
-		times   []CallTime
-	)
-	end := time.Now().Add(cfg.Duration)
-	done := func() bool {
-		select {
-		case <-stop:
-			return true
-		default:
-			return time.Now().After(end)
+// startAll spawns n nodes, then waits for each; on an error it closes
+// what started.
+func startAll(n int, spawn, wait func(i int) error, closeAll func()) error {
+	for i := range n {
+		if err := spawn(i); err != nil {
+			closeAll()
+			return err
 		}
 	}
-	for i := 0; i < cfg.Callers; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for !done() {
-				n := counter.Add(1)
-				ctx, cancel := context.WithTimeout(context.Background(), cfg.Deadline)
-				begin := time.Now()
-				var out WorkReply
-				id := "call-" + broker.NewID()
-				err := c.Call(ctx, cfg.Subject, MethodWork, &WorkRequest{N: n}, &out, rpc.WithMessageID(id))
-				finished := time.Now()
-				cancel()
-				code := rpc.CodeOf(err)
-				took := finished.Sub(begin)
-				mu.Lock()
-				times = append(times, CallTime{Start: begin, End: finished, Code: code})
-				res.Calls++
-				res.Codes[code]++
-				res.Outcomes[id] = code
-				res.MaxWait = max(res.MaxWait, took)
-				if took > cfg.Deadline+cfg.Grace {
-					res.Late++
-					res.LateExample = fmt.Sprintf("took %v, ended %s: %v", took.Round(time.Millisecond), code, err)
-				}
-				if err == nil && out.N != n {
-					res.Mismatched++
-				}
-				if _, ok := res.Errors[code]; err != nil && !ok {
-					res.Errors[code] = err.Error()
-				}
-				mu.Unlock()
-				if err != nil {
-					pause(stop, 50*time.Millisecond)
-				}
-			}
-		}()
+	for i := range n {
+		if err := wait(i); err != nil {
+			closeAll()
+			return err
+		}
 	}
-	wg.Wait()
-	sends := <-sendsDone
-	res.Accepted, res.SendErrors = sends.Accepted, sends.SendErrors
-	return res, times
+	return nil
+}
+
+// nodeSet holds the processes of a cluster's nodes, by index.
+type nodeSet struct {
+	Names []string
+	mu    sync.Mutex
+	procs []*proc // nil: not running
+}
+
+func newNodeSet(size int) nodeSet { return nodeSet{procs: make([]*proc, size)} }
+
+func (n *nodeSet) set(i int, p *proc) {
+	n.mu.Lock()
+	n.procs[i] = p
+	n.mu.Unlock()
+}
+
+func (n *nodeSet) get(i int) *proc {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.procs[i]
+}
+
+// takeAll returns the running processes and forgets them.
+func (n *nodeSet) takeAll() []*proc {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	procs := n.procs
+	n.procs = make([]*proc, len(procs))
+	return procs
+}
+
+// Name returns the name of node i.
+func (n *nodeSet) Name(i int) string { return n.Names[i] }
+
+// Index returns the index of the node called name, or -1.
+func (n *nodeSet) Index(name string) int {
+	for i, nn := range n.Names {
+		if nn == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// sigkill SIGKILLs node i — the process named in pidFile when there is one
+// (a VM its start script runs in the foreground), else the process started
+// — and waits until it exited and nothing listens on port.
+func (n *nodeSet) sigkill(i int, pidFile string, port int) error {
+	n.mu.Lock()
+	p := n.procs[i]
+	n.procs[i] = nil
+	n.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("chaos: cluster node %s is not running", n.Names[i])
+	}
+	killPidFile(p, pidFile, 30*time.Second)
+	for deadline := time.Now().Add(30 * time.Second); !portFree(port); {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("chaos: cluster node %s still listens after SIGKILL", n.Names[i])
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval of a bounded wait
+	}
+	return nil
+}
+
+// killPidFile SIGKILLs the process pidFile names (if any) and waits for p
+// to exit, at most wait; then it kills p itself.
+func killPidFile(p *proc, pidFile string, wait time.Duration) {
+	if pidFile == "" {
+		p.kill()
+		return
+	}
+	if b, err := os.ReadFile(pidFile); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(wait):
+		p.kill()
+	}
 }
 
 // KillEffect is what a node's death at one instant did to the calls.
@@ -357,8 +336,10 @@ type KillEffect struct {
 	// after it succeeded (-1: none did).
 	Recovered time.Duration
 	// FailedAfter counts the calls that started more than after the kill
-	// and failed.
+	// and failed; LastFailed is how long after the kill the last call
+	// that failed started (0: none failed).
 	FailedAfter int64
+	LastFailed  time.Duration
 }
 
 // EffectOf computes the KillEffect of a kill at killAt on the calls of
@@ -376,6 +357,9 @@ func EffectOf(times []CallTime, killAt time.Time, after time.Duration) KillEffec
 		case !ct.Start.Before(killAt):
 			if ct.Code == rpc.OK && (firstOK.IsZero() || ct.End.Before(firstOK)) {
 				firstOK = ct.End
+			}
+			if ct.Code != rpc.OK {
+				e.LastFailed = max(e.LastFailed, ct.Start.Sub(killAt))
 			}
 			if ct.Code != rpc.OK && ct.Start.After(killAt.Add(after)) {
 				e.FailedAfter++

@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 )
 
@@ -19,12 +17,10 @@ import (
 // Every VM dies with the test process (Pdeathsig on the start script, which
 // runs the VM in the foreground).
 type RabbitMQCluster struct {
-	Names []string
+	nodeSet
 	dir   string
 	ports []int
 	env   [][]string
-	mu    sync.Mutex
-	procs []*proc
 }
 
 // StartRabbitMQCluster starts size nodes and waits until each booted.
@@ -33,7 +29,7 @@ func StartRabbitMQCluster(dir string, size int) (*RabbitMQCluster, error) {
 	if _, err := os.Stat(filepath.Join(bin, "rabbitmq-server")); err != nil {
 		return nil, fmt.Errorf("%w: rabbitmq-server (run scripts/brokers up rabbitmq)", ErrNotInstalled)
 	}
-	c := &RabbitMQCluster{dir: dir, procs: make([]*proc, size)}
+	c := &RabbitMQCluster{nodeSet: newNodeSet(size), dir: dir}
 	cookie := "MQRPCCLUSTER" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	var peers strings.Builder
 	dist := make([]int, size)
@@ -86,17 +82,8 @@ func StartRabbitMQCluster(dir string, size int) (*RabbitMQCluster, error) {
 			"RABBITMQ_CTL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}",
 		))
 	}
-	for i := range c.Names {
-		if err := c.spawn(i); err != nil {
-			c.Close()
-			return nil, err
-		}
-	}
-	for i := range c.Names {
-		if err := c.wait(i); err != nil {
-			c.Close()
-			return nil, err
-		}
+	if err := startAll(len(c.Names), c.spawn, c.wait, c.Close); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
@@ -108,16 +95,12 @@ func (c *RabbitMQCluster) spawn(i int) error {
 	if err != nil {
 		return err
 	}
-	c.mu.Lock()
-	c.procs[i] = p
-	c.mu.Unlock()
+	c.set(i, p)
 	return nil
 }
 
 func (c *RabbitMQCluster) wait(i int) error {
-	c.mu.Lock()
-	p := c.procs[i]
-	c.mu.Unlock()
+	p := c.get(i)
 	if err := waitPort(p, c.ports[i], 180*time.Second); err != nil {
 		return fmt.Errorf("chaos: rabbitmq node %s: %w", c.Names[i], err)
 	}
@@ -150,16 +133,6 @@ func (c *RabbitMQCluster) URLFrom(first int) string {
 	return strings.Join(urls, ",")
 }
 
-// Index returns the index of the node called name, or -1.
-func (c *RabbitMQCluster) Index(name string) int {
-	for i, n := range c.Names {
-		if n == name {
-			return i
-		}
-	}
-	return -1
-}
-
 // QueueLeader returns the node leading quorum queue name, asked of a live
 // node (not skip).
 func (c *RabbitMQCluster) QueueLeader(name string, skip int) (string, error) {
@@ -184,30 +157,7 @@ func (c *RabbitMQCluster) QueueLeader(name string, skip int) (string, error) {
 
 // Kill SIGKILLs node i's Erlang VM and waits until its port is free.
 func (c *RabbitMQCluster) Kill(i int) error {
-	c.mu.Lock()
-	p := c.procs[i]
-	c.procs[i] = nil
-	c.mu.Unlock()
-	if p == nil {
-		return fmt.Errorf("chaos: rabbitmq node %s is not running", c.Names[i])
-	}
-	if b, err := os.ReadFile(filepath.Join(c.nodeDir(i), "pid")); err == nil {
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
-	select {
-	case <-p.exited:
-	case <-time.After(30 * time.Second):
-		p.kill()
-	}
-	for deadline := time.Now().Add(30 * time.Second); !portFree(c.ports[i]); {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("chaos: rabbitmq node %s still listens after SIGKILL", c.Names[i])
-		}
-		time.Sleep(50 * time.Millisecond) // poll interval of a bounded wait
-	}
-	return nil
+	return c.sigkill(i, filepath.Join(c.nodeDir(i), "pid"), c.ports[i])
 }
 
 // Start starts node i again on its ports and data and waits until it booted.
@@ -220,23 +170,9 @@ func (c *RabbitMQCluster) Start(i int) error {
 
 // Close stops every node (SIGKILL: the data is thrown away).
 func (c *RabbitMQCluster) Close() {
-	c.mu.Lock()
-	procs := c.procs
-	c.procs = make([]*proc, len(procs))
-	c.mu.Unlock()
-	for i, p := range procs {
-		if p == nil {
-			continue
-		}
-		if b, err := os.ReadFile(filepath.Join(c.nodeDir(i), "pid")); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-		select {
-		case <-p.exited:
-		case <-time.After(10 * time.Second):
-			p.kill()
+	for i, p := range c.takeAll() {
+		if p != nil {
+			killPidFile(p, filepath.Join(c.nodeDir(i), "pid"), 10*time.Second)
 		}
 	}
 }

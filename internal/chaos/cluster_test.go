@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -57,18 +56,7 @@ func TestChaosCluster(t *testing.T) {
 		if cl != nil {
 			return cl
 		}
-		dir, err := os.MkdirTemp("", "mqrpc-chaos-cluster-")
-		require.NoError(t, err)
-		begin := time.Now()
-		c, err := chaos.StartNATSCluster(dir, 3)
-		if errors.Is(err, chaos.ErrNotInstalled) {
-			if testenv.CI() {
-				t.Fatal(err)
-			}
-			t.Skip(err)
-		}
-		require.NoError(t, err)
-		t.Logf("private NATS cluster at %s up in %v (data in %s)", c.URL(), time.Since(begin).Round(time.Millisecond), dir)
+		c := startCluster(t, "nats", func(dir string) (*chaos.NATSCluster, error) { return chaos.StartNATSCluster(dir, 3) })
 		cl = c
 		return c
 	}
@@ -105,9 +93,19 @@ func runClusterReplicas(t *testing.T, cl *chaos.NATSCluster) {
 	defer b.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	// A send makes the broker create its streams.
-	require.NoError(t, b.Send(ctx, &broker.Message{ID: broker.NewID(), Subject: subject("replicas"),
-		Header: broker.Header{broker.HeaderMethod: chaos.MethodRecord}, Body: []byte(`{"n":0}`)}))
+	// A send makes the broker create its streams. Right after the
+	// cluster came up, the meta leader may not know every peer yet ("no
+	// suitable peers for placement"): try again until ctx ends.
+	subj := subject("replicas")
+	for {
+		err = b.Send(ctx, &broker.Message{ID: broker.NewID(), Subject: subj,
+			Header: broker.Header{broker.HeaderMethod: chaos.MethodRecord}, Body: []byte(`{"n":0}`)})
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(250 * time.Millisecond) // poll interval of a bounded wait
+	}
+	require.NoError(t, err)
 	ci, cfg := streamCluster(t, cl)
 	assert.Equal(t, chaos.ClusterReplicas, cfg.Replicas, "replicas of the request stream")
 	assert.Len(t, ci.Replicas, chaos.ClusterReplicas-1, "followers of the request stream besides leader %s", ci.Leader)
@@ -147,14 +145,7 @@ func runClusterKill(t *testing.T, target chaos.Target, cl *chaos.NATSCluster, wh
 	for i := 1; i <= 2; i++ {
 		b, err := chaos.OpenCluster(cl.URLFrom(i), fmt.Sprintf("server-%d", i), target.Durable)
 		require.NoError(t, err)
-		sub, err := b.Serve(subj, srv, broker.WithConcurrency(64))
-		require.NoError(t, err)
-		s.closers = append(s.closers, func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_ = sub.Stop(ctx)
-			_ = b.Close()
-		})
+		s.serveOn(b, subj, srv)
 	}
 	cb, err := chaos.OpenCluster(cl.URLFrom(0), "client", target.Durable)
 	require.NoError(t, err)
@@ -174,85 +165,40 @@ func runClusterKill(t *testing.T, target chaos.Target, cl *chaos.NATSCluster, wh
 		require.Len(t, ci.Replicas, chaos.ClusterReplicas-1, "followers of the request stream")
 	}
 
-	d := loadDuration(t)
-	stop := make(chan struct{})
-	type result struct {
-		res   *chaos.LoadResult
-		times []chaos.CallTime
+	var victim, clientNode string
+	pick := func() int {
+		switch which {
+		case "kill-connected":
+			victim = cb.Conn().ConnectedServerName()
+		case "kill-leader":
+			ci, _ := streamCluster(t, cl)
+			victim = ci.Leader
+		}
+		clientNode = cb.Conn().ConnectedServerName()
+		return cl.Index(victim)
 	}
-	done := make(chan result, 1)
-	go func() {
-		res, times := chaos.RunTimedLoad(c, cb, s.loadConfig(subj), stop)
-		done <- result{res, times}
-	}()
-	var (
-		once sync.Once
-		out  result
-	)
-	stopLoad := func() result {
-		once.Do(func() {
-			close(stop)
-			out = <-done
-		})
-		return out
-	}
-	s.closers = append(s.closers, func() { stopLoad() })
-
-	time.Sleep(d / 3) // load before the kill: the scenario's shape, not synchronisation
-	var victim string
-	switch which {
-	case "kill-connected":
-		victim = cb.Conn().ConnectedServerName()
-	case "kill-leader":
-		ci, _ := streamCluster(t, cl)
-		victim = ci.Leader
-	}
-	idx := cl.Index(victim)
-	require.GreaterOrEqual(t, idx, 0, "node %q", victim)
-	clientNode := cb.Conn().ConnectedServerName()
-	killAt := time.Now()
-	require.NoError(t, cl.Kill(idx))
-	s.note("SIGKILLed %s (client on %s)", victim, clientNode)
-	time.Sleep(d / 3) // load with a node down
-	back := time.Now()
-	require.NoError(t, cl.Start(idx))
-	s.note("%s back and caught up in %v", victim, time.Since(back).Round(time.Millisecond))
-	if target.Durable {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		ci, _, err := cl.StreamCluster(ctx, chaos.ClusterStream)
-		cancel()
-		if err != nil {
-			s.note("stream info after the restart: %v", err)
-		} else {
-			s.note("stream leader now %s", ci.Leader)
+	back := func(int) {
+		s.note("client was on %s", clientNode)
+		if target.Durable {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ci, _, err := cl.StreamCluster(ctx, chaos.ClusterStream)
+			cancel()
+			if err != nil {
+				s.note("stream info after the restart: %v", err)
+			} else {
+				s.note("stream leader now %s", ci.Leader)
+			}
 		}
 	}
-	time.Sleep(d / 3) // load with every node up again
-	r := stopLoad()
-	s.load(r.res)
+	res, killAt, _ := killUnderLoad(t, s, c, cb, subj, cl, pick, back, 0)
 
-	e := chaos.EffectOf(r.times, killAt, clusterRecoverGoal)
-	s.note("in flight at the kill: %s (failures returned within %v); first new call ok %v after the kill; %d calls started %v after it failed",
-		chaos.FormatCodes(e.InFlight), e.InFlightEnded.Round(time.Millisecond), e.Recovered.Round(time.Millisecond),
-		e.FailedAfter, clusterRecoverGoal)
-	t.Logf("%s: %s", which, s.row.Note)
-	assert.GreaterOrEqual(t, e.Recovered, time.Duration(0), "no call that started after the kill succeeded")
 	within := clusterRecoverGoal
 	if target.Durable {
 		within = streamRecoverWithin
 	}
-	assert.LessOrEqual(t, e.Recovered, within, "new calls succeeded only %v after the kill", e.Recovered)
-	e = chaos.EffectOf(r.times, killAt, within)
-	assert.Zero(t, e.FailedAfter, "calls started %v after the kill failed", within)
+	e := checkRecovery(t, s, which, res, killAt, within, within)
 	if !target.Durable && which == "kill-connected" {
-		// The client's connection died with its node: its calls in
-		// flight fail with Unavailable at once, none waits out its
-		// deadline (the servers run on the other nodes).
-		for code, n := range e.InFlight {
-			assert.Contains(t, []rpc.Code{rpc.OK, rpc.Unavailable}, code, "%d calls in flight at the kill ended %s", n, code)
-		}
-		assert.Positive(t, e.InFlight[rpc.Unavailable], "no call in flight failed with Unavailable")
-		assert.LessOrEqual(t, e.InFlightEnded, failAtOnce, "calls in flight at the kill failed only %v after it", e.InFlightEnded)
+		assertFailedAtOnce(t, e)
 	}
 	// finish (deferred) checks: on JetStream every accepted request
 	// served, no duplicate execution; goroutines and heap back.
@@ -265,4 +211,98 @@ func streamCluster(t *testing.T, cl *chaos.NATSCluster) (*jetstream.ClusterInfo,
 	ci, cfg, err := cl.StreamCluster(ctx, chaos.ClusterStream)
 	require.NoError(t, err)
 	return ci, cfg
+}
+
+// clusterNodes is a private cluster whose nodes a scenario kills.
+type clusterNodes interface {
+	Kill(i int) error
+	Start(i int) error
+	Index(name string) int
+	Name(i int) string
+}
+
+// killUnderLoad runs the scenario's load on c (its one-way sends through
+// cb) with every call's times kept; a third of the way in it SIGKILLs the
+// node pick returns, a third later starts it again and calls back, and
+// after extra and another third stops the load. It returns the load, the instant of
+// the kill and how long after it the node was back.
+func killUnderLoad(t *testing.T, s *scenario, c *rpc.Client, cb broker.Broker, subj string,
+	cl clusterNodes, pick func() int, back func(i int), extra time.Duration) (*chaos.LoadResult, time.Time, time.Duration) {
+	t.Helper()
+	d := loadDuration(t)
+	cfg := s.loadConfig(subj)
+	cfg.KeepTimes = true
+	stopLoad := s.startLoad(c, cb, cfg)
+	time.Sleep(d / 3) // load before the kill: the scenario's shape, not synchronisation
+	idx := pick()
+	require.GreaterOrEqual(t, idx, 0, "the node to kill")
+	killAt := time.Now()
+	require.NoError(t, cl.Kill(idx))
+	s.note("SIGKILLed %s", cl.Name(idx))
+	time.Sleep(d / 3) // load with a node down
+	begin := time.Now()
+	require.NoError(t, cl.Start(idx))
+	backAfter := time.Since(killAt)
+	s.note("back in %v", time.Since(begin).Round(time.Millisecond))
+	if back != nil {
+		back(idx)
+	}
+	time.Sleep(extra + d/3) // load with every node up again
+	res := stopLoad()
+	s.load(res)
+	return res, killAt, backAfter
+}
+
+// checkRecovery notes what the kill at killAt did to the calls and asserts
+// that a call started after it succeeded within firstWithin, and (allAfter
+// above 0) that every call started later than allAfter after it succeeded.
+func checkRecovery(t *testing.T, s *scenario, which string, res *chaos.LoadResult, killAt time.Time, firstWithin, allAfter time.Duration) chaos.KillEffect {
+	t.Helper()
+	e := chaos.EffectOf(res.Times, killAt, allAfter)
+	failed := fmt.Sprintf("%d calls started %v after it failed", e.FailedAfter, allAfter)
+	if allAfter <= 0 {
+		failed = fmt.Sprintf("%d calls started after it failed", e.FailedAfter)
+	}
+	s.note("in flight at the kill: %s (failures returned within %v); first new call ok %v after the kill; %s, the last failure started %v after it",
+		chaos.FormatCodes(e.InFlight), e.InFlightEnded.Round(time.Millisecond), e.Recovered.Round(time.Millisecond),
+		failed, e.LastFailed.Round(time.Millisecond))
+	t.Logf("%s: %s", which, s.row.Note)
+	assert.GreaterOrEqual(t, e.Recovered, time.Duration(0), "no call that started after the kill succeeded")
+	assert.LessOrEqual(t, e.Recovered, firstWithin, "new calls succeeded only %v after the kill", e.Recovered)
+	if allAfter > 0 {
+		assert.Zero(t, e.FailedAfter, "calls started %v after the kill failed", allAfter)
+	}
+	return e
+}
+
+// startCluster starts a private cluster of kind with start in a new
+// directory, skipping (failing under CI=true) when its software is not
+// installed.
+func startCluster[C interface{ Name(int) string }](t *testing.T, kind string, start func(dir string) (C, error)) C {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "mqrpc-chaos-"+kind+"-cluster-")
+	require.NoError(t, err)
+	begin := time.Now()
+	c, err := start(dir)
+	if errors.Is(err, chaos.ErrNotInstalled) {
+		if testenv.CI() {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	require.NoError(t, err)
+	t.Logf("private %s cluster up in %v (data in %s)", kind, time.Since(begin).Round(time.Millisecond), dir)
+	return c
+}
+
+// assertFailedAtOnce: the client's connection died with its node, so its
+// calls in flight (fast modes, not retried) fail with Unavailable at once,
+// none waits out its deadline (the servers run on the other nodes).
+func assertFailedAtOnce(t *testing.T, e chaos.KillEffect) {
+	t.Helper()
+	for code, n := range e.InFlight {
+		assert.Contains(t, []rpc.Code{rpc.OK, rpc.Unavailable}, code, "%d calls in flight at the kill ended %s", n, code)
+	}
+	assert.Positive(t, e.InFlight[rpc.Unavailable], "no call in flight failed with Unavailable")
+	assert.LessOrEqual(t, e.InFlightEnded, failAtOnce, "calls in flight at the kill failed only %v after it", e.InFlightEnded)
 }

@@ -262,6 +262,16 @@ type LoadConfig struct {
 	// requests (with no deadline) through Broker.Send, every SendEvery.
 	Senders   int
 	SendEvery time.Duration
+	// KeepTimes keeps every call's start, end and outcome in
+	// LoadResult.Times, to tell what a node's death did to the calls in
+	// flight and how soon new calls succeeded (EffectOf).
+	KeepTimes bool
+}
+
+// CallTime is when one call of the load ran and how it ended.
+type CallTime struct {
+	Start, End time.Time
+	Code       rpc.Code
 }
 
 // LoadResult counts what the callers and senders saw.
@@ -291,6 +301,8 @@ type LoadResult struct {
 	// LateExample describes the latest late call: how long it took and
 	// how it ended.
 	LateExample string
+	// Times holds every call, with LoadConfig.KeepTimes.
+	Times []CallTime
 }
 
 // RunLoad runs cfg's load until cfg.Duration passes or stop is closed,
@@ -303,7 +315,6 @@ func RunLoad(c *rpc.Client, b broker.Broker, cfg LoadConfig, stop <-chan struct{
 		mu      sync.Mutex
 		wg      sync.WaitGroup
 		counter atomic.Int64
-		maxWait atomic.Int64
 	)
 	end := time.Now().Add(cfg.Duration)
 	done := func() bool {
@@ -325,19 +336,17 @@ func RunLoad(c *rpc.Client, b broker.Broker, cfg LoadConfig, stop <-chan struct{
 				var out WorkReply
 				id := "call-" + broker.NewID()
 				err := c.Call(ctx, cfg.Subject, MethodWork, &WorkRequest{N: n}, &out, rpc.WithMessageID(id))
-				took := time.Since(begin)
+				finished := time.Now()
 				cancel()
-				for {
-					cur := maxWait.Load()
-					if int64(took) <= cur || maxWait.CompareAndSwap(cur, int64(took)) {
-						break
-					}
-				}
-				code := rpc.CodeOf(err)
+				took, code := finished.Sub(begin), rpc.CodeOf(err)
 				mu.Lock()
+				if cfg.KeepTimes {
+					res.Times = append(res.Times, CallTime{Start: begin, End: finished, Code: code})
+				}
 				res.Calls++
 				res.Codes[code]++
 				res.Outcomes[id] = code
+				res.MaxWait = max(res.MaxWait, took)
 				if took > cfg.Deadline+cfg.Grace {
 					res.Late++
 					res.LateExample = fmt.Sprintf("took %v, ended %s: %v", took.Round(time.Millisecond), code, err)
@@ -345,10 +354,8 @@ func RunLoad(c *rpc.Client, b broker.Broker, cfg LoadConfig, stop <-chan struct{
 				if err == nil && out.N != n {
 					res.Mismatched++
 				}
-				if err != nil {
-					if _, ok := res.Errors[code]; !ok {
-						res.Errors[code] = err.Error()
-					}
+				if _, ok := res.Errors[code]; err != nil && !ok {
+					res.Errors[code] = err.Error()
 				}
 				mu.Unlock()
 				if err != nil {
@@ -396,7 +403,6 @@ func RunLoad(c *rpc.Client, b broker.Broker, cfg LoadConfig, stop <-chan struct{
 		}()
 	}
 	wg.Wait()
-	res.MaxWait = time.Duration(maxWait.Load())
 	return res
 }
 

@@ -3,6 +3,7 @@ package chaos
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"go/build"
@@ -521,36 +522,108 @@ func RocketMQLib() (string, error) {
 	return filepath.Join(state, "rocketmq", ver, "lib"), nil
 }
 
-func (n *Node) setupRocketMQ() error {
+// rocketmqRuntime runs RocketMQ JVMs from the jars scripts/brokers cached,
+// with the JVM flags and heaps of scripts/versions.env, as scripts/brokers
+// passes them.
+type rocketmqRuntime struct {
+	java, lib, flags   string
+	nsHeap, brokerHeap string
+}
+
+func findRocketMQ() (rocketmqRuntime, error) {
 	lib, err := RocketMQLib()
 	if err != nil {
-		return err
+		return rocketmqRuntime{}, err
 	}
-	if _, err := os.Stat(filepath.Join(lib)); err != nil {
-		return fmt.Errorf("%w: RocketMQ jars not in %s (run scripts/brokers up rocketmq)", ErrNotInstalled, lib)
+	if _, err := os.Stat(lib); err != nil {
+		return rocketmqRuntime{}, fmt.Errorf("%w: RocketMQ jars not in %s (run scripts/brokers up rocketmq)", ErrNotInstalled, lib)
 	}
 	java, err := exec.LookPath("java")
 	if err != nil {
-		return fmt.Errorf("%w: java (run scripts/brokers up rocketmq)", ErrNotInstalled)
+		return rocketmqRuntime{}, fmt.Errorf("%w: java (run scripts/brokers up rocketmq)", ErrNotInstalled)
+	}
+	rt := rocketmqRuntime{java: java, lib: lib}
+	for _, v := range []struct {
+		key string
+		to  *string
+	}{{"ROCKETMQ_JVM_FLAGS", &rt.flags}, {"ROCKETMQ_NAMESRV_HEAP", &rt.nsHeap}, {"ROCKETMQ_BROKER_HEAP", &rt.brokerHeap}} {
+		if *v.to, err = version(v.key); err != nil {
+			return rocketmqRuntime{}, err
+		}
+	}
+	return rt, nil
+}
+
+// args is the JVM command line of main with conf, logs under dir.
+func (r rocketmqRuntime) args(dir, home, nsAddr, heap, main, conf string) []string {
+	return append(strings.Fields(r.flags), "-Xmx"+heap,
+		"-Duser.home="+dir, "-Drocketmq.home.dir="+home, "-Drocketmq.client.logRoot="+filepath.Join(dir, "logs"),
+		"-Drocketmq.namesrv.addr="+nsAddr,
+		"-cp", filepath.Join(r.lib, "*"), main, "-c", conf)
+}
+
+// brokerPort returns a free port for a RocketMQ broker, which listens on
+// it, on it-2 (the "fast" channel) and on it+1 (HA), none of them in taken.
+func brokerPort(taken ...int) (int, error) {
+	clash := func(p int) bool {
+		for _, t := range taken {
+			if p == t || p-2 == t || p+1 == t || p == t-2 || p == t+1 {
+				return true
+			}
+		}
+		return false
+	}
+	for i := 0; i < 50; i++ {
+		p, err := freePort()
+		if err != nil {
+			return 0, err
+		}
+		if p > 1030 && !clash(p) && portFree(p-2) && portFree(p+1) {
+			return p, nil
+		}
+	}
+	return 0, errors.New("chaos: no free port triple for a RocketMQ broker")
+}
+
+// brokerConf is the configuration of a RocketMQ master, as
+// scripts/brokers.d/rocketmq.sh writes it, on port with its store.
+func brokerConf(cluster, name, nsAddr string, port int, store string) string {
+	return strings.Join([]string{
+		"brokerClusterName=" + cluster,
+		"brokerName=" + name,
+		"brokerId=0",
+		"brokerRole=ASYNC_MASTER",
+		"flushDiskType=ASYNC_FLUSH",
+		"namesrvAddr=" + nsAddr,
+		"brokerIP1=127.0.0.1",
+		"listenPort=" + strconv.Itoa(port),
+		"storePathRootDir=" + store,
+		"storePathCommitLog=" + filepath.Join(store, "commitlog"),
+		"mappedFileSizeCommitLog=104857600",
+		"maxHashSlotNum=50000",
+		"maxIndexNum=200000",
+		"timerWheelEnable=false",
+		"autoCreateTopicEnable=true",
+		"autoCreateSubscriptionGroup=true",
+		"diskMaxUsedSpaceRatio=95",
+		"waitTimeMillsInSendQueue=5000",
+		"waitTimeMillsInPullQueue=10000",
+		"storeReplyMessageEnable=false",
+	}, "\n") + "\n"
+}
+
+func (n *Node) setupRocketMQ() error {
+	rt, err := findRocketMQ()
+	if err != nil {
+		return err
 	}
 	nsPort, err := freePort()
 	if err != nil {
 		return err
 	}
-	// The broker listens on listenPort, listenPort-2 (the "fast" channel)
-	// and listenPort+1 (HA): find a port whose neighbours are free too.
-	var bPort int
-	for i := 0; i < 50 && bPort == 0; i++ {
-		p, err := freePort()
-		if err != nil {
-			return err
-		}
-		if p > 1030 && p != nsPort && portFree(p-2) && portFree(p+1) && p-2 != nsPort && p+1 != nsPort {
-			bPort = p
-		}
-	}
-	if bPort == 0 {
-		return errors.New("chaos: no free port triple for the RocketMQ broker")
+	bPort, err := brokerPort(nsPort)
+	if err != nil {
+		return err
 	}
 	home := filepath.Join(n.dir, "home")
 	store := filepath.Join(n.dir, "store")
@@ -561,32 +634,10 @@ func (n *Node) setupRocketMQ() error {
 	}
 	nsAddr := "127.0.0.1:" + strconv.Itoa(nsPort)
 	nsConf := filepath.Join(home, "conf", "namesrv.conf")
-	brokerConf := filepath.Join(home, "conf", "broker.conf")
+	bConf := filepath.Join(home, "conf", "broker.conf")
 	confs := map[string]string{
 		nsConf: "listenPort=" + strconv.Itoa(nsPort) + "\n",
-		// As scripts/brokers.d/rocketmq.sh, on our own ports and store.
-		brokerConf: strings.Join([]string{
-			"brokerClusterName=ChaosCluster",
-			"brokerName=chaos-broker",
-			"brokerId=0",
-			"brokerRole=ASYNC_MASTER",
-			"flushDiskType=ASYNC_FLUSH",
-			"namesrvAddr=" + nsAddr,
-			"brokerIP1=127.0.0.1",
-			"listenPort=" + strconv.Itoa(bPort),
-			"storePathRootDir=" + store,
-			"storePathCommitLog=" + filepath.Join(store, "commitlog"),
-			"mappedFileSizeCommitLog=104857600",
-			"maxHashSlotNum=50000",
-			"maxIndexNum=200000",
-			"timerWheelEnable=false",
-			"autoCreateTopicEnable=true",
-			"autoCreateSubscriptionGroup=true",
-			"diskMaxUsedSpaceRatio=95",
-			"waitTimeMillsInSendQueue=5000",
-			"waitTimeMillsInPullQueue=10000",
-			"storeReplyMessageEnable=false",
-		}, "\n") + "\n",
+		bConf:  brokerConf("ChaosCluster", "chaos-broker", nsAddr, bPort, store),
 	}
 	for f, c := range confs {
 		if err := os.WriteFile(f, []byte(c), 0o644); err != nil {
@@ -594,26 +645,8 @@ func (n *Node) setupRocketMQ() error {
 		}
 	}
 	env := append(os.Environ(), "ROCKETMQ_HOME="+home)
-	// The JVM flags and heaps of scripts/versions.env, as scripts/brokers
-	// passes them.
-	flags, err := version("ROCKETMQ_JVM_FLAGS")
-	if err != nil {
-		return err
-	}
-	nsHeap, err := version("ROCKETMQ_NAMESRV_HEAP")
-	if err != nil {
-		return err
-	}
-	brokerHeap, err := version("ROCKETMQ_BROKER_HEAP")
-	if err != nil {
-		return err
-	}
-	jvm := func(heap, main, conf string) []string {
-		return append(strings.Fields(flags), "-Xmx"+heap,
-			"-Duser.home="+n.dir, "-Drocketmq.home.dir="+home, "-Drocketmq.client.logRoot="+filepath.Join(n.dir, "logs"),
-			"-Drocketmq.namesrv.addr="+nsAddr,
-			"-cp", filepath.Join(lib, "*"), main, "-c", conf)
-	}
+	java := rt.java
+	jvm := func(heap, main, conf string) []string { return rt.args(n.dir, home, nsAddr, heap, main, conf) }
 	n.Addr, n.port = nsAddr, bPort
 	n.restartRoles = []string{"broker"}
 	n.start = func(role string) error {
@@ -624,10 +657,10 @@ func (n *Node) setupRocketMQ() error {
 		)
 		switch role {
 		case "namesrv":
-			p, err = startProc(n.dir, "namesrv.log", env, java, jvm(nsHeap, "org.apache.rocketmq.namesrv.NamesrvStartup", nsConf)...)
+			p, err = startProc(n.dir, "namesrv.log", env, java, jvm(rt.nsHeap, "org.apache.rocketmq.namesrv.NamesrvStartup", nsConf)...)
 			port = nsPort
 		default:
-			p, err = startProc(n.dir, "broker.log", env, java, jvm(brokerHeap, "org.apache.rocketmq.broker.BrokerStartup", brokerConf)...)
+			p, err = startProc(n.dir, "broker.log", env, java, jvm(rt.brokerHeap, "org.apache.rocketmq.broker.BrokerStartup", bConf)...)
 			port = bPort
 		}
 		if err != nil {
@@ -676,34 +709,67 @@ func waitRegistered(p *proc, nsAddr, brokerAddr string, timeout time.Duration) e
 
 // clusterInfo asks a RocketMQ name server for its cluster info (remoting
 // request code 106, GET_BROKER_CLUSTER_INFO) and returns the raw answer.
-// The frame is: total length, header length (serialization type JSON in
-// the high byte: 0), JSON header, no body.
 func clusterInfo(nsAddr string) (string, error) {
-	c, err := net.DialTimeout("tcp", nsAddr, time.Second)
+	_, _, body, err := remoting(nsAddr, 106, nil)
+	return string(body), err
+}
+
+// remoting sends one RocketMQ remoting request (JSON header: code and
+// extFields, no body) to addr and returns the answer's code, remark and
+// body. The frame is: total length, header length (serialization type JSON
+// in the high byte: 0), JSON header, body.
+func remoting(addr string, code int, ext map[string]string) (int, string, []byte, error) {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
-		return "", fmt.Errorf("chaos: dial name server: %w", err)
+		return 0, "", nil, fmt.Errorf("chaos: dial %s: %w", addr, err)
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	hdr := []byte(`{"code":106,"flag":0,"language":"GO","opaque":1,"serializeTypeCurrentRPC":"JSON","version":500}`)
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	hdr, err := json.Marshal(map[string]any{"code": code, "flag": 0, "language": "GO", "opaque": 1,
+		"serializeTypeCurrentRPC": "JSON", "version": 500, "extFields": ext})
+	if err != nil {
+		return 0, "", nil, err
+	}
 	frame := make([]byte, 8+len(hdr))
 	binary.BigEndian.PutUint32(frame[0:], uint32(4+len(hdr)))
 	binary.BigEndian.PutUint32(frame[4:], uint32(len(hdr)))
 	copy(frame[8:], hdr)
 	if _, err := c.Write(frame); err != nil {
-		return "", fmt.Errorf("chaos: name server request: %w", err)
+		return 0, "", nil, fmt.Errorf("chaos: request to %s: %w", addr, err)
 	}
-	var lenBuf [4]byte
+	var lenBuf [8]byte
 	if _, err := io.ReadFull(c, lenBuf[:]); err != nil {
-		return "", fmt.Errorf("chaos: name server answer: %w", err)
+		return 0, "", nil, fmt.Errorf("chaos: answer of %s: %w", addr, err)
 	}
-	n := binary.BigEndian.Uint32(lenBuf[:])
-	if n > 16<<20 {
-		return "", fmt.Errorf("chaos: name server answer of %d bytes", n)
+	total, hlen := binary.BigEndian.Uint32(lenBuf[:4]), binary.BigEndian.Uint32(lenBuf[4:])&0xffffff
+	if total > 16<<20 || hlen+4 > total {
+		return 0, "", nil, fmt.Errorf("chaos: answer of %s: %d bytes, header %d", addr, total, hlen)
 	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(c, body); err != nil {
-		return "", fmt.Errorf("chaos: name server answer: %w", err)
+	rest := make([]byte, total-4)
+	if _, err := io.ReadFull(c, rest); err != nil {
+		return 0, "", nil, fmt.Errorf("chaos: answer of %s: %w", addr, err)
 	}
-	return string(body), nil
+	var h struct {
+		Code   int    `json:"code"`
+		Remark string `json:"remark"`
+	}
+	if err := json.Unmarshal(rest[:hlen], &h); err != nil {
+		return 0, "", nil, fmt.Errorf("chaos: answer header of %s: %w", addr, err)
+	}
+	return h.Code, h.Remark, rest[hlen:], nil
+}
+
+// CreateTopic creates topic with queues read and write queues on the
+// RocketMQ broker at brokerAddr (remoting request 17,
+// UPDATE_AND_CREATE_TOPIC, as mqadmin updateTopic does).
+func CreateTopic(brokerAddr, topic string, queues int) error {
+	n := strconv.Itoa(queues)
+	code, remark, _, err := remoting(brokerAddr, 17, map[string]string{
+		"topic": topic, "defaultTopic": "TBW102", "readQueueNums": n, "writeQueueNums": n,
+		"perm": "6", "topicFilterType": "SINGLE_TAG", "topicSysFlag": "0", "order": "false",
+	})
+	if err == nil && code != 0 {
+		err = fmt.Errorf("chaos: create topic %s on %s: code %d: %s", topic, brokerAddr, code, remark)
+	}
+	return err
 }

@@ -73,19 +73,20 @@ rocketmq_pid_alive() {
 # rocketmq_registered: ask the name server for the cluster info (remoting
 # request code 106, GET_BROKER_CLUSTER_INFO, JSON serialization) and look for
 # our broker's address in the answer. Plain bash: no extra JVM per poll.
+# Another name server and broker: rocketmq_registered NS_PORT BROKER_ADDR.
 rocketmq_registered() {
-	local hdr len total out
+	local ns_port=${1:-9876} addr=${2:-127.0.0.1:10911} hdr len total out
 	hdr='{"code":106,"flag":0,"language":"JAVA","opaque":1,"serializeTypeCurrentRPC":"JSON","version":500}'
 	len=${#hdr}
 	total=$((4 + len))
 	out=$(
-		exec 3<>/dev/tcp/127.0.0.1/9876 || exit 1
+		exec 3<>"/dev/tcp/127.0.0.1/$ns_port" || exit 1
 		printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $((total >> 24 & 255)) $((total >> 16 & 255)) $((total >> 8 & 255)) $((total & 255)))" >&3
 		printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' 0 0 $((len >> 8 & 255)) $((len & 255)))" >&3
 		printf '%s' "$hdr" >&3
 		timeout 0.5 cat <&3 | tr -c '[:print:]' '.'
 	) 2>/dev/null || true
-	[[ "$out" == *"127.0.0.1:10911"* ]]
+	[[ "$out" == *"$addr"* ]]
 }
 
 rocketmq_status() {
@@ -111,13 +112,16 @@ rocketmq_status() {
 }
 
 # rocketmq_java NAME MAINCLASS HEAP ARGS...: start one JVM in the background,
-# detached from the terminal, stdout/stderr to logs/NAME.log.
+# detached from the terminal, stdout/stderr to logs/NAME.log. The cluster
+# profile sets rocketmq_root (its state directory) and rocketmq_ns (its
+# name server).
 rocketmq_java() {
 	local name=$1 main=$2 heap=$3
 	shift 3
-	local root lib
-	root=$(rocketmq_dir)
-	lib="$root/$(rocketmq_version)/lib"
+	local root lib ns
+	root=${rocketmq_root:-$(rocketmq_dir)}
+	ns=${rocketmq_ns:-127.0.0.1:9876}
+	lib="$(rocketmq_dir)/$(rocketmq_version)/lib"
 	# -Duser.home: RocketMQ's logback configs write under ${user.home}/logs;
 	# pointing it at the state dir keeps the files out of $HOME. The other
 	# flags are ROCKETMQ_JVM_FLAGS (scripts/versions.env), split into words.
@@ -125,9 +129,42 @@ rocketmq_java() {
 	read -r -a flags <<<"$ROCKETMQ_JVM_FLAGS"
 	setsid nohup java "${flags[@]}" -Xmx"$heap" \
 		-Duser.home="$root" -Drocketmq.home.dir="$root/home" -Drocketmq.client.logRoot="$root/logs" \
-		-Drocketmq.namesrv.addr=127.0.0.1:9876 \
+		-Drocketmq.namesrv.addr="$ns" \
 		-cp "$lib/*" "$main" "$@" </dev/null >"$root/logs/$name.log" 2>&1 &
 	echo $! >"$root/$name.pid"
+}
+
+# rocketmq_broker_conf CLUSTER NAME NAMESRV PORT STORE: the configuration of
+# a master. Small files: a 100 MiB commit log, an index sized for tests, no
+# timer wheel (its files are sized for days of delays). Disk checks relaxed
+# so a busy shared disk does not make the broker refuse writes; send/pull
+# queue waits raised so a loaded two-core machine does not trip the
+# broker's flow control ([TIMEOUT_CLEAN_QUEUE] broker busy). Replies are
+# pushed to the requester, not also stored in the reply topic
+# (storeReplyMessageEnable): nobody reads them there.
+rocketmq_broker_conf() {
+	cat <<EOF
+brokerClusterName=$1
+brokerName=$2
+brokerId=0
+brokerRole=ASYNC_MASTER
+flushDiskType=ASYNC_FLUSH
+namesrvAddr=$3
+brokerIP1=127.0.0.1
+listenPort=$4
+storePathRootDir=$5
+storePathCommitLog=$5/commitlog
+mappedFileSizeCommitLog=104857600
+maxHashSlotNum=50000
+maxIndexNum=200000
+timerWheelEnable=false
+autoCreateTopicEnable=true
+autoCreateSubscriptionGroup=true
+diskMaxUsedSpaceRatio=95
+waitTimeMillsInSendQueue=5000
+waitTimeMillsInPullQueue=10000
+storeReplyMessageEnable=false
+EOF
 }
 
 rocketmq_up() {
@@ -166,37 +203,11 @@ EOF
 			rm -rf "$root/store"
 		fi
 		mkdir -p "$root/store"
-		# Small files: a 100 MiB commit log, an index sized for tests, no
-		# timer wheel (its files are sized for days of delays). Disk checks
-		# relaxed so a busy shared disk does not make the broker refuse writes;
-		# send/pull queue waits raised so a loaded two-core machine does not
-		# trip the broker's flow control ([TIMEOUT_CLEAN_QUEUE] broker busy).
-		# Replies are pushed to the requester, not also stored in the reply
-		# topic (storeReplyMessageEnable): nobody reads them there.
-		cat >"$root/home/conf/broker.conf" <<EOF
-brokerClusterName=DefaultCluster
-brokerName=broker-a
-brokerId=0
-brokerRole=ASYNC_MASTER
-flushDiskType=ASYNC_FLUSH
-namesrvAddr=127.0.0.1:9876
-brokerIP1=127.0.0.1
-listenPort=10911
-storePathRootDir=$root/store
-storePathCommitLog=$root/store/commitlog
-mappedFileSizeCommitLog=104857600
-maxHashSlotNum=50000
-maxIndexNum=200000
-timerWheelEnable=false
-autoCreateTopicEnable=true
-autoCreateSubscriptionGroup=true
-diskMaxUsedSpaceRatio=95
-waitTimeMillsInSendQueue=5000
-waitTimeMillsInPullQueue=10000
-storeReplyMessageEnable=false
-deleteWhen=04
-fileReservedTime=1
-EOF
+		{
+			rocketmq_broker_conf DefaultCluster broker-a 127.0.0.1:9876 10911 "$root/store"
+			echo deleteWhen=04
+			echo fileReservedTime=1
+		} >"$root/home/conf/broker.conf"
 		export ROCKETMQ_HOME="$root/home"
 		rocketmq_java broker org.apache.rocketmq.broker.BrokerStartup "${MQRPC_ROCKETMQ_BROKER_HEAP:-$ROCKETMQ_BROKER_HEAP}" \
 			-c "$root/home/conf/broker.conf"
