@@ -13,6 +13,7 @@ import (
 	"github.com/apache/rocketmq-client-go/v2/primitive"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 )
 
 // Topics of the broadcast messages (ServeEach and Gather, the control
@@ -32,6 +33,9 @@ const (
 )
 
 const (
+	// propCancel marks a cancel notice on ControlTopic: the ID of the
+	// request whose caller cancelled, served on mqrpc-control-subject.
+	propCancel             = "mqrpc-cancel"
 	propControlSubject     = "mqrpc-control-subject"
 	propControlReplyTo     = "mqrpc-control-reply-to"
 	propControlCorrelation = "mqrpc-control-correlation"
@@ -57,7 +61,16 @@ func (c *controlPlane) close() {
 	c.closed = true
 	pcs := []rmq.PushConsumer{c.serve, c.reply}
 	c.serve, c.reply = nil, nil
+	var subs []*eachSub
+	for _, m := range c.subs {
+		for s := range m {
+			subs = append(subs, s)
+		}
+	}
 	c.mu.Unlock()
+	for _, s := range subs {
+		s.k.Abort() // takes c.mu (Drain)
+	}
 	for _, pc := range pcs {
 		if pc != nil {
 			_ = pc.Shutdown()
@@ -122,20 +135,18 @@ func (b *Broker) ServeEach(subject string, h broker.Handler, opts ...broker.Serv
 	if b.isClosed() {
 		return nil, fmt.Errorf("rocketmq: serve each %s: %w", subject, broker.ErrClosed)
 	}
+	if subject == "" || h == nil {
+		return nil, fmt.Errorf("rocketmq: serve each %q: empty subject or nil handler", subject)
+	}
 	cfg := broker.NewServeConfig(subject, opts...)
-	s := &eachSub{b: b, subject: subject, h: h, sem: make(chan struct{}, cfg.Concurrency)}
+	if err := b.ctl.startServe(b); err != nil {
+		return nil, fmt.Errorf("rocketmq: serve each %s: %w", subject, err)
+	}
 	c := &b.ctl
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		return nil, fmt.Errorf("rocketmq: serve each %s: %w", subject, broker.ErrClosed)
-	}
-	if c.serve == nil {
-		pc, err := b.startControlConsumer(ControlGroup, ControlTopic, "*", consumer.ConsumeFromLastOffset, b.consumeControl)
-		if err != nil {
-			return nil, fmt.Errorf("rocketmq: serve each %s: %w", subject, err)
-		}
-		c.serve = pc
 	}
 	if c.subs == nil {
 		c.subs = make(map[string]map[*eachSub]struct{})
@@ -143,80 +154,123 @@ func (b *Broker) ServeEach(subject string, h broker.Handler, opts ...broker.Serv
 	if c.subs[subject] == nil {
 		c.subs[subject] = make(map[*eachSub]struct{})
 	}
+	s := &eachSub{b: b, subject: subject, ch: make(chan *primitive.MessageExt, eachBuffer), quit: make(chan struct{})}
+	s.k = kernel.Serve[*primitive.MessageExt](s, subject, h, cfg, kernel.Options{Name: "rocketmq", Log: b.log})
 	c.subs[subject][s] = struct{}{}
-	return s, nil
+	return s.k, nil
 }
 
+// startServe starts the ControlTopic consumer (ServeEach's requests and
+// Serve's cancel notices) unless it runs.
+func (c *controlPlane) startServe(b *Broker) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return broker.ErrClosed
+	}
+	if c.serve == nil {
+		pc, err := b.startControlConsumer(ControlGroup, ControlTopic, "*", consumer.ConsumeFromLastOffset, b.consumeControl)
+		if err != nil {
+			return err
+		}
+		c.serve = pc
+	}
+	return nil
+}
+
+// cancelNotice tells the servers of subject that the caller of request id
+// cancelled: a message on ControlTopic, which every server reads
+// (consumeControl), sent in the background.
+func (b *Broker) cancelNotice(subject, id string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return
+	}
+	b.notices.Add(1)
+	go func() {
+		defer b.notices.Done()
+		msg := &primitive.Message{Topic: ControlTopic, Body: emptyBody}
+		msg.WithProperties(map[string]string{propCancel: id, propControlSubject: subject, propEmptyBody: "1"})
+		ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
+		defer cancel()
+		if _, err := b.producer.SendSync(ctx, msg); err != nil {
+			b.log.Debug("rocketmq: cancel notice not sent", "subject", subject, "id", id, "err", err)
+		}
+	}()
+}
+
+// cancelServed hands a cancel notice to this Broker's subscriptions of subject.
+func (b *Broker) cancelServed(subject, id string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for s := range b.subs {
+		if s.subject == subject {
+			s.k.Cancel(id)
+		}
+	}
+}
+
+// eachSub is one ServeEach, run by the kernel: its driver reads the
+// broadcast requests consumeControl hands it.
 type eachSub struct {
 	b       *Broker
 	subject string
-	h       broker.Handler
-	sem     chan struct{}
-	wg      sync.WaitGroup
+	k       *kernel.Subscription[*primitive.MessageExt]
+	ch      chan *primitive.MessageExt
+	quit    chan struct{} // closed by Drain or Abort
 	once    sync.Once
 }
 
-// consumeControl takes one broadcast request and starts the handlers of
-// its subject; their replies are sent as they finish.
-func (b *Broker) consumeControl(_ context.Context, msgs ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
-	for _, m := range msgs {
-		props := m.GetProperties()
-		subject, replyTo := props[propControlSubject], props[propControlReplyTo]
-		if subject == "" || replyTo == "" {
-			continue
-		}
-		b.ctl.mu.Lock()
-		var subs []*eachSub
-		for s := range b.ctl.subs[subject] {
-			s.wg.Add(1)
-			subs = append(subs, s)
-		}
-		b.ctl.mu.Unlock()
-		for _, s := range subs {
-			go s.handle(m, props, replyTo)
-		}
+// eachBuffer is how many broadcast requests wait for a ServeEach's
+// handlers before more are dropped (a Gather hears fewer answers): the
+// control topic's consumer, which carries cancel notices too, never waits.
+const eachBuffer = 256
+
+var _ kernel.Driver[*primitive.MessageExt] = (*eachSub)(nil)
+
+// Next implements kernel.Driver.
+func (s *eachSub) Next(ctx context.Context) (*primitive.MessageExt, bool) {
+	select {
+	case m := <-s.ch:
+		return m, true
+	case <-s.quit:
+	case <-ctx.Done():
 	}
-	return consumer.ConsumeSuccess, nil
+	return nil, false
 }
 
-func (s *eachSub) handle(m *primitive.MessageExt, props map[string]string, replyTo string) {
-	defer s.wg.Done()
-	s.sem <- struct{}{}
-	defer func() { <-s.sem }()
-	req, err := fromProperties(s.subject, props, m.Body)
-	if err != nil || req.Expired(time.Now()) {
-		return
-	}
-	ctx := s.b.ctx
-	if !req.Deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, req.Deadline)
-		defer cancel()
-	}
-	rep, err := s.h.ServeMessage(ctx, req)
-	if err != nil || rep == nil {
-		return
-	}
+// Decode implements kernel.Driver.
+func (s *eachSub) Decode(m *primitive.MessageExt, into *broker.Message) error {
+	return decode(into, s.subject, m.GetProperties(), m.Body)
+}
+
+// Reply implements kernel.Driver: to ControlReplyTopic, tagged for the
+// gathering client.
+func (s *eachSub) Reply(m *primitive.MessageExt, rep *broker.Message) error {
 	msg, size, err := rocketMessage(ControlReplyTopic, rep, time.Time{}, clientSendProps+1)
 	if err == nil {
 		err = s.b.checkSize(ControlReplyTopic, size)
 	}
 	if err != nil {
-		s.b.log.Warn("rocketmq: control reply", "subject", s.subject, "error", err)
-		return
+		return err
 	}
-	msg.WithProperty(propControlCorrelation, props[propKeys])
-	msg.WithTag(replyTo)
-	sctx, cancel := context.WithTimeout(s.b.ctx, 5*time.Second)
+	msg.WithProperty(propControlCorrelation, m.GetProperty(propKeys))
+	msg.WithTag(m.GetProperty(propControlReplyTo))
+	ctx, cancel := context.WithTimeout(s.b.ctx, 5*time.Second)
 	defer cancel()
-	if _, err := s.b.producer.SendSync(sctx, msg); err != nil {
-		s.b.log.Warn("rocketmq: control reply", "subject", s.subject, "error", err)
-	}
+	_, err = s.b.producer.SendSync(ctx, msg)
+	return err
 }
 
-// Stop implements broker.Subscription.
-func (s *eachSub) Stop(ctx context.Context) error {
+// Settle implements kernel.Driver: a broadcast is not acknowledged.
+func (s *eachSub) Settle(*primitive.MessageExt, kernel.Outcome) {}
+
+// Drain implements kernel.Driver: the subscription takes no more
+// broadcasts; those waiting for it are dropped.
+func (s *eachSub) Drain() {
 	s.once.Do(func() {
+		close(s.quit)
 		c := &s.b.ctl
 		c.mu.Lock()
 		delete(c.subs[s.subject], s)
@@ -225,14 +279,35 @@ func (s *eachSub) Stop(ctx context.Context) error {
 		}
 		c.mu.Unlock()
 	})
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("rocketmq: stop %s: %w", s.subject, ctx.Err())
+}
+
+// Abort implements kernel.Driver.
+func (s *eachSub) Abort() { s.Drain() }
+
+// consumeControl takes one broadcast request and starts the handlers of
+// its subject; their replies are sent as they finish.
+func (b *Broker) consumeControl(_ context.Context, msgs ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
+	for _, m := range msgs {
+		props := m.GetProperties()
+		subject, replyTo := props[propControlSubject], props[propControlReplyTo]
+		if id := props[propCancel]; id != "" && subject != "" {
+			b.cancelServed(subject, id)
+			continue
+		}
+		if subject == "" || replyTo == "" {
+			continue
+		}
+		b.ctl.mu.Lock()
+		for s := range b.ctl.subs[subject] {
+			select {
+			case s.ch <- m:
+			default:
+				b.log.Warn("rocketmq: broadcast request dropped: its handlers are busy", "subject", subject)
+			}
+		}
+		b.ctl.mu.Unlock()
 	}
+	return consumer.ConsumeSuccess, nil
 }
 
 // consumeReply hands a reply to the Gather waiting for it.
@@ -266,14 +341,10 @@ func (b *Broker) Gather(ctx context.Context, req *broker.Message, max int, fn fu
 	if b.isClosed() {
 		return fmt.Errorf("rocketmq: gather %s: %w", req.Subject, broker.ErrClosed)
 	}
-	deadline := deadlineOf(ctx, req)
-	if !deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, deadline)
-		defer cancel()
-	}
-	if req.ID == "" {
-		req.ID = broker.NewID()
+	ctx, cancel, err := kernel.Prepare(ctx, req, "rocketmq: gather")
+	defer cancel()
+	if err != nil {
+		return err
 	}
 	c := &b.ctl
 	ch := make(chan *broker.Message, 64)
@@ -301,7 +372,7 @@ func (b *Broker) Gather(ctx context.Context, req *broker.Message, max int, fn fu
 		delete(c.waiting, req.ID)
 		c.mu.Unlock()
 	}()
-	msg, size, err := rocketMessage(ControlTopic, req, deadline, clientSendProps+2)
+	msg, size, err := rocketMessage(ControlTopic, req, req.Deadline, clientSendProps+2)
 	if err == nil {
 		err = b.checkSize(ControlTopic, size)
 	}

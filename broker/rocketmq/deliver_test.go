@@ -27,13 +27,12 @@ func testSubscription(t *testing.T, h broker.HandlerFunc, opts ...Option) *subsc
 	require.NoError(t, err)
 	b.producer = &recordingProducer{}
 	t.Cleanup(func() { clientLogSink.detach(b) })
-	s := &subscription{b: b, subject: "svc", group: "svc", log: b.log, h: h, retryTopic: retryTopicPrefix + "svc"}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
-	t.Cleanup(s.cancel)
+	s := newSubscription(b, "svc", "svc", "svc", h, broker.NewServeConfig("svc"))
+	t.Cleanup(s.abandon)
 	return s
 }
 
-func delivery(props map[string]string, reconsume int32, offset int64) *primitive.MessageExt {
+func message(props map[string]string, reconsume int32, offset int64) *primitive.MessageExt {
 	m := &primitive.MessageExt{Message: primitive.Message{Topic: "svc", Body: []byte("x")}, MsgId: "msg-" + strconv.FormatInt(offset, 10), QueueOffset: offset, ReconsumeTimes: reconsume}
 	m.WithProperties(props)
 	return m
@@ -44,7 +43,6 @@ func queueOf(topic string) primitive.MessageQueue {
 }
 
 func (s *subscription) deliverNow(q primitive.MessageQueue, m *primitive.MessageExt) int {
-	s.inflight.Add(1)
 	return s.deliver(q, m)
 }
 
@@ -74,13 +72,13 @@ func TestDeliverFailedLevels(t *testing.T) {
 		{"fifth: the limit", s.retryTopic, nil, 4, levelDeadLetter},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			assert.Equal(t, tc.want, s.deliverNow(queueOf(tc.topic), delivery(tc.props, tc.reconsume, 1)))
+			assert.Equal(t, tc.want, s.deliverNow(queueOf(tc.topic), message(tc.props, tc.reconsume, 1)))
 		})
 	}
 	t.Run("panic", func(t *testing.T) {
 		s := testSubscription(t, func(context.Context, *broker.Message) (*broker.Message, error) { panic("boom") })
-		assert.Equal(t, 1, s.deliverNow(queueOf("svc"), delivery(nil, 0, 1)))
-		assert.Equal(t, levelDeadLetter, s.deliverNow(queueOf(s.retryTopic), delivery(nil, 4, 1)))
+		assert.Equal(t, 1, s.deliverNow(queueOf("svc"), message(nil, 0, 1)))
+		assert.Equal(t, levelDeadLetter, s.deliverNow(queueOf(s.retryTopic), message(nil, 4, 1)))
 	})
 }
 
@@ -117,7 +115,7 @@ func TestDeliverDeadlines(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			calls.Store(0)
-			assert.Equal(t, tc.want, s.deliverNow(queueOf(tc.topic), delivery(tc.props, tc.reconsume, 1)))
+			assert.Equal(t, tc.want, s.deliverNow(queueOf(tc.topic), message(tc.props, tc.reconsume, 1)))
 			assert.Equal(t, tc.calls, calls.Load(), "handler calls")
 		})
 	}
@@ -151,15 +149,15 @@ func TestDeliverAfterCrash(t *testing.T) {
 	_, err = os.Stat(filepath.Join(dir, "dead"+journalExt))
 	assert.ErrorIs(t, err, os.ErrNotExist, "the ended process's journal was not adopted")
 
-	assert.Equal(t, 1, s.deliverNow(queueOf("svc"), delivery(nil, 0, 7)), "crashed once: sent back after 1 s")
-	assert.Equal(t, levelDone, s.deliverNow(queueOf("svc"), delivery(nil, 0, 8)), "settled before the crash: run")
-	assert.Equal(t, levelDone, s.deliverNow(queueOf("svc"), delivery(nil, 0, 9)), "in flight on a running server: run")
-	assert.Equal(t, levelDeadLetter, s.deliverNow(queueOf("%RETRY%svc"), delivery(nil, 4, 3)), "fifth delivery crashed: dead-lettered")
+	assert.Equal(t, 1, s.deliverNow(queueOf("svc"), message(nil, 0, 7)), "crashed once: sent back after 1 s")
+	assert.Equal(t, levelDone, s.deliverNow(queueOf("svc"), message(nil, 0, 8)), "settled before the crash: run")
+	assert.Equal(t, levelDone, s.deliverNow(queueOf("svc"), message(nil, 0, 9)), "in flight on a running server: run")
+	assert.Equal(t, levelDeadLetter, s.deliverNow(queueOf("%RETRY%svc"), message(nil, 4, 3)), "fifth delivery crashed: dead-lettered")
 	assert.Equal(t, int32(2), calls.Load())
 	assert.True(t, s.journal.suspected("msg-7"), "a message in flight at a crash runs alone next time")
 
 	// The copy sent back runs (alone) and is no longer suspected.
-	m := delivery(nil, 1, 5)
+	m := message(nil, 1, 5)
 	m.MsgId = "msg-7"
 	assert.Equal(t, levelDone, s.deliverNow(queueOf("%RETRY%svc"), m))
 	assert.Equal(t, int32(3), calls.Load())
@@ -273,12 +271,12 @@ func TestConsumeForgedReconsumeCount(t *testing.T) {
 		require.NoError(t, err)
 		return res, cc.DelayLevelWhenNextConsume
 	}
-	res, level := consume(delivery(map[string]string{"KEYS": "plain"}, 0, 1))
+	res, level := consume(message(map[string]string{"KEYS": "plain"}, 0, 1))
 	assert.Equal(t, consumer.ConsumeRetryLater, res)
 	assert.Equal(t, 1, level)
 	assert.Empty(t, prod.sent)
 
-	res, _ = consume(delivery(map[string]string{"KEYS": "forged", "RECONSUME_TIME": "99", "CLUSTER": "c", "mqrpc-method": "Add"}, 99, 2))
+	res, _ = consume(message(map[string]string{"KEYS": "forged", "RECONSUME_TIME": "99", "CLUSTER": "c", "mqrpc-method": "Add"}, 99, 2))
 	assert.Equal(t, consumer.ConsumeSuccess, res, "acknowledged: a clean copy was sent")
 	require.Len(t, prod.sent, 1)
 	p := prod.sent[0].GetProperties()

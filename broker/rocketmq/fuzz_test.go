@@ -61,15 +61,11 @@ func FuzzFromProperties(f *testing.F) {
 		// The server's decision on the same message.
 		prod := &recordingProducer{}
 		b.producer = prod
-		var served []*broker.Message
-		s := &subscription{b: b, subject: topic, log: b.log, h: broker.HandlerFunc(
-			func(_ context.Context, req *broker.Message) (*broker.Message, error) {
-				served = append(served, req)
-				return &broker.Message{Header: req.Header.Clone(), Body: req.Body}, nil
-			})}
-		s.ctx, s.cancel = context.WithCancel(context.Background())
-		defer s.cancel()
-		level := s.handle(m, 0)
+		h := &echoRejecter{}
+		s := newSubscription(b, topic, topic, topic, h, broker.NewServeConfig(topic))
+		defer s.abandon()
+		level := s.deliver(primitive.MessageQueue{}, m)
+		served := h.served
 		_, initMsg := in[propInit]
 		if err != nil && !initMsg && !isRequest(m) {
 			assert.Equal(t, levelDeadLetter, level, "a malformed one-way message is dead-lettered")
@@ -200,6 +196,24 @@ func nearNow(d time.Time) bool {
 }
 
 // recordingProducer records what the server sends (its replies).
+// echoRejecter echoes, records what it served, and answers a rejection
+// as rpc.Server does, with a status (3: InvalidArgument for a malformed
+// request).
+type echoRejecter struct{ served []*broker.Message }
+
+func (h *echoRejecter) ServeMessage(_ context.Context, req *broker.Message) (*broker.Message, error) {
+	h.served = append(h.served, req)
+	return &broker.Message{Header: req.Header.Clone(), Body: req.Body}, nil
+}
+
+func (h *echoRejecter) Reject(_ *broker.Message, r *broker.Rejection) *broker.Message {
+	code := "2"
+	if r.Reason == broker.Malformed {
+		code = "3"
+	}
+	return &broker.Message{Header: broker.Header{broker.HeaderStatus: code, broker.HeaderStatusMessage: r.Err.Error()}}
+}
+
 type recordingProducer struct {
 	mu   sync.Mutex
 	sent []*primitive.Message

@@ -9,6 +9,7 @@ import (
 	"github.com/apache/rocketmq-client-go/v2/primitive"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 )
 
 // RocketMQ property names mqrpc reads or writes besides the headers. The
@@ -42,9 +43,27 @@ var emptyBody = []byte{0}
 // maxNameLen is RocketMQ's limit for topic names (consumer groups allow 255).
 const maxNameLen = 127
 
-// validName reports whether s is a valid RocketMQ topic or group name
-// (^[%|a-zA-Z0-9_-]+$). '%' and '|' are allowed by RocketMQ but carry
-// meaning (namespaces, retry topics), so mqrpc rejects them.
+// nameRule is what mqrpc uses of RocketMQ's names (^[%|a-zA-Z0-9_-]+$):
+// '%' and '|' are allowed by RocketMQ but carry meaning (namespaces, retry
+// topics), so mqrpc maps them away like any other character.
+func nameRule(maxLen int) kernel.NameRule {
+	return kernel.NameRule{MaxLen: maxLen, Allowed: func(r rune) bool {
+		return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-'
+	}}
+}
+
+// topicOf is the topic of subject: subject itself when RocketMQ accepts it,
+// otherwise kernel.MapName's mapping ("helloworld.Greeter" is
+// "helloworld_Greeter-<hash>"), the same in every process.
+func topicOf(subject string) (string, error) {
+	if subject == "" {
+		return "", errors.New("rocketmq: empty subject")
+	}
+	return kernel.MapName(subject, nameRule(maxNameLen)), nil
+}
+
+// validName reports whether s is a valid RocketMQ name that mqrpc uses as
+// it is (a producer group): nameRule, at most max bytes.
 func validName(s string, max int) error {
 	if s == "" {
 		return errors.New("empty name")
@@ -52,12 +71,11 @@ func validName(s string, max int) error {
 	if len(s) > max {
 		return fmt.Errorf("name longer than %d characters", max)
 	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' {
-			continue
+	rule := nameRule(max)
+	for _, r := range s {
+		if !rule.Allowed(r) {
+			return fmt.Errorf("character %q not allowed (RocketMQ allows [a-zA-Z0-9_-])", r)
 		}
-		return fmt.Errorf("character %q not allowed (RocketMQ allows [a-zA-Z0-9_-])", c)
 	}
 	return nil
 }
@@ -175,10 +193,20 @@ func ttlSeconds(d time.Duration) int64 {
 const maxRequestTTL = unboundedTTL
 
 // fromProperties builds a broker.Message from a received message's
-// properties and body. The body is not copied: the client decodes every
-// response into a buffer of its own and never reuses it.
+// properties and body (see decode).
 func fromProperties(topic string, props map[string]string, body []byte) (*broker.Message, error) {
-	m := &broker.Message{Subject: topic, ID: props[propKeys]}
+	m := &broker.Message{}
+	err := decode(m, topic, props, body)
+	return m, err
+}
+
+// decode fills m, a zero message except that its Header may be an empty
+// map to fill, from a received message's properties and body. The body is
+// not copied: the client decodes every message into a buffer of its own
+// and never reuses it. A malformed deadline is an error; m then holds the
+// rest.
+func decode(m *broker.Message, topic string, props map[string]string, body []byte) error {
+	m.Subject, m.ID = topic, props[propKeys]
 	if len(body) > 0 && props[propEmptyBody] == "" {
 		m.Body = body
 	}
@@ -198,7 +226,7 @@ func fromProperties(topic string, props map[string]string, body []byte) (*broker
 		}
 		m.Header[k] = v
 	}
-	return m, err
+	return err
 }
 
 // Properties rocketmq-client-go adds to a message as it sends it: UNIQ_KEY

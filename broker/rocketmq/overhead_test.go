@@ -102,12 +102,10 @@ func BenchmarkOverheadServe(b *testing.B) {
 	}
 	br.producer = instantProducer{}
 	defer br.Close()
-	s := &subscription{
-		b: br, subject: "svc", group: "svc", log: br.log, ctx: br.ctx, stopped: make(chan struct{}),
-		h: broker.HandlerFunc(func(_ context.Context, m *broker.Message) (*broker.Message, error) {
-			return deepEcho(12, m), nil
-		}),
-	}
+	s := newSubscription(br, "svc", "svc", "svc", broker.HandlerFunc(func(_ context.Context, m *broker.Message) (*broker.Message, error) {
+		return deepEcho(12, m), nil
+	}), broker.NewServeConfig("svc"))
+	defer s.abandon()
 	body := make([]byte, 4096)
 	// The properties of a request as the consumer delivers it.
 	props := map[string]string{

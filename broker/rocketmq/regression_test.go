@@ -22,6 +22,7 @@ import (
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/rocketmq"
 	"github.com/mqrpc/mqrpc/internal/testenv"
+	"github.com/mqrpc/mqrpc/rpc"
 )
 
 // settle is how long a new consumer needs before queues are assigned to it.
@@ -197,7 +198,7 @@ func TestRegressionCancel(t *testing.T) {
 	time.AfterFunc(200*time.Millisecond, cancel)
 	start := time.Now()
 	_, err := c.Request(ctx, &broker.Message{Subject: subj, Deadline: time.Now().Add(10 * time.Second)})
-	assert.ErrorIs(t, err, broker.ErrTimeout)
+	assert.NotErrorIs(t, err, broker.ErrTimeout, "a cancel is no timeout")
 	assert.ErrorIs(t, err, context.Canceled)
 	assert.Less(t, time.Since(start), 1200*time.Millisecond)
 }
@@ -290,16 +291,25 @@ func TestRealNameServerDown(t *testing.T) {
 // deadline gets an InvalidArgument reply at once (as on every mqrpc broker).
 func TestRealMalformedDeadline(t *testing.T) {
 	subj := topic(t)
+	// The transport rejects the request as Malformed; rpc.Server answers
+	// the rejection with InvalidArgument (3) and never runs a method.
 	var served atomic.Int32
-	serve(t, subj, func(context.Context, *broker.Message) (*broker.Message, error) {
+	rs := rpc.NewServer()
+	require.NoError(t, rpc.Handle(rs, "Echo", func(context.Context, *struct{}) (*struct{}, error) {
 		served.Add(1)
-		return &broker.Message{}, nil
-	})
+		return &struct{}{}, nil
+	}))
+	sb := newBroker(t)
+	t.Cleanup(func() { _ = sb.Close() })
+	_, err := sb.Serve(subj, rs)
+	require.NoError(t, err)
+	time.Sleep(settle)
 	// mqrpc's own client never sends a malformed deadline: speak raw, with
 	// the registration nudge a fresh raw requester needs (#1047).
 	p := rawProducer(t)
-	msg := primitive.NewMessage(subj, []byte("x"))
+	msg := primitive.NewMessage(subj, []byte("{}"))
 	msg.WithProperty(broker.HeaderDeadline, "tomorrow")
+	msg.WithProperty(broker.HeaderMethod, "Echo")
 	errc := make(chan error, 1)
 	replyc := make(chan *primitive.Message, 1)
 	require.NoError(t, p.RequestAsync(context.Background(), 10*time.Second, func(_ context.Context, m *primitive.Message, err error) {
@@ -325,6 +335,20 @@ func TestRealMalformedDeadline(t *testing.T) {
 		t.Fatal("no reply to a malformed deadline")
 	}
 	assert.Zero(t, served.Load(), "the handler saw a request with a malformed deadline")
+}
+
+// A service name RocketMQ refuses as a topic (a full gRPC service name:
+// '.' is not allowed) is served and called on its mapped topic.
+func TestRealMappedName(t *testing.T) {
+	subj := topic(t) + ".helloworld.Greeter"
+	serve(t, subj, func(_ context.Context, m *broker.Message) (*broker.Message, error) {
+		return &broker.Message{Body: append([]byte(m.Subject+": "), m.Body...)}, nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	reply, err := client(t).Request(ctx, &broker.Message{Subject: subj, Body: []byte("hi")})
+	require.NoError(t, err)
+	assert.Equal(t, subj+": hi", string(reply.Body), "the handler sees the subject as served")
 }
 
 // An mqrpc client calls a server written with plain rocketmq-client-go as

@@ -7,8 +7,15 @@
 // <cluster>_REPLY_TOPIC with MSG_TYPE=reply, and the broker pushes it
 // straight to the requesting client. Servers are a consumer group on the
 // topic (the serve queue name is the group), so load spreads over them and
-// requests are stored while no server runs. docs/PROTOCOL.md has the exact
-// mapping.
+// requests are stored while no server runs. A subject RocketMQ refuses as
+// a topic (the full gRPC name "helloworld.Greeter") travels on the topic
+// kernel.MapName maps it to. docs/PROTOCOL.md has the exact mapping.
+//
+// Servers run on broker/kernel: the consumer's callback hands each message
+// to the kernel's pipeline (deadline, delivery context, panic recovery,
+// reply, Stop / drain / abort) and returns the delay level the outcome
+// maps to. A caller that cancels sends the servers a cancel notice on
+// ControlTopic, which cancels the handler's context.
 //
 // Clients connect to the name server and the broker directly (the 5.x proxy
 // does not forward replies).
@@ -52,6 +59,7 @@ import (
 	"github.com/apache/rocketmq-client-go/v2/producer"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 )
 
 // DefaultProducerGroup is the producer group of a Broker's producer unless
@@ -156,10 +164,11 @@ type Broker struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu     sync.Mutex
-	closed bool
-	subs   map[*subscription]struct{}
-	ctl    controlPlane // broadcast consumers (control.go)
+	mu      sync.Mutex
+	closed  bool
+	subs    map[*subscription]struct{}
+	ctl     controlPlane   // broadcast consumers (control.go)
+	notices sync.WaitGroup // cancel notices being sent (control.go)
 }
 
 // rocketProducer is the part of rocketmq-client-go's producer that Broker
@@ -275,21 +284,6 @@ func (b *Broker) isClosed() bool {
 	return b.closed
 }
 
-// deadlineOf returns the effective deadline of a call: the earlier of
-// m.Deadline and the ctx deadline (zero if neither).
-func deadlineOf(ctx context.Context, m *broker.Message) time.Time {
-	d, ok := ctx.Deadline()
-	if !ok || (!m.Deadline.IsZero() && m.Deadline.Before(d)) {
-		return m.Deadline
-	}
-	return d
-}
-
-// timeoutError wraps broker.ErrTimeout and the ctx error.
-func timeoutError(subject string, err error) error {
-	return fmt.Errorf("rocketmq: request to %s: %w (%w)", subject, broker.ErrTimeout, err)
-}
-
 // checkSize fails a message of size bytes (wireSize) larger than the
 // configured maximum.
 func (b *Broker) checkSize(subject string, size int) error {
@@ -312,33 +306,30 @@ type requestResult struct {
 // nothing at all when the request is removed early. Request waits on its
 // own for the first real outcome, ctx, the deadline or Close.
 func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+	const op = "rocketmq: request to"
 	if b.isClosed() {
-		return nil, fmt.Errorf("rocketmq: request to %s: %w", req.Subject, broker.ErrClosed)
+		return nil, fmt.Errorf("%s %s: %w", op, req.Subject, broker.ErrClosed)
 	}
-	if err := validName(req.Subject, maxNameLen); err != nil {
-		return nil, fmt.Errorf("rocketmq: topic %q: %w", req.Subject, err)
+	topic, err := topicOf(req.Subject)
+	if err != nil {
+		return nil, err
 	}
-	deadline := deadlineOf(ctx, req)
-	if deadline.IsZero() && b.cfg.requestTTL > 0 {
-		deadline = time.Now().Add(b.cfg.requestTTL)
+	if _, ok := ctx.Deadline(); !ok && req.Deadline.IsZero() && b.cfg.requestTTL > 0 {
+		req.Deadline = time.Now().Add(b.cfg.requestTTL) // WithRequestTTL's default deadline
 	}
+	ctx, cancel, err := kernel.Prepare(ctx, req, op)
+	defer cancel()
+	if err != nil {
+		return nil, err // never send what nobody waits for
+	}
+	// The client's TTL is whole seconds, and its table entry expires with
+	// it: ttlSeconds rounds up so the entry outlives our own wait.
 	ttl := unboundedTTL
-	if !deadline.IsZero() {
-		ttl = time.Until(deadline)
-		if ttl <= 0 {
-			// Never send what nobody waits for.
-			return nil, timeoutError(req.Subject, context.DeadlineExceeded)
-		}
-		if ctxDeadline, ok := ctx.Deadline(); !ok || deadline.Before(ctxDeadline) {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithDeadline(ctx, deadline)
-			defer cancel()
-		}
+	if !req.Deadline.IsZero() {
+		ttl = kernel.TTL(req.Deadline, time.Now())
 	}
-	if req.ID == "" {
-		req.ID = broker.NewID()
-	}
-	msg, size, err := rocketMessage(req.Subject, req, deadline, clientSendProps+clientRequestProps)
+	ttl = time.Duration(ttlSeconds(ttl)) * time.Second
+	msg, size, err := rocketMessage(topic, req, req.Deadline, clientSendProps+clientRequestProps)
 	if err != nil {
 		return nil, err
 	}
@@ -358,25 +349,22 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 		default: // a later firing for the same request: keep the first
 		}
 	}
-	// The client's TTL is whole seconds, and its table entry expires with
-	// it: round up so the entry outlives our own wait.
-	ttl = time.Duration(ttlSeconds(ttl)) * time.Second
-	if err := b.register(ctx, req.Subject); err != nil {
+	if err := b.register(ctx, topic); err != nil {
 		return nil, err
 	}
 	// The send itself is not tied to ctx: Request stops waiting on ctx by
 	// itself, and an async send the client sees cancelled takes its
 	// panicking error path (see installClientHooks).
 	if err := b.producer.RequestAsync(context.WithoutCancel(ctx), ttl, callback, msg); err != nil {
-		return nil, b.sendError(ctx, req.Subject, err)
+		return nil, b.sendError(ctx, topic, err)
 	}
 	select {
 	case r := <-done:
 		if r.err != nil {
 			if ctx.Err() != nil {
-				return nil, timeoutError(req.Subject, ctx.Err())
+				return nil, b.waitError(ctx, req)
 			}
-			return nil, b.sendError(ctx, req.Subject, r.err)
+			return nil, b.sendError(ctx, topic, r.err)
 		}
 		reply, err := fromProperties(req.Subject, r.msg.GetProperties(), r.msg.Body)
 		if err != nil {
@@ -394,10 +382,19 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 			// by the next heartbeat, up to 30 s away): register now.
 			b.heartbeatSoon()
 		}
-		return nil, timeoutError(req.Subject, ctx.Err())
+		return nil, b.waitError(ctx, req)
 	case <-b.ctx.Done():
-		return nil, fmt.Errorf("rocketmq: request to %s: %w", req.Subject, broker.ErrClosed)
+		return nil, fmt.Errorf("%s %s: %w", op, req.Subject, broker.ErrClosed)
 	}
+}
+
+// waitError is the error of a request whose ctx ended (kernel.WaitError);
+// when the caller cancelled, the servers get a cancel notice.
+func (b *Broker) waitError(ctx context.Context, req *broker.Message) error {
+	if kernel.Canceled(ctx) {
+		b.cancelNotice(req.Subject, req.ID)
+	}
+	return kernel.WaitError(ctx, "rocketmq: request to", req.Subject)
 }
 
 // topicInit makes the first requests to a topic wait for register; done is
@@ -436,7 +433,7 @@ func (b *Broker) register(ctx context.Context, topic string) error {
 	case <-ti.done:
 		return nil
 	case <-ctx.Done():
-		return timeoutError(topic, ctx.Err())
+		return kernel.WaitError(ctx, "rocketmq: request to", topic)
 	case <-b.ctx.Done():
 		return fmt.Errorf("rocketmq: request to %s: %w", topic, broker.ErrClosed)
 	}
@@ -461,7 +458,7 @@ func (b *Broker) sendError(ctx context.Context, subject string, err error) error
 		return fmt.Errorf("rocketmq: send to %s: %w", subject, broker.ErrClosed)
 	}
 	if ctx.Err() != nil {
-		return timeoutError(subject, ctx.Err())
+		return kernel.WaitError(ctx, "rocketmq: send to", subject)
 	}
 	s := err.Error()
 	switch {
@@ -494,19 +491,17 @@ func (b *Broker) Send(ctx context.Context, m *broker.Message) error {
 	if b.isClosed() {
 		return fmt.Errorf("rocketmq: send to %s: %w", m.Subject, broker.ErrClosed)
 	}
-	if err := validName(m.Subject, maxNameLen); err != nil {
-		return fmt.Errorf("rocketmq: topic %q: %w", m.Subject, err)
+	topic, err := topicOf(m.Subject)
+	if err != nil {
+		return err
 	}
 	// Only m.Deadline limits a one-way message; ctx bounds the send. A
 	// stored notification must not expire because its send had a short
 	// timeout.
-	if m.Expired(time.Now()) {
-		return fmt.Errorf("rocketmq: send to %s: %w (%w)", m.Subject, broker.ErrTimeout, context.DeadlineExceeded)
+	if err := kernel.PrepareSend(ctx, m, "rocketmq: send to"); err != nil {
+		return err
 	}
-	if m.ID == "" {
-		m.ID = broker.NewID()
-	}
-	msg, size, err := rocketMessage(m.Subject, m, m.Deadline, clientSendProps)
+	msg, size, err := rocketMessage(topic, m, m.Deadline, clientSendProps)
 	if err != nil {
 		return err
 	}
@@ -514,15 +509,16 @@ func (b *Broker) Send(ctx context.Context, m *broker.Message) error {
 		return err
 	}
 	if _, err := b.producer.SendSync(ctx, msg); err != nil {
-		return b.sendError(ctx, m.Subject, err)
+		return b.sendError(ctx, topic, err)
 	}
 	return nil
 }
 
 // Close implements broker.Broker. It stops every subscription without
-// draining (handler contexts are cancelled; Close waits up to a second for
-// them to return), fails calls in flight with broker.ErrClosed and shuts
-// the client down.
+// draining: the callers of the deliveries in flight get the handler's reply
+// to an Unavailable rejection at once, handler contexts are cancelled, and
+// Close waits up to a second for the handlers to return. It fails calls in
+// flight with broker.ErrClosed and shuts the client down.
 //
 // rocketmq-client-go leaves goroutines behind after its shutdown: timers
 // that sleep before they check for it (10 s; 15 min for a consumer's
@@ -542,15 +538,25 @@ func (b *Broker) Close() error {
 		subs = append(subs, s)
 	}
 	b.mu.Unlock()
+	// The callers of the deliveries in flight hear Unavailable now, while
+	// the producer can still tell them.
+	for _, s := range subs {
+		s.k.Abort()
+	}
 	b.cancel()
 	b.ctl.close()
+	b.notices.Wait()
 
 	var errs []error
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	for _, s := range subs {
-		if err := s.stop(ctx, false); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			errs = append(errs, err)
+		select {
+		case <-s.finish():
+			if s.finishErr != nil {
+				errs = append(errs, s.finishErr)
+			}
+		case <-ctx.Done():
 		}
 	}
 	if err := b.producer.Shutdown(); err != nil {

@@ -123,6 +123,8 @@ func TestConformance(t *testing.T) {
 		// "nobody listens" signal short of a missing topic.
 		NoResponders: false,
 		Durable:      true,
+		// Served on broker/kernel, with cancel notices on ControlTopic.
+		Kernel: true,
 		// Consumer-group rebalancing assigns queues to a new consumer
 		// asynchronously after it starts.
 		ServeSettle: 3 * time.Second,

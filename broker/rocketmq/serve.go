@@ -15,7 +15,7 @@ import (
 	"github.com/apache/rocketmq-client-go/v2/primitive"
 
 	"github.com/mqrpc/mqrpc/broker"
-	"github.com/mqrpc/mqrpc/broker/kernel/deliveryctx"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 )
 
 // topicCreateWait bounds how long Serve waits for a topic it asked the
@@ -24,7 +24,9 @@ const topicCreateWait = 15 * time.Second
 
 // Serve implements broker.Broker: a push consumer in clustering mode whose
 // group is the serve queue name (default: the subject), so servers with the
-// same queue share the topic's queues.
+// same queue share the topic's queues. A subject or queue name RocketMQ
+// refuses ("helloworld.Greeter": '.' is not allowed) is mapped with
+// kernel.MapName, the same way by every client and server.
 //
 // If the topic does not exist yet, Serve publishes one marker message (the
 // mqrpc-topic-init property, skipped by servers) so that a broker with
@@ -33,67 +35,63 @@ const topicCreateWait = 15 * time.Second
 // NewGroupWindow before its first Serve, so requests sent shortly before
 // the first server started, or while its consumer was still being assigned
 // queues, are served (and those whose deadline passed are dropped).
+//
+// Callers' cancel notices come through ControlTopic (see ServeEach), whose
+// broadcast consumer the first Serve of a Broker starts.
 func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOption) (broker.Subscription, error) {
-	if err := validName(subject, maxNameLen); err != nil {
-		return nil, fmt.Errorf("rocketmq: topic %q: %w", subject, err)
+	topic, err := topicOf(subject)
+	if err != nil {
+		return nil, err
 	}
 	cfg := broker.NewServeConfig(subject, opts...)
-	if err := validName(cfg.Queue, 255); err != nil {
-		return nil, fmt.Errorf("rocketmq: consumer group %q: %w", cfg.Queue, err)
+	if cfg.Queue == "" {
+		return nil, fmt.Errorf("rocketmq: serve %s: empty queue name", subject)
+	}
+	group := kernel.MapName(cfg.Queue, nameRule(255))
+	if h == nil {
+		return nil, fmt.Errorf("rocketmq: serve %s: nil handler", subject)
 	}
 	if b.isClosed() {
 		return nil, fmt.Errorf("rocketmq: serve %s: %w", subject, broker.ErrClosed)
 	}
-	ctx, cancel := context.WithCancel(b.ctx)
-	s := &subscription{
-		b:       b,
-		subject: subject,
-		group:   cfg.Queue,
-		h:       h,
-		log:     b.log.With("topic", subject, "group", cfg.Queue),
-		ctx:     ctx,
-		cancel:  cancel,
-		stopped: make(chan struct{}),
-
-		retryTopic: retryTopicPrefix + cfg.Queue,
+	if err := b.ctl.startServe(b); err != nil {
+		// Serving works without it; only the cancel notices do not arrive.
+		b.log.Warn("rocketmq: no cancel notices: control topic consumer", "subject", subject, "err", err)
 	}
+	s := newSubscription(b, subject, topic, group, h, cfg)
 	if dir := b.cfg.journalDir; dir != "" {
-		j, err := openJournal(filepath.Join(dir, cfg.Queue), "mqrpc-"+broker.NewID())
+		j, err := openJournal(filepath.Join(dir, group), "mqrpc-"+broker.NewID())
 		if err != nil {
-			cancel()
+			s.abandon()
 			return nil, fmt.Errorf("rocketmq: serve %s: %w", subject, err)
 		}
 		s.journal = j
 	}
-	if b.hooks.lookup != nil && b.hooks.lookup(subject) != nil {
+	if b.hooks.lookup != nil && b.hooks.lookup(topic) != nil {
 		// Create the topic first: a consumer that fails for want of it
 		// leaves its goroutines and connection behind (see Close).
-		if err := b.createTopic(subject); err != nil {
-			cancel()
-			s.closeJournal()
+		if err := b.createTopic(topic); err != nil {
+			s.abandon()
 			return nil, fmt.Errorf("rocketmq: serve %s: create topic: %w", subject, err)
 		}
-		b.waitTopic(subject)
+		b.waitTopic(topic)
 	}
-	pc, err := b.startConsumer(s, cfg)
+	pc, err := b.startConsumer(s, cfg.Concurrency)
 	if err != nil && strings.Contains(err.Error(), "route info not found") {
-		err = b.createTopic(subject)
+		err = b.createTopic(topic)
 		if err == nil {
-			pc, err = b.waitConsumer(s, cfg)
+			pc, err = b.waitConsumer(s, cfg.Concurrency)
 		}
 	}
 	if err != nil {
-		cancel()
-		s.closeJournal()
-		return nil, fmt.Errorf("rocketmq: serve %s as group %s: %w", subject, cfg.Queue, err)
+		s.abandon()
+		return nil, fmt.Errorf("rocketmq: serve %s as group %s: %w", subject, group, err)
 	}
 	s.pc = pc
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		_ = pc.Shutdown()
-		cancel()
-		s.closeJournal()
+		s.abandon()
 		return nil, fmt.Errorf("rocketmq: serve %s: %w", subject, broker.ErrClosed)
 	}
 	b.subs[s] = struct{}{}
@@ -108,10 +106,10 @@ func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOpt
 const NewGroupWindow = 30 * time.Minute
 
 // startConsumer creates, subscribes and starts one push consumer for s.
-func (b *Broker) startConsumer(s *subscription, cfg broker.ServeConfig) (rmq.PushConsumer, error) {
+func (b *Broker) startConsumer(s *subscription, concurrency int) (rmq.PushConsumer, error) {
 	copts := []consumer.Option{
 		consumer.WithNsResolver(primitive.NewPassthroughResolver(b.servers)),
-		consumer.WithGroupName(cfg.Queue),
+		consumer.WithGroupName(s.group),
 		// Its own client per Serve: the client refuses a second consumer of
 		// the same group, and Stop must not close another Serve's
 		// connections.
@@ -123,7 +121,10 @@ func (b *Broker) startConsumer(s *subscription, cfg broker.ServeConfig) (rmq.Pus
 		// them is skipped for good. A search by time has no such gap.
 		consumer.WithConsumeFromWhere(consumer.ConsumeFromTimestamp),
 		consumer.WithConsumeTimestamp(time.Now().Add(-NewGroupWindow).UTC().Format("20060102150405")),
-		consumer.WithConsumeGoroutineNums(cfg.Concurrency),
+		// The kernel runs at most concurrency handlers; the client's
+		// goroutines (as many per topic, the service's and its retry
+		// topic) wait for them.
+		consumer.WithConsumeGoroutineNums(concurrency),
 		consumer.WithConsumeMessageBatchMaxSize(1),
 		// mqrpc dead-letters a message itself (delay level -1) after
 		// maxDeliveries; the broker's own limit is only a backstop for
@@ -137,7 +138,7 @@ func (b *Broker) startConsumer(s *subscription, cfg broker.ServeConfig) (rmq.Pus
 	if err != nil {
 		return nil, fmt.Errorf("new consumer: %w", err)
 	}
-	if err := pc.Subscribe(s.subject, consumer.MessageSelector{Type: consumer.TAG, Expression: "*"}, s.consume); err != nil {
+	if err := pc.Subscribe(s.topic, consumer.MessageSelector{Type: consumer.TAG, Expression: "*"}, s.consume); err != nil {
 		return nil, fmt.Errorf("subscribe: %w", err)
 	}
 	// Set before Start, which starts the deliveries that read them.
@@ -152,10 +153,10 @@ func (b *Broker) startConsumer(s *subscription, cfg broker.ServeConfig) (rmq.Pus
 
 // waitConsumer retries startConsumer while the topic's route is not in the
 // name server yet (the broker registers a new topic asynchronously).
-func (b *Broker) waitConsumer(s *subscription, cfg broker.ServeConfig) (rmq.PushConsumer, error) {
+func (b *Broker) waitConsumer(s *subscription, concurrency int) (rmq.PushConsumer, error) {
 	deadline := time.Now().Add(topicCreateWait)
 	for {
-		pc, err := b.startConsumer(s, cfg)
+		pc, err := b.startConsumer(s, concurrency)
 		if err == nil || !strings.Contains(err.Error(), "route info not found") || time.Now().After(deadline) {
 			return pc, err
 		}
@@ -195,14 +196,17 @@ func (b *Broker) createTopic(subject string) error {
 	return nil
 }
 
-// subscription is one Serve call.
+// subscription is one Serve call: the kernel runs the deliveries (it is
+// their kernel.Driver), the consumer's callback hands them over one at a
+// time and settles each with the delay level the kernel's outcome maps to.
 type subscription struct {
 	b       *Broker
-	subject string
+	subject string // as served; topic is its RocketMQ name
+	topic   string
 	group   string
-	h       broker.Handler
 	log     *slog.Logger
 	pc      rmq.PushConsumer
+	k       *kernel.Subscription[*delivery]
 
 	// retryTopic is the group's retry topic; journal counts crashed
 	// deliveries (nil: off); hooks reach into the consumer's client.
@@ -214,67 +218,93 @@ type subscription struct {
 	// isolate runs a message suspected of crashing a server alone.
 	isolate soloGate
 
-	// ctx is the parent of every handler context: cancelled by Close, not
-	// by Stop (Stop drains).
-	ctx    context.Context
-	cancel context.CancelFunc
+	ch       chan *delivery // the consumer's callbacks to the kernel's Next
+	quit     chan struct{}  // closed by Drain or Abort: hand over nothing more
+	quitOnce sync.Once
 
-	mu       sync.Mutex
-	stopping bool
-	inflight sync.WaitGroup
-	stopped  chan struct{}
-	stopErr  error
+	finishOnce sync.Once
+	finished   chan struct{} // closed once the consumer is shut down
+	finishErr  error
 }
 
-var _ broker.Subscription = (*subscription)(nil)
+// delivery is one message on its way through the kernel: what the
+// consumer's callback knows of it, what Decode found, and the delay level
+// Settle chose.
+type delivery struct {
+	m        *primitive.MessageExt
+	prior    int // earlier deliveries, as the broker counts them
+	deadline time.Time
+	bad      bool // a malformed deadline
+	level    int
+	settled  sync.WaitGroup
+}
 
-// Stop implements broker.Subscription: it stops handling new messages,
-// waits for the handlers in flight and their replies, then shuts the
-// consumer down, which commits the consumed offsets and hands the queues to
-// the group's other servers. Messages the consumer had already fetched but
-// not handed to a handler go back to the broker, which redelivers them to
-// the group later (through the retry topic, after 1 s).
+var (
+	_ broker.Subscription      = (*subscription)(nil)
+	_ kernel.Driver[*delivery] = (*subscription)(nil)
+)
+
+// newSubscription starts serving h through the kernel; the consumer comes
+// next (Serve).
+func newSubscription(b *Broker, subject, topic, group string, h broker.Handler, cfg broker.ServeConfig) *subscription {
+	s := &subscription{
+		b: b, subject: subject, topic: topic, group: group,
+		log:        b.log.With("topic", topic, "group", group),
+		retryTopic: retryTopicPrefix + group,
+		ch:         make(chan *delivery),
+		quit:       make(chan struct{}),
+		finished:   make(chan struct{}),
+	}
+	s.k = kernel.Serve[*delivery](s, subject, h, cfg, kernel.Options{Name: "rocketmq", Log: s.log})
+	return s
+}
+
+// abandon ends a subscription whose Serve failed.
+func (s *subscription) abandon() {
+	s.k.Abort()
+	s.k.Wait()
+	s.closeJournal()
+}
+
+// Stop implements broker.Subscription: the kernel stops handing out
+// messages and waits for the handlers in flight and their replies (or,
+// once ctx ends, aborts them: see kernel.Subscription.Stop), then the
+// consumer shuts down, which commits the consumed offsets and hands the
+// queues to the group's other servers. Messages the consumer had already
+// fetched but not handed over go back to the broker, which redelivers them
+// to the group later (through the retry topic, after 1 s).
 func (s *subscription) Stop(ctx context.Context) error {
-	return s.stop(ctx, true)
-}
-
-func (s *subscription) stop(ctx context.Context, drain bool) error {
-	s.mu.Lock()
-	first := !s.stopping
-	s.stopping = true
-	s.mu.Unlock()
-	if first {
-		go s.shutdown(drain)
+	if err := s.k.Stop(ctx); err != nil {
+		go s.finish()
+		return err
 	}
 	select {
-	case <-s.stopped:
-		return s.stopErr
+	case <-s.finish():
+		return s.finishErr
 	case <-ctx.Done():
 		return fmt.Errorf("rocketmq: stop %s: %w", s.subject, ctx.Err())
 	}
 }
 
-func (s *subscription) shutdown(drain bool) {
-	if !drain {
-		s.cancel()
-	}
-	// PushConsumer.Suspend would stop pulling, but it writes an unguarded
-	// flag the pull loop reads (a data race in rocketmq-client-go v2.1.2);
-	// consume hands late messages back instead (ConsumeRetryLater).
-	s.inflight.Wait()
-	var err error
-	if s.pc != nil {
-		if e := s.pc.Shutdown(); e != nil {
-			err = fmt.Errorf("rocketmq: shut down consumer %s: %w", s.group, e)
-		}
-	}
-	s.cancel()
-	s.closeJournal()
-	s.b.mu.Lock()
-	delete(s.b.subs, s)
-	s.b.mu.Unlock()
-	s.stopErr = err
-	close(s.stopped)
+// finish shuts the consumer down once every handler returned, once; the
+// returned channel is closed when it is done.
+func (s *subscription) finish() <-chan struct{} {
+	s.finishOnce.Do(func() {
+		go func() {
+			s.k.Wait()
+			if s.pc != nil {
+				if err := s.pc.Shutdown(); err != nil {
+					s.finishErr = fmt.Errorf("rocketmq: shut down consumer %s: %w", s.group, err)
+				}
+			}
+			s.closeJournal()
+			s.b.mu.Lock()
+			delete(s.b.subs, s)
+			s.b.mu.Unlock()
+			close(s.finished)
+		}()
+	})
+	return s.finished
 }
 
 // offsetPersister is the push consumer's method that sends the consumed
@@ -290,37 +320,29 @@ func (s *subscription) closeJournal() {
 	}
 }
 
-// begin registers one delivery in flight; false once stopping.
-func (s *subscription) begin() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stopping {
-		return false
-	}
-	s.inflight.Add(1)
-	return true
-}
+// levelStopping: the subscription no longer hands messages over.
+const levelStopping = -2
 
 // consume is the push consumer's callback (batch size 1). A delivery that
 // is not settled here goes back to the broker with the delay level chosen
 // for it (level -1: the dead-letter topic).
 func (s *subscription) consume(ctx context.Context, msgs ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
-	reserveStack(0)
 	cc, _ := primitive.GetConcurrentlyCtx(ctx)
 	for _, m := range msgs {
-		if !s.begin() {
-			// Stopping: leave the message to the group's other servers. The
+		var queue primitive.MessageQueue
+		if cc != nil {
+			queue = cc.MQ
+		}
+		level := s.deliver(queue, m)
+		if level == levelStopping {
+			// Leave the message to the group's other servers. The
 			// client sends it back to the broker for later redelivery.
 			if cc != nil {
 				cc.DelayLevelWhenNextConsume = backoffLevel(1)
 			}
 			return consumer.ConsumeRetryLater, nil
 		}
-		var queue primitive.MessageQueue
-		if cc != nil {
-			queue = cc.MQ
-		}
-		if level := s.deliver(queue, m); level != levelDone {
+		if level != levelDone {
 			if level > 0 && queue.Topic != s.retryTopic && m.ReconsumeTimes > 0 && s.resend(m, level) {
 				continue
 			}
@@ -333,6 +355,145 @@ func (s *subscription) consume(ctx context.Context, msgs ...*primitive.MessageEx
 	}
 	return consumer.ConsumeSuccess, nil
 }
+
+// deliver handles one delivery and returns the delay level it settles
+// with (or levelStopping). The kernel runs it (run); around it, deliver
+// keeps the journal of crashed deliveries and runs a suspect alone.
+//
+// How many deliveries a message had is what the broker says, never what
+// the message says: RocketMQ's reconsume count of a message read from the
+// group's retry topic (where only the broker writes, counting the
+// send-backs), zero for one read from the service topic (whatever its
+// sender stored there), plus the crashed deliveries the journal knows of.
+func (s *subscription) deliver(queue primitive.MessageQueue, m *primitive.MessageExt) (level int) {
+	if _, ok := m.GetProperties()[propInit]; ok {
+		return levelDone
+	}
+	d := &delivery{m: m}
+	if queue.Topic == s.retryTopic {
+		d.prior = int(max(m.ReconsumeTimes, 0))
+	}
+	if s.journal == nil || queue.Topic == "" {
+		return s.run(d)
+	}
+	qk := queue.Topic + "/" + queue.BrokerName + "/" + strconv.Itoa(queue.QueueId)
+	key := qk + "/" + strconv.FormatInt(m.QueueOffset, 10)
+	s.journal.seen(qk, m.QueueOffset)
+	defer s.journal.finish(key)
+	if n := s.journal.crashes(key); n > 0 {
+		// This stored message was in flight when a server crashed: send
+		// it back (or dead-letter it) rather than run it again, so the
+		// queue moves past it, and run it alone next time.
+		level = s.failed(d.prior + n)
+		s.journal.suspectID(m.MsgId, level != levelDeadLetter)
+		s.log.Warn("rocketmq: message was in flight when a server crashed; sending it back", "msgId", m.MsgId, "deliveries", d.prior+n, "deadLetter", level == levelDeadLetter)
+		return level
+	}
+	if s.journal.suspected(m.MsgId) {
+		leave, alone := s.isolate.solo(s.k.Context())
+		defer leave()
+		if !alone {
+			s.log.Warn("rocketmq: suspect could not run alone; running it beside others", "msgId", m.MsgId, "waited", 2*soloWait)
+		}
+		// Commit the offsets of the messages settled so far first: if
+		// this one crashes the server again, they (and the copy of this
+		// one already sent back) must not come back.
+		if s.persist != nil {
+			_ = s.persist.PersistConsumerOffset()
+		}
+		defer func() {
+			if level == levelDone || level == levelDeadLetter {
+				s.journal.suspectID(m.MsgId, false) // settled for good
+			}
+		}()
+	} else {
+		defer s.isolate.shared(s.k.Context())()
+	}
+	s.journal.start(key)
+	return s.run(d)
+}
+
+// run hands d to the kernel and waits until it is settled.
+func (s *subscription) run(d *delivery) int {
+	d.settled.Add(1)
+	select {
+	case s.ch <- d:
+	case <-s.quit:
+		return levelStopping
+	}
+	d.settled.Wait()
+	return d.level
+}
+
+// Next implements kernel.Driver.
+func (s *subscription) Next(ctx context.Context) (*delivery, bool) {
+	select {
+	case d := <-s.ch:
+		return d, true
+	case <-s.quit:
+	case <-ctx.Done():
+	}
+	return nil, false
+}
+
+// Decode implements kernel.Driver. The marker message that creates a
+// topic never gets here (deliver).
+func (s *subscription) Decode(d *delivery, m *broker.Message) error {
+	err := decode(m, s.subject, d.m.GetProperties(), d.m.Body)
+	d.deadline, d.bad = m.Deadline, err != nil
+	return err
+}
+
+// Reply implements kernel.Driver: a reply to a request, nothing for a
+// one-way message. It is retried while the broker cannot route it yet
+// (see Broker.reply), up to the request's deadline.
+func (s *subscription) Reply(d *delivery, rep *broker.Message) error {
+	if !isRequest(d.m) {
+		return nil
+	}
+	return s.b.reply(d.m, d.deadline, rep)
+}
+
+// Settle implements kernel.Driver: the outcome becomes the delivery's delay
+// level (settle), which the consumer's callback returns to the client.
+func (s *subscription) Settle(d *delivery, o kernel.Outcome) {
+	d.level = s.settle(d, o)
+	d.settled.Done()
+}
+
+func (s *subscription) settle(d *delivery, o kernel.Outcome) int {
+	switch o {
+	case kernel.Done:
+		return levelDone
+	case kernel.Dropped:
+		switch {
+		case d.bad && !isRequest(d.m):
+			// Redelivery would not fix it, and no caller hears.
+			return levelDeadLetter
+		case d.bad:
+			return levelDone // answered with the rejection
+		case d.prior > 0:
+			// It failed before and ran out of time waiting for its
+			// redelivery: dead-letter it, not drop it.
+			s.log.Warn("rocketmq: failed request expired; dead-lettering it", "msgId", d.m.MsgId, "deliveries", d.prior)
+			return levelDeadLetter
+		}
+		return levelDone
+	}
+	level := s.failed(d.prior + 1)
+	if s.k.Context().Err() == nil && !d.deadline.IsZero() && !time.Now().Before(d.deadline) {
+		level = levelDeadLetter // nobody waits for a redelivery
+	}
+	s.log.Warn("rocketmq: delivery failed", "msgId", d.m.MsgId, "deliveries", d.prior+1, "deadLetter", level == levelDeadLetter)
+	return level
+}
+
+// Drain implements kernel.Driver: the callbacks hand nothing more over
+// and send what they hold back to the broker.
+func (s *subscription) Drain() { s.quitOnce.Do(func() { close(s.quit) }) }
+
+// Abort implements kernel.Driver.
+func (s *subscription) Abort() { s.Drain() }
 
 // resend redelivers a failed message read from the service topic whose
 // stored reconsume count its sender set (only the broker sets it on the
@@ -347,10 +508,10 @@ func (s *subscription) resend(m *primitive.MessageExt, level int) bool {
 			props[k] = v
 		}
 	}
-	msg := &primitive.Message{Topic: s.subject, Body: m.Body}
+	msg := &primitive.Message{Topic: s.topic, Body: m.Body}
 	msg.WithProperties(props)
 	msg.WithDelayTimeLevel(level)
-	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(s.b.ctx, 5*time.Second)
 	defer cancel()
 	if _, err := s.b.producer.SendSync(ctx, msg); err != nil {
 		s.log.Warn("rocketmq: resending a message with a reconsume count set by its sender failed", "msgId", m.MsgId, "err", err)
@@ -410,152 +571,12 @@ func (s *subscription) retryRouteSoon() {
 		go func() {
 			select {
 			case <-time.After(500 * time.Millisecond): // the send-back is stored
-			case <-s.ctx.Done():
+			case <-s.k.Context().Done():
 				return
 			}
 			s.hooks.refresh()
 		}()
 	})
-}
-
-// reserveStack makes the calling goroutine's stack large enough for a
-// typical handler while the stack is still shallow.
-//
-// rocketmq-client-go runs every delivery on a goroutine of its own, which
-// starts with a small stack (2 KiB, or the runtime's running average). A
-// handler that decodes, dispatches and encodes outgrows it, and the runtime
-// then grows the stack two or three times over, the last time deep inside
-// the handler, each time copying it and adjusting every frame: 8 µs per
-// request at 64 concurrent requests and 12-18 µs at one (an rpc server with
-// msgpack, 4 KiB bodies), on the path of every reply. A 4 KiB frame here,
-// a few frames below the goroutine's start, grows the stack once to 8 KiB,
-// which that handler fits in: 3-5 µs and 0-5 µs. Reserving more costs more
-// than it saves: the garbage collector shrinks (copies) a stack that is less
-// than a quarter used, as a 16 KiB one is while the reply is being sent.
-//
-//go:noinline
-func reserveStack(i int) byte {
-	var frame [4 << 10]byte
-	return frame[i]
-}
-
-// deliver handles one delivery and returns the delay level it settles
-// with. It releases the in-flight count and turns a panicking handler into
-// a failed delivery: the client's own recovery would leave the message
-// unacknowledged and Stop waiting forever.
-//
-// How many deliveries a message had is what the broker says, never what
-// the message says: RocketMQ's reconsume count of a message read from the
-// group's retry topic (where only the broker writes, counting the
-// send-backs), zero for one read from the service topic (whatever its
-// sender stored there), plus the crashed deliveries the journal knows of.
-func (s *subscription) deliver(queue primitive.MessageQueue, m *primitive.MessageExt) (level int) {
-	defer s.inflight.Done()
-	prior := 0
-	if queue.Topic == s.retryTopic {
-		prior = int(max(m.ReconsumeTimes, 0))
-	}
-	if s.journal != nil && queue.Topic != "" {
-		qk := queue.Topic + "/" + queue.BrokerName + "/" + strconv.Itoa(queue.QueueId)
-		key := qk + "/" + strconv.FormatInt(m.QueueOffset, 10)
-		s.journal.seen(qk, m.QueueOffset)
-		defer s.journal.finish(key)
-		if n := s.journal.crashes(key); n > 0 {
-			// This stored message was in flight when a server crashed:
-			// send it back (or dead-letter it) rather than run it again,
-			// so the queue moves past it, and run it alone next time.
-			level = s.failed(prior + n)
-			s.journal.suspectID(m.MsgId, level != levelDeadLetter)
-			s.log.Warn("rocketmq: message was in flight when a server crashed; sending it back", "msgId", m.MsgId, "deliveries", prior+n, "deadLetter", level == levelDeadLetter)
-			return level
-		}
-		if s.journal.suspected(m.MsgId) {
-			leave, alone := s.isolate.solo(s.ctx)
-			defer leave()
-			if !alone {
-				s.log.Warn("rocketmq: suspect could not run alone; running it beside others", "msgId", m.MsgId, "waited", 2*soloWait)
-			}
-			// Commit the offsets of the messages settled so far first:
-			// if this one crashes the server again, they (and the copy
-			// of this one already sent back) must not come back.
-			if s.persist != nil {
-				_ = s.persist.PersistConsumerOffset()
-			}
-			defer func() {
-				if level <= levelDone {
-					s.journal.suspectID(m.MsgId, false)
-				}
-			}()
-		} else {
-			defer s.isolate.shared(s.ctx)()
-		}
-		s.journal.start(key)
-	}
-	defer func() {
-		if v := recover(); v != nil {
-			level = s.failed(prior + 1)
-			s.log.Error("rocketmq: handler panicked", "msgId", m.MsgId, "panic", v, "deadLetter", level == levelDeadLetter)
-		}
-	}()
-	return s.handle(m, prior)
-}
-
-// handle runs one delivery; prior is the number of earlier deliveries.
-func (s *subscription) handle(m *primitive.MessageExt, prior int) int {
-	props := m.GetProperties()
-	if _, ok := props[propInit]; ok {
-		return levelDone
-	}
-	req, err := fromProperties(s.subject, props, m.Body)
-	if err != nil {
-		// A malformed deadline cannot be honoured and redelivery would not
-		// fix it: answer InvalidArgument (gRPC code 3), as every mqrpc
-		// broker does, or dead-letter a one-way message.
-		s.log.Warn("rocketmq: malformed message", "msgId", m.MsgId, "err", err)
-		if !isRequest(m) {
-			return levelDeadLetter
-		}
-		ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
-		defer cancel()
-		reply := &broker.Message{Header: broker.Header{broker.HeaderStatus: "3", broker.HeaderStatusMessage: err.Error()}}
-		if err := s.b.reply(ctx, m, reply); err != nil {
-			s.log.Warn("rocketmq: reply not delivered", "msgId", m.MsgId, "err", err)
-		}
-		return levelDone
-	}
-	if req.Expired(time.Now()) {
-		if prior > 0 {
-			// It failed before and ran out of time waiting for its
-			// redelivery: dead-letter it, not drop it.
-			s.log.Warn("rocketmq: failed request expired; dead-lettering it", "id", req.ID, "deliveries", prior)
-			return levelDeadLetter
-		}
-		s.log.Debug("rocketmq: dropping expired request", "id", req.ID, "deadline", req.Deadline)
-		return levelDone
-	}
-	ctx := s.ctx
-	if !req.Deadline.IsZero() {
-		dc := deliveryctx.New(ctx, req.Deadline)
-		defer dc.Release()
-		ctx = dc
-	}
-	reply, err := s.h.ServeMessage(ctx, req)
-	if err != nil {
-		level := s.failed(prior + 1)
-		if s.ctx.Err() == nil && req.Expired(time.Now()) {
-			// Nobody waits for a redelivery.
-			level = levelDeadLetter
-		}
-		s.log.Warn("rocketmq: handler failed", "id", req.ID, "err", err, "deliveries", prior+1, "deadLetter", level == levelDeadLetter)
-		return level
-	}
-	if reply == nil || !isRequest(m) {
-		return levelDone
-	}
-	if err := s.b.reply(ctx, m, reply); err != nil {
-		s.log.Warn("rocketmq: reply not delivered", "id", req.ID, "err", err)
-	}
-	return levelDone
 }
 
 // reply sends the reply to req.
@@ -566,8 +587,8 @@ func (s *subscription) handle(m *primitive.MessageExt, prior int) int {
 // connection after a broker restart) cannot receive it, and the broker
 // answers "push reply message ... fail" (rocketmq-client-go #1047). Such a
 // reply is retried with backoff until the request's deadline (at most
-// replyRetryMax without one).
-func (b *Broker) reply(ctx context.Context, req *primitive.MessageExt, reply *broker.Message) error {
+// replyRetryMax without one) or until the Broker closes.
+func (b *Broker) reply(req *primitive.MessageExt, deadline time.Time, reply *broker.Message) error {
 	if reply.ID == "" {
 		reply.ID = broker.NewID()
 	}
@@ -578,12 +599,11 @@ func (b *Broker) reply(ctx context.Context, req *primitive.MessageExt, reply *br
 	if err := b.checkSize(req.Topic, size); err != nil {
 		return err
 	}
-	sendCtx := ctx
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		sendCtx, cancel = context.WithTimeout(ctx, replyRetryMax)
-		defer cancel()
+	if deadline.IsZero() {
+		deadline = time.Now().Add(replyRetryMax)
 	}
+	sendCtx, cancel := context.WithDeadline(b.ctx, deadline)
+	defer cancel()
 	backoff := 20 * time.Millisecond
 	for {
 		_, err = b.producer.SendSync(sendCtx, msg)

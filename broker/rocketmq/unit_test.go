@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -23,6 +24,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 	"github.com/mqrpc/mqrpc/broker/rocketmq"
 	"github.com/mqrpc/mqrpc/internal/testenv"
 )
@@ -114,7 +116,7 @@ func TestRequestReturnsOnCtxAndDeadline(t *testing.T) {
 	time.AfterFunc(50*time.Millisecond, cancel)
 	start := time.Now()
 	_, err := b.Request(ctx, &broker.Message{Subject: "svc", Deadline: time.Now().Add(time.Minute)})
-	assert.ErrorIs(t, err, broker.ErrTimeout)
+	assert.NotErrorIs(t, err, broker.ErrTimeout, "a cancel is no timeout")
 	assert.ErrorIs(t, err, context.Canceled)
 	assert.Less(t, time.Since(start), time.Second)
 
@@ -269,7 +271,7 @@ func TestRequestValidation(t *testing.T) {
 	}{
 		{"Expired", &broker.Message{Subject: "svc", Deadline: time.Now().Add(-time.Second)}, broker.ErrTimeout},
 		{"TooLarge", &broker.Message{Subject: "svc", Body: make([]byte, 2048)}, broker.ErrMessageTooLarge},
-		{"BadTopic", &broker.Message{Subject: "svc.calc"}, nil},
+		{"EmptySubject", &broker.Message{Subject: ""}, nil},
 		{"SeparatorInHeader", &broker.Message{Subject: "svc", Header: broker.Header{"x": "a\x01b"}}, nil},
 		{"ReservedHeader", &broker.Message{Subject: "svc", Header: broker.Header{"__x": "1"}}, nil},
 	} {
@@ -403,4 +405,97 @@ func TestRequestRegistrationHonoursCtx(t *testing.T) {
 	wg.Wait()
 	assert.Equal(t, int32(1), heartbeats.Load(), "one registration per topic")
 	assert.Equal(t, int32(1), lookups.Load())
+}
+
+// A subject RocketMQ refuses as a topic (the full gRPC service name
+// "helloworld.Greeter": '.' is not allowed, nor are names past 127 bytes)
+// travels on kernel.MapName's topic, the same for Request and Send (and
+// Serve, TestRealMappedName); a valid one is its own topic.
+func TestMappedTopic(t *testing.T) {
+	var mu sync.Mutex
+	var topics []string
+	record := func(m *primitive.Message) {
+		mu.Lock()
+		defer mu.Unlock()
+		topics = append(topics, m.Topic)
+	}
+	b := newFake(t, &fakeProducer{
+		send: func(_ context.Context, msgs ...*primitive.Message) (*primitive.SendResult, error) {
+			record(msgs[0])
+			return &primitive.SendResult{Status: primitive.SendOK}, nil
+		},
+		request: func(_ context.Context, _ time.Duration, cb func(context.Context, *primitive.Message, error), m *primitive.Message) error {
+			record(m)
+			cb(context.Background(), replyTo(m, "ok", nil), nil)
+			return nil
+		},
+	})
+	long := strings.Repeat("a.", 100)
+	for _, subject := range []string{"helloworld.Greeter", "calc", long, "x%RETRY%|y"} {
+		topics = nil
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := b.Request(ctx, &broker.Message{Subject: subject})
+		cancel()
+		require.NoError(t, err, subject)
+		require.NoError(t, b.Send(context.Background(), &broker.Message{Subject: subject}), subject)
+		want := kernel.MapName(subject, kernel.NameRule{MaxLen: 127, Allowed: func(r rune) bool {
+			return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-'
+		}})
+		assert.Equal(t, []string{want, want}, topics, subject)
+		assert.Regexp(t, `^[a-zA-Z0-9_-]{1,127}$`, want)
+		if subject == "calc" {
+			assert.Equal(t, "calc", want)
+		}
+	}
+}
+
+// A caller that cancels gets an error that says canceled (no timeout) at
+// once, and the servers get a cancel notice: a message on ControlTopic
+// naming the subject and the request's ID (docs/PROTOCOL.md). A request
+// that timed out sends none.
+func TestCancelNotice(t *testing.T) {
+	notices := make(chan map[string]string, 4)
+	sent := make(chan struct{}, 4)
+	b := newFake(t, &fakeProducer{
+		send: func(_ context.Context, msgs ...*primitive.Message) (*primitive.SendResult, error) {
+			if msgs[0].Topic == rocketmq.ControlTopic {
+				notices <- msgs[0].GetProperties()
+			}
+			return &primitive.SendResult{Status: primitive.SendOK}, nil
+		},
+		request: func(context.Context, time.Duration, func(context.Context, *primitive.Message, error), *primitive.Message) error {
+			sent <- struct{}{}
+			return nil // no reply ever
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := b.Request(ctx, &broker.Message{ID: "req-1", Subject: "helloworld.Greeter"})
+		errc <- err
+	}()
+	<-sent
+	cancel()
+	err := <-errc
+	assert.ErrorIs(t, err, context.Canceled)
+	assert.NotErrorIs(t, err, broker.ErrTimeout)
+	assert.Contains(t, err.Error(), "cancel")
+	select {
+	case p := <-notices:
+		assert.Equal(t, "req-1", p["mqrpc-cancel"])
+		assert.Equal(t, "helloworld.Greeter", p["mqrpc-control-subject"])
+	case <-time.After(5 * time.Second):
+		t.Fatal("no cancel notice")
+	}
+
+	ctx, cancel = context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err = b.Request(ctx, &broker.Message{Subject: "svc"})
+	<-sent
+	assert.ErrorIs(t, err, broker.ErrTimeout)
+	select {
+	case p := <-notices:
+		t.Fatalf("a timed-out request sent a cancel notice: %v", p)
+	case <-time.After(200 * time.Millisecond):
+	}
 }

@@ -5,15 +5,22 @@
 // Stop/drain/abort and cancel notices; it passes broker/brokertest.
 //
 //	go run ./examples/custom-broker
+//
+// The program itself is broker-neutral: -broker takes any URL that
+// broker/dial opens instead (go run ./examples/custom-broker -broker
+// nats://127.0.0.1:4222).
 package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net"
 	"os"
 	"time"
 
+	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/dial"
 	"github.com/mqrpc/mqrpc/examples/custom-broker/tcpbroker"
 	"github.com/mqrpc/mqrpc/rpc"
 )
@@ -21,26 +28,23 @@ import (
 // Hello is the request and the reply.
 type Hello struct{ Name string }
 
+var brokerFlag = flag.String("broker", "tcp",
+	`broker: "tcp" (this example's own, package tcpbroker, on a free loopback port) or a URL broker/dial opens: memory, nats://, amqp://`)
+
 func main() {
-	if err := run(); err != nil {
+	flag.Parse()
+	if err := run(*brokerFlag); err != nil {
 		fmt.Fprintln(os.Stderr, "custom-broker:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func run(brokerArg string) error {
+	server, caller, closeAll, err := open(brokerArg)
 	if err != nil {
 		return err
 	}
-	defer l.Close()
-	go tcpbroker.Listen(l)
-
-	server, err := tcpbroker.Dial(l.Addr().String())
-	if err != nil {
-		return err
-	}
-	defer server.Close()
+	defer closeAll()
 	srv := rpc.NewServer()
 	if err := rpc.Handle(srv, "SayHello", func(_ context.Context, in *Hello) (*Hello, error) {
 		return &Hello{Name: "hello, " + in.Name}, nil
@@ -51,14 +55,13 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	defer sub.Stop(context.Background())
+	defer func() {
+		stopCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
+		defer stop()
+		_ = sub.Stop(stopCtx)
+	}()
 
-	caller, err := tcpbroker.Dial(l.Addr().String())
-	if err != nil {
-		return err
-	}
-	defer caller.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := rpc.Invoke[Hello, Hello](ctx, rpc.NewClient(caller), "greeter.Greeter", "SayHello", &Hello{Name: "tcp"})
 	if err != nil {
@@ -66,4 +69,37 @@ func run() error {
 	}
 	fmt.Println(out.Name)
 	return nil
+}
+
+// open returns a serving and a calling connection: two to a tcpbroker hub
+// of this process, or one broker from a URL.
+func open(brokerArg string) (server, caller broker.Broker, closeAll func(), err error) {
+	if brokerArg != "tcp" {
+		b, err := dial.Open(brokerArg, dial.WithName("custom-broker"))
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return b, b, func() { _ = b.Close() }, nil
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	go tcpbroker.Listen(l)
+	s, err := tcpbroker.Dial(l.Addr().String())
+	if err != nil {
+		_ = l.Close()
+		return nil, nil, nil, err
+	}
+	c, err := tcpbroker.Dial(l.Addr().String())
+	if err != nil {
+		_ = s.Close()
+		_ = l.Close()
+		return nil, nil, nil, err
+	}
+	return s, c, func() {
+		_ = c.Close()
+		_ = s.Close()
+		_ = l.Close()
+	}, nil
 }

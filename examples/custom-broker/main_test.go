@@ -6,7 +6,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestRun(t *testing.T) { require.NoError(t, run()) }
+func TestRun(t *testing.T) { require.NoError(t, run("tcp")) }
 
 func Example() {
 	main()
