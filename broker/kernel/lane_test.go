@@ -58,3 +58,63 @@ func TestLane(t *testing.T) {
 		t.Fatal("the waiting suspect did not get the lane")
 	}
 }
+
+// A suspect that is to run alone among every delivery waits for the
+// shared deliveries running (at most its bound), and new shared
+// deliveries wait while it runs (at most theirs).
+func TestLaneShared(t *testing.T) {
+	lane := kernel.NewLane()
+	ctx := context.Background()
+	unshare := lane.Shared(ctx, time.Minute) // no suspect: at once
+
+	entered := make(chan bool, 1)
+	var leave func()
+	go func() {
+		l, alone, err := lane.Enter(ctx, time.Minute)
+		assert.NoError(t, err)
+		leave = l
+		entered <- alone
+	}()
+	select {
+	case <-entered:
+		t.Fatal("the suspect ran beside a shared delivery")
+	case <-time.After(100 * time.Millisecond):
+	}
+	unshare()
+	select {
+	case alone := <-entered:
+		assert.True(t, alone)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the suspect did not run once the shared delivery ended")
+	}
+
+	shared := make(chan struct{})
+	go func() {
+		l := lane.Shared(ctx, time.Minute)
+		close(shared)
+		l()
+	}()
+	select {
+	case <-shared:
+		t.Fatal("a shared delivery ran beside the suspect")
+	case <-time.After(100 * time.Millisecond):
+	}
+	start := time.Now()
+	lane.Shared(ctx, 50*time.Millisecond)() // its bound ran out: it runs anyway
+	assert.GreaterOrEqual(t, time.Since(start), 50*time.Millisecond)
+	leave()
+	select {
+	case <-shared:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the shared delivery did not run once the suspect left")
+	}
+
+	// A shared delivery that never ends holds a suspect back only for its
+	// bound: the suspect then runs, not alone.
+	stuck := lane.Shared(ctx, time.Minute)
+	l, alone, err := lane.Enter(ctx, 50*time.Millisecond)
+	require.NoError(t, err)
+	assert.False(t, alone)
+	l()
+	stuck()
+}

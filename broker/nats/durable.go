@@ -186,17 +186,17 @@ func (d *jsDriver) Admit(ctx context.Context, x *jsDelivery, req *broker.Message
 			wait = lastChanceWait
 		}
 		leave, alone, err := suspectLane.Enter(ctx, wait)
-		switch {
-		case err != nil:
+		if err != nil {
 			_ = x.m.Nak() // never started: another server takes it
-			x.done()
-			return false
-		case last && !alone:
-			_ = x.m.NakWithDelay(redeliveryDelay(md.NumDelivered)) // never started
 			x.done()
 			return false
 		}
 		x.leave = leave
+		if last && !alone {
+			_ = x.m.NakWithDelay(redeliveryDelay(md.NumDelivered)) // never started
+			x.done()
+			return false
+		}
 	}
 	if md.NumDelivered > 1 && !d.recordStart(ctx, &a, md) {
 		_ = x.m.NakWithDelay(redeliveryDelay(md.NumDelivered))
