@@ -23,6 +23,10 @@ var rocketmqAndOld = []string{
 	"gopkg.in/natefinch/lumberjack.v2",
 }
 
+// otel is OpenTelemetry's SDK: only middleware/otelmw, a module of its
+// own, brings it.
+const otel = "go.opentelemetry.io/otel/sdk"
+
 // core is what every program below imports: mqrpc's core packages.
 const core = `
 	"github.com/mqrpc/mqrpc/broker"
@@ -91,6 +95,7 @@ func TestDependencies(t *testing.T) {
 			goCmd(t, dir, "mod", "tidy")
 
 			all := strings.Fields(goCmd(t, dir, "list", "-m", "-f", "{{.Path}}", "all"))
+			assert.False(t, slices.Contains(all, otel), "go list -m all holds %s", otel)
 			for _, m := range rocketmqAndOld {
 				if tt.hasRocketMQ {
 					if m != "golang.org/x/lint" {
