@@ -5,8 +5,11 @@
 //     makes the earlier of the ctx deadline and the message deadline govern
 //     both the wait and the message; [TTL] turns a deadline into a clamped
 //     time to live; [WaitError] says why a wait ended;
-//   - the delivery pipeline: decode → expired? → delivery ctx → recover →
-//     handler → reply / ack / nack, run by [Serve] over a [Driver];
+//   - the delivery pipeline: decode → expired? → admit → delivery ctx →
+//     recover → handler → reply / ack / nack, run by [Serve] over a
+//     [Driver]; a durable broker's driver has a say through optional
+//     abilities ([Admitter], [CauseSettler], [Abandoner]), and runs the
+//     deliveries suspected of crashing their process in a [Lane];
 //   - the Serve / Stop / drain / abort lifecycle and the worker pool
 //     (package dispatch), with the lazy delivery context (package
 //     deliveryctx) and pooled request messages (package msgpool);
