@@ -19,7 +19,8 @@ const childEnv = "MQRPC_NORACE_CHILD"
 // broker/rocketmq's tests for the list): under -race any test during which
 // one fires fails, whoever caused it. So under -race it skips, and the
 // package's test that calls RerunWithoutRace runs the test again in a child
-// go test without the race detector; `go test -race ./...` still runs it.
+// go test without the race detector; `go test -race` of the package (scripts/test:
+// `go test -race github.com/mqrpc/mqrpc/...`) still runs it.
 func RocketMQNoRace(tb testing.TB) string {
 	tb.Helper()
 	SkipUnderRace(tb)
