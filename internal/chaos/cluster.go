@@ -205,23 +205,7 @@ func OpenCluster(urls, connName string, durable bool) (*nats.Broker, error) {
 // share: a natskv bucket of ClusterReplicas replicas on the cluster. Every
 // outcome stored is reported to log. The returned func closes it.
 func OpenClusterStore(urls, bucket string, log *ExecLog) (middleware.DedupStore, func(), error) {
-	nc, err := natsgo.Connect(urls, natsgo.Name("chaos-dedup"), natsgo.MaxReconnects(-1), natsgo.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		return nil, nil, fmt.Errorf("chaos: dedup store: %w", err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		return nil, nil, fmt.Errorf("chaos: dedup store: %w", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	s, err := natskv.New(ctx, js, bucket, natskv.WithReplicas(ClusterReplicas))
-	if err != nil {
-		nc.Close()
-		return nil, nil, fmt.Errorf("chaos: dedup store: %w", err)
-	}
-	return reporting{s, log.Committed}, nc.Close, nil
+	return openNATSKV(urls, bucket, 30*time.Second, log.Committed, natskv.WithReplicas(ClusterReplicas))
 }
 
 // startAll spawns n nodes, then waits for each; on an error it closes

@@ -11,7 +11,6 @@ import (
 
 	"github.com/mqrpc/mqrpc/internal/chaos"
 	"github.com/mqrpc/mqrpc/middleware"
-	"github.com/mqrpc/mqrpc/rpc"
 )
 
 // rabbitRecoverWithin: every call started this long after a RabbitMQ
@@ -73,14 +72,7 @@ func runRabbitClusterKill(t *testing.T, target chaos.Target, cl *chaos.RabbitMQC
 	}
 	cb, err := open.Open(cl.URLFrom(0), "client")
 	require.NoError(t, err)
-	s.closers = append(s.closers, func() { _ = cb.Close() })
-	// Fast-mode calls are not retried, so the calls the kill cut off
-	// show how they fail (as on NATS core).
-	c := rpc.NewClient(cb)
-	if target.Durable {
-		c = newClient(cb)
-	}
-	awaitService(t, c, subj, recoverWithin)
+	c := s.clusterClient(cb, subj)
 
 	pick := func() int {
 		if which == "kill-leader" {

@@ -56,9 +56,7 @@ func runRocketClusterKill(t *testing.T, target chaos.Target, cl *chaos.RocketMQC
 	}
 	cb, err := open.Open(cl.NameServer, "client")
 	require.NoError(t, err)
-	s.closers = append(s.closers, func() { _ = cb.Close() })
-	c := newClient(cb)
-	awaitService(t, c, subj, recoverWithin)
+	c := s.clusterClient(cb, subj)
 
 	pick := func() int { return 0 } // broker-a: both hold the topic's queues
 	res, killAt, backAfter := killUnderLoad(t, s, c, cb, subj, cl, pick, nil, 0)

@@ -149,15 +149,7 @@ func runClusterKill(t *testing.T, target chaos.Target, cl *chaos.NATSCluster, wh
 	}
 	cb, err := chaos.OpenCluster(cl.URLFrom(0), "client", target.Durable)
 	require.NoError(t, err)
-	s.closers = append(s.closers, func() { _ = cb.Close() })
-	// Core calls are not retried, so the calls the kill cut off show how
-	// they fail; JetStream calls are retried with their message ID, as
-	// docs/RELIABILITY.md recommends.
-	c := rpc.NewClient(cb)
-	if target.Durable {
-		c = newClient(cb)
-	}
-	awaitService(t, c, subj, recoverWithin)
+	c := s.clusterClient(cb, subj)
 	if target.Durable {
 		// JetStreamConfig.Replicas reached the stream: a copy on each node.
 		ci, cfg := streamCluster(t, cl)
@@ -305,4 +297,18 @@ func assertFailedAtOnce(t *testing.T, e chaos.KillEffect) {
 	}
 	assert.Positive(t, e.InFlight[rpc.Unavailable], "no call in flight failed with Unavailable")
 	assert.LessOrEqual(t, e.InFlightEnded, failAtOnce, "calls in flight at the kill failed only %v after it", e.InFlightEnded)
+}
+
+// clusterClient is the client of a cluster scenario on cb, which it closes
+// at the end, once the service answers. Fast-mode calls are not retried, so
+// the calls the kill cut off show how they fail; durable calls are retried
+// with their message ID, as docs/RELIABILITY.md recommends.
+func (s *scenario) clusterClient(cb broker.Broker, subj string) *rpc.Client {
+	s.closers = append(s.closers, func() { _ = cb.Close() })
+	c := rpc.NewClient(cb)
+	if s.target.Durable {
+		c = newClient(cb)
+	}
+	awaitService(s.t, c, subj, recoverWithin)
+	return c
 }

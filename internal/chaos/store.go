@@ -38,28 +38,36 @@ func openStore(spec string, onCommit func(key string)) (middleware.DedupStore, f
 	a, b, _ := strings.Cut(rest, "|")
 	switch kind {
 	case "natskv":
-		nc, err := natsgo.Connect(a, natsgo.Name("chaos-dedup"), natsgo.MaxReconnects(-1))
-		if err != nil {
-			return nil, nil, fmt.Errorf("chaos: dedup store: %w", err)
-		}
-		js, err := jetstream.New(nc)
-		if err != nil {
-			nc.Close()
-			return nil, nil, fmt.Errorf("chaos: dedup store: %w", err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		s, err := natskv.New(ctx, js, b)
-		if err != nil {
-			nc.Close()
-			return nil, nil, fmt.Errorf("chaos: dedup store: %w", err)
-		}
-		return reporting{s, onCommit}, nc.Close, nil
+		return openNATSKV(a, b, 10*time.Second, onCommit)
 	case "redis":
 		c := redis.NewClient(&redis.Options{Addr: a})
 		return reporting{redisstore.New(c, redisstore.WithPrefix(b)), onCommit}, func() { _ = c.Close() }, nil
 	}
 	return FileDedupStore{Dir: spec, OnStore: onCommit}, func() {}, nil
+}
+
+// openNATSKV opens the natskv store on bucket (made with opts when it does
+// not exist, within setup) on a connection of its own to urls that
+// reconnects for ever; every outcome stored is reported to onCommit. The
+// returned func closes the connection.
+func openNATSKV(urls, bucket string, setup time.Duration, onCommit func(key string), opts ...natskv.Option) (middleware.DedupStore, func(), error) {
+	nc, err := natsgo.Connect(urls, natsgo.Name("chaos-dedup"), natsgo.MaxReconnects(-1), natsgo.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		return nil, nil, fmt.Errorf("chaos: dedup store: %w", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("chaos: dedup store: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), setup)
+	defer cancel()
+	s, err := natskv.New(ctx, js, bucket, opts...)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("chaos: dedup store: %w", err)
+	}
+	return reporting{s, onCommit}, nc.Close, nil
 }
 
 // reporting is a DedupClaimer that reports every outcome it commits.
