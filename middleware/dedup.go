@@ -32,6 +32,11 @@ const (
 	// lasts without renewal: after a server process dies mid-request, a
 	// repeat of the request runs once the lease has passed.
 	DefaultDedupLease = 15 * time.Second
+	// DefaultDedupStoreWait is how long Dedup waits for a store that
+	// cannot be read or claimed before it fails the delivery: longer
+	// than a replicated store's leader election (a JetStream R3 bucket:
+	// 4-9 s).
+	DefaultDedupStoreWait = 15 * time.Second
 )
 
 // ErrDedupLeaseLost is returned by DedupLease.Renew when the claim is no
@@ -117,6 +122,8 @@ type dedupConfig struct {
 	TransientCodes []rpc.Code
 	OnDuplicate    func(ctx context.Context, req *broker.Message, inFlight bool)
 	OnStoreError   func(ctx context.Context, req *broker.Message, err error)
+	StoreWait      time.Duration
+	storeWaitSet   bool
 }
 
 // WithDedupStore sets the store that keeps outcomes. Server processes that
@@ -132,6 +139,17 @@ func WithDedupStore(s DedupStore) DedupOption { return func(c *dedupConfig) { c.
 // renewals. Default (and zero or less): DefaultDedupLease.
 func WithDedupLease(lease time.Duration) DedupOption {
 	return func(c *dedupConfig) { c.Lease = lease }
+}
+
+// WithDedupStoreWait sets how long a request waits, trying again with a
+// backoff, for a store that cannot be read or claimed (unreachable, or
+// electing a leader) before its delivery fails; the request's own
+// deadline ends the wait sooner. A durable broker counts every failed
+// delivery towards dead-lettering, so a store outage shorter than this
+// costs a request time, not a delivery. Default: DefaultDedupStoreWait;
+// zero or less fails the delivery at the first error.
+func WithDedupStoreWait(d time.Duration) DedupOption {
+	return func(c *dedupConfig) { c.StoreWait, c.storeWaitSet = d, true }
 }
 
 // WithDedupKey sets the function that returns the deduplication key of a
@@ -183,11 +201,12 @@ func OnStoreError(fn func(ctx context.Context, req *broker.Message, err error)) 
 //     process always, across processes with a shared DedupClaimer.
 //   - When the store cannot be read or the key cannot be claimed (the
 //     store is unreachable), the request is not run, rather than risk
-//     running it twice, and the delivery fails (Unavailable wrapping
-//     broker.ErrDeliveryFailed): a durable broker redelivers it later, a
-//     fast one drops it and its caller sees its deadline pass. Answering
-//     with an Unavailable reply instead would let a durable broker
-//     acknowledge, and so lose, an accepted request.
+//     running it twice: it tries again for WithDedupStoreWait, and then
+//     the delivery fails (Unavailable wrapping broker.ErrDeliveryFailed):
+//     a durable broker redelivers it later, a fast one drops it and its
+//     caller sees its deadline pass. Answering with an Unavailable reply
+//     instead would let a durable broker acknowledge, and so lose, an
+//     accepted request.
 //
 // What is not covered: a server process that dies after the method's
 // effect but before the outcome is stored (a store round trip) leaves a
@@ -209,6 +228,9 @@ func Dedup(opts ...DedupOption) rpc.Middleware {
 	}
 	if cfg.Lease <= 0 {
 		cfg.Lease = DefaultDedupLease
+	}
+	if !cfg.storeWaitSet {
+		cfg.StoreWait = DefaultDedupStoreWait
 	}
 	if cfg.Key == nil {
 		cfg.Key = func(req *broker.Message) string { return req.ID }
@@ -295,7 +317,18 @@ func (d *deduper) land(key string, f *flight, reply *broker.Message, err error) 
 // store that only loads and stores: from the store, or by running the
 // method and storing its outcome.
 func (d *deduper) run(ctx context.Context, req *broker.Message, key string) (*broker.Message, error) {
-	stored, ok, err := d.cfg.Store.Load(ctx, key)
+	var (
+		stored *broker.Message
+		ok     bool
+		err    error
+		out    storeOutage
+	)
+	for {
+		stored, ok, err = d.cfg.Store.Load(ctx, key)
+		if err == nil || !out.retry(ctx, d.cfg.StoreWait) {
+			break
+		}
+	}
 	if err != nil {
 		return nil, rpc.Errorf(rpc.Unavailable, "dedup: load %q: %w: %w", key, err, broker.ErrDeliveryFailed)
 	}
@@ -323,18 +356,56 @@ const (
 	claimPollMax = 250 * time.Millisecond
 )
 
+// Retries of a store that failed: from storeRetryMin, doubling up to
+// storeRetryMax.
+const (
+	storeRetryMin = 50 * time.Millisecond
+	storeRetryMax = time.Second
+)
+
+// storeOutage is one request's wait for a store that failed.
+type storeOutage struct {
+	since time.Time // of the first failure
+	pause time.Duration
+}
+
+// retry reports whether to try the store again, after a pause, for a
+// request whose store call just failed: while wait has not passed since
+// the first failure and ctx lasts.
+func (o *storeOutage) retry(ctx context.Context, wait time.Duration) bool {
+	now := time.Now()
+	if o.since.IsZero() {
+		o.since, o.pause = now, storeRetryMin
+	}
+	if ctx.Err() != nil || now.Sub(o.since)+o.pause > wait {
+		return false
+	}
+	t := time.NewTimer(o.pause)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return false
+	}
+	o.pause = min(2*o.pause, storeRetryMax)
+	return true
+}
+
 // runClaimed answers a request that is not in flight in this process,
 // with a store that claims keys: from the store, after waiting for a run
 // in another process, or by claiming the key, running the method and
 // committing its outcome.
 func (d *deduper) runClaimed(ctx context.Context, req *broker.Message, key string, f *flight) (*broker.Message, error) {
 	var lease DedupLease
+	var out storeOutage
 	poll, waiting := claimPollMin, false
 	for lease == nil {
 		c, err := d.claimer.Claim(ctx, key, d.cfg.Lease)
 		switch {
 		case err != nil && waiting && ctx.Err() != nil:
 			return nil, gaveUp(ctx)
+		case err != nil && out.retry(ctx, d.cfg.StoreWait):
+			continue
 		case err != nil:
 			return nil, rpc.Errorf(rpc.Unavailable, "dedup: claim %q: %w: %w", key, err, broker.ErrDeliveryFailed)
 		case c.Lease != nil:

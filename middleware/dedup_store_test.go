@@ -3,6 +3,8 @@ package middleware_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -144,6 +146,48 @@ type failingLease struct {
 
 func (l failingLease) Commit(context.Context, *broker.Message) error { return l.commit }
 
+// flakyStore fails its first failures Loads and Claims, then works.
+type flakyStore struct {
+	*middleware.MemoryDedupStore
+	mu       sync.Mutex
+	failures int
+}
+
+func (s *flakyStore) fail() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failures > 0 {
+		s.failures--
+		return errors.New("no leader")
+	}
+	return nil
+}
+
+func (s *flakyStore) Load(ctx context.Context, key string) (*broker.Message, bool, error) {
+	if err := s.fail(); err != nil {
+		return nil, false, err
+	}
+	return s.MemoryDedupStore.Load(ctx, key)
+}
+
+func (s *flakyStore) Claim(ctx context.Context, key string, lease time.Duration) (middleware.DedupClaim, error) {
+	if err := s.fail(); err != nil {
+		return middleware.DedupClaim{}, err
+	}
+	return s.MemoryDedupStore.Claim(ctx, key, lease)
+}
+
+// loadOnly hides a store's claims: Dedup loads and stores.
+type loadOnly struct{ s *flakyStore }
+
+func (l loadOnly) Load(ctx context.Context, key string) (*broker.Message, bool, error) {
+	return l.s.Load(ctx, key)
+}
+
+func (l loadOnly) Store(ctx context.Context, key string, reply *broker.Message) error {
+	return l.s.Store(ctx, key, reply)
+}
+
 func TestDedupClaimErrors(t *testing.T) {
 	var runs atomic.Int32
 	next := broker.HandlerFunc(func(context.Context, *broker.Message) (*broker.Message, error) {
@@ -153,7 +197,8 @@ func TestDedupClaimErrors(t *testing.T) {
 	t.Run("claim fails closed", func(t *testing.T) {
 		runs.Store(0)
 		boom := errors.New("store down")
-		h := middleware.Dedup(middleware.WithDedupStore(failingClaimer{middleware.NewMemoryDedupStore(0, 0), boom, nil}))(next)
+		h := middleware.Dedup(middleware.WithDedupStore(failingClaimer{middleware.NewMemoryDedupStore(0, 0), boom, nil}),
+			middleware.WithDedupStoreWait(0))(next)
 		_, err := h.ServeMessage(context.Background(), &broker.Message{ID: "1"})
 		assert.Equal(t, rpc.Unavailable, rpc.CodeOf(err))
 		assert.ErrorIs(t, err, boom)
@@ -163,6 +208,7 @@ func TestDedupClaimErrors(t *testing.T) {
 		// acknowledge, losing the request), the delivery fails.
 		srv := rpc.NewServer(rpc.WithServerMiddleware(middleware.Dedup(
 			middleware.WithDedupStore(failingClaimer{middleware.NewMemoryDedupStore(0, 0), boom, nil}),
+			middleware.WithDedupStoreWait(0),
 		)))
 		require.NoError(t, rpc.Handle(srv, "M", func(context.Context, *struct{}) (*struct{}, error) {
 			runs.Add(1)
@@ -174,6 +220,42 @@ func TestDedupClaimErrors(t *testing.T) {
 		assert.Nil(t, reply)
 		assert.ErrorIs(t, err, broker.ErrDeliveryFailed)
 		assert.Zero(t, runs.Load())
+	})
+	// A store that fails for less than the store wait (a replicated
+	// store electing a leader) costs the request time, not a delivery:
+	// a durable broker would count a failed delivery towards
+	// dead-lettering it.
+	t.Run("store back within the wait", func(t *testing.T) {
+		runs.Store(0)
+		for _, shared := range []bool{true, false} {
+			var store middleware.DedupStore = &flakyStore{MemoryDedupStore: middleware.NewMemoryDedupStore(0, 0), failures: 3}
+			if !shared {
+				store = loadOnly{store.(*flakyStore)}
+			}
+			h := middleware.Dedup(middleware.WithDedupStore(store), middleware.WithDedupStoreWait(time.Minute))(next)
+			reply, err := h.ServeMessage(context.Background(), &broker.Message{ID: fmt.Sprint("back-", shared)})
+			require.NoError(t, err, "claiming store %v", shared)
+			assert.Equal(t, "ok", string(reply.Body))
+		}
+		assert.Equal(t, int32(2), runs.Load(), "each request ran once")
+	})
+	t.Run("store wait bounded", func(t *testing.T) {
+		runs.Store(0)
+		boom := errors.New("store down")
+		h := middleware.Dedup(middleware.WithDedupStore(failingClaimer{middleware.NewMemoryDedupStore(0, 0), boom, nil}),
+			middleware.WithDedupStoreWait(300*time.Millisecond))(next)
+		begin := time.Now()
+		_, err := h.ServeMessage(context.Background(), &broker.Message{ID: "1"})
+		assert.ErrorIs(t, err, broker.ErrDeliveryFailed)
+		assert.Less(t, time.Since(begin), 10*time.Second, "the wait ends")
+		assert.Zero(t, runs.Load())
+		// The request's own deadline ends it sooner.
+		h = middleware.Dedup(middleware.WithDedupStore(failingClaimer{middleware.NewMemoryDedupStore(0, 0), boom, nil}))(next)
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		_, err = h.ServeMessage(ctx, &broker.Message{ID: "2"})
+		assert.ErrorIs(t, err, broker.ErrDeliveryFailed)
+		assert.Less(t, time.Since(begin), 10*time.Second, "the deadline ends the wait, not the default 15 s")
 	})
 	t.Run("commit failure is reported, reply sent, claim kept", func(t *testing.T) {
 		runs.Store(0)

@@ -24,8 +24,9 @@
 //   - when a process dies mid-request (SIGKILL included), its claim
 //     expires after the lease (middleware.WithDedupLease, 15 s by
 //     default) and a repeat then runs the request in another process;
-//   - when the store cannot be reached, requests are refused with
-//     Unavailable, never run unguarded: a durable broker redelivers them.
+//   - when the store cannot be reached, requests wait for it (for
+//     middleware.WithDedupStoreWait), then are refused with Unavailable,
+//     never run unguarded: a durable broker redelivers them.
 //
 // A process that dies after the method's effect but before its outcome
 // is stored (one store round trip) cannot be told from one that died

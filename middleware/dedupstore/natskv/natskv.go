@@ -37,9 +37,11 @@
 // new claim is a compare-and-set on the key's last revision, which only
 // one process can win.
 //
-// When the NATS server cannot be reached, Dedup refuses requests with
-// Unavailable instead of running them unguarded: a durable broker
-// redelivers them, a client's Retry tries again, and nothing runs twice.
+// When the NATS server cannot be reached (or the bucket elects a leader),
+// Dedup waits for it (middleware.WithDedupStoreWait), then refuses
+// requests with Unavailable instead of running them unguarded: a durable
+// broker redelivers them, a client's Retry tries again, and nothing runs
+// twice.
 // A claim or outcome that cannot be written is reported to
 // middleware.OnStoreError.
 //
