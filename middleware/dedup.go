@@ -146,8 +146,11 @@ func WithDedupLease(lease time.Duration) DedupOption {
 // electing a leader) before its delivery fails; the request's own
 // deadline ends the wait sooner. A durable broker counts every failed
 // delivery towards dead-lettering, so a store outage shorter than this
-// costs a request time, not a delivery. Default: DefaultDedupStoreWait;
-// zero or less fails the delivery at the first error.
+// costs a request time, not a delivery. It also bounds how long a run
+// tries to store its outcome (whatever the request's deadline; the reply
+// waits for it), since an outcome not stored lets a repeat run the method
+// again once the claim's lease passed. Default: DefaultDedupStoreWait;
+// zero or less gives up at the first error.
 func WithDedupStoreWait(d time.Duration) DedupOption {
 	return func(c *dedupConfig) { c.StoreWait, c.storeWaitSet = d, true }
 }
@@ -180,8 +183,9 @@ func OnDuplicate(fn func(ctx context.Context, req *broker.Message, inFlight bool
 	return func(c *dedupConfig) { c.OnDuplicate = fn }
 }
 
-// OnStoreError sets a function called when storing an outcome, or renewing
-// or releasing a claim, fails. The reply is still sent, but a repeat may
+// OnStoreError sets a function called when storing an outcome (for the
+// store wait, see WithDedupStoreWait), or renewing or releasing a claim,
+// fails. The reply is still sent, but a repeat may
 // run the method again (once the claim's lease passed). It must not retain
 // req. Default: none.
 func OnStoreError(fn func(ctx context.Context, req *broker.Message, err error)) DedupOption {
@@ -343,10 +347,27 @@ func (d *deduper) run(ctx context.Context, req *broker.Message, key string) (*br
 	if !storable {
 		return reply, err
 	}
-	if serr := d.cfg.Store.Store(context.WithoutCancel(ctx), key, outcome); serr != nil {
-		d.storeError(ctx, req, serr)
-	}
+	d.commit(ctx, req, func(sctx context.Context) error { return d.cfg.Store.Store(sctx, key, outcome) })
 	return reply, err
+}
+
+// commit stores an outcome with store, trying again for the store wait
+// when it fails (a store electing a leader), with a ctx that is not
+// cancelled with the request's: an outcome not stored lets a redelivery or
+// a retry run the method again once the claim's lease passed.
+func (d *deduper) commit(ctx context.Context, req *broker.Message, store func(context.Context) error) {
+	sctx := context.WithoutCancel(ctx)
+	var out storeOutage
+	for {
+		err := store(sctx)
+		if err == nil {
+			return
+		}
+		if !out.retry(sctx, d.cfg.StoreWait) {
+			d.storeError(ctx, req, err)
+			return
+		}
+	}
 }
 
 // Polling of a key claimed by another process: from claimPollMin,
@@ -453,9 +474,7 @@ func (d *deduper) runClaimed(ctx context.Context, req *broker.Message, key strin
 	r.stop()
 
 	if outcome, storable := d.outcome(reply, err); storable {
-		if serr := lease.Commit(sctx, outcome); serr != nil {
-			d.storeError(ctx, req, serr)
-		}
+		d.commit(ctx, req, func(sctx context.Context) error { return lease.Commit(sctx, outcome) })
 	} else if rerr := lease.Release(sctx); rerr != nil {
 		d.storeError(ctx, req, rerr)
 	}

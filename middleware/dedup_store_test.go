@@ -177,6 +177,37 @@ func (s *flakyStore) Claim(ctx context.Context, key string, lease time.Duration)
 	return s.MemoryDedupStore.Claim(ctx, key, lease)
 }
 
+// flakyCommits fails the first failures commits of its claims.
+type flakyCommits struct {
+	*middleware.MemoryDedupStore
+	mu       sync.Mutex
+	failures int
+}
+
+func (s *flakyCommits) Claim(ctx context.Context, key string, lease time.Duration) (middleware.DedupClaim, error) {
+	c, err := s.MemoryDedupStore.Claim(ctx, key, lease)
+	if c.Lease != nil {
+		c.Lease = flakyLease{c.Lease, s}
+	}
+	return c, err
+}
+
+type flakyLease struct {
+	middleware.DedupLease
+	s *flakyCommits
+}
+
+func (l flakyLease) Commit(ctx context.Context, reply *broker.Message) error {
+	l.s.mu.Lock()
+	fail := l.s.failures > 0
+	l.s.failures--
+	l.s.mu.Unlock()
+	if fail {
+		return errors.New("no leader")
+	}
+	return l.DedupLease.Commit(ctx, reply)
+}
+
 // loadOnly hides a store's claims: Dedup loads and stores.
 type loadOnly struct{ s *flakyStore }
 
@@ -257,6 +288,21 @@ func TestDedupClaimErrors(t *testing.T) {
 		assert.ErrorIs(t, err, broker.ErrDeliveryFailed)
 		assert.Less(t, time.Since(begin), 10*time.Second, "the deadline ends the wait, not the default 15 s")
 	})
+	// An outcome whose commit fails for less than the store wait is
+	// stored all the same: a repeat is answered from it instead of
+	// running again once the claim's lease passed.
+	t.Run("commit back within the wait", func(t *testing.T) {
+		runs.Store(0)
+		store := &flakyCommits{MemoryDedupStore: middleware.NewMemoryDedupStore(0, 0), failures: 3}
+		h := middleware.Dedup(middleware.WithDedupStore(store), middleware.WithDedupStoreWait(time.Minute),
+			middleware.WithDedupLease(time.Millisecond))(next)
+		_, err := h.ServeMessage(context.Background(), &broker.Message{ID: "c"})
+		require.NoError(t, err)
+		reply, err := h.ServeMessage(context.Background(), &broker.Message{ID: "c"})
+		require.NoError(t, err)
+		assert.Equal(t, "true", reply.Header.Get(middleware.HeaderReplayed), "answered from the store")
+		assert.Equal(t, int32(1), runs.Load(), "the repeat did not run again")
+	})
 	t.Run("commit failure is reported, reply sent, claim kept", func(t *testing.T) {
 		runs.Store(0)
 		boom := errors.New("store full")
@@ -265,6 +311,7 @@ func TestDedupClaimErrors(t *testing.T) {
 		h := middleware.Dedup(
 			middleware.WithDedupStore(store),
 			middleware.OnStoreError(func(_ context.Context, _ *broker.Message, err error) { reported = err }),
+			middleware.WithDedupStoreWait(0),
 		)(next)
 		reply, err := h.ServeMessage(context.Background(), &broker.Message{ID: "1"})
 		require.NoError(t, err)

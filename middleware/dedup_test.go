@@ -88,7 +88,7 @@ func TestDedupStoreErrors(t *testing.T) {
 	})
 	t.Run("load fails closed", func(t *testing.T) {
 		boom := errors.New("store down")
-		h := middleware.Dedup(middleware.WithDedupStore(govFailingStore{load: boom}))(next)
+		h := middleware.Dedup(middleware.WithDedupStore(govFailingStore{load: boom}), middleware.WithDedupStoreWait(0))(next)
 		_, err := h.ServeMessage(context.Background(), &broker.Message{ID: "1"})
 		assert.Equal(t, rpc.Unavailable, rpc.CodeOf(err))
 		assert.ErrorIs(t, err, boom)
@@ -99,6 +99,7 @@ func TestDedupStoreErrors(t *testing.T) {
 		h := middleware.Dedup(
 			middleware.WithDedupStore(govFailingStore{store: boom}),
 			middleware.OnStoreError(func(_ context.Context, _ *broker.Message, err error) { reported = err }),
+			middleware.WithDedupStoreWait(0),
 		)(next)
 		reply, err := h.ServeMessage(context.Background(), &broker.Message{ID: "1"})
 		require.NoError(t, err)
