@@ -471,6 +471,35 @@ func (s *scenario) serveOn(b broker.Broker, subj string, srv *rpc.Server) {
 	})
 }
 
+// killBusy SIGKILLs the child server victim mid-request: once after has
+// passed and it is busy (see Child.Busy). It returns how many requests it
+// held.
+func (s *scenario) killBusy(victim *chaos.Child, after time.Duration, busy int64) int64 {
+	killAt := time.Now().Add(after)
+	for !(victim.Busy(busy) && time.Now().After(killAt)) {
+		if time.Since(killAt) > recoverWithin {
+			s.t.Fatalf("server process never had requests in flight (started %v)", victim.InFlight())
+		}
+		time.Sleep(5 * time.Millisecond) // poll interval of a bounded wait
+	}
+	inFlight := victim.InFlight()
+	s.victims = append(s.victims, victim.Name)
+	victim.Kill()
+	return inFlight
+}
+
+// twoServers serves the service under test twice in this process (each on
+// its own connection, one Dedup shared) and returns the client's
+// connection and client once the service answers.
+func (s *scenario) twoServers(node *chaos.Node, subj string) (broker.Broker, *rpc.Client) {
+	srv := chaos.NewServer(s.log, middleware.NewMemoryDedupStore(0, 0))
+	s.serveInProcess(node, subj, srv, "server-1")
+	s.serveInProcess(node, subj, srv, "server-2")
+	b, c := s.client(node)
+	awaitService(s.t, c, subj, recoverWithin)
+	return b, c
+}
+
 // client opens the client connection under load.
 func (s *scenario) client(node *chaos.Node) (broker.Broker, *rpc.Client) {
 	b, err := s.target.Open(node.Addr, "client")
@@ -520,11 +549,7 @@ func runRestart(t *testing.T, target chaos.Target, node *chaos.Node) {
 	s := newScenario(t, target, "restart")
 	defer s.finish()
 	subj := subject("restart")
-	srv := chaos.NewServer(s.log, middleware.NewMemoryDedupStore(0, 0))
-	s.serveInProcess(node, subj, srv, "server-1")
-	s.serveInProcess(node, subj, srv, "server-2")
-	b, c := s.client(node)
-	awaitService(t, c, subj, recoverWithin)
+	b, c := s.twoServers(node, subj)
 
 	d := loadDuration(t)
 	stopLoad := s.startLoad(c, b, s.loadConfig(subj))
@@ -557,18 +582,7 @@ func runKill(t *testing.T, target chaos.Target, node *chaos.Node) {
 
 	d := loadDuration(t)
 	stopLoad := s.startLoad(c, b, s.loadConfig(subj))
-	victim := children[0]
-	// Kill it mid-request: once it has taken work and holds some now.
-	killAt := time.Now().Add(d / 3)
-	for !(victim.Busy(50) && time.Now().After(killAt)) {
-		if time.Since(killAt) > recoverWithin {
-			t.Fatalf("child server never had requests in flight (started %v)", victim.InFlight())
-		}
-		time.Sleep(5 * time.Millisecond) // poll interval of a bounded wait
-	}
-	inFlight := victim.InFlight()
-	s.victims = append(s.victims, victim.Name)
-	victim.Kill()
+	inFlight := s.killBusy(children[0], d/3, 50)
 	s.note("killed a server with %d requests in flight", inFlight)
 	time.Sleep(d * 2 / 3) // load after the kill
 	res := stopLoad()

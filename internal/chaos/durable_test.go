@@ -68,37 +68,25 @@ func skipPending(t *testing.T, target chaos.Target, scenario string) {
 // for leaks once for all of them.
 func runDurable(t *testing.T, target chaos.Target, node *chaos.Node) {
 	before := measure()
+	scenarios := []struct {
+		name string
+		run  func(*testing.T, chaos.Target, *chaos.Node)
+	}{
+		{"kill-new-server", runKillNewServer},
+		{"crash-poison", func(t *testing.T, target chaos.Target, node *chaos.Node) { runCrashPoison(t, target, node, false) }},
+		{"crash-poison-claims", func(t *testing.T, target chaos.Target, node *chaos.Node) { runCrashPoison(t, target, node, true) }},
+		{"fail-deadline", runFailDeadline},
+		{"id-two-services", runIDTwoServices},
+		{"foreign-deadline", runForeignDeadline},
+	}
 	t.Run("durable", func(t *testing.T) {
-		t.Run("kill-new-server", func(t *testing.T) {
-			skipPending(t, target, "kill-new-server")
-			t.Parallel()
-			runKillNewServer(t, target, node)
-		})
-		t.Run("crash-poison", func(t *testing.T) {
-			skipPending(t, target, "crash-poison")
-			t.Parallel()
-			runCrashPoison(t, target, node, false)
-		})
-		t.Run("crash-poison-claims", func(t *testing.T) {
-			skipPending(t, target, "crash-poison-claims")
-			t.Parallel()
-			runCrashPoison(t, target, node, true)
-		})
-		t.Run("fail-deadline", func(t *testing.T) {
-			skipPending(t, target, "fail-deadline")
-			t.Parallel()
-			runFailDeadline(t, target, node)
-		})
-		t.Run("id-two-services", func(t *testing.T) {
-			skipPending(t, target, "id-two-services")
-			t.Parallel()
-			runIDTwoServices(t, target, node)
-		})
-		t.Run("foreign-deadline", func(t *testing.T) {
-			skipPending(t, target, "foreign-deadline")
-			t.Parallel()
-			runForeignDeadline(t, target, node)
-		})
+		for _, sc := range scenarios {
+			t.Run(sc.name, func(t *testing.T) {
+				skipPending(t, target, sc.name)
+				t.Parallel()
+				sc.run(t, target, node)
+			})
+		}
 	})
 	after := settle(before)
 	if !assert.LessOrEqual(t, after.goroutines, before.goroutines+goroutineSlack, "goroutines leaked by the durable scenarios") {
@@ -218,16 +206,7 @@ func runKillNewServer(t *testing.T, target chaos.Target, node *chaos.Node) {
 	cfg := s.loadConfig(subj)
 	cfg.Callers = smallCallers
 	stopLoad := s.startLoad(c, b, cfg)
-	killAt := time.Now().Add(1500 * time.Millisecond)
-	for !(first.Busy(20) && time.Now().After(killAt)) {
-		if time.Since(killAt) > recoverWithin {
-			t.Fatalf("server process never had requests in flight (started %v)", first.InFlight())
-		}
-		time.Sleep(5 * time.Millisecond) // poll interval of a bounded wait
-	}
-	inFlight := first.InFlight()
-	s.victims = append(s.victims, first.Name)
-	first.Kill()
+	inFlight := s.killBusy(first, 1500*time.Millisecond, 20)
 	killed := time.Now()
 	second, err := chaos.StartChild(env, s.log, recoverWithin)
 	require.NoError(t, err)
@@ -246,11 +225,7 @@ func runBrokerKill(t *testing.T, target chaos.Target, node *chaos.Node) {
 	s := newScenario(t, target, "broker-sigkill")
 	defer s.finish()
 	subj := subject("bkill")
-	srv := chaos.NewServer(s.log, middleware.NewMemoryDedupStore(0, 0))
-	s.serveInProcess(node, subj, srv, "server-1")
-	s.serveInProcess(node, subj, srv, "server-2")
-	b, c := s.client(node)
-	awaitService(t, c, subj, recoverWithin)
+	b, c := s.twoServers(node, subj)
 
 	cfg := s.loadConfig(subj)
 	cfg.Callers = smallCallers * 2
