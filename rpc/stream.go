@@ -23,7 +23,7 @@ import (
 // (many requests, one reply: HandleClientStream, OpenStream and
 // CloseAndRecv) and bidirectional (HandleBidiStream, OpenStream). They
 // run on every broker that has inboxes (broker.Streamer: broker/memory,
-// broker/nats), over the stream engine of package broker/stream: messages
+// broker/nats, broker/amqp), over the stream engine of package broker/stream: messages
 // arrive in order, a lost or repeated one ends the stream with DataLoss,
 // a slow reader makes the writer wait (credit), a peer that goes away is
 // noticed within the heartbeat interval (Unavailable), and a cancel on
@@ -229,6 +229,45 @@ func (s *Server) handleStream(name string, req, res reflect.Type, run func(ctx c
 		return out, nil
 	}}))
 }
+
+// Stream is the client's side of a stream with untyped messages, for
+// adapters of other RPC systems (adapters/grpc): every message goes as a
+// stream message, both ways (the opening request carries none), which
+// serves every kind of stream when the server's side is written the same
+// way. Typed code uses OpenStream and InvokeServerStream.
+type Stream struct {
+	cs *clientStream
+}
+
+// NewStream opens a stream to method of service, as OpenStream does, with
+// untyped messages encoded by the call's codec.
+func (c *Client) NewStream(ctx context.Context, service, method string, opts ...CallOption) (*Stream, error) {
+	cs, err := c.openStream(ctx, service, method, nil, false, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Stream{cs: cs}, nil
+}
+
+// SendMsg encodes m and sends it, as ClientStream.Send does.
+func (s *Stream) SendMsg(m any) error { return sendMsg(s.cs.st, s.cs.cd, s.cs.name, s.cs.c.maxSize, m) }
+
+// RecvMsg decodes the next message into m, as ClientStream.Recv does:
+// io.EOF at an OK end, the stream's error otherwise.
+func (s *Stream) RecvMsg(m any) error { return s.cs.recv(m) }
+
+// CloseSend tells the server that the client sends no more.
+func (s *Stream) CloseSend() error { return streamError(s.cs.st.CloseSend()) }
+
+// Trailer returns the headers of the server's end of the stream, or nil
+// before the end.
+func (s *Stream) Trailer() broker.Header { return s.cs.trailer() }
+
+// Context returns the stream's ctx, which ends with the stream.
+func (s *Stream) Context() context.Context { return s.cs.st.Context() }
+
+// Close ends the stream, as ClientStream.Close does.
+func (s *Stream) Close() { s.cs.close() }
 
 // ClientStream is the client's side of a client or bidirectional stream,
 // made by OpenStream. Send and CloseSend may be called from one goroutine
@@ -474,13 +513,15 @@ func (s *ClientStream[Req, Res]) CloseAndRecv() (*Res, error) {
 
 // Trailer returns the headers the server's end of the stream carried (set
 // by the handler with SetReplyHeader), or nil before the end.
-func (s *ClientStream[Req, Res]) Trailer() broker.Header {
-	s.cs.mu.Lock()
-	defer s.cs.mu.Unlock()
-	if s.cs.reply == nil {
+func (s *ClientStream[Req, Res]) Trailer() broker.Header { return s.cs.trailer() }
+
+func (cs *clientStream) trailer() broker.Header {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.reply == nil {
 		return nil
 	}
-	return s.cs.reply.Header
+	return cs.reply.Header
 }
 
 // Close ends the stream: if it has not ended, the server is told to

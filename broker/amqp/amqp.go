@@ -74,6 +74,8 @@ type Broker struct {
 	ready  chan struct{} // closed when sess is set
 	closed bool
 	subs   map[*driver]struct{} // running subscriptions
+
+	streams streams // stream inboxes (stream.go)
 }
 
 var _ broker.Broker = (*Broker)(nil)

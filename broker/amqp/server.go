@@ -71,7 +71,7 @@ func (b *Broker) serve(d *driver, h broker.Handler, cfg broker.ServeConfig, op s
 		return nil, fmt.Errorf("amqp: %s %s: %w", op, d.subject, err)
 	}
 	d.cur.Store(c)
-	sub := kernel.Serve[*delivery](d, d.subject, h, cfg, kernel.Options{Name: "amqp", Log: b.cfg.logger})
+	sub := kernel.Serve[*delivery](d, d.subject, h, cfg, kernel.Options{Name: "amqp", Log: b.cfg.logger, Streamer: b})
 	d.sub.Store(sub)
 	d.mu.Lock()
 	if d.ctx.Err() == nil {

@@ -165,9 +165,11 @@ func natsOptions(cfg config) []nats.Option {
 	return opts
 }
 
-// withServer is a broker that owns the embedded server it talks to.
+// withServer is a broker that owns the embedded server it talks to. It
+// embeds the NATS broker itself, not the interface, so that the optional
+// abilities (broker.Broadcaster, broker.Streamer) stay visible.
 type withServer struct {
-	broker.Broker
+	*nats.Broker
 	stop func()
 }
 

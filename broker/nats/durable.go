@@ -105,7 +105,7 @@ func (b *Broker) serveDurable(subject string, h broker.Handler, cfg broker.Serve
 		return nil, fmt.Errorf("consume %s: %w", cfg.Queue, err)
 	}
 	d.closed = d.cc.Closed()
-	d.sub = kernel.Serve[*jsDelivery](d, subject, h, cfg, kernel.Options{Name: "nats", Log: b.log})
+	d.sub = kernel.Serve[*jsDelivery](d, subject, h, cfg, kernel.Options{Name: "nats", Log: b.log, Streamer: b})
 	if d.cancels, err = b.listenCancels(subject, d.sub.Cancel); err != nil {
 		d.abort()
 		return nil, err

@@ -79,6 +79,8 @@ type Broker struct {
 
 	subsMu sync.Mutex
 	subs   map[server]struct{}
+
+	inboxes inboxes // stream inboxes (stream.go)
 }
 
 // server is a running Serve or ServeEach, as Close and a reconnect see it.

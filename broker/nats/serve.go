@@ -72,7 +72,7 @@ func (b *Broker) serveCore(subject, queue string, h broker.Handler, cfg broker.S
 		return nil, mapPublishError(err)
 	}
 	d := &coreDriver{b: b, subject: subject, nsub: nsub}
-	d.sub = kernel.Serve[*natsgo.Msg](d, subject, h, cfg, kernel.Options{Name: "nats", Log: b.log})
+	d.sub = kernel.Serve[*natsgo.Msg](d, subject, h, cfg, kernel.Options{Name: "nats", Log: b.log, Streamer: b})
 	if cancels {
 		if d.cancels, err = b.listenCancels(subject, d.sub.Cancel); err != nil {
 			d.abort()

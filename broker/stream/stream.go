@@ -162,13 +162,15 @@ type Stream struct {
 
 	postMu sync.Mutex // orders data, ping, end and credit frames as posted
 
-	mu      sync.Mutex
-	wake    chan struct{} // closed and replaced on every change
-	peer    string
-	heard   time.Time // last frame from the peer; zero before the first
-	err     error     // the stream failed (not a clean end)
-	done    bool      // finished: heartbeat stopped, inbox closed
-	stopped chan struct{}
+	mu sync.Mutex
+	// recvWake and sendWake (1-buffered) wake the one Recv and the one
+	// Send that may wait at a time, on every change.
+	recvWake, sendWake chan struct{}
+	peer               string
+	heard              time.Time // last frame from the peer; zero before the first
+	err                error     // the stream failed (not a clean end)
+	done               bool      // finished: heartbeat stopped, inbox closed
+	stopped            chan struct{}
 	// receiving
 	queue    []*broker.Message
 	recvd    uint64 // highest sequence number received
@@ -243,6 +245,7 @@ func Accept(ctx context.Context, req *broker.Message, window int) (*Stream, erro
 	if err := st.openInbox(); err != nil {
 		return nil, err
 	}
+	go st.run()
 	// The first credit frame tells the caller where to post.
 	st.postMu.Lock()
 	err = st.post(st.control(FrameCredit))
@@ -252,13 +255,12 @@ func Accept(ctx context.Context, req *broker.Message, window int) (*Stream, erro
 		st.Finish()
 		return nil, err
 	}
-	go st.run()
 	return st, nil
 }
 
 func newStream(ctx context.Context, s broker.Streamer, id string, hb time.Duration, window int, client bool) *Stream {
 	st := &Stream{id: id, s: s, client: client, hb: hb, window: uint64(window),
-		wake: make(chan struct{}), stopped: make(chan struct{})}
+		recvWake: make(chan struct{}, 1), sendWake: make(chan struct{}, 1), stopped: make(chan struct{})}
 	st.ctx, st.cancel = context.WithCancel(ctx)
 	st.granted = st.window
 	return st
@@ -283,8 +285,14 @@ func (st *Stream) Context() context.Context { return st.ctx }
 
 // changed wakes the waiters; st.mu is held.
 func (st *Stream) changed() {
-	close(st.wake)
-	st.wake = make(chan struct{})
+	select {
+	case st.recvWake <- struct{}{}:
+	default:
+	}
+	select {
+	case st.sendWake <- struct{}{}:
+	default:
+	}
 }
 
 // failLocked ends the stream with err unless it ended already; st.mu is
@@ -293,6 +301,7 @@ func (st *Stream) failLocked(err error) {
 	if st.err == nil && !st.done {
 		st.err = err
 		st.changed()
+		st.cancel() // the stream's ctx ends with it, at once
 	}
 }
 
@@ -388,11 +397,16 @@ func (st *Stream) run() {
 				return
 			}
 			if err == nil {
-				// The peer has the same deadline: only a cancel is news.
-				if !errors.Is(st.ctx.Err(), context.DeadlineExceeded) {
-					st.postCancel()
-				}
-				st.fail(st.ctx.Err())
+				err = st.ctx.Err()
+				st.fail(err)
+			}
+			// Tell the peer, so it stops at once rather than by its
+			// heartbeat, unless it knows: it cancelled or went away, the
+			// stream was closed (Close told it), or the deadline passed
+			// (the peer has the same one).
+			if !errors.Is(err, ErrCanceled) && !errors.Is(err, ErrPeerGone) && !errors.Is(err, ErrClosed) &&
+				!errors.Is(err, context.DeadlineExceeded) {
+				st.postCancel()
 			}
 			st.shutdown()
 			return
@@ -413,21 +427,8 @@ func (st *Stream) run() {
 			case !st.heard.IsZero() && now.Sub(st.heard) > st.hb*3/4:
 				st.failLocked(fmt.Errorf("%w: nothing heard for %v", ErrPeerGone, now.Sub(st.heard).Round(time.Millisecond)))
 			}
-			failed := st.err != nil
-			ping := !failed && st.end == nil && st.peer != "" && now.Sub(lastPing) >= st.hb/4
+			ping := st.err == nil && st.end == nil && st.peer != "" && now.Sub(lastPing) >= st.hb/4
 			st.mu.Unlock()
-			if failed {
-				// Tell the peer, so it stops at once rather than by its
-				// heartbeat, unless the peer is what failed.
-				st.mu.Lock()
-				err := st.err
-				st.mu.Unlock()
-				if !errors.Is(err, ErrCanceled) && !errors.Is(err, ErrPeerGone) {
-					st.postCancel()
-				}
-				st.cancel()
-				continue // ctx.Done ends the loop
-			}
 			if ping {
 				lastPing = now
 				st.postMu.Lock()
@@ -462,9 +463,10 @@ func (st *Stream) post(m *broker.Message) error {
 	if peer == "" {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), st.hb)
-	defer cancel()
-	return st.s.Post(ctx, peer, m)
+	// Post does not wait for the peer (nothing is stored), so no
+	// deadline of its own: a timer per frame would cost more than the
+	// publish.
+	return st.s.Post(context.Background(), peer, m)
 }
 
 func (st *Stream) postCancel() {
@@ -501,9 +503,8 @@ func (st *Stream) Send(m *broker.Message) error {
 		if st.peer != "" && st.sent < st.credit {
 			break
 		}
-		wake := st.wake
 		st.mu.Unlock()
-		<-wake
+		<-st.sendWake
 		st.mu.Lock()
 	}
 	st.mu.Unlock()
@@ -594,9 +595,8 @@ func (st *Stream) Recv() (*broker.Message, error) {
 			st.mu.Unlock()
 			return nil, ErrClosed
 		}
-		wake := st.wake
 		st.mu.Unlock()
-		<-wake
+		<-st.recvWake
 		st.mu.Lock()
 	}
 }

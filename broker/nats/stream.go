@@ -1,0 +1,116 @@
+package nats
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+
+	natsgo "github.com/nats-io/nats.go"
+
+	"github.com/mqrpc/mqrpc/broker"
+)
+
+var _ broker.Streamer = (*Broker)(nil)
+
+// inboxes are the stream inboxes of a connection: one wildcard
+// subscription ("<inbox>.*", made on first use) routes each message by
+// its last token, so an inbox costs no subscription of its own. nats.go
+// hands a subscription's messages to its callback one at a time, in the
+// order they arrived, which is each publisher's order.
+type inboxes struct {
+	mu     sync.Mutex
+	prefix string // "<inbox>."
+	sub    *natsgo.Subscription
+	fns    map[string]func(*broker.Message)
+	next   uint64
+}
+
+// OpenInbox implements broker.Streamer: the inbox's address is a subject
+// under the connection's own inbox prefix.
+func (b *Broker) OpenInbox(fn func(*broker.Message)) (broker.Inbox, error) {
+	if fn == nil {
+		return nil, fmt.Errorf("nats: open inbox: nil function")
+	}
+	if b.closed.Load() {
+		return nil, fmt.Errorf("nats: open inbox: %w", broker.ErrClosed)
+	}
+	t := &b.inboxes
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.sub == nil {
+		t.prefix = b.nc.NewInbox() + "."
+		t.fns = make(map[string]func(*broker.Message))
+		sub, err := b.nc.Subscribe(t.prefix+"*", t.route)
+		if err != nil {
+			return nil, fmt.Errorf("nats: open inbox: %w", mapPublishError(err))
+		}
+		// The engine's window bounds what is in flight; no limit here, so
+		// nats.go never drops a stream's message as a slow consumer.
+		_ = sub.SetPendingLimits(-1, -1)
+		t.sub = sub
+	}
+	t.next++
+	token := strconv.FormatUint(t.next, 36)
+	t.fns[token] = fn
+	return &inbox{t: t, token: token, addr: t.prefix + token}, nil
+}
+
+func (t *inboxes) route(m *natsgo.Msg) {
+	token, ok := strings.CutPrefix(m.Subject, t.prefix)
+	if !ok {
+		return
+	}
+	t.mu.Lock()
+	fn := t.fns[token]
+	t.mu.Unlock()
+	if fn == nil {
+		return // a closed inbox
+	}
+	out := &broker.Message{Body: m.Data}
+	if len(m.Header) > 0 {
+		out.Header = make(broker.Header, len(m.Header))
+		for k, vs := range m.Header {
+			if len(vs) > 0 {
+				out.Header[strings.ToLower(k)] = vs[0]
+			}
+		}
+	}
+	fn(out)
+}
+
+type inbox struct {
+	t     *inboxes
+	token string
+	addr  string
+}
+
+func (in *inbox) Addr() string { return in.addr }
+
+func (in *inbox) Close() error {
+	in.t.mu.Lock()
+	delete(in.t.fns, in.token)
+	in.t.mu.Unlock()
+	return nil
+}
+
+// Post implements broker.Streamer: a plain publish to addr, with the
+// message's headers as NATS headers. Nothing is stored; a message to an
+// inbox nobody subscribes to is dropped by the server.
+func (b *Broker) Post(_ context.Context, addr string, msg *broker.Message) error {
+	if b.closed.Load() {
+		return fmt.Errorf("nats: post: %w", broker.ErrClosed)
+	}
+	m := &natsgo.Msg{Subject: addr, Data: msg.Body}
+	if len(msg.Header) > 0 {
+		m.Header = make(natsgo.Header, len(msg.Header))
+		for k, v := range msg.Header {
+			m.Header[strings.ToLower(k)] = []string{v}
+		}
+	}
+	if err := b.nc.PublishMsg(m); err != nil {
+		return fmt.Errorf("nats: post: %w", mapPublishError(err))
+	}
+	return nil
+}
