@@ -23,8 +23,8 @@ import (
 
 // ClientConn is a grpc.ClientConnInterface that sends calls through a
 // broker: give it to a generated client constructor such as
-// pb.NewGreeterClient. It supports unary calls; NewStream fails with
-// Unimplemented (see the package doc).
+// pb.NewGreeterClient. It supports unary and streaming calls (see the
+// package doc).
 //
 // Of the grpc.CallOptions, it honours grpc.Header, grpc.Trailer,
 // grpc.CallContentSubtype, grpc.ForceCodec and grpc.ForceCodecV2, and
@@ -75,21 +75,15 @@ func (cc *ClientConn) Invoke(ctx context.Context, method string, args, reply any
 	return cc.interceptor(ctx, method, args, reply, nil, cc.invoke, opts...)
 }
 
-// NewStream fails with an error of code Unimplemented: streaming calls do
-// not fit the broker's one-request-one-reply model (see the package doc).
-// It implements grpc.ClientConnInterface.
-func (cc *ClientConn) NewStream(_ context.Context, desc *grpc.StreamDesc, method string, _ ...grpc.CallOption) (grpc.ClientStream, error) {
-	kind := "streaming"
-	switch {
-	case desc != nil && desc.ServerStreams && !desc.ClientStreams:
-		kind = "server-streaming"
-	case desc != nil && desc.ClientStreams && !desc.ServerStreams:
-		kind = "client-streaming"
-	case desc != nil && desc.ClientStreams && desc.ServerStreams:
-		kind = "bidirectional streaming"
+// NewStream opens a stream of any kind (server, client or bidirectional
+// streaming) over the broker, for generated streaming client code (see
+// stream.go and the package doc). It implements
+// grpc.ClientConnInterface.
+func (cc *ClientConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if len(cc.callOptions) > 0 {
+		opts = append(cc.callOptions[:len(cc.callOptions):len(cc.callOptions)], opts...)
 	}
-	return nil, status.Errorf(codes.Unimplemented,
-		"mqgrpc: %s call %s is not supported over a message broker: a broker request gets exactly one reply", kind, method)
+	return cc.newStream(ctx, desc, method, opts...)
 }
 
 // invoke is the innermost grpc.UnaryInvoker: one broker round trip.
@@ -98,45 +92,75 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 	if !ok {
 		return status.Errorf(codes.Internal, "mqgrpc: malformed method name %q, want /package.Service/Method", method)
 	}
-	var (
-		headerAddr, trailerAddr []*metadata.MD
-		cd                      codec.Codec
-		extra                   []rpc.CallOption
-	)
+	co, err := parseCallOptions(opts)
+	if err != nil {
+		return err
+	}
+	var replyHeader broker.Header
+	callOpts := cc.rpcCallOptions(ctx, co, method, service, name, &replyHeader)
+	mh := method
+	if cc.short {
+		mh = name
+	}
+	err = cc.client.Call(ctx, cc.subject(service), mh, args, reply, callOpts...)
+	if len(co.headerAddr) > 0 || len(co.trailerAddr) > 0 {
+		if merr := co.setMetadata(replyHeader); merr != nil && err == nil {
+			return status.Errorf(codes.Internal, "mqgrpc: reply to %s: %v", method, merr)
+		}
+	}
+	if err != nil {
+		return callError(err)
+	}
+	return nil
+}
+
+// callOptions are the grpc.CallOptions a ClientConn honours.
+type callOptions struct {
+	headerAddr, trailerAddr []*metadata.MD
+	cd                      codec.Codec
+	extra                   []rpc.CallOption
+}
+
+func parseCallOptions(opts []grpc.CallOption) (callOptions, error) {
+	var co callOptions
 	for _, o := range opts {
 		switch o := o.(type) {
 		case grpc.HeaderCallOption:
-			headerAddr = append(headerAddr, o.HeaderAddr)
+			co.headerAddr = append(co.headerAddr, o.HeaderAddr)
 		case grpc.TrailerCallOption:
-			trailerAddr = append(trailerAddr, o.TrailerAddr)
+			co.trailerAddr = append(co.trailerAddr, o.TrailerAddr)
 		case grpc.ContentSubtypeCallOption:
 			sub := strings.ToLower(o.ContentSubtype)
 			if isProtoSubtype(sub) {
-				cd = nil
+				co.cd = nil
 				continue
 			}
 			c := encoding.GetCodecV2(sub)
 			if c == nil {
-				return status.Errorf(codes.Internal, "mqgrpc: no codec registered for content-subtype %q", sub)
+				return co, status.Errorf(codes.Internal, "mqgrpc: no codec registered for content-subtype %q", sub)
 			}
-			cd = grpcCodec{name: ContentTypeGRPCPrefix + sub, c: c}
+			co.cd = grpcCodec{name: ContentTypeGRPCPrefix + sub, c: c}
 		case grpc.ForceCodecV2CallOption:
-			cd = grpcCodec{name: ContentTypeGRPCPrefix + strings.ToLower(o.CodecV2.Name()), c: o.CodecV2}
+			co.cd = grpcCodec{name: ContentTypeGRPCPrefix + strings.ToLower(o.CodecV2.Name()), c: o.CodecV2}
 		case grpc.ForceCodecCallOption:
-			cd = codecV1{name: ContentTypeGRPCPrefix + strings.ToLower(o.Codec.Name()), c: o.Codec}
+			co.cd = codecV1{name: ContentTypeGRPCPrefix + strings.ToLower(o.Codec.Name()), c: o.Codec}
 		case RPCCallOption:
-			extra = append(extra, o.Options...)
+			co.extra = append(co.extra, o.Options...)
 		}
 	}
-	var replyHeader broker.Header
-	callOpts := make([]rpc.CallOption, 0, 4+len(extra))
-	callOpts = append(callOpts, extra...) // first, so ours win
-	callOpts = append(callOpts, rpc.WithReplyHeader(&replyHeader))
+	return co, nil
+}
+
+// rpcCallOptions are the mqrpc call options of a call of method.
+func (cc *ClientConn) rpcCallOptions(ctx context.Context, co callOptions, method, service, name string, replyHeader *broker.Header) []rpc.CallOption {
+	callOpts := make([]rpc.CallOption, 0, 4+len(co.extra))
+	callOpts = append(callOpts, co.extra...) // first, so ours win
+	callOpts = append(callOpts, rpc.WithReplyHeader(replyHeader))
 	if cc.isIdempotent(method, service, name) {
 		callOpts = append(callOpts, rpc.Idempotent())
 	}
-	if cd != nil {
-		callOpts = append(callOpts, rpc.WithCallCodec(cd))
+	if co.cd != nil {
+		callOpts = append(callOpts, rpc.WithCallCodec(co.cd))
 	}
 	if md, ok := metadata.FromOutgoingContext(ctx); ok && len(md) > 0 {
 		h := make(broker.Header, len(md))
@@ -145,27 +169,20 @@ func (cc *ClientConn) invoke(ctx context.Context, method string, args, reply any
 			callOpts = append(callOpts, rpc.WithHeader(k, v))
 		}
 	}
-	mh := method
-	if cc.short {
-		mh = name
+	return callOpts
+}
+
+// setMetadata stores the header and trailer metadata of a reply where the
+// grpc.Header and grpc.Trailer options asked.
+func (co callOptions) setMetadata(replyHeader broker.Header) error {
+	header, trailer, err := replyMetadata(replyHeader)
+	for _, p := range co.headerAddr {
+		*p = header
 	}
-	err := cc.client.Call(ctx, cc.subject(service), mh, args, reply, callOpts...)
-	if len(headerAddr) > 0 || len(trailerAddr) > 0 {
-		header, trailer, merr := replyMetadata(replyHeader)
-		if merr != nil && err == nil {
-			return status.Errorf(codes.Internal, "mqgrpc: reply to %s: %v", method, merr)
-		}
-		for _, p := range headerAddr {
-			*p = header
-		}
-		for _, p := range trailerAddr {
-			*p = trailer
-		}
+	for _, p := range co.trailerAddr {
+		*p = trailer
 	}
-	if err != nil {
-		return callError(err)
-	}
-	return nil
+	return err
 }
 
 // isIdempotent reports whether the proto definition of a method declares

@@ -95,12 +95,15 @@
 //
 // # Streaming
 //
-// Streaming RPCs are not supported: NewStream returns an error with code
-// Unimplemented, and a Server answers a request for a streaming method with
-// Unimplemented. A broker request gets exactly one reply through the
-// broker.Broker interface, so a server cannot send a stream of replies (nor
-// a client a stream of requests) over every broker, and buffering a whole
-// stream into one reply would make endless streams hang and hide their
-// flow control. Services may still declare streaming methods; their unary
-// methods work.
+// Streaming methods of every kind run over brokers that have streams
+// (broker.Streamer: in-process, NATS, RabbitMQ), on mqrpc's stream engine
+// (package broker/stream): messages in order with loss detected
+// (DataLoss), credit-based flow control, heartbeats (a peer gone is
+// Unavailable), cancellation both ways, the deadline over the whole
+// stream. Each gRPC message is one stream message, both ways; the status
+// and the trailer metadata come with the end. Header metadata also
+// travels with the end: ClientStream.Header returns empty metadata until
+// the stream ended, rather than waiting. Stream interceptors are not
+// supported; mqrpc middleware sees the start and the end of a stream. A
+// broker without streams answers Unimplemented.
 package grpc

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -454,19 +455,24 @@ func TestInterceptors(t *testing.T) {
 	})
 }
 
-func TestStreamingUnimplemented(t *testing.T) {
+func TestServerStreaming(t *testing.T) {
 	f := setup(t, &echoServer{}, nil)
 	t.Run("client", func(t *testing.T) {
-		stream, err := f.client.Count(context.Background(), &testpb.CountRequest{N: 3})
-		assert.Nil(t, stream)
-		assert.Equal(t, codes.Unimplemented, status.Code(err))
-		assert.Contains(t, err.Error(), "server-streaming call /mqrpc.grpctest.Echo/Count is not supported")
+		stream, err := f.client.Count(context.Background(), &testpb.CountRequest{N: 300})
+		require.NoError(t, err)
+		for i := int32(1); i <= 300; i++ {
+			m, err := stream.Recv()
+			require.NoError(t, err)
+			require.Equal(t, i, m.GetI())
+		}
+		_, err = stream.Recv()
+		assert.ErrorIs(t, err, io.EOF)
 	})
-	t.Run("server", func(t *testing.T) {
+	t.Run("unary call to a streaming method", func(t *testing.T) {
 		c := rpc.NewClient(f.b, rpc.WithCodec(protocodec.Codec{}))
 		err := c.Call(context.Background(), "mqrpc.grpctest.Echo", "Count", &testpb.CountRequest{N: 3}, &testpb.CountReply{})
-		assert.Equal(t, rpc.Unimplemented, rpc.CodeOf(err))
-		assert.Contains(t, err.Error(), "streaming method /mqrpc.grpctest.Echo/Count is not supported")
+		assert.Equal(t, rpc.FailedPrecondition, rpc.CodeOf(err))
+		assert.Contains(t, err.Error(), "/mqrpc.grpctest.Echo/Count is a streaming method")
 	})
 }
 

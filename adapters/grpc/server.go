@@ -40,8 +40,7 @@ var (
 // every registered service by the mqrpc-method header, for serving it on
 // a subject of your choice.
 //
-// Unary methods are served; streaming methods are answered with
-// Unimplemented (see the package doc). Handlers receive a ctx with the
+// Unary and streaming methods are served (see the package doc). Handlers receive a ctx with the
 // caller's deadline and metadata (metadata.FromIncomingContext), and
 // grpc.Method, grpc.SetHeader, grpc.SendHeader and grpc.SetTrailer work on
 // it.
@@ -296,9 +295,8 @@ func (d *dispatcher) dispatch(ctx context.Context, req *broker.Message) (*broker
 	full := "/" + svc.name + "/" + name
 	md := svc.methods[name]
 	if md == nil {
-		if _, ok := svc.streams[name]; ok {
-			return statusReply(status.Newf(codes.Unimplemented,
-				"mqgrpc: streaming method %s is not supported over a message broker: a broker request gets exactly one reply", full), nil, nil), nil
+		if rep, ok := d.streamMethod(ctx, req, svc, name, full); ok {
+			return rep, nil // stream.go
 		}
 		return statusReply(status.Newf(codes.Unimplemented, "unknown method %s for service %s", name, svc.name), nil, nil), nil
 	}

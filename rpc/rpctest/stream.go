@@ -104,11 +104,12 @@ func (s *suite) testServerStream(t *testing.T) {
 // order, and its one reply ends the stream.
 func (s *suite) testClientStream(t *testing.T) {
 	srv := rpc.NewServer(rpc.WithStreamWindow(4))
-	require.NoError(t, rpc.HandleClientStream(srv, "Sum", func(_ context.Context, st *rpc.ServerStream[count, count]) (*count, error) {
+	require.NoError(t, rpc.HandleClientStream(srv, "Sum", func(ctx context.Context, st *rpc.ServerStream[count, count]) (*count, error) {
 		sum, n := 0, 0
 		for {
 			in, err := st.Recv()
 			if err == io.EOF {
+				rpc.SetReplyHeader(ctx, "x-count", strconv.Itoa(n))
 				return &count{N: sum}, nil
 			}
 			if err != nil {
@@ -131,6 +132,7 @@ func (s *suite) testClientStream(t *testing.T) {
 	res, err := st.CloseAndRecv()
 	require.NoError(t, err)
 	assert.Equal(t, 5050, res.N)
+	assert.Equal(t, "100", st.Trailer().Get("x-count"))
 }
 
 // testBidi: the server answers each message as it comes.

@@ -1,0 +1,272 @@
+package grpc
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/stream"
+	"github.com/mqrpc/mqrpc/codec"
+	"github.com/mqrpc/mqrpc/rpc"
+)
+
+// Streams run on mqrpc's stream engine (rpc.Client.NewStream on the
+// client, broker/stream on the server). Every gRPC message travels as a
+// stream message, both ways, whatever the kind of the method: the generated
+// code of a server-streaming method sends its one request with SendMsg and
+// CloseSend, and a client-streaming handler answers with SendAndClose,
+// which is SendMsg; so one wire shape serves the three kinds.
+
+// clientStream is a grpc.ClientStream over an mqrpc stream.
+type clientStream struct {
+	ctx    context.Context
+	s      *rpc.Stream
+	method string
+	co     callOptions
+
+	once            sync.Once
+	header, trailer metadata.MD
+}
+
+var _ grpc.ClientStream = (*clientStream)(nil)
+
+func (cc *ClientConn) newStream(ctx context.Context, _ *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	service, name, ok := splitMethod(method)
+	if !ok {
+		return nil, status.Errorf(codes.Internal, "mqgrpc: malformed method name %q, want /package.Service/Method", method)
+	}
+	co, err := parseCallOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	callOpts := cc.rpcCallOptions(ctx, co, method, service, name, nil)
+	mh := method
+	if cc.short {
+		mh = name
+	}
+	s, err := cc.client.NewStream(ctx, cc.subject(service), mh, callOpts...)
+	if err != nil {
+		return nil, callError(err)
+	}
+	return &clientStream{ctx: ctx, s: s, method: method, co: co}, nil
+}
+
+// end records the metadata of the stream's end and releases the stream.
+func (c *clientStream) end() {
+	c.once.Do(func() {
+		c.s.Close()
+		h := c.s.Trailer()
+		c.header, c.trailer, _ = replyMetadata(h)
+		if h != nil {
+			_ = c.co.setMetadata(h)
+		}
+	})
+}
+
+// Header returns the header metadata. Over a broker it travels with the
+// end of the stream: before the end, Header returns empty metadata
+// without waiting.
+func (c *clientStream) Header() (metadata.MD, error) {
+	if h := c.s.Trailer(); h != nil {
+		header, _, err := replyMetadata(h)
+		return header, err
+	}
+	return metadata.MD{}, nil
+}
+
+// Trailer returns the trailer metadata, once RecvMsg returned an error or
+// io.EOF.
+func (c *clientStream) Trailer() metadata.MD {
+	if h := c.s.Trailer(); h != nil {
+		_, trailer, _ := replyMetadata(h)
+		return trailer
+	}
+	return nil
+}
+
+func (c *clientStream) CloseSend() error {
+	if err := c.s.CloseSend(); err != nil && !errors.Is(err, io.EOF) {
+		return callError(err)
+	}
+	return nil
+}
+
+func (c *clientStream) Context() context.Context { return c.ctx }
+
+func (c *clientStream) SendMsg(m any) error {
+	err := c.s.SendMsg(m)
+	if err == nil || errors.Is(err, io.EOF) {
+		return err // io.EOF: the server ended the stream; RecvMsg says how
+	}
+	return callError(err)
+}
+
+func (c *clientStream) RecvMsg(m any) error {
+	err := c.s.RecvMsg(m)
+	if err == nil {
+		return nil
+	}
+	c.end()
+	if err == io.EOF {
+		return io.EOF
+	}
+	return callError(err)
+}
+
+// streamMethod answers a request for the streaming method name of svc,
+// or reports false when svc has no such method.
+func (d *dispatcher) streamMethod(ctx context.Context, req *broker.Message, svc *service, name, full string) (*broker.Message, bool) {
+	sd, ok := svc.streams[name]
+	if !ok {
+		return nil, false
+	}
+	if !stream.IsOpening(req) {
+		return statusReply(status.Newf(codes.FailedPrecondition,
+			"mqgrpc: %s is a streaming method; open a stream to call it", full), nil, nil), true
+	}
+	ct := codec.MediaType(req.Header.Get(broker.HeaderContentType))
+	cd, ok := serverCodec(ct)
+	if !ok {
+		return statusReply(status.Newf(codes.InvalidArgument,
+			"mqgrpc: unsupported content type %q for %s (accepted: %s, application/grpc+<registered gRPC codec>)",
+			ct, full, ContentTypeProto), nil, nil), true
+	}
+	return d.serveStream(ctx, req, svc, sd, full, cd), true
+}
+
+// serveStream serves a request that opens a stream of sd: the handler
+// runs with a grpc.ServerStream over the stream, and its return ends it.
+func (d *dispatcher) serveStream(ctx context.Context, req *broker.Message, svc *service, sd *grpc.StreamDesc, full string, cd codec.Codec) *broker.Message {
+	inMD, err := requestMetadata(req.Header)
+	if err != nil {
+		return statusReply(status.Newf(codes.InvalidArgument, "mqgrpc: %s: %v", full, err), nil, nil)
+	}
+	if !req.Deadline.IsZero() {
+		if req.Expired(time.Now()) {
+			return statusReply(status.Newf(codes.DeadlineExceeded, "mqgrpc: deadline passed before %s was served", full), nil, nil)
+		}
+		if dl, ok := ctx.Deadline(); !ok || req.Deadline.Before(dl) {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, req.Deadline)
+			defer cancel()
+		}
+	}
+	st, err := stream.Accept(ctx, req, 0)
+	if err != nil {
+		return statusReply(streamStatus(err), nil, nil)
+	}
+	ts := &transportStream{method: full}
+	sctx := metadata.NewIncomingContext(st.Context(), inMD)
+	sctx = grpc.NewContextWithServerTransportStream(sctx, ts)
+	ss := &serverStream{ctx: sctx, st: st, cd: cd, ts: ts}
+	err = func() (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = status.Errorf(codes.Internal, "mqgrpc: panic in %s: %v", full, r)
+			}
+		}()
+		return sd.Handler(svc.impl, ss)
+	}()
+	header, trailer := ts.finish()
+	end := st.Finish()
+	var rep *broker.Message
+	if err != nil {
+		rep = statusReply(statusOf(streamErr(err)), header, trailer)
+	} else {
+		h := make(broker.Header, 2+len(header)+len(trailer))
+		putMetadata(h, header, "")
+		putMetadata(h, trailer, TrailerPrefix)
+		rep = &broker.Message{Header: h}
+	}
+	for k, v := range end {
+		rep.Header[k] = v
+	}
+	return rep
+}
+
+// serverStream is a grpc.ServerStream over the server's side of a stream.
+type serverStream struct {
+	ctx context.Context
+	st  *stream.Stream
+	cd  codec.Codec
+	ts  *transportStream
+}
+
+var _ grpc.ServerStream = (*serverStream)(nil)
+
+func (s *serverStream) SetHeader(md metadata.MD) error  { return s.ts.SetHeader(md) }
+func (s *serverStream) SendHeader(md metadata.MD) error { return s.ts.SendHeader(md) }
+func (s *serverStream) SetTrailer(md metadata.MD)       { _ = s.ts.SetTrailer(md) }
+func (s *serverStream) Context() context.Context        { return s.ctx }
+
+func (s *serverStream) SendMsg(m any) error {
+	b, err := s.cd.Marshal(m)
+	if err != nil {
+		return status.Errorf(codes.Internal, "mqgrpc: encode %s stream message: %v", s.ts.method, err)
+	}
+	if err := s.st.Send(&broker.Message{Body: b}); err != nil {
+		return streamStatus(err).Err()
+	}
+	return nil
+}
+
+func (s *serverStream) RecvMsg(m any) error {
+	msg, err := s.st.Recv()
+	if err == io.EOF {
+		return io.EOF
+	}
+	if err != nil {
+		return streamStatus(err).Err()
+	}
+	if err := s.cd.Unmarshal(msg.Body, m); err != nil {
+		return status.Errorf(codes.InvalidArgument, "mqgrpc: decode %s stream message: %v", s.ts.method, err)
+	}
+	return nil
+}
+
+// streamStatus is the status of an error of the stream engine.
+func streamStatus(err error) *status.Status {
+	return status.New(streamCode(err), err.Error())
+}
+
+func streamCode(err error) codes.Code {
+	switch {
+	case errors.Is(err, stream.ErrDataLoss):
+		return codes.DataLoss
+	case errors.Is(err, stream.ErrPeerGone):
+		return codes.Unavailable
+	case errors.Is(err, stream.ErrCanceled), errors.Is(err, stream.ErrClosed), errors.Is(err, context.Canceled):
+		return codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return codes.DeadlineExceeded
+	case errors.Is(err, stream.ErrProtocol):
+		return codes.Internal
+	case errors.Is(err, stream.ErrNotStream):
+		return codes.FailedPrecondition
+	}
+	return codes.Unknown
+}
+
+// streamErr gives a handler's plain error from the engine (or its ctx)
+// its status code.
+func streamErr(err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	var e *rpc.Error
+	if errors.As(err, &e) {
+		return err
+	}
+	if c := streamCode(err); c != codes.Unknown {
+		return status.Error(c, err.Error())
+	}
+	return err
+}

@@ -1,0 +1,37 @@
+package main
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mqrpc/mqrpc/internal/testenv"
+)
+
+const want = `GetFeature: "Patriots Path"
+ListFeatures: "Patriots Path"
+ListFeatures: "Bluebell Lane"
+ListFeatures: "Oak Hill"
+RecordRoute: 4 points, 4 features, distance 60000
+RouteChat: heard [first second]
+`
+
+// The route_guide service, its four kinds of method with the generated
+// stubs unchanged, runs over every broker that has streams.
+func TestRouteGuide(t *testing.T) {
+	brokers := map[string]func(testing.TB) string{
+		"embedded": func(testing.TB) string { return "embedded" },
+		"memory":   func(testing.TB) string { return "memory" },
+		"nats":     testenv.NATSURL,
+		"rabbitmq": testenv.AMQPURL,
+	}
+	for name, url := range brokers {
+		t.Run(name, func(t *testing.T) {
+			var out bytes.Buffer
+			require.NoError(t, run(url(t), &out))
+			assert.Equal(t, want, out.String())
+		})
+	}
+}
