@@ -159,7 +159,21 @@ func (s *suite) openStream(t *testing.T, ctx context.Context, b broker.Broker, w
 }
 
 func (s *suite) streamPair(t *testing.T) (srv, cli broker.Broker, subj string) {
-	return s.open(t), s.open(t), subject(t)
+	srv, cli = s.open(t), s.open(t)
+	warmInboxes(t, srv)
+	warmInboxes(t, cli)
+	return srv, cli, subject(t)
+}
+
+// warmInboxes opens and closes an inbox on b, so that the time a broker
+// takes to set its inboxes up (RocketMQ starts a consumer) is not counted
+// in the timings of a case. A stream opened first pays it, once per
+// connection.
+func warmInboxes(t testing.TB, b broker.Broker) {
+	t.Helper()
+	in, err := b.(broker.Streamer).OpenInbox(func(*broker.Message) {})
+	require.NoError(t, err)
+	require.NoError(t, in.Close())
 }
 
 func dataMsg(i int) *broker.Message {
@@ -416,9 +430,13 @@ func (s *suite) testStreamHandlerCancels(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
 	var closedAt atomic.Int64
+	read := make(chan struct{})
 	s.streamServer(t, srv, subj, 0, nil, func(ctx context.Context, st *stream.Stream, _ *broker.Message) broker.Header {
 		_ = st.Send(&broker.Message{Body: []byte("x")})
-		time.Sleep(100 * time.Millisecond)
+		select { // the caller is reading (a cancel would overtake the message)
+		case <-read:
+		case <-time.After(s.f.Timeout):
+		}
 		closedAt.Store(time.Now().UnixNano())
 		st.Close()
 		select {
@@ -430,6 +448,7 @@ func (s *suite) testStreamHandlerCancels(t *testing.T) {
 	st := s.openStream(t, s.ctx(t), cli, nil, subj, stream.Config{}, nil)
 	_, err := st.Recv()
 	require.NoError(t, err)
+	close(read)
 	_, err = st.Recv()
 	elapsed := time.Since(time.Unix(0, closedAt.Load()))
 	require.ErrorIs(t, err, stream.ErrCanceled)
