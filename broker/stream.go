@@ -20,7 +20,7 @@ import "context"
 // A broker that implements Streamer puts itself into the ctx of every
 // delivery of its Serve subscriptions (see [ContextWithStreamer]), so a
 // handler can answer a stream's opening request over the same connection.
-// broker/memory, broker/nats and broker/amqp implement it;
+// broker/memory, broker/nats, broker/amqp and broker/rocketmq implement it;
 // docs/PROTOCOL.md ("Streams") has the wire format of each.
 type Streamer interface {
 	// OpenInbox opens an inbox and calls fn with each message posted to

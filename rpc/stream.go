@@ -23,7 +23,7 @@ import (
 // (many requests, one reply: HandleClientStream, OpenStream and
 // CloseAndRecv) and bidirectional (HandleBidiStream, OpenStream). They
 // run on every broker that has inboxes (broker.Streamer: broker/memory,
-// broker/nats, broker/amqp), over the stream engine of package broker/stream: messages
+// broker/nats, broker/amqp, broker/rocketmq), over the stream engine of package broker/stream: messages
 // arrive in order, a lost or repeated one ends the stream with DataLoss,
 // a slow reader makes the writer wait (credit), a peer that goes away is
 // noticed within the heartbeat interval (Unavailable), and a cancel on

@@ -96,7 +96,7 @@
 // # Streaming
 //
 // Streaming methods of every kind run over brokers that have streams
-// (broker.Streamer: in-process, NATS, RabbitMQ), on mqrpc's stream engine
+// (broker.Streamer: in-process, NATS, RabbitMQ, RocketMQ), on mqrpc's stream engine
 // (package broker/stream): messages in order with loss detected
 // (DataLoss), credit-based flow control, heartbeats (a peer gone is
 // Unavailable), cancellation both ways, the deadline over the whole

@@ -169,6 +169,8 @@ type Broker struct {
 	subs    map[*subscription]struct{}
 	ctl     controlPlane   // broadcast consumers (control.go)
 	notices sync.WaitGroup // cancel notices being sent (control.go)
+
+	streams streams // stream inboxes (stream.go)
 }
 
 // rocketProducer is the part of rocketmq-client-go's producer that Broker
@@ -546,6 +548,7 @@ func (b *Broker) Close() error {
 	b.cancel()
 	b.ctl.close()
 	b.notices.Wait()
+	b.streams.close()
 
 	var errs []error
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -261,7 +261,7 @@ func newSubscription(b *Broker, subject, topic, group string, h broker.Handler, 
 		quit:       make(chan struct{}),
 		finished:   make(chan struct{}),
 	}
-	s.k = kernel.Serve[*delivery](s, subject, h, cfg, kernel.Options{Name: "rocketmq", Log: s.log})
+	s.k = kernel.Serve[*delivery](s, subject, h, cfg, kernel.Options{Name: "rocketmq", Log: s.log, Streamer: b})
 	return s
 }
 
