@@ -36,6 +36,9 @@ type streams struct {
 	fns    map[string]func(*broker.Message)
 	next   uint64
 	closed bool
+	// starting is closed when the OpenInbox starting the consumer is
+	// done; nil when none is.
+	starting chan struct{}
 }
 
 // OpenInbox implements broker.Streamer: the inbox's address is
@@ -51,11 +54,24 @@ func (b *Broker) OpenInbox(fn func(*broker.Message)) (broker.Inbox, error) {
 	t := &b.streams
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.closed {
+	for t.starting != nil { // another OpenInbox starts the consumer: wait for it
+		ch := t.starting
+		t.mu.Unlock()
+		select {
+		case <-ch:
+		case <-b.ctx.Done():
+		}
+		t.mu.Lock()
+	}
+	if t.closed || b.isClosed() {
 		return nil, fmt.Errorf("rocketmq: open inbox: %w", broker.ErrClosed)
 	}
 	if t.pc == nil {
-		if err := b.startStreams(); err != nil {
+		t.starting = make(chan struct{})
+		err := b.startStreams() // releases t.mu while it waits for the consumer
+		close(t.starting)
+		t.starting = nil
+		if err != nil {
 			return nil, fmt.Errorf("rocketmq: open inbox: %w", err)
 		}
 	}
@@ -74,7 +90,9 @@ func (b *Broker) startStreams() error {
 	}
 	group := "mqrpc_stream_" + strings.NewReplacer(".", "_", "-", "_").Replace(b.instance)
 	deadline := time.Now().Add(topicCreateWait)
-	t.fns = make(map[string]func(*broker.Message))
+	if t.fns == nil {
+		t.fns = make(map[string]func(*broker.Message))
+	}
 	for {
 		copts := []consumer.Option{
 			consumer.WithNsResolver(primitive.NewPassthroughResolver(b.servers)),
