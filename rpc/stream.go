@@ -40,7 +40,7 @@ import (
 
 // WithStreamWindow sets how many received stream messages a side holds at
 // most, the credit it grants its peer: a client for what its server
-// sends, a server for what its clients send. Default 128
+// sends, a server for what its clients send. Default 1024
 // (stream.DefaultWindow); values below 1 select it.
 func WithStreamWindow(n int) Option {
 	return bothOption{

@@ -115,7 +115,11 @@ var (
 
 // Default values of Config.
 const (
-	DefaultWindow    = 128
+	// DefaultWindow: 1024 messages keep a fast sender from waiting for
+	// credit round trips (128 held a 64 B stream over NATS to about two
+	// thirds of the rate at 1024); a side holds at most this many unread
+	// messages (4 MiB of 4 KiB messages).
+	DefaultWindow    = 1024
 	DefaultHeartbeat = 5 * time.Second
 	minHeartbeat     = 20 * time.Millisecond
 )
@@ -575,7 +579,7 @@ func (st *Stream) Recv() (*broker.Message, error) {
 			st.queue[0] = nil
 			st.queue = st.queue[1:]
 			st.taken++
-			grant := st.granted-st.taken <= st.window/2
+			grant := st.granted-st.taken <= st.window-st.window/4
 			if grant {
 				st.granted = st.taken + st.window
 			}
