@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"flag"
 	"go/build"
 	"os"
 	"os/exec"
@@ -53,6 +54,11 @@ func RerunWithoutRace(t *testing.T, pattern string) {
 		goBin = "go"
 	}
 	args := []string{"test", "-count=1", "-run", pattern}
+	// The child gets this run's timeout (scripts/test gives 40m), not go
+	// test's default 10m: broker/rocketmq's real tests take about that.
+	if f := flag.Lookup("test.timeout"); f != nil {
+		args = append(args, "-timeout", f.Value.String())
+	}
 	if testing.Verbose() {
 		args = append(args, "-v")
 	}
