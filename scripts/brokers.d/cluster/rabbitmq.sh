@@ -91,6 +91,7 @@ CONF
 		log "rabbitmq cluster: starting $(rabbitmq_cluster_name "$n") on 127.0.0.1:$(rabbitmq_cluster_port "$n")"
 		(
 			rabbitmq_cluster_env "$n"
+			rabbitmq_nofile
 			setsid "$rabbitmq_cluster_bin/rabbitmq-server" >>"$dir/start.log" 2>&1 </dev/null &
 		)
 	done
