@@ -117,11 +117,16 @@ var (
 const (
 	// DefaultWindow: 1024 messages keep a fast sender from waiting for
 	// credit round trips (128 held a 64 B stream over NATS to about two
-	// thirds of the rate at 1024); a side holds at most this many unread
-	// messages (4 MiB of 4 KiB messages).
+	// thirds of the rate at 1024).
 	DefaultWindow    = 1024
 	DefaultHeartbeat = 5 * time.Second
 	minHeartbeat     = 20 * time.Millisecond
+	// firstCredit is the most a side grants before it has seen a message
+	// (their size is not known yet), and windowBytes the bytes of unread
+	// messages it grants credit for once it has: large messages get less
+	// of the window than small ones.
+	firstCredit = 32
+	windowBytes = 8 << 20
 )
 
 // Config configures the caller's side of a stream; the handler takes the
@@ -129,7 +134,9 @@ const (
 type Config struct {
 	// Window is how many received messages a side holds at most: the
 	// credit it grants its peer ahead of what it has read. Default
-	// DefaultWindow.
+	// DefaultWindow. A side grants at most 32 before the first message
+	// arrives, and once messages arrive no more than about 8 MiB of
+	// them at their average size (at least one message).
 	Window int
 	// Heartbeat is the liveness interval: each side pings every quarter
 	// of it, and a peer not heard from for three quarters of it is gone,
@@ -179,6 +186,7 @@ type Stream struct {
 	queue    []*broker.Message
 	recvd    uint64 // highest sequence number received
 	taken    uint64 // messages Recv returned
+	bodies   uint64 // bytes of the data frames' bodies received
 	granted  uint64 // credit granted in all
 	peerEnd  bool   // the caller half-closed (handler side)
 	end      *broker.Message
@@ -266,7 +274,7 @@ func newStream(ctx context.Context, s broker.Streamer, id string, hb time.Durati
 	st := &Stream{id: id, s: s, client: client, hb: hb, window: uint64(window),
 		recvWake: make(chan struct{}, 1), sendWake: make(chan struct{}, 1), stopped: make(chan struct{})}
 	st.ctx, st.cancel = context.WithCancel(ctx)
-	st.granted = st.window
+	st.granted = min(st.window, firstCredit)
 	return st
 }
 
@@ -365,6 +373,7 @@ func (st *Stream) receive(m *broker.Message) {
 			return
 		}
 		st.recvd = seq
+		st.bodies += uint64(len(m.Body))
 		delete(m.Header, HeaderStream)
 		delete(m.Header, HeaderFrame)
 		delete(m.Header, HeaderSeq)
@@ -579,9 +588,10 @@ func (st *Stream) Recv() (*broker.Message, error) {
 			st.queue[0] = nil
 			st.queue = st.queue[1:]
 			st.taken++
-			grant := st.granted-st.taken <= st.window-st.window/4
+			n := st.grantSizeLocked()
+			grant := st.granted-st.taken <= n-n/4 && st.taken+n > st.granted
 			if grant {
-				st.granted = st.taken + st.window
+				st.granted = st.taken + n
 			}
 			st.mu.Unlock()
 			if grant {
@@ -603,6 +613,19 @@ func (st *Stream) Recv() (*broker.Message, error) {
 		<-st.recvWake
 		st.mu.Lock()
 	}
+}
+
+// grantSizeLocked is how far ahead of what it read a side grants credit:
+// its window, cut to about windowBytes of messages of the average size
+// received so far, but at least one; st.mu is held.
+func (st *Stream) grantSizeLocked() uint64 {
+	n := st.window
+	if st.recvd > 0 {
+		if avg := st.bodies / st.recvd; avg > 0 {
+			n = min(n, max(1, windowBytes/avg))
+		}
+	}
+	return n
 }
 
 // End returns the handler's reply that ended the caller's stream, or nil
