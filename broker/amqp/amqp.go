@@ -48,6 +48,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 	"github.com/mqrpc/mqrpc/internal/redact"
 )
 
@@ -66,8 +67,8 @@ type Broker struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine the broker owns
 
-	// isolate lets a suspect request run alone in durable mode.
-	isolate isolation
+	// lane lets a suspect request run alone in durable mode.
+	lane *kernel.Lane
 
 	mu     sync.Mutex
 	sess   *session      // nil while reconnecting
@@ -97,6 +98,7 @@ func New(url string, opts ...Option) (*Broker, error) {
 		cfg:   cfg,
 		ready: make(chan struct{}),
 		subs:  make(map[*driver]struct{}),
+		lane:  kernel.NewLane(),
 	}
 	for _, u := range b.urls {
 		if _, err := amqp091.ParseURI(u); err != nil {
@@ -340,6 +342,7 @@ func (b *Broker) connect() (*session, error) {
 			s.reply(&d)
 		}
 	}()
+	s.declareCancelExchange()
 	b.cfg.logger.Info("amqp: connected", "vhost", conn.Config.Vhost, "remote", remoteAddr(conn))
 	return s, nil
 }

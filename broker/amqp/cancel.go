@@ -13,26 +13,39 @@ import (
 // publishes an empty message with the request's message_id and the
 // subject as routing key; every server of the subject gets it and cancels
 // the ctx of that request's handler if it runs one.
+//
+// Cancel notices are best effort, and optional: a client or server whose
+// user may not declare the exchange or a server-named queue (RabbitMQ
+// permissions) works without them.
 const CancelExchange = "mqrpc.cancel"
 
-// consumeCancels declares CancelExchange and a queue of the channel's own
-// bound to it for subject, and consumes it without acknowledgements.
-func consumeCancels(ch *amqp091.Channel, subject string) (<-chan amqp091.Delivery, error) {
-	if err := declareCancel(ch); err != nil {
-		return nil, err
+// consumeCancels opens a channel on s with a queue of its own bound to
+// CancelExchange for subject, consumed without acknowledgements. Its
+// channel closes with c. Without permission for it, the subscription
+// serves without cancel notices.
+func (d *driver) consumeCancels(s *session, c *consumer) {
+	ch, err := s.conn.Channel()
+	if err == nil {
+		c.cch = ch
+		err = func() error {
+			if err := declareCancel(ch); err != nil {
+				return err
+			}
+			q, err := ch.QueueDeclare("", false, true, true, false, nil)
+			if err != nil {
+				return fmt.Errorf("declare cancel queue: %w", err)
+			}
+			if err := ch.QueueBind(q.Name, d.subject, CancelExchange, false, nil); err != nil {
+				return fmt.Errorf("bind cancel queue for %s: %w", d.subject, err)
+			}
+			c.cancels, err = ch.Consume(q.Name, "", true, true, false, false, nil)
+			return err
+		}()
 	}
-	q, err := ch.QueueDeclare("", false, true, true, false, nil)
 	if err != nil {
-		return nil, fmt.Errorf("declare cancel queue: %w", err)
+		c.cancels = nil
+		d.b.cfg.logger.Warn("amqp: serving without cancel notices", "subject", d.subject, "err", err)
 	}
-	if err := ch.QueueBind(q.Name, subject, CancelExchange, false, nil); err != nil {
-		return nil, fmt.Errorf("bind cancel queue for %s: %w", subject, err)
-	}
-	d, err := ch.Consume(q.Name, "", true, true, false, false, nil)
-	if err != nil {
-		return nil, fmt.Errorf("consume cancel queue: %w", err)
-	}
-	return d, nil
 }
 
 func declareCancel(ch *amqp091.Channel) error {
@@ -45,16 +58,27 @@ func declareCancel(ch *amqp091.Channel) error {
 // cancelKey marks CancelExchange declared in session.declared.
 const cancelKey = "\x00cancel"
 
-// notifyCancel tells the servers of subject that the caller of request id
-// gave up. It is best effort: skipped while RabbitMQ blocks the connection
-// (a publish would hang) and when the exchange cannot be declared; a
-// server that has not started the request yet serves it.
-func (b *Broker) notifyCancel(s *session, subject, id string) {
-	if s.blocked.Load() {
+// declareCancelExchange declares CancelExchange for the cancel notices the
+// session's callers send; without permission for it, they send none.
+func (s *session) declareCancelExchange() {
+	if err := withChannel(s.conn, declareCancel); err != nil {
+		s.b.cfg.logger.Warn("amqp: calling without cancel notices", "err", err)
 		return
 	}
-	if err := s.declareOnce(cancelKey, declareCancel); err != nil {
-		b.cfg.logger.Warn("amqp: cancel notice not sent", "subject", subject, "id", id, "err", err)
+	s.mu.Lock()
+	s.declared[cancelKey] = true
+	s.mu.Unlock()
+}
+
+// notifyCancel tells the servers of subject that the caller of request id
+// gave up. It never waits: it is skipped while RabbitMQ blocks the
+// connection and when CancelExchange could not be declared. A server that
+// has not started the request yet serves it.
+func (b *Broker) notifyCancel(s *session, subject, id string) {
+	s.mu.Lock()
+	ok := s.declared[cancelKey] && !s.dead
+	s.mu.Unlock()
+	if !ok || s.blocked.Load() {
 		return
 	}
 	pc := s.req

@@ -29,9 +29,6 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 	if err != nil {
 		return nil, err
 	}
-	if ctx.Err() != nil {
-		return nil, kernel.WaitError(ctx, op, req.Subject)
-	}
 	s, c, err := b.publish(ctx, req, false)
 	if err != nil {
 		return nil, err

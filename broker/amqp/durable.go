@@ -42,9 +42,9 @@ func (d *driver) admit(x *delivery) bool {
 	return false
 }
 
-// isolationWait bounds how long a suspect waits for the handlers running
-// in its broker to finish before it runs anyway, and how long a handler
-// waits for a suspect running alone (see isolation).
+// isolationWait bounds how long a suspect waits for the lane and for the
+// handlers running in its broker to finish before it runs anyway, and how
+// long a handler waits for a suspect running alone (kernel.Lane).
 const isolationWait = 5 * time.Second
 
 // failures returns how many deliveries of d failed before this one, as

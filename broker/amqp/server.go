@@ -98,9 +98,8 @@ type delivery struct {
 	amqp091.Delivery
 	c       *consumer
 	suspect bool   // from the suspect queue: runs alone
-	entered bool   // counted in by Broker.isolate (a durable request)
 	failed  int    // durable: failed deliveries before this one
-	release func() // a suspect's end of running alone
+	release func() // durable: leaves Broker.lane
 }
 
 var deliveryPool = sync.Pool{New: func() any { return new(delivery) }}
@@ -188,13 +187,12 @@ func (d *driver) take(c *consumer, m *amqp091.Delivery, suspect bool) *delivery 
 	}
 	if suspect {
 		// Alone in the broker, and after every acknowledgement sent so
-		// far was processed.
-		x.release = d.b.isolate.alone(isolationWait)
+		// far was processed. A wait that ran out runs it all the same.
+		x.release, _, _ = d.b.lane.Enter(context.Background(), isolationWait)
 		c.barrier(d.prefetch)
 	} else {
 		// A suspect waits until this delivery is settled.
-		d.b.isolate.enter(isolationWait)
-		x.entered = true
+		x.release = d.b.lane.Shared(context.Background(), isolationWait)
 	}
 	if !d.admit(x) {
 		d.done(x)
@@ -274,7 +272,6 @@ func (d *driver) watchCancels(c *consumer) {
 				sub.Cancel(m.MessageId)
 			}
 		}
-		c.lose()
 	}()
 }
 
@@ -339,12 +336,10 @@ func (d *driver) ack(x *delivery) {
 	}
 }
 
-// done ends x, settled: a suspect's isolation ends, the consumer may close.
+// done ends x, settled: it leaves the lane, the consumer may close.
 func (d *driver) done(x *delivery) {
 	if x.release != nil {
 		x.release()
-	} else if x.entered {
-		d.b.isolate.leave()
 	}
 	c := x.c
 	*x = delivery{}
@@ -427,7 +422,8 @@ type consumer struct {
 	ch         *amqp091.Channel
 	tag        string
 	deliveries <-chan amqp091.Delivery
-	cancels    <-chan amqp091.Delivery // nil for ServeEach
+	cch        *amqp091.Channel        // cancel notices: nil for ServeEach
+	cancels    <-chan amqp091.Delivery // nil without them
 
 	sch      *amqp091.Channel // nil but in durable mode
 	stag     string
@@ -522,9 +518,10 @@ func (c *consumer) cancel() {
 // close closes c's channels, once.
 func (c *consumer) close() {
 	c.closeOnce.Do(func() {
-		_ = c.ch.Close()
-		if c.sch != nil {
-			_ = c.sch.Close()
+		for _, ch := range []*amqp091.Channel{c.ch, c.sch, c.cch} {
+			if ch != nil {
+				_ = ch.Close()
+			}
 		}
 		close(c.closed)
 	})
@@ -568,9 +565,6 @@ func (d *driver) setupServe(s *session) (*consumer, error) {
 				return err
 			}
 		}
-		if c.cancels, err = consumeCancels(ch, d.subject); err != nil {
-			return err
-		}
 		if err := ch.Qos(d.prefetch, 0, false); err != nil {
 			return fmt.Errorf("qos %d: %w", d.prefetch, err)
 		}
@@ -578,8 +572,11 @@ func (d *driver) setupServe(s *session) (*consumer, error) {
 			return fmt.Errorf("consume %s: %w", d.queue, err)
 		}
 		if b.cfg.durable {
-			return d.consumeSuspects(s, c)
+			if err := d.consumeSuspects(s, c); err != nil {
+				return err
+			}
 		}
+		d.consumeCancels(s, c)
 		return nil
 	}()
 	if err != nil {
