@@ -58,6 +58,9 @@ func ctl(t testing.TB, args ...string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, ctlPath(t), append([]string{"-q", "-n", node}, args...)...)
+	// rabbitmqctl may start an epmd daemon that keeps its output pipe
+	// open: without a WaitDelay, the test would wait for it for ever.
+	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "rabbitmqctl %s: %s", strings.Join(args, " "), out)
 	return string(out)
