@@ -10,7 +10,7 @@
 //	                                 loopback port; closing the broker stops it
 //	nats://host:port, tls://...      NATS (broker/nats)
 //	amqp://..., amqps://...          RabbitMQ (broker/amqp)
-//	rocketmq://host:port             RocketMQ through its name server, with WithScheme
+//	rocketmq://host:port             RocketMQ through its name server, once registered
 //	                                 (broker/rocketmq is a module of its own; see below)
 //
 // For a cluster, list its nodes separated by commas; the client connects to
@@ -26,21 +26,23 @@
 // its own, github.com/mqrpc/mqrpc/broker/rocketmq, so that no other program
 // downloads or links rocketmq-client-go (and its old dependencies), which
 // starts a goroutine that never ends as soon as it is linked. Importing dial
-// starts no goroutine. A program that wants rocketmq:// URLs gives dial the
-// constructor:
+// starts no goroutine. A program that wants rocketmq:// URLs imports the
+// package that registers the scheme, for its side effect, as a database/sql
+// program imports its driver:
 //
-//	b, err := dial.Open(url, dial.WithScheme("rocketmq", func(u string) (broker.Broker, error) {
-//		return rocketmq.New(u)
-//	}))
+//	import _ "github.com/mqrpc/mqrpc/broker/rocketmq/dialrocketmq"
 //
-// WithScheme adds any other broker the same way, yours included.
+// Register adds any other broker the same way, yours included; WithScheme
+// gives one call of Open a scheme of its own instead.
 package dial
 
 import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
+	"sync"
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/amqp"
@@ -67,12 +69,89 @@ func WithName(name string) Option { return func(c *config) { c.name = name } }
 // to. Default: discard.
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
 
+// Opener opens the broker a URL names; it gets the whole URL, a
+// comma-separated list included.
+type Opener = func(rawURL string) (broker.Broker, error)
+
+// builtin are the schemes Open knows without Register or WithScheme.
+var builtin = []string{"memory", "embedded", "nats", "tls", "amqp", "amqps"}
+
+var (
+	registryMu sync.RWMutex
+	registry   = map[string]Opener{}
+)
+
+// Register makes every later Open (in any goroutine) open URLs of scheme
+// (case-insensitive) with open, as database/sql's Register does for
+// drivers. It is meant for the init function of a package that a program
+// imports for its side effect, such as
+// github.com/mqrpc/mqrpc/broker/rocketmq/dialrocketmq for rocketmq://.
+// Register is safe for concurrent use. It panics if scheme is empty or not
+// a URL scheme (a letter, then letters, digits, '+', '-' or '.'), if open
+// is nil, if scheme is one Open knows already (memory, embedded, nats, tls,
+// amqp, amqps: WithScheme can take one over for a call), or if scheme was
+// registered before. WithName and WithLogger do not reach open.
+func Register(scheme string, open Opener) {
+	s := strings.ToLower(scheme)
+	if !validScheme(s) {
+		panic(fmt.Sprintf("dial: Register of invalid scheme %q", scheme))
+	}
+	if open == nil {
+		panic(fmt.Sprintf("dial: Register of scheme %q with a nil opener", scheme))
+	}
+	if slices.Contains(builtin, s) {
+		panic(fmt.Sprintf("dial: Register of built-in scheme %q", scheme))
+	}
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	if _, dup := registry[s]; dup {
+		panic(fmt.Sprintf("dial: Register called twice for scheme %q", scheme))
+	}
+	registry[s] = open
+}
+
+// Schemes returns the schemes Open knows without WithScheme, sorted: the
+// built-in ones and those given to Register.
+func Schemes() []string {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	out := slices.Clone(builtin)
+	for s := range registry {
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func registered(scheme string) Opener {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	return registry[scheme]
+}
+
+// validScheme reports whether s is a URL scheme (RFC 3986: ALPHA *( ALPHA
+// / DIGIT / "+" / "-" / "." )), lower-cased.
+func validScheme(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z':
+		case i > 0 && (r >= '0' && r <= '9' || r == '+' || r == '-' || r == '.'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // WithScheme makes Open open URLs of scheme (case-insensitive) with open,
 // which gets the whole URL, a comma-separated list included. A scheme dial
 // knows (memory, embedded, nats, tls, amqp, amqps) can be taken over too.
 // WithName and WithLogger do not reach open: give its broker its own
-// options. Default: none (rocketmq:// is an unknown scheme without it).
-func WithScheme(scheme string, open func(rawURL string) (broker.Broker, error)) Option {
+// options. It takes precedence over Register. Default: none.
+func WithScheme(scheme string, open Opener) Option {
 	return func(c *config) {
 		if c.schemes == nil {
 			c.schemes = make(map[string]func(string) (broker.Broker, error))
@@ -95,14 +174,19 @@ func Open(rawURL string, opts ...Option) (broker.Broker, error) {
 		cfg.logger = slog.New(slog.DiscardHandler)
 	}
 	scheme, _, _ := strings.Cut(rawURL, ":")
-	if open, ok := cfg.schemes[strings.ToLower(scheme)]; ok && open != nil {
+	lower := strings.ToLower(scheme)
+	open := cfg.schemes[lower]
+	if open == nil && !slices.Contains(builtin, lower) {
+		open = registered(lower)
+	}
+	if open != nil {
 		b, err := open(rawURL)
 		if err != nil {
 			return nil, fmt.Errorf("dial: %w", err)
 		}
 		return b, nil
 	}
-	switch strings.ToLower(scheme) {
+	switch lower {
 	case "memory":
 		return memory.New(), nil
 	case "embedded":
@@ -134,9 +218,11 @@ func Open(rawURL string, opts ...Option) (broker.Broker, error) {
 		return b, nil
 	case "rocketmq":
 		return nil, fmt.Errorf("%w %q in %q: broker/rocketmq is a module of its own; "+
-			"open it with dial.WithScheme(\"rocketmq\", ...) and rocketmq.New (see the package doc)", ErrUnknownScheme, scheme, rawURL)
+			"import _ \"github.com/mqrpc/mqrpc/broker/rocketmq/dialrocketmq\" to register it (see the package doc)",
+			ErrUnknownScheme, scheme, rawURL)
 	}
-	return nil, fmt.Errorf("%w %q in %q (want memory, embedded, nats, tls, amqp, amqps or one given with WithScheme)", ErrUnknownScheme, scheme, rawURL)
+	return nil, fmt.Errorf("%w %q in %q (want memory, embedded, nats, tls, amqp, amqps, "+
+		"one given to Register (see Schemes) or one given with WithScheme)", ErrUnknownScheme, scheme, rawURL)
 }
 
 // Redact returns rawURL fit to print or log: the user info of every URL in

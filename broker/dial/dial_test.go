@@ -3,8 +3,11 @@ package dial_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,11 +68,12 @@ func TestOpen(t *testing.T) {
 func TestOpenErrors(t *testing.T) {
 	_, err := dial.Open("kafka://127.0.0.1:9092")
 	assert.ErrorIs(t, err, dial.ErrUnknownScheme)
-	// RocketMQ is a module of its own: without WithScheme the error says
-	// how to add it (broker/rocketmq's TestDial opens it through dial).
+	// RocketMQ is a module of its own: unregistered, the error says how to
+	// add it (examples/rocketmq's TestMainModuleExamplesOnRocketMQ opens it
+	// through the registration).
 	_, err = dial.Open("rocketmq://127.0.0.1:9876")
 	assert.ErrorIs(t, err, dial.ErrUnknownScheme)
-	assert.ErrorContains(t, err, `dial.WithScheme("rocketmq", ...)`)
+	assert.ErrorContains(t, err, `import _ "github.com/mqrpc/mqrpc/broker/rocketmq/dialrocketmq"`)
 	_, err = dial.Open("carrier-pigeon://coop", dial.WithScheme("carrier-pigeon", func(string) (broker.Broker, error) {
 		return nil, errors.New("no pigeon")
 	}))
@@ -91,6 +95,86 @@ func TestWithScheme(t *testing.T) {
 	}
 	assert.Equal(t, []string{"pigeon://coop-1,pigeon://coop-2", "PIGEON://coop", "memory:"}, got)
 }
+
+// Register adds a scheme for every later Open, case-insensitive, in any
+// goroutine; WithScheme still takes precedence for its call.
+func TestRegister(t *testing.T) {
+	p := registerPrefix() // Register is for good: new schemes each run (-count)
+	var mu sync.Mutex
+	var got []string
+	open := func(u string) (broker.Broker, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, u)
+		return memory.New(), nil
+	}
+	_, err := dial.Open(p + "a://coop")
+	require.ErrorIs(t, err, dial.ErrUnknownScheme)
+
+	// Registrations and Opens from many goroutines at once (under -race).
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			dial.Register(fmt.Sprintf("%s%c", strings.ToUpper(p), 'a'+i), open)
+			b, err := dial.Open(fmt.Sprintf("%s%c://n%d", p, 'a'+i, i))
+			if assert.NoError(t, err) {
+				assert.NoError(t, b.Close())
+			}
+			_, _ = dial.Open("memory:") // a reader while others register
+		})
+	}
+	wg.Wait()
+	assert.Len(t, got, 8)
+	assert.Subset(t, dial.Schemes(), []string{"amqp", "memory", p + "a", p + "h"})
+
+	b, err := dial.Open(strings.ToUpper(p) + "A://upper")
+	require.NoError(t, err)
+	require.NoError(t, b.Close())
+	assert.Contains(t, got, strings.ToUpper(p)+"A://upper")
+
+	var viaOption bool
+	b, err = dial.Open(p+"a://x", dial.WithScheme(p+"a", func(string) (broker.Broker, error) {
+		viaOption = true
+		return memory.New(), nil
+	}))
+	require.NoError(t, err)
+	require.NoError(t, b.Close())
+	assert.True(t, viaOption, "WithScheme takes precedence over Register")
+
+	_, err = dial.Open(p + "fail://x")
+	require.ErrorIs(t, err, dial.ErrUnknownScheme)
+	dial.Register(p+"fail", func(string) (broker.Broker, error) { return nil, errors.New("no pigeon") })
+	_, err = dial.Open(p + "fail://x")
+	assert.EqualError(t, err, "dial: no pigeon")
+}
+
+// Register panics, as sql.Register does, on a scheme registered twice (in
+// any case), a built-in scheme, a nil opener or a malformed scheme; a
+// panicking call registers nothing.
+func TestRegisterPanics(t *testing.T) {
+	p := registerPrefix()
+	open := func(string) (broker.Broker, error) { return memory.New(), nil }
+	dial.Register(p+"dup", open)
+	for name, call := range map[string]func(){
+		"twice":    func() { dial.Register(p+"dup", open) },
+		"case":     func() { dial.Register(strings.ToUpper(p)+"DUP", open) },
+		"builtin":  func() { dial.Register("amqp", open) },
+		"builtin2": func() { dial.Register("Memory", open) },
+		"nil":      func() { dial.Register(p+"nil", nil) },
+		"empty":    func() { dial.Register("", open) },
+		"colon":    func() { dial.Register(p+":x", open) },
+		"digit":    func() { dial.Register("1"+p, open) },
+	} {
+		assert.Panics(t, call, name)
+	}
+	assert.NotContains(t, dial.Schemes(), p+"nil")
+	assert.NotContains(t, dial.Schemes(), "")
+}
+
+var registerRuns atomic.Int32
+
+// registerPrefix returns a scheme prefix no earlier run of a test used.
+func registerPrefix() string { return fmt.Sprintf("regtest%d-", registerRuns.Add(1)) }
 
 // Importing dial starts no goroutine: it links no client that starts one
 // at init (rocketmq-client-go does: a cache janitor that never ends, which

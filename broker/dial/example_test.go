@@ -37,5 +37,5 @@ func ExampleOpen() {
 	// Output:
 	// hi from memory: <nil>
 	// hi from embedded: <nil>
-	// dial: unknown broker scheme "carrier-pigeon" in "carrier-pigeon://coop" (want memory, embedded, nats, tls, amqp, amqps or one given with WithScheme)
+	// dial: unknown broker scheme "carrier-pigeon" in "carrier-pigeon://coop" (want memory, embedded, nats, tls, amqp, amqps, one given to Register (see Schemes) or one given with WithScheme)
 }

@@ -7,8 +7,9 @@
 // broker/rocketmq is a module of its own (rocketmq-client-go is linked only
 // by programs that import it), so this example is one too; its go.mod
 // requires github.com/mqrpc/mqrpc and github.com/mqrpc/mqrpc/broker/rocketmq.
-// broker/dial opens rocketmq:// URLs once it is given rocketmq.New with
-// dial.WithScheme; every other URL dial knows works as well.
+// broker/dial opens rocketmq:// URLs once the program imports
+// broker/rocketmq/dialrocketmq for its side effect; every other URL dial
+// knows works as well.
 package main
 
 import (
@@ -19,11 +20,11 @@ import (
 	"os"
 	"time"
 
-	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/dial"
-	"github.com/mqrpc/mqrpc/broker/rocketmq"
 	"github.com/mqrpc/mqrpc/rpc"
 )
+
+import _ "github.com/mqrpc/mqrpc/broker/rocketmq/dialrocketmq" // rocketmq:// URLs for broker/dial
 
 // AddRequest asks for A + B.
 type AddRequest struct{ A, B int }
@@ -53,9 +54,7 @@ func envOr(name, def string) string {
 }
 
 func run(url string) error {
-	b, err := dial.Open(url, dial.WithScheme("rocketmq", func(u string) (broker.Broker, error) {
-		return rocketmq.New(u) // rocketmq://ns1:9876,ns2:9876
-	}))
+	b, err := dial.Open(url) // rocketmq://ns1:9876,ns2:9876, memory:, nats://...
 	if err != nil {
 		return err
 	}
