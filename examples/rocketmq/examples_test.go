@@ -27,7 +27,7 @@ import _ "github.com/mqrpc/mqrpc/broker/rocketmq/dialrocketmq"
 // options) run on RocketMQ once they import dialrocketmq: each is built
 // with `go build -overlay` adding one file with that blank import (their
 // own module does not require broker/rocketmq, so they cannot hold it
-// themselves; this module requires both), run with -broker memory, then
+// themselves) in the repository's workspace (go.work), run with -broker memory, then
 // with -broker rocketmq://<the shared name server>, and prints the same
 // (but for its "broker:" line), including the line
 // TestEveryExampleOnEveryBroker wants of it. The programs are built without
@@ -79,7 +79,11 @@ func TestMainModuleExamplesOnRocketMQ(t *testing.T) {
 			flags = append(flags, f)
 		}
 	}
-	cmd.Env = append(os.Environ(), "GOFLAGS="+strings.Join(flags, " "))
+	// This module's go.sum lacks what the examples need (gRPC, Thrift...):
+	// build them in the repository's workspace (go.work), even when the
+	// test runs with GOWORK=off.
+	cmd.Env = append(os.Environ(), "GOFLAGS="+strings.Join(flags, " "),
+		"GOWORK="+filepath.Join(examples, "..", "go.work"))
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "go %s: %s", strings.Join(args, " "), out)
 
