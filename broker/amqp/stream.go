@@ -3,13 +3,13 @@ package amqp
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 )
 
 var _ broker.Streamer = (*Broker)(nil)
@@ -30,8 +30,7 @@ type streams struct {
 	ch    *amqp091.Channel // consumes the queue
 	pub   *amqp091.Channel // posts (guarded by pubMu)
 	pubMu sync.Mutex
-	fns   map[string]func(*broker.Message)
-	next  uint64
+	table *kernel.Inboxes // the inboxes on queue; a new queue, a new table
 }
 
 // OpenInbox implements broker.Streamer: the inbox's address is the
@@ -54,10 +53,7 @@ func (b *Broker) OpenInbox(fn func(*broker.Message)) (broker.Inbox, error) {
 			return nil, fmt.Errorf("amqp: open inbox: %w", err)
 		}
 	}
-	t.next++
-	token := strconv.FormatUint(t.next, 36)
-	t.fns[token] = fn
-	return &inbox{t: t, token: token, addr: t.queue + "/" + token}, nil
+	return t.table.Open(t.queue+"/", fn), nil
 }
 
 // streamQueue declares the stream queue of session s and starts consuming
@@ -81,13 +77,13 @@ func (b *Broker) streamQueue(s *session) error {
 					_ = t.pub.Close()
 				}
 				t.sess, t.queue, t.ch, t.pub = s, q.Name, ch, pub
-				t.fns = make(map[string]func(*broker.Message))
-				fns := t.fns
+				t.table = new(kernel.Inboxes)
+				table := t.table
 				b.wg.Add(1)
 				go func() {
 					defer b.wg.Done()
 					for d := range deliveries {
-						t.route(fns, &d)
+						route(table, &d)
 					}
 				}()
 				return nil
@@ -98,36 +94,17 @@ func (b *Broker) streamQueue(s *session) error {
 	return err
 }
 
-func (t *streams) route(fns map[string]func(*broker.Message), d *amqp091.Delivery) {
+func route(table *kernel.Inboxes, d *amqp091.Delivery) {
 	token, _ := d.Headers[headerInbox].(string)
-	t.mu.Lock()
-	fn := fns[token]
-	t.mu.Unlock()
-	if fn == nil {
-		return // a closed inbox
-	}
-	m := &broker.Message{ID: d.MessageId, Body: d.Body, Header: make(broker.Header, len(d.Headers))}
-	for k, v := range d.Headers {
-		if s, ok := v.(string); ok && k != headerInbox {
-			m.Header[strings.ToLower(k)] = s
+	table.Dispatch(token, func() *broker.Message {
+		m := &broker.Message{ID: d.MessageId, Body: d.Body, Header: make(broker.Header, len(d.Headers))}
+		for k, v := range d.Headers {
+			if s, ok := v.(string); ok && k != headerInbox {
+				m.Header[strings.ToLower(k)] = s
+			}
 		}
-	}
-	fn(m)
-}
-
-type inbox struct {
-	t     *streams
-	token string
-	addr  string
-}
-
-func (in *inbox) Addr() string { return in.addr }
-
-func (in *inbox) Close() error {
-	in.t.mu.Lock()
-	delete(in.t.fns, in.token)
-	in.t.mu.Unlock()
-	return nil
+		return m
+	})
 }
 
 // Post implements broker.Streamer: a publish through the default exchange

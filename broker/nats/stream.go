@@ -3,13 +3,13 @@ package nats
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
 
 	natsgo "github.com/nats-io/nats.go"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 )
 
 var _ broker.Streamer = (*Broker)(nil)
@@ -23,8 +23,7 @@ type inboxes struct {
 	mu     sync.Mutex
 	prefix string // "<inbox>."
 	sub    *natsgo.Subscription
-	fns    map[string]func(*broker.Message)
-	next   uint64
+	table  kernel.Inboxes
 }
 
 // OpenInbox implements broker.Streamer: the inbox's address is a subject
@@ -41,7 +40,6 @@ func (b *Broker) OpenInbox(fn func(*broker.Message)) (broker.Inbox, error) {
 	defer t.mu.Unlock()
 	if t.sub == nil {
 		t.prefix = b.nc.NewInbox() + "."
-		t.fns = make(map[string]func(*broker.Message))
 		sub, err := b.nc.Subscribe(t.prefix+"*", t.route)
 		if err != nil {
 			return nil, fmt.Errorf("nats: open inbox: %w", mapPublishError(err))
@@ -51,10 +49,7 @@ func (b *Broker) OpenInbox(fn func(*broker.Message)) (broker.Inbox, error) {
 		_ = sub.SetPendingLimits(-1, -1)
 		t.sub = sub
 	}
-	t.next++
-	token := strconv.FormatUint(t.next, 36)
-	t.fns[token] = fn
-	return &inbox{t: t, token: token, addr: t.prefix + token}, nil
+	return t.table.Open(t.prefix, fn), nil
 }
 
 func (t *inboxes) route(m *natsgo.Msg) {
@@ -62,37 +57,18 @@ func (t *inboxes) route(m *natsgo.Msg) {
 	if !ok {
 		return
 	}
-	t.mu.Lock()
-	fn := t.fns[token]
-	t.mu.Unlock()
-	if fn == nil {
-		return // a closed inbox
-	}
-	out := &broker.Message{Body: m.Data}
-	if len(m.Header) > 0 {
-		out.Header = make(broker.Header, len(m.Header))
-		for k, vs := range m.Header {
-			if len(vs) > 0 {
-				out.Header[strings.ToLower(k)] = vs[0]
+	t.table.Dispatch(token, func() *broker.Message {
+		out := &broker.Message{Body: m.Data}
+		if len(m.Header) > 0 {
+			out.Header = make(broker.Header, len(m.Header))
+			for k, vs := range m.Header {
+				if len(vs) > 0 {
+					out.Header[strings.ToLower(k)] = vs[0]
+				}
 			}
 		}
-	}
-	fn(out)
-}
-
-type inbox struct {
-	t     *inboxes
-	token string
-	addr  string
-}
-
-func (in *inbox) Addr() string { return in.addr }
-
-func (in *inbox) Close() error {
-	in.t.mu.Lock()
-	delete(in.t.fns, in.token)
-	in.t.mu.Unlock()
-	return nil
+		return out
+	})
 }
 
 // Post implements broker.Streamer: a plain publish to addr, with the

@@ -3,7 +3,6 @@ package rocketmq
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/apache/rocketmq-client-go/v2/producer"
 
 	"github.com/mqrpc/mqrpc/broker"
+	"github.com/mqrpc/mqrpc/broker/kernel"
 )
 
 // StreamTopic carries the frames of streams (broker.Streamer). Each Broker
@@ -33,8 +33,7 @@ type streams struct {
 	mu     sync.Mutex
 	pc     rmq.PushConsumer
 	prod   rmq.Producer
-	fns    map[string]func(*broker.Message)
-	next   uint64
+	table  kernel.Inboxes
 	closed bool
 	// starting is closed when the OpenInbox starting the consumer is
 	// done; nil when none is.
@@ -75,10 +74,7 @@ func (b *Broker) OpenInbox(fn func(*broker.Message)) (broker.Inbox, error) {
 			return nil, fmt.Errorf("rocketmq: open inbox: %w", err)
 		}
 	}
-	t.next++
-	token := strconv.FormatUint(t.next, 36)
-	t.fns[token] = fn
-	return &inbox{t: t, token: token, addr: b.instance + "/" + token}, nil
+	return t.table.Open(b.instance+"/", fn), nil
 }
 
 // startStreams starts the stream producer and consumer; b.streams.mu is
@@ -90,9 +86,6 @@ func (b *Broker) startStreams() error {
 	}
 	group := "mqrpc_stream_" + strings.NewReplacer(".", "_", "-", "_").Replace(b.instance)
 	deadline := time.Now().Add(topicCreateWait)
-	if t.fns == nil {
-		t.fns = make(map[string]func(*broker.Message))
-	}
 	for {
 		copts := []consumer.Option{
 			consumer.WithNsResolver(primitive.NewPassthroughResolver(b.servers)),
@@ -147,11 +140,11 @@ func (b *Broker) awaitStreams() error {
 	t := &b.streams
 	got := make(chan struct{})
 	var once sync.Once
-	t.fns["probe"] = func(*broker.Message) { once.Do(func() { close(got) }) }
-	defer delete(t.fns, "probe")
-	t.mu.Unlock() // the consumer takes t.mu to route the probe
+	probe := t.table.Open(b.instance+"/", func(*broker.Message) { once.Do(func() { close(got) }) })
+	defer probe.Close()
+	t.mu.Unlock() // not held for seconds: Post and close take it
 	defer t.mu.Lock()
-	addr := b.instance + "/probe"
+	addr := probe.Addr()
 	deadline := time.After(topicCreateWait)
 	for {
 		_ = b.post(t.prod, addr, &broker.Message{})
@@ -201,39 +194,20 @@ func (b *Broker) consumeStream(_ context.Context, msgs ...*primitive.MessageExt)
 	t := &b.streams
 	for _, m := range msgs {
 		props := m.GetProperties()
-		t.mu.Lock()
-		fn := t.fns[props[propInbox]]
-		t.mu.Unlock()
-		if fn == nil {
-			continue // a closed inbox
-		}
-		out := &broker.Message{ID: props[propKeys], Header: make(broker.Header, 8)}
-		if props[propEmptyBody] == "" {
-			out.Body = m.Body
-		}
-		for k, v := range props {
-			if headerName(k) && k != propInbox {
-				out.Header[k] = v
+		t.table.Dispatch(props[propInbox], func() *broker.Message {
+			out := &broker.Message{ID: props[propKeys], Header: make(broker.Header, 8)}
+			if props[propEmptyBody] == "" {
+				out.Body = m.Body
 			}
-		}
-		fn(out)
+			for k, v := range props {
+				if headerName(k) && k != propInbox {
+					out.Header[k] = v
+				}
+			}
+			return out
+		})
 	}
 	return consumer.ConsumeSuccess, nil
-}
-
-type inbox struct {
-	t     *streams
-	token string
-	addr  string
-}
-
-func (in *inbox) Addr() string { return in.addr }
-
-func (in *inbox) Close() error {
-	in.t.mu.Lock()
-	delete(in.t.fns, in.token)
-	in.t.mu.Unlock()
-	return nil
 }
 
 // Post implements broker.Streamer: a message to StreamTopic tagged with
