@@ -250,6 +250,53 @@ var _ = []func(){runUntilSignal, serverProcess, clientProcess, realBrokers}
 // (a module of its own, which this one cannot import), in
 // examples/rocketmq/main.go (indentation and blank lines aside), so the
 // guide shows only code that compiles.
+type CountRequest struct{ To int }
+type Number struct{ N int }
+
+// countOver is the guide's server-streaming snippet: the handler and the
+// client's loop over the stream.
+func countOver(ctx context.Context, srv *rpc.Server, client *rpc.Client) error {
+	err := rpc.HandleServerStream(srv, "Count", func(ctx context.Context, in *CountRequest, send func(*Number) error) error {
+		for i := 1; i <= in.To; i++ {
+			if err := send(&Number{N: i}); err != nil {
+				return err // the client cancelled or went away
+			}
+		}
+		return nil // or an *rpc.Error: the stream ends with its code, after the messages sent
+	})
+	if err != nil {
+		return err
+	}
+
+	for n, err := range rpc.InvokeServerStream[CountRequest, Number](ctx, client, "Counter", "Count", &CountRequest{To: 3}) {
+		if err != nil {
+			return err
+		}
+		fmt.Println(n.N)
+	}
+	return nil
+}
+
+func Example_streams() {
+	b := memory.New()
+	defer b.Close()
+	srv := rpc.NewServer()
+	sub, err := b.Serve("Counter", srv)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer sub.Stop(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := countOver(ctx, srv, rpc.NewClient(b)); err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// 1
+	// 2
+	// 3
+}
+
 func TestGuideSnippetsAreHere(t *testing.T) {
 	guide, err := os.ReadFile("../../docs/GUIDE.md")
 	if err != nil {
