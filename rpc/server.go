@@ -139,15 +139,20 @@ func Handle[Req, Res any](s *Server, name string, fn func(ctx context.Context, r
 		if err != nil {
 			return nil, err
 		}
-		if out == nil {
-			out = new(Res)
-		}
-		b, err := cd.Marshal(out)
-		if err != nil {
-			return nil, Errorf(Internal, "encode %s reply as %s: %w", name, cd.Name(), err)
-		}
-		return b, nil
+		return encodeReply(cd, name, out)
 	}}))
+}
+
+// encodeReply encodes the reply of method name (the zero Res for nil).
+func encodeReply[Res any](cd codec.Codec, name string, out *Res) ([]byte, error) {
+	if out == nil {
+		out = new(Res)
+	}
+	b, err := cd.Marshal(out)
+	if err != nil {
+		return nil, Errorf(Internal, "encode %s reply as %s: %w", name, cd.Name(), err)
+	}
+	return b, nil
 }
 
 // HandleRaw registers fn as the handler of method, with the body passed

@@ -179,14 +179,7 @@ func HandleClientStream[Req, Res any](s *Server, name string, fn func(ctx contex
 		if err != nil {
 			return nil, err
 		}
-		if out == nil {
-			out = new(Res)
-		}
-		b, err := cd.Marshal(out)
-		if err != nil {
-			return nil, Errorf(Internal, "encode %s reply as %s: %w", name, cd.Name(), err)
-		}
-		return b, nil
+		return encodeReply(cd, name, out)
 	})
 }
 
