@@ -13,7 +13,10 @@
 //   - the Serve / Stop / drain / abort lifecycle and the worker pool
 //     (package dispatch), with the lazy delivery context (package
 //     deliveryctx) and pooled request messages (package msgpool);
-//   - mapping a service name onto a name a broker accepts ([MapName]).
+//   - mapping a service name onto a name a broker accepts ([MapName]);
+//   - the table of a connection's stream inboxes ([Inboxes]): one
+//     subscription or queue per connection, a token per inbox, each inbox
+//     fed in order, for a broker implementing [broker.Streamer].
 //
 // The broker packages of mqrpc (broker/memory, ...) are built on it, and so
 // can a broker of your own (examples/custom-broker).
