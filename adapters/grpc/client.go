@@ -39,6 +39,7 @@ type ClientConn struct {
 	subject     func(string) string
 	short       bool
 	interceptor grpc.UnaryClientInterceptor
+	streamInt   grpc.StreamClientInterceptor
 	callOptions []grpc.CallOption
 }
 
@@ -58,6 +59,7 @@ func NewClientConn(b broker.Broker, opts ...ClientOption) *ClientConn {
 		subject:     cfg.subject,
 		short:       cfg.shortMethods,
 		interceptor: chainClientInterceptors(cfg.interceptors),
+		streamInt:   chainStreamClientInterceptors(cfg.streamInts),
 		callOptions: cfg.callOptions,
 	}
 }
@@ -77,13 +79,16 @@ func (cc *ClientConn) Invoke(ctx context.Context, method string, args, reply any
 
 // NewStream opens a stream of any kind (server, client or bidirectional
 // streaming) over the broker, for generated streaming client code (see
-// stream.go and the package doc). It implements
-// grpc.ClientConnInterface.
+// stream.go and the package doc), through the interceptors of
+// WithStreamClientInterceptor. It implements grpc.ClientConnInterface.
 func (cc *ClientConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	if len(cc.callOptions) > 0 {
 		opts = append(cc.callOptions[:len(cc.callOptions):len(cc.callOptions)], opts...)
 	}
-	return cc.newStream(ctx, desc, method, opts...)
+	if cc.streamInt == nil {
+		return cc.newStream(ctx, desc, nil, method, opts...)
+	}
+	return cc.streamInt(ctx, desc, nil, method, cc.newStream, opts...)
 }
 
 // invoke is the innermost grpc.UnaryInvoker: one broker round trip.

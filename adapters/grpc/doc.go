@@ -82,9 +82,18 @@
 //
 // # Interceptors and middleware
 //
-// gRPC unary interceptors run as in gRPC: [WithUnaryClientInterceptor] on
-// a ClientConn (the cc argument they receive is nil, as there is no
-// *grpc.ClientConn), [WithUnaryServerInterceptor] on a Server. mqrpc's
+// gRPC interceptors run as in gRPC, chained with the first outermost:
+// unary ones with [WithUnaryClientInterceptor] on a ClientConn and
+// [WithUnaryServerInterceptor] on a Server, stream ones with
+// [WithStreamClientInterceptor] and [WithStreamServerInterceptor]. The cc
+// argument a client interceptor receives is nil, as there is no
+// *grpc.ClientConn. A stream server interceptor runs once the stream is
+// open and returns when the handler did; it may wrap the
+// grpc.ServerStream, and the error it returns (without calling the
+// handler, to reject the stream) is the status the caller receives. A
+// stream client interceptor wraps NewStream and sees the stream's end by
+// wrapping the grpc.ClientStream (RecvMsg returns io.EOF or the status).
+// mqrpc's
 // rpc.Middleware (retry, timeout, routing, logging, ...) wraps the broker
 // round trip with [WithClientMiddleware] and the dispatcher with
 // [WithServerMiddleware]. A method whose .proto declares option
@@ -102,8 +111,12 @@
 // Unavailable), cancellation both ways, the deadline over the whole
 // stream. Each gRPC message is one stream message, both ways; the status
 // and the trailer metadata come with the end. Header metadata also
-// travels with the end: ClientStream.Header returns empty metadata until
-// the stream ended, rather than waiting. Stream interceptors are not
-// supported; mqrpc middleware sees the start and the end of a stream. A
-// broker without streams answers Unimplemented.
+// travels with the end, so ClientStream.Header blocks until the server has
+// ended the stream, reading the messages ahead into memory meanwhile (so
+// that a server waiting for credit can finish) and leaving them to
+// RecvMsg: on a long stream, call Header after reading the messages, and
+// in a bidirectional stream only once the server can end without more
+// from the client. Stream interceptors run as described above, and mqrpc
+// middleware sees the start and the end of a stream. A broker without
+// streams answers Unimplemented.
 package grpc

@@ -30,6 +30,7 @@ type clientConfig struct {
 	timeout      time.Duration
 	shortMethods bool
 	interceptors []grpc.UnaryClientInterceptor
+	streamInts   []grpc.StreamClientInterceptor
 	middleware   []rpc.Middleware
 	callOptions  []grpc.CallOption
 }
@@ -37,6 +38,7 @@ type clientConfig struct {
 type serverConfig struct {
 	subject      func(service string) string
 	interceptors []grpc.UnaryServerInterceptor
+	streamInts   []grpc.StreamServerInterceptor
 	middleware   []rpc.Middleware
 }
 
@@ -89,6 +91,18 @@ func WithUnaryClientInterceptor(interceptors ...grpc.UnaryClientInterceptor) Cli
 	return clientOptionFunc(func(c *clientConfig) { c.interceptors = append(c.interceptors, interceptors...) })
 }
 
+// WithStreamClientInterceptor adds gRPC stream client interceptors, which
+// run around NewStream (every streaming call) as with
+// grpc.WithChainStreamInterceptor: the first runs outermost, the
+// *grpc.ClientConn argument they receive is nil, and an interceptor sees
+// the stream's messages and end by wrapping the grpc.ClientStream the
+// streamer returns (RecvMsg returning io.EOF or an error is the end). An
+// error an interceptor returns is the error of NewStream. Calling it again
+// appends. Default: none.
+func WithStreamClientInterceptor(interceptors ...grpc.StreamClientInterceptor) ClientOption {
+	return clientOptionFunc(func(c *clientConfig) { c.streamInts = append(c.streamInts, interceptors...) })
+}
+
 // WithClientMiddleware wraps the broker round trip of every call in mqrpc
 // middleware (retry, routing, logging, ...), the first outermost; it runs
 // inside the gRPC interceptors. Calling it again appends. Default: none.
@@ -107,6 +121,19 @@ func WithDefaultCallOptions(opts ...grpc.CallOption) ClientOption {
 // first runs outermost. Calling it again appends. Default: none.
 func WithUnaryServerInterceptor(interceptors ...grpc.UnaryServerInterceptor) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.interceptors = append(c.interceptors, interceptors...) })
+}
+
+// WithStreamServerInterceptor adds gRPC stream server interceptors, which
+// run around every streaming method's handler as with
+// grpc.ChainStreamInterceptor: the first runs outermost; the call starts
+// once the stream is open and returns when the handler returned, just
+// before the stream ends with the error it returns (nil: OK), so an
+// interceptor that returns a status without calling the handler rejects
+// the stream and the caller receives that status. An interceptor may wrap
+// the grpc.ServerStream it passes on (to count messages, or to give the
+// handler another Context). Calling it again appends. Default: none.
+func WithStreamServerInterceptor(interceptors ...grpc.StreamServerInterceptor) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.streamInts = append(c.streamInts, interceptors...) })
 }
 
 // WithServerMiddleware wraps the server's dispatcher in mqrpc middleware,

@@ -40,7 +40,9 @@ var (
 // every registered service by the mqrpc-method header, for serving it on
 // a subject of your choice.
 //
-// Unary and streaming methods are served (see the package doc). Handlers receive a ctx with the
+// Unary and streaming methods are served (see the package doc), with the
+// unary and stream interceptors of WithUnaryServerInterceptor and
+// WithStreamServerInterceptor. Handlers receive a ctx with the
 // caller's deadline and metadata (metadata.FromIncomingContext), and
 // grpc.Method, grpc.SetHeader, grpc.SendHeader and grpc.SetTrailer work on
 // it.
@@ -49,8 +51,9 @@ var (
 // service registered later is served by ServeMessage but gets no
 // subscription of its own.
 type Server struct {
-	cfg         serverConfig
-	interceptor grpc.UnaryServerInterceptor
+	cfg               serverConfig
+	interceptor       grpc.UnaryServerInterceptor
+	streamInterceptor grpc.StreamServerInterceptor
 
 	mu       sync.Mutex // serializes registration
 	services map[string]*service
@@ -77,7 +80,12 @@ func NewServer(opts ...ServerOption) *Server {
 	for _, o := range opts {
 		o.applyToServer(&cfg)
 	}
-	s := &Server{cfg: cfg, interceptor: chainServerInterceptors(cfg.interceptors), services: map[string]*service{}}
+	s := &Server{
+		cfg:               cfg,
+		interceptor:       chainServerInterceptors(cfg.interceptors),
+		streamInterceptor: chainStreamServerInterceptors(cfg.streamInts),
+		services:          map[string]*service{},
+	}
 	s.all.Store(s.newDispatcher(nil))
 	return s
 }

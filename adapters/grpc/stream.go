@@ -15,6 +15,7 @@ import (
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/stream"
 	"github.com/mqrpc/mqrpc/codec"
+	protocodec "github.com/mqrpc/mqrpc/codec/proto"
 	"github.com/mqrpc/mqrpc/rpc"
 )
 
@@ -31,14 +32,26 @@ type clientStream struct {
 	s      *rpc.Stream
 	method string
 	co     callOptions
+	cd     codec.Codec // the messages' codec (rawCodec decodes with it)
+	// clientStreams: the method takes a stream of requests, so SendMsg
+	// may report the server's end with io.EOF (see SendMsg).
+	clientStreams bool
 
 	once            sync.Once
 	header, trailer metadata.MD
+
+	// recvMu serializes RecvMsg and Header, which may read ahead: the
+	// messages read ahead wait in ahead, and the error that ended the
+	// stream, met while reading ahead, in aheadErr.
+	recvMu   sync.Mutex
+	ahead    [][]byte
+	aheadErr error
 }
 
 var _ grpc.ClientStream = (*clientStream)(nil)
 
-func (cc *ClientConn) newStream(ctx context.Context, _ *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+// newStream is the innermost grpc.Streamer: it opens the mqrpc stream.
+func (cc *ClientConn) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *grpc.ClientConn, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	service, name, ok := splitMethod(method)
 	if !ok {
 		return nil, status.Errorf(codes.Internal, "mqgrpc: malformed method name %q, want /package.Service/Method", method)
@@ -47,7 +60,13 @@ func (cc *ClientConn) newStream(ctx context.Context, _ *grpc.StreamDesc, method 
 	if err != nil {
 		return nil, err
 	}
-	callOpts := cc.rpcCallOptions(ctx, co, method, service, name, nil)
+	cd := co.cd
+	if cd == nil {
+		cd = protocodec.Codec{}
+	}
+	// Last, so it wins over the codec rpcCallOptions sets: the same codec,
+	// which can also hand over a message undecoded (Header reads ahead).
+	callOpts := append(cc.rpcCallOptions(ctx, co, method, service, name, nil), rpc.WithCallCodec(rawCodec{cd}))
 	mh := method
 	if cc.short {
 		mh = name
@@ -56,7 +75,22 @@ func (cc *ClientConn) newStream(ctx context.Context, _ *grpc.StreamDesc, method 
 	if err != nil {
 		return nil, callError(err)
 	}
-	return &clientStream{ctx: ctx, s: s, method: method, co: co}, nil
+	return &clientStream{ctx: ctx, s: s, method: method, co: co, cd: cd, clientStreams: desc == nil || desc.ClientStreams}, nil
+}
+
+// rawCodec is a codec that decodes into a *rawMessage by keeping the
+// bytes, and encodes and decodes everything else with its Codec.
+type rawCodec struct{ codec.Codec }
+
+// rawMessage is a message read ahead, still encoded.
+type rawMessage struct{ b []byte }
+
+func (c rawCodec) Unmarshal(data []byte, v any) error {
+	if r, ok := v.(*rawMessage); ok {
+		r.b = append([]byte(nil), data...)
+		return nil
+	}
+	return c.Codec.Unmarshal(data, v)
 }
 
 // end records the metadata of the stream's end and releases the stream.
@@ -71,15 +105,33 @@ func (c *clientStream) end() {
 	})
 }
 
-// Header returns the header metadata. Over a broker it travels with the
-// end of the stream: before the end, Header returns empty metadata
-// without waiting.
+// Header returns the header metadata. Over a broker the header metadata
+// travels with the end of the stream (the reply to the opening request),
+// so Header blocks until the server has ended the stream, as gRPC's
+// Header blocks until the headers arrive. Meanwhile it reads the server's
+// messages ahead and keeps them, in memory, for RecvMsg, so that a server
+// waiting for credit can finish: on a long stream call Header after
+// reading the messages. In a bidirectional stream whose server waits for
+// the client's messages before it ends, call it only after CloseSend,
+// or it waits until the stream's deadline. When the stream ended without
+// a reply from the server (it went away, the ctx ended), Header returns
+// nil metadata and a nil error, and RecvMsg tells the status.
 func (c *clientStream) Header() (metadata.MD, error) {
+	c.recvMu.Lock()
+	defer c.recvMu.Unlock()
+	for c.s.Trailer() == nil && c.aheadErr == nil {
+		var m rawMessage
+		if err := c.s.RecvMsg(&m); err != nil {
+			c.aheadErr = err
+			break
+		}
+		c.ahead = append(c.ahead, m.b)
+	}
 	if h := c.s.Trailer(); h != nil {
 		header, _, err := replyMetadata(h)
 		return header, err
 	}
-	return metadata.MD{}, nil
+	return nil, nil
 }
 
 // Trailer returns the trailer metadata, once RecvMsg returned an error or
@@ -103,14 +155,40 @@ func (c *clientStream) Context() context.Context { return c.ctx }
 
 func (c *clientStream) SendMsg(m any) error {
 	err := c.s.SendMsg(m)
-	if err == nil || errors.Is(err, io.EOF) {
-		return err // io.EOF: the server ended the stream; RecvMsg says how
+	if errors.Is(err, io.EOF) {
+		// The server ended the stream; RecvMsg says how. As in grpc-go, a
+		// method that takes one request gets nil, since its generated
+		// code returns SendMsg's error as the call's (a server stream
+		// rejected at once would fail with a bare io.EOF).
+		if !c.clientStreams {
+			return nil
+		}
+		return io.EOF
+	}
+	if err == nil {
+		return nil
 	}
 	return callError(err)
 }
 
 func (c *clientStream) RecvMsg(m any) error {
-	err := c.s.RecvMsg(m)
+	c.recvMu.Lock()
+	defer c.recvMu.Unlock()
+	var err error
+	switch {
+	case len(c.ahead) > 0:
+		b := c.ahead[0]
+		c.ahead[0] = nil
+		c.ahead = c.ahead[1:]
+		if err := c.cd.Unmarshal(b, m); err != nil {
+			return status.Errorf(codes.Internal, "mqgrpc: decode %s stream message as %s: %v", c.method, c.cd.Name(), err)
+		}
+		return nil
+	case c.aheadErr != nil:
+		err = c.aheadErr
+	default:
+		err = c.s.RecvMsg(m)
+	}
 	if err == nil {
 		return nil
 	}
@@ -173,6 +251,10 @@ func (d *dispatcher) serveStream(ctx context.Context, req *broker.Message, svc *
 				err = status.Errorf(codes.Internal, "mqgrpc: panic in %s: %v", full, r)
 			}
 		}()
+		if si := d.s.streamInterceptor; si != nil {
+			info := &grpc.StreamServerInfo{FullMethod: full, IsClientStream: sd.ClientStreams, IsServerStream: sd.ServerStreams}
+			return si(svc.impl, ss, info, sd.Handler)
+		}
 		return sd.Handler(svc.impl, ss)
 	}()
 	header, trailer := ts.finish()
@@ -269,4 +351,52 @@ func streamErr(err error) error {
 		return status.Error(c, err.Error())
 	}
 	return err
+}
+
+// chainStreamServerInterceptors returns one interceptor running all of is,
+// the first outermost, or nil for none.
+func chainStreamServerInterceptors(is []grpc.StreamServerInterceptor) grpc.StreamServerInterceptor {
+	switch len(is) {
+	case 0:
+		return nil
+	case 1:
+		return is[0]
+	}
+	is = append([]grpc.StreamServerInterceptor(nil), is...)
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		return is[0](srv, ss, info, chainedStreamHandler(is, 1, info, handler))
+	}
+}
+
+func chainedStreamHandler(is []grpc.StreamServerInterceptor, i int, info *grpc.StreamServerInfo, final grpc.StreamHandler) grpc.StreamHandler {
+	if i == len(is) {
+		return final
+	}
+	return func(srv any, ss grpc.ServerStream) error {
+		return is[i](srv, ss, info, chainedStreamHandler(is, i+1, info, final))
+	}
+}
+
+// chainStreamClientInterceptors returns one interceptor running all of is,
+// the first outermost, or nil for none.
+func chainStreamClientInterceptors(is []grpc.StreamClientInterceptor) grpc.StreamClientInterceptor {
+	switch len(is) {
+	case 0:
+		return nil
+	case 1:
+		return is[0]
+	}
+	is = append([]grpc.StreamClientInterceptor(nil), is...)
+	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		return is[0](ctx, desc, cc, method, chainedStreamer(is, 1, streamer), opts...)
+	}
+}
+
+func chainedStreamer(is []grpc.StreamClientInterceptor, i int, final grpc.Streamer) grpc.Streamer {
+	if i == len(is) {
+		return final
+	}
+	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		return is[i](ctx, desc, cc, method, chainedStreamer(is, i+1, final), opts...)
+	}
 }
