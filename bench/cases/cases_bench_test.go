@@ -80,7 +80,7 @@ func BenchmarkAMQP(b *testing.B)   { benchGroup(b, AMQP(testConfig())) }
 // TestCasesEcho checks that the in-process cases answer with the echo of
 // the request (the network cases are checked by mqbench's first call).
 func TestCasesEcho(t *testing.T) {
-	for _, c := range append(Memory(testConfig()), TCP(testConfig())...) {
+	for _, c := range append(append(Memory(testConfig()), TCP(testConfig())...), MemoryStreams(testConfig())...) {
 		t.Run(c.Group+"/"+c.Name, func(t *testing.T) {
 			tg, err := c.Setup(context.Background())
 			if err != nil {

@@ -2,6 +2,8 @@ package harness
 
 import (
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -80,5 +82,74 @@ func TestMarkdownDetails(t *testing.T) {
 	}
 	if n := strings.Count(md, "| g | raw |"); n != 1 {
 		t.Fatalf("%d rows for one case and size, want 1:\n%s", n, md)
+	}
+}
+
+// streamResults is a run of one raw and one mqrpc stream case, the mqrpc
+// case at 0.5 of raw (below the target) at 64 B × 1 stream.
+func streamResults() *Results {
+	r := &Results{
+		Config: Config{Streams: []int{1}, Sizes: []int{64}, Rounds: 1, Slice: time.Second},
+		Cases: []Case{{Group: "nats-stream", Name: "raw pub", Role: RoleRaw, Msgs: 10},
+			{Group: "nats-stream", Name: "mqrpc stream", Role: RoleMQRPC, Msgs: 10}},
+		Cells: map[Key]*Cell{},
+	}
+	for name, rate := range map[string]float64{"raw pub": 200000, "mqrpc stream": 100000} {
+		c := &Cell{Key: Key{Group: "nats-stream", Name: name, Conc: 1, Size: 64}, Calls: uint64(rate),
+			Elapsed: time.Second, PerRound: []float64{rate}}
+		r.Cells[c.Key] = c
+	}
+	return r
+}
+
+func TestStreamsMarkdown(t *testing.T) {
+	md := (&Report{Results: streamResults(), Command: "scripts/bench -kind stream"}).StreamsMarkdown()
+	for _, want := range []string{"| nats | raw pub | 200k |", "| nats | mqrpc stream | **0.50** ✗ · 100k |", "scripts/bench -kind stream"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("no %q in:\n%s", want, md)
+		}
+	}
+}
+
+// A run of the stream cases alone rewrites the stream region of the page
+// and keeps the request-reply one, and the other way round.
+func TestWriteMarkdownKeepsTheOtherRegion(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "B.md")
+	page := "# B\n\nintro\n\n" + BeginMarker + "\nOLD CALLS\n" + EndMarker + "\n\nmiddle\n\n" +
+		StreamsBeginMarker + "\nOLD STREAMS\n" + StreamsEndMarker + "\n\nend\n"
+	if err := os.WriteFile(path, []byte(page), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := (&Report{Results: streamResults(), Command: "x"}).WriteMarkdown(path, ""); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(path)
+	got := string(b)
+	for _, want := range []string{"intro", "OLD CALLS", "middle", "| nats | mqrpc stream |", "end\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("no %q after a stream run:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "OLD STREAMS") {
+		t.Errorf("the stream region was not rewritten:\n%s", got)
+	}
+
+	calls := &Results{
+		Config: Config{Concurrency: []int{1}, Sizes: []int{64}, Rounds: 1, Slice: time.Second},
+		Cases:  []Case{{Group: "g", Name: "raw", Role: RoleRaw}},
+		Cells:  map[Key]*Cell{},
+	}
+	c := &Cell{Key: Key{Group: "g", Name: "raw", Conc: 1, Size: 64}, Calls: 5, Elapsed: time.Second, PerRound: []float64{5}}
+	calls.Cells[c.Key] = c
+	if err := (&Report{Results: calls, Command: "x"}).WriteMarkdown(path, ""); err != nil {
+		t.Fatal(err)
+	}
+	b, _ = os.ReadFile(path)
+	got = string(b)
+	if strings.Contains(got, "OLD CALLS") || !strings.Contains(got, "| g | raw | 64 B | 5.00 |") {
+		t.Errorf("the request-reply region was not rewritten:\n%s", got)
+	}
+	if !strings.Contains(got, "| nats | mqrpc stream |") {
+		t.Errorf("a request-reply run dropped the stream region:\n%s", got)
 	}
 }

@@ -1,6 +1,6 @@
-// Package harness runs request-reply benchmark cases side by side: every
-// case at every concurrency and payload size, interleaved round-robin over
-// several rounds, so that drift on a shared machine (another process, a
+// Package harness runs benchmark cases side by side: request-reply cases
+// at every concurrency and payload size, stream cases at every number of
+// streams and message size, interleaved round-robin over several rounds, so that drift on a shared machine (another process, a
 // CPU frequency change, a broker's background work) lands on all cases
 // alike instead of on whichever ran last.
 package harness
@@ -50,14 +50,26 @@ type Case struct {
 	// function call), or it does work its baseline does not (typed calls
 	// through a codec against a raw client moving bytes).
 	NoTarget bool
+	// Msgs, when not 0, makes this a stream case: each Call of its
+	// Target receives one whole stream of Msgs messages of the payload's
+	// size (or the raw client's equivalent), the case runs at
+	// Config.Streams concurrent streams instead of Config.Concurrency
+	// callers, and its cells count messages, not calls. The cases of a
+	// group are all stream cases or none.
+	Msgs int
 	// Setup starts the case. It is called once per run.
 	Setup func(ctx context.Context) (Target, error)
 }
+
+// IsStream reports whether c is a stream case.
+func (c Case) IsStream() bool { return c.Msgs > 0 }
 
 // Config says what to measure.
 type Config struct {
 	// Concurrency lists the numbers of concurrent callers.
 	Concurrency []int
+	// Streams lists the numbers of concurrent streams of stream cases.
+	Streams []int
 	// Sizes lists the payload sizes in bytes.
 	Sizes []int
 	// Rounds is how many times every cell is measured.
@@ -84,7 +96,9 @@ type Key struct {
 }
 
 // Cell is the measurement of one case at one concurrency and size, summed
-// over the rounds.
+// over the rounds. For a stream case, Conc is the number of streams and
+// Calls, Throughput and the per-call figures count messages; the
+// histogram holds the time of whole streams.
 type Cell struct {
 	Key
 	Role    string
@@ -146,6 +160,7 @@ func (c *Cell) BrokerCPUPerCall() (time.Duration, bool) {
 type Skipped struct {
 	Group, Name, Role string
 	Reason            string
+	Stream            bool // a stream case
 }
 
 // Results is the outcome of Run.
@@ -177,6 +192,9 @@ func Run(ctx context.Context, cfg Config, cases []Case) (*Results, error) {
 	}
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = 10 * time.Second
+	}
+	if len(cfg.Streams) == 0 {
+		cfg.Streams = []int{1, 16}
 	}
 	res := &Results{Config: cfg, Cells: map[Key]*Cell{}, Started: time.Now()}
 	progress := cfg.Progress
@@ -219,7 +237,7 @@ func runGroup(ctx context.Context, cfg Config, cases []Case, res *Results, progr
 		var err error
 		labelled(ctx, c, func(ctx context.Context) {
 			if t, err = setup(ctx, c, progress); err != nil {
-				res.Skipped = append(res.Skipped, Skipped{Group: c.Group, Name: c.Name, Role: c.Role, Reason: err.Error()})
+				res.Skipped = append(res.Skipped, Skipped{Group: c.Group, Name: c.Name, Role: c.Role, Reason: err.Error(), Stream: c.IsStream()})
 				progress(fmt.Sprintf("skip %s/%s: %v", c.Group, c.Name, err))
 				return
 			}
@@ -231,7 +249,7 @@ func runGroup(ctx context.Context, cfg Config, cases []Case, res *Results, progr
 			cancel()
 			if err != nil {
 				_ = t.Close()
-				res.Skipped = append(res.Skipped, Skipped{Group: c.Group, Name: c.Name, Role: c.Role, Reason: "first call: " + err.Error()})
+				res.Skipped = append(res.Skipped, Skipped{Group: c.Group, Name: c.Name, Role: c.Role, Reason: "first call: " + err.Error(), Stream: c.IsStream()})
 				progress(fmt.Sprintf("skip %s/%s: first call: %v", c.Group, c.Name, err))
 			}
 		})
@@ -241,14 +259,19 @@ func runGroup(ctx context.Context, cfg Config, cases []Case, res *Results, progr
 		live = append(live, running{c: c, t: t})
 		res.Cases = append(res.Cases, c)
 	}
+	concs, warmConc := cfg.Concurrency, 16
+	if len(live) > 0 && live[0].c.IsStream() {
+		concs = cfg.Streams
+		warmConc = concs[len(concs)-1]
+	}
 	if cfg.Warmup > 0 {
 		for _, r := range live {
-			labelled(ctx, r.c, func(ctx context.Context) { measure(ctx, r.t, 16, 64, cfg.Warmup, cfg.CallTimeout, nil) })
+			labelled(ctx, r.c, func(ctx context.Context) { measure(ctx, r.t, warmConc, 64, cfg.Warmup, cfg.CallTimeout, nil) })
 		}
 	}
 	for round := 0; round < cfg.Rounds && len(live) > 0; round++ {
 		for _, size := range cfg.Sizes {
-			for _, conc := range cfg.Concurrency {
+			for _, conc := range concs {
 				order := make([]running, len(live))
 				copy(order, live)
 				if round%2 == 1 {
@@ -272,7 +295,9 @@ func runGroup(ctx context.Context, cfg Config, cases []Case, res *Results, progr
 						cell = &Cell{Key: k, Role: r.c.Role, BrokerCPUKnown: true}
 						res.Cells[k] = cell
 					}
-					cell.Calls += s.calls
+					// A stream case's call is a stream of Msgs messages.
+					msgs := uint64(max(r.c.Msgs, 1))
+					cell.Calls += s.calls * msgs
 					cell.Errors += s.errors
 					cell.Elapsed += s.elapsed
 					cell.Mallocs += s.mallocs
@@ -280,12 +305,16 @@ func runGroup(ctx context.Context, cfg Config, cases []Case, res *Results, progr
 					cell.BrokerCPU += s.brokerCPU
 					cell.BrokerCPUKnown = cell.BrokerCPUKnown && s.brokerKnown
 					cell.Hist.Merge(&s.hist)
-					cell.PerRound = append(cell.PerRound, s.throughput())
+					cell.PerRound = append(cell.PerRound, s.throughput()*float64(msgs))
 					if cell.FirstErr == "" && s.firstErr != nil {
 						cell.FirstErr = s.firstErr.Error()
 					}
-					progress(fmt.Sprintf("round %d/%d  %-8s %-22s c=%-3d %5dB  %9.0f calls/s  p50 %v  p99 %v  errors %d",
-						round+1, cfg.Rounds, r.c.Group, r.c.Name, conc, size, s.throughput(),
+					unit := "calls/s"
+					if r.c.IsStream() {
+						unit = "msgs/s "
+					}
+					progress(fmt.Sprintf("round %d/%d  %-8s %-22s c=%-3d %5dB  %9.0f %s  p50 %v  p99 %v  errors %d",
+						round+1, cfg.Rounds, r.c.Group, r.c.Name, conc, size, s.throughput()*float64(msgs), unit,
 						s.hist.Quantile(0.5).Round(time.Microsecond), s.hist.Quantile(0.99).Round(time.Microsecond), s.errors))
 				}
 			}

@@ -1,7 +1,9 @@
 // Command mqbench measures what RPC over a message broker costs and what
 // mqrpc adds to it: calls/s and p50/p99 latency of mqrpc against each
 // broker's raw client, a peer framework, a socket baseline (net/rpc over
-// TCP) and a direct handler call, all in one run, interleaved.
+// TCP) and a direct handler call, all in one run, interleaved; and the
+// msgs/s of mqrpc's server streams against the raw client publishing the
+// same messages (-kind stream runs those alone).
 //
 // Usage:
 //
@@ -39,7 +41,9 @@ func main() {
 func run() error {
 	var (
 		brokers   = flag.String("brokers", "memory,tcp,nats,amqp,rocketmq", "comma-separated case groups to run: memory, tcp, nats, amqp, rocketmq")
+		kinds     = flag.String("kind", "call,stream", "comma-separated kinds of case to run: call (request-reply), stream (server streams)")
 		concs     = flag.String("c", "1,16,64", "comma-separated numbers of concurrent callers")
+		streams   = flag.String("streams", "1,16", "comma-separated numbers of concurrent streams of the stream cases")
 		sizes     = flag.String("sizes", "64,4096", "comma-separated payload sizes in bytes")
 		rounds    = flag.Int("rounds", 5, "how many times every case is measured at every concurrency and size")
 		slice     = flag.Duration("d", time.Second, "how long one measurement (one case, concurrency and size, one round) lasts")
@@ -51,8 +55,8 @@ func run() error {
 		rmqBroker = flag.String("rocketmq-broker", cases.EnvOr("MQRPC_ROCKETMQ_BROKER", "127.0.0.1:10911"), "RocketMQ broker address, for creating the benchmark topic")
 		rmqVer    = flag.String("rocketmq-version", "", "RocketMQ version, for the report (scripts/bench finds it)")
 		rabbitVer = flag.String("rabbitmq-version", "", "RabbitMQ version, for the report when the server does not say")
-		out       = flag.String("out", "", "write the report into this Markdown file (between the mqbench markers, or the whole file when it has none)")
-		svg       = flag.String("svg", "", "write the chart (throughput against concurrency) to this SVG file")
+		out       = flag.String("out", "", "write the report into this Markdown file (between the mqbench markers of the kinds of case run, or the whole file when it has none)")
+		svg       = flag.String("svg", "", "write the chart of the request-reply cases (throughput against concurrency) to this SVG file; not written without -kind call")
 		command   = flag.String("command", "", "the command line to print in the report (default: this one)")
 		cpuprof   = flag.String("cpuprofile", "", "write a CPU profile of the measured rounds to this file; samples carry the label case=<group>/<name> (go tool pprof -tagfocus case=nats/mqrpc)")
 		revision  = flag.String("revision", "", "the mqrpc revision measured, for the report (scripts/bench passes git's)")
@@ -74,32 +78,57 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("-sizes: %w", err)
 	}
+	sts, err := ints(*streams)
+	if err != nil {
+		return fmt.Errorf("-streams: %w", err)
+	}
+	var calls, strms bool
+	for _, k := range strings.Split(*kinds, ",") {
+		switch k = strings.TrimSpace(k); k {
+		case "call":
+			calls = true
+		case "stream":
+			strms = true
+		default:
+			return fmt.Errorf("-kind: unknown kind %q (have call, stream)", k)
+		}
+	}
+	// add appends the request-reply cases (unary) and the stream cases
+	// (stream) of a group, as -kind selects.
+	var all []harness.Case
+	add := func(unary, stream []harness.Case) {
+		if calls {
+			all = append(all, unary...)
+		}
+		if strms {
+			all = append(all, stream...)
+		}
+	}
 	ccfg := cases.Config{
 		Codec: cd, NATSURL: *natsURL, AMQPURL: *amqpURL,
 		RocketMQNameServer: *rmqNS, RocketMQBroker: *rmqBroker,
 	}
 	env := harness.Environment{Codec: cd.Name(), Revision: *revision, Brokers: map[string]string{}}
-	var all []harness.Case
 	for _, g := range strings.Split(*brokers, ",") {
 		switch g = strings.TrimSpace(g); g {
 		case "memory":
-			all = append(all, cases.Memory(ccfg)...)
+			add(cases.Memory(ccfg), cases.MemoryStreams(ccfg))
 		case "tcp":
-			all = append(all, cases.TCP(ccfg)...)
+			add(cases.TCP(ccfg), nil)
 		case "nats":
-			all = append(all, cases.NATS(ccfg)...)
+			add(cases.NATS(ccfg), cases.NATSStreams(ccfg))
 			if v, err := cases.NATSServerVersion(*natsURL); err == nil {
 				env.Brokers["nats"] = "nats-server " + v
 			}
 		case "amqp":
-			all = append(all, cases.AMQP(ccfg)...)
+			add(cases.AMQP(ccfg), cases.AMQPStreams(ccfg))
 			if v, err := cases.RabbitMQVersion(*amqpURL); err == nil {
 				env.Brokers["amqp"] = v
 			} else if *rabbitVer != "" {
 				env.Brokers["amqp"] = "RabbitMQ " + *rabbitVer
 			}
 		case "rocketmq":
-			all = append(all, cases.RocketMQ(ccfg)...)
+			add(cases.RocketMQ(ccfg), cases.RocketMQStreams(ccfg))
 			v := *rmqVer
 			if v == "" {
 				v = cases.RocketMQVersion()
@@ -130,7 +159,7 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	hcfg := harness.Config{
-		Concurrency: cs, Sizes: ss, Rounds: *rounds, Slice: *slice, Warmup: *warmup,
+		Concurrency: cs, Streams: sts, Sizes: ss, Rounds: *rounds, Slice: *slice, Warmup: *warmup,
 		CallTimeout: 10 * time.Second,
 		BrokerPIDs: brokerPIDs(all, map[string][]string{
 			"nats":     {*natsURL},
@@ -168,7 +197,7 @@ func run() error {
 			return err
 		}
 	}
-	if *svg != "" {
+	if *svg != "" && calls {
 		if err := os.WriteFile(*svg, []byte(rep.SVG()), 0o644); err != nil {
 			return err
 		}
