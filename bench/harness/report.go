@@ -158,21 +158,38 @@ func (r *Results) roundRatios(c *Cell) []float64 {
 func (rp *Report) Text() string {
 	var sb strings.Builder
 	r := rp.Results
-	for _, size := range r.Config.Sizes {
-		fmt.Fprintf(&sb, "\npayload %s\n", sizeName(size))
-		fmt.Fprintf(&sb, "%-9s %-27s %4s %11s %9s %9s %9s %10s %7s %7s %s\n", "broker", "case", "c", "calls/s", "p50", "p99", "cpu/call", "brokercpu", "allocs", "ratio", "errors")
+	for _, stream := range []bool{false, true} {
+		var groups []string
 		for _, g := range r.Groups() {
-			for _, c := range r.Sorted(g, size) {
-				ratio := ""
-				if x, ok := r.Ratio(c); ok {
-					ratio = fmt.Sprintf("%.2f", x)
+			if r.isStreamGroup(g) == stream {
+				groups = append(groups, g)
+			}
+		}
+		if len(groups) == 0 {
+			continue
+		}
+		// A stream case's cells count messages, its c is the number of
+		// streams and its latency that of a whole stream.
+		unit, per := "calls/s", "call"
+		if stream {
+			unit, per = "msgs/s", "msg"
+		}
+		for _, size := range r.Config.Sizes {
+			fmt.Fprintf(&sb, "\npayload %s\n", sizeName(size))
+			fmt.Fprintf(&sb, "%-15s %-38s %4s %11s %9s %9s %9s %10s %7s %7s %s\n", "broker", "case", "c", unit, "p50", "p99", "cpu/"+per, "brokercpu", "allocs", "ratio", "errors")
+			for _, g := range groups {
+				for _, c := range r.Sorted(g, size) {
+					ratio := ""
+					if x, ok := r.Ratio(c); ok {
+						ratio = fmt.Sprintf("%.2f", x)
+					}
+					errs := ""
+					if c.Errors > 0 {
+						errs = fmt.Sprintf("%d (%s)", c.Errors, c.FirstErr)
+					}
+					fmt.Fprintf(&sb, "%-15s %-38s %4d %11.0f %9s %9s %9s %10s %7.1f %7s %s\n", c.Group, c.Name, c.Conc, c.Throughput(),
+						dur(c.Hist.Quantile(0.5)), dur(c.Hist.Quantile(0.99)), dur(c.CPUPerCall()), brokerCPU(c), c.AllocsPerCall(), ratio, errs)
 				}
-				errs := ""
-				if c.Errors > 0 {
-					errs = fmt.Sprintf("%d (%s)", c.Errors, c.FirstErr)
-				}
-				fmt.Fprintf(&sb, "%-9s %-27s %4d %11.0f %9s %9s %9s %10s %7.1f %7s %s\n", c.Group, c.Name, c.Conc, c.Throughput(),
-					dur(c.Hist.Quantile(0.5)), dur(c.Hist.Quantile(0.99)), dur(c.CPUPerCall()), brokerCPU(c), c.AllocsPerCall(), ratio, errs)
 			}
 		}
 	}
