@@ -218,7 +218,7 @@ func (d *driver) current() *consumer {
 	}
 	if c != nil {
 		// Closed once its handlers have settled on it.
-		d.end(c, false)
+		d.end(c)
 	}
 	if c = d.resume(); c == nil {
 		return nil
@@ -375,7 +375,8 @@ func (d *driver) halt() {
 			// ctx even on a silent connection.
 			go func() {
 				defer d.wg.Done()
-				d.end(c, true)
+				c.cancel() // no more deliveries while the handlers finish
+				d.end(c)
 			}()
 		}
 	})
@@ -401,12 +402,10 @@ func (d *driver) Flush(ctx context.Context) error {
 	}
 }
 
-// end ends consumer c: cancel (Stop) cancels its consumers first; its
-// channels close once no delivery taken from them is unsettled.
-func (d *driver) end(c *consumer, cancel bool) {
-	if c.markEnding() && cancel {
-		c.cancel()
-	}
+// end ends consumer c: its channels close once no delivery taken from
+// them is unsettled.
+func (d *driver) end(c *consumer) {
+	c.markEnding()
 	c.mu.Lock()
 	idle := c.busy == 0
 	c.mu.Unlock()
