@@ -2,7 +2,8 @@
 // of method (unary GetFeature, server-streaming ListFeatures,
 // client-streaming RecordRoute, bidirectional RouteChat), over a message
 // broker through mqgrpc, with grpc-go's generated stubs unchanged
-// (package routeguide).
+// (package routeguide). A gRPC stream server interceptor counts the
+// messages of every stream, as it would on a grpc.Server.
 //
 //	go run ./examples/grpc-routeguide                                 # an embedded NATS server
 //	go run ./examples/grpc-routeguide -broker memory
@@ -20,10 +21,52 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
 	mqgrpc "github.com/mqrpc/mqrpc/adapters/grpc"
 	"github.com/mqrpc/mqrpc/broker/dial"
 	pb "github.com/mqrpc/mqrpc/examples/grpc-routeguide/routeguide"
 )
+
+// streamLog is a grpc.StreamServerInterceptor that counts the messages
+// each stream receives and sends, and notes them with the stream's status
+// when the handler returns.
+type streamLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *streamLog) intercept(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	cs := &countingStream{ServerStream: ss}
+	err := handler(srv, cs)
+	l.mu.Lock()
+	l.lines = append(l.lines, fmt.Sprintf("%s: received %d, sent %d, %v", info.FullMethod, cs.recv, cs.sent, status.Code(err)))
+	l.mu.Unlock()
+	return err
+}
+
+// countingStream counts the messages through a grpc.ServerStream.
+type countingStream struct {
+	grpc.ServerStream
+	recv, sent int
+}
+
+func (s *countingStream) RecvMsg(m any) error {
+	err := s.ServerStream.RecvMsg(m)
+	if err == nil {
+		s.recv++
+	}
+	return err
+}
+
+func (s *countingStream) SendMsg(m any) error {
+	err := s.ServerStream.SendMsg(m)
+	if err == nil {
+		s.sent++
+	}
+	return err
+}
 
 // routeGuide implements routeguide.RouteGuideServer as it would for a
 // grpc.Server.
@@ -143,8 +186,10 @@ func run(brokerArg string, out io.Writer) error {
 	defer b.Close()
 
 	// Server side: the generated registration function, with an mqgrpc
-	// Server as the grpc.ServiceRegistrar (subject "routeguide.RouteGuide").
-	srv := mqgrpc.NewServer()
+	// Server as the grpc.ServiceRegistrar (subject "routeguide.RouteGuide"),
+	// and a stream interceptor.
+	var log streamLog
+	srv := mqgrpc.NewServer(mqgrpc.WithStreamServerInterceptor(log.intercept))
 	pb.RegisterRouteGuideServer(srv, newRouteGuide())
 	sub, err := srv.Serve(b)
 	if err != nil {
@@ -230,5 +275,12 @@ func run(brokerArg string, out io.Writer) error {
 		return fmt.Errorf("RouteChat: %w", err)
 	}
 	fmt.Fprintf(out, "RouteChat: heard %v\n", heard)
+
+	// Each stream's interceptor returned before its caller saw the end.
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	for _, l := range log.lines {
+		fmt.Fprintln(out, "interceptor:", l)
+	}
 	return nil
 }

@@ -16,10 +16,14 @@ ListFeatures: "Bluebell Lane"
 ListFeatures: "Oak Hill"
 RecordRoute: 4 points, 4 features, distance 60000
 RouteChat: heard [first second]
+interceptor: /routeguide.RouteGuide/ListFeatures: received 1, sent 3, OK
+interceptor: /routeguide.RouteGuide/RecordRoute: received 4, sent 1, OK
+interceptor: /routeguide.RouteGuide/RouteChat: received 4, sent 2, OK
 `
 
 // The route_guide service, its four kinds of method with the generated
-// stubs unchanged, runs over every broker that has streams.
+// stubs unchanged, runs over every broker that has streams, and a stream
+// server interceptor counts each stream's messages.
 func TestRouteGuide(t *testing.T) {
 	brokers := map[string]func(testing.TB) string{
 		"embedded": func(testing.TB) string { return "embedded" },
