@@ -249,6 +249,11 @@ func (s *Stream) SendMsg(m any) error { return sendMsg(s.cs.st, s.cs.cd, s.cs.na
 // io.EOF at an OK end, the stream's error otherwise.
 func (s *Stream) RecvMsg(m any) error { return s.cs.recv(m) }
 
+// RecvMessage returns the next message undecoded, with the application
+// headers its sender gave it (an adapter's metadata), or what RecvMsg
+// would return instead of a message.
+func (s *Stream) RecvMessage() (*broker.Message, error) { return s.cs.recvMessage() }
+
 // CloseSend tells the server that the client sends no more.
 func (s *Stream) CloseSend() error { return streamError(s.cs.st.CloseSend()) }
 
@@ -424,27 +429,36 @@ func (cs *clientStream) call(service, method string, msg *broker.Message, cfg ca
 // recv decodes the next message into out; io.EOF at a clean end, the
 // call's error at an error end.
 func (cs *clientStream) recv(out any) error {
+	m, err := cs.recvMessage()
+	if err != nil {
+		return err
+	}
+	if err := cs.cd.Unmarshal(m.Body, out); err != nil {
+		return Errorf(Internal, "decode %s stream message as %s: %w", cs.name, cs.cd.Name(), err)
+	}
+	return nil
+}
+
+// recvMessage returns the next message, checked against the size limit.
+func (cs *clientStream) recvMessage() (*broker.Message, error) {
 	m, err := cs.st.Recv()
 	if err == io.EOF {
 		cs.mu.Lock()
 		endErr := cs.endErr
 		cs.mu.Unlock()
 		if endErr != nil {
-			return asError(endErr)
+			return nil, asError(endErr)
 		}
-		return io.EOF
+		return nil, io.EOF
 	}
 	if err != nil {
-		return streamError(err)
+		return nil, streamError(err)
 	}
 	if cs.c.maxSize >= 0 && len(m.Body) > cs.c.maxSize {
-		return Errorf(ResourceExhausted, "%s stream message of %d bytes exceeds the limit of %d: %w",
+		return nil, Errorf(ResourceExhausted, "%s stream message of %d bytes exceeds the limit of %d: %w",
 			cs.name, len(m.Body), cs.c.maxSize, broker.ErrMessageTooLarge)
 	}
-	if err := cs.cd.Unmarshal(m.Body, out); err != nil {
-		return Errorf(Internal, "decode %s stream message as %s: %w", cs.name, cs.cd.Name(), err)
-	}
-	return nil
+	return m, nil
 }
 
 func (cs *clientStream) close() {

@@ -110,13 +110,16 @@
 // (DataLoss), credit-based flow control, heartbeats (a peer gone is
 // Unavailable), cancellation both ways, the deadline over the whole
 // stream. Each gRPC message is one stream message, both ways; the status
-// and the trailer metadata come with the end. Header metadata also
-// travels with the end, so ClientStream.Header blocks until the server has
-// ended the stream, reading the messages ahead into memory meanwhile (so
-// that a server waiting for credit can finish) and leaving them to
-// RecvMsg: on a long stream, call Header after reading the messages, and
-// in a bidirectional stream only once the server can end without more
-// from the client. Stream interceptors run as described above, and mqrpc
-// middleware sees the start and the end of a stream. A broker without
-// streams answers Unimplemented.
+// and the trailer metadata come with the end. The header metadata comes
+// with the server's first message, as headers of that stream message
+// (named as on a reply, plus "grpc-header: 1"), and again with the end:
+// ClientStream.Header blocks until the first message (which it keeps for
+// RecvMsg) or the end, so in a bidirectional stream whose server waits for
+// the client before it sends, call it once the server can send. From a
+// server that sends its header metadata only with the end (an mqrpc
+// stream handler, or mqgrpc before 2026-12-03) Header waits for the end,
+// reading the messages ahead into memory so that a server waiting for
+// credit can finish. Stream interceptors run as described above, and
+// mqrpc middleware sees the start and the end of a stream. A broker
+// without streams answers Unimplemented.
 package grpc

@@ -383,7 +383,8 @@ type transportStream struct {
 
 	mu              sync.Mutex
 	header, trailer metadata.MD
-	headerSent      bool
+	headerSent      bool // SetHeader fails
+	sentEarly       bool // a stream's first message carried the header
 	done            bool
 }
 
@@ -402,7 +403,8 @@ func (t *transportStream) SetHeader(md metadata.MD) error {
 }
 
 // SendHeader fixes the header metadata. Over a broker the header travels
-// with the reply, so nothing is sent before the handler returns.
+// with the reply (and with a stream's first message), so nothing is sent
+// at once.
 func (t *transportStream) SendHeader(md metadata.MD) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -422,6 +424,18 @@ func (t *transportStream) SetTrailer(md metadata.MD) error {
 	}
 	t.trailer = metadata.Join(t.trailer, md)
 	return nil
+}
+
+// sendHeader marks the header metadata sent and returns it, with whether
+// this call sent it (SendHeader or an earlier call did not).
+func (t *transportStream) sendHeader() (metadata.MD, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.sentEarly || t.done {
+		return nil, false
+	}
+	t.sentEarly, t.headerSent = true, true
+	return t.header, true
 }
 
 // finish ends the stream and returns its metadata.

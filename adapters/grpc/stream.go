@@ -32,7 +32,7 @@ type clientStream struct {
 	s      *rpc.Stream
 	method string
 	co     callOptions
-	cd     codec.Codec // the messages' codec (rawCodec decodes with it)
+	cd     codec.Codec // the messages' codec
 	// clientStreams: the method takes a stream of requests, so SendMsg
 	// may report the server's end with io.EOF (see SendMsg).
 	clientStreams bool
@@ -42,10 +42,14 @@ type clientStream struct {
 
 	// recvMu serializes RecvMsg and Header, which may read ahead: the
 	// messages read ahead wait in ahead, and the error that ended the
-	// stream, met while reading ahead, in aheadErr.
+	// stream, met while reading ahead, in aheadErr. first is set once the
+	// server's first message arrived, early its header metadata if that
+	// message carried it (headerMarker).
 	recvMu   sync.Mutex
-	ahead    [][]byte
+	ahead    []*broker.Message
 	aheadErr error
+	first    bool
+	early    metadata.MD
 }
 
 var _ grpc.ClientStream = (*clientStream)(nil)
@@ -62,11 +66,9 @@ func (cc *ClientConn) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *g
 	}
 	cd := co.cd
 	if cd == nil {
-		cd = protocodec.Codec{}
+		cd = protocodec.Codec{} // the ClientConn's rpc.Client's
 	}
-	// Last, so it wins over the codec rpcCallOptions sets: the same codec,
-	// which can also hand over a message undecoded (Header reads ahead).
-	callOpts := append(cc.rpcCallOptions(ctx, co, method, service, name, nil), rpc.WithCallCodec(rawCodec{cd}))
+	callOpts := cc.rpcCallOptions(ctx, co, method, service, name, nil)
 	mh := method
 	if cc.short {
 		mh = name
@@ -76,21 +78,6 @@ func (cc *ClientConn) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *g
 		return nil, callError(err)
 	}
 	return &clientStream{ctx: ctx, s: s, method: method, co: co, cd: cd, clientStreams: desc == nil || desc.ClientStreams}, nil
-}
-
-// rawCodec is a codec that decodes into a *rawMessage by keeping the
-// bytes, and encodes and decodes everything else with its Codec.
-type rawCodec struct{ codec.Codec }
-
-// rawMessage is a message read ahead, still encoded.
-type rawMessage struct{ b []byte }
-
-func (c rawCodec) Unmarshal(data []byte, v any) error {
-	if r, ok := v.(*rawMessage); ok {
-		r.b = append([]byte(nil), data...)
-		return nil
-	}
-	return c.Codec.Unmarshal(data, v)
 }
 
 // end records the metadata of the stream's end and releases the stream.
@@ -105,27 +92,50 @@ func (c *clientStream) end() {
 	})
 }
 
-// Header returns the header metadata. Over a broker the header metadata
-// travels with the end of the stream (the reply to the opening request),
-// so Header blocks until the server has ended the stream, as gRPC's
-// Header blocks until the headers arrive. Meanwhile it reads the server's
-// messages ahead and keeps them, in memory, for RecvMsg, so that a server
-// waiting for credit can finish: on a long stream call Header after
-// reading the messages. In a bidirectional stream whose server waits for
-// the client's messages before it ends, call it only after CloseSend,
-// or it waits until the stream's deadline. When the stream ended without
-// a reply from the server (it went away, the ctx ended), Header returns
-// nil metadata and a nil error, and RecvMsg tells the status.
+// next returns the next message from the server; recvMu is held.
+func (c *clientStream) next() (*broker.Message, error) {
+	m, err := c.s.RecvMessage()
+	if err != nil {
+		return nil, err
+	}
+	if !c.first {
+		c.first = true
+		if m.Header.Get(headerMarker) != "" {
+			c.early, _, err = replyMetadata(m.Header)
+			if err != nil {
+				return nil, status.Errorf(codes.Internal, "mqgrpc: %s: header metadata: %v", c.method, err)
+			}
+		}
+	}
+	return m, nil
+}
+
+// Header returns the header metadata, blocking until it arrived, as
+// gRPC's Header does. An mqgrpc server sends it with its first message
+// (or, when it sends none, with the end of the stream, the reply to the
+// opening request), so Header reads the first message ahead and keeps it
+// for RecvMsg. A server that sent its first message without header
+// metadata (older mqgrpc, or another server) has it travel with the end:
+// then Header reads ahead, in memory, until the end, so that a server
+// waiting for credit can finish. In a bidirectional stream whose server
+// waits for the client's messages before it sends, call Header only once
+// it can send, or it waits until the stream's deadline. When the stream
+// ended without a reply from the server (it went away, the ctx ended),
+// Header returns nil metadata and a nil error, and RecvMsg tells the
+// status.
 func (c *clientStream) Header() (metadata.MD, error) {
 	c.recvMu.Lock()
 	defer c.recvMu.Unlock()
-	for c.s.Trailer() == nil && c.aheadErr == nil {
-		var m rawMessage
-		if err := c.s.RecvMsg(&m); err != nil {
+	for c.early == nil && c.s.Trailer() == nil && c.aheadErr == nil {
+		m, err := c.next()
+		if err != nil {
 			c.aheadErr = err
 			break
 		}
-		c.ahead = append(c.ahead, m.b)
+		c.ahead = append(c.ahead, m)
+	}
+	if c.early != nil {
+		return c.early, nil
 	}
 	if h := c.s.Trailer(); h != nil {
 		header, _, err := replyMetadata(h)
@@ -174,23 +184,23 @@ func (c *clientStream) SendMsg(m any) error {
 func (c *clientStream) RecvMsg(m any) error {
 	c.recvMu.Lock()
 	defer c.recvMu.Unlock()
+	var msg *broker.Message
 	var err error
 	switch {
 	case len(c.ahead) > 0:
-		b := c.ahead[0]
+		msg = c.ahead[0]
 		c.ahead[0] = nil
 		c.ahead = c.ahead[1:]
-		if err := c.cd.Unmarshal(b, m); err != nil {
-			return status.Errorf(codes.Internal, "mqgrpc: decode %s stream message as %s: %v", c.method, c.cd.Name(), err)
-		}
-		return nil
 	case c.aheadErr != nil:
 		err = c.aheadErr
 	default:
-		err = c.s.RecvMsg(m)
+		msg, err = c.next()
 	}
 	if err == nil {
-		return nil
+		if err = c.cd.Unmarshal(msg.Body, m); err == nil {
+			return nil
+		}
+		err = status.Errorf(codes.Internal, "mqgrpc: decode %s stream message as %s: %v", c.method, c.cd.Name(), err)
 	}
 	c.end()
 	if err == io.EOF {
@@ -294,7 +304,15 @@ func (s *serverStream) SendMsg(m any) error {
 	if err != nil {
 		return status.Errorf(codes.Internal, "mqgrpc: encode %s stream message: %v", s.ts.method, err)
 	}
-	if err := s.st.Send(&broker.Message{Body: b}); err != nil {
+	msg := &broker.Message{Body: b}
+	if header, first := s.ts.sendHeader(); first {
+		// The first message carries the header metadata, as gRPC sends
+		// the headers before it; later SetHeader calls fail.
+		msg.Header = make(broker.Header, 1+len(header))
+		putMetadata(msg.Header, header, "")
+		msg.Header[headerMarker] = "1"
+	}
+	if err := s.st.Send(msg); err != nil {
 		return streamStatus(err).Err()
 	}
 	return nil

@@ -21,7 +21,9 @@ import (
 	"github.com/mqrpc/mqrpc/broker/amqp"
 	"github.com/mqrpc/mqrpc/broker/memory"
 	natsbroker "github.com/mqrpc/mqrpc/broker/nats"
+	protocodec "github.com/mqrpc/mqrpc/codec/proto"
 	"github.com/mqrpc/mqrpc/internal/testenv"
+	"github.com/mqrpc/mqrpc/rpc"
 )
 
 // streamBrokers are the brokers the stream tests run on: in-process, and
@@ -265,21 +267,26 @@ func testStreamInterceptors(t *testing.T, b broker.Broker) {
 	})
 }
 
-// TestStreamHeader: ClientStream.Header waits for the header metadata,
-// which travels with the end of the stream, reading the messages ahead so
-// that a stream longer than the reader's credit still ends; RecvMsg then
-// returns every message in order.
+// TestStreamHeader: ClientStream.Header returns the header metadata once
+// the server's first message brought it, before the stream ends (the
+// handler waits, after its first message, until the client has the
+// header); RecvMsg then returns every message in order, the first
+// included, and SetHeader after the first message fails as in gRPC.
 func TestStreamHeader(t *testing.T) {
 	streamBrokers(t, func(t *testing.T, b broker.Broker) {
-		client := serveOn(t, b, &countServer{}, nil)
+		gotHeader := make(chan struct{})
+		lateSetHeader := make(chan error, 1)
+		client := serveOn(t, b, &headerServer{gotHeader: gotHeader, lateSetHeader: lateSetHeader}, nil)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		const n = 500 // beyond the first credit (32) and a quarter of the window
+		const n = 500
 		stream, err := client.Count(ctx, &testpb.CountRequest{N: n})
 		require.NoError(t, err)
 		header, err := stream.Header()
+		close(gotHeader)
 		require.NoError(t, err)
 		assert.Equal(t, []string{"count"}, header.Get("x-handler"))
+		assert.Equal(t, []string{"\x00\x01"}, header.Get("x-raw-bin"))
 		for i := int32(1); i <= n; i++ {
 			m, err := stream.Recv()
 			require.NoError(t, err)
@@ -291,5 +298,84 @@ func TestStreamHeader(t *testing.T) {
 		again, err := stream.Header()
 		require.NoError(t, err)
 		assert.Equal(t, header, again)
+		assert.Equal(t, codes.Internal, status.Code(<-lateSetHeader), "SetHeader after the first message")
 	})
+}
+
+// headerServer's Count sets header metadata, sends 1, waits until the
+// client has the header (at most 20 s), then sends 2..n.
+type headerServer struct {
+	testpb.UnimplementedEchoServer
+	gotHeader     chan struct{}
+	lateSetHeader chan error
+}
+
+func (s *headerServer) Count(in *testpb.CountRequest, stream grpc.ServerStreamingServer[testpb.CountReply]) error {
+	if err := stream.SetHeader(metadata.Pairs("x-handler", "count", "x-raw-bin", "\x00\x01")); err != nil {
+		return err
+	}
+	stream.SetTrailer(metadata.Pairs("x-sent", fmt.Sprint(in.GetN())))
+	if err := stream.Send(&testpb.CountReply{I: 1}); err != nil {
+		return err
+	}
+	s.lateSetHeader <- stream.SetHeader(metadata.Pairs("x-late", "1"))
+	select {
+	case <-s.gotHeader:
+	case <-time.After(20 * time.Second):
+		return status.Error(codes.DeadlineExceeded, "the client did not get the header before the end")
+	}
+	for i := int32(2); i <= in.GetN(); i++ {
+		if err := stream.Send(&testpb.CountReply{I: i}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestStreamHeaderAtTheEnd: from a server that sends the header metadata
+// only with the end (an mqrpc stream handler, whose reply headers are the
+// header metadata), Header waits for the end, reading the
+// messages ahead so that a stream longer than the reader's credit still
+// ends, and RecvMsg then returns them all in order.
+func TestStreamHeaderAtTheEnd(t *testing.T) {
+	b := memory.New()
+	defer b.Close()
+	srv := rpc.NewServer(rpc.WithCodecs(protocodec.Codec{}))
+	// A bidirectional handler: mqgrpc sends a server stream's request as
+	// a stream message, which rpc.HandleServerStream would not read.
+	require.NoError(t, rpc.HandleBidiStream(srv, "Count", func(ctx context.Context, st *rpc.ServerStream[testpb.CountRequest, testpb.CountReply]) error {
+		in, err := st.Recv()
+		if err != nil {
+			return err
+		}
+		for i := int32(1); i <= in.GetN(); i++ {
+			if err := st.Send(&testpb.CountReply{I: i}); err != nil {
+				return err
+			}
+		}
+		rpc.SetReplyHeader(ctx, "x-served-by", "rpc")
+		return nil
+	}))
+	sub, err := b.Serve("count-subject", srv)
+	require.NoError(t, err)
+	defer func() { assert.NoError(t, sub.Stop(context.Background())) }()
+	client := testpb.NewEchoClient(mqgrpc.NewClientConn(b, mqgrpc.WithShortMethodNames(),
+		mqgrpc.WithSubject(func(string) string { return "count-subject" })))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// More than the reader grants without reading: its first credit, then
+	// its window (1024) once it took a message.
+	const n = 3000
+	stream, err := client.Count(ctx, &testpb.CountRequest{N: n})
+	require.NoError(t, err)
+	header, err := stream.Header()
+	require.NoError(t, err)
+	assert.Equal(t, []string{"rpc"}, header.Get("x-served-by"))
+	for i := int32(1); i <= n; i++ {
+		m, err := stream.Recv()
+		require.NoError(t, err)
+		require.Equal(t, i, m.GetI())
+	}
+	_, err = stream.Recv()
+	require.ErrorIs(t, err, io.EOF)
 }

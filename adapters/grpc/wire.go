@@ -26,6 +26,11 @@ import (
 // mqrpc-message, mqrpc-details).
 const TrailerPrefix = "grpc-trailer-"
 
+// headerMarker, on a server's first stream message, says that the
+// message's other headers are the stream's header metadata (which the end
+// of the stream repeats). Reserved: never a metadata key.
+const headerMarker = "grpc-header"
+
 // Content types of the gRPC mapping.
 const (
 	// ContentTypeProto is the content type of protobuf bodies, the same as
