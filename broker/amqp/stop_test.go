@@ -2,6 +2,7 @@ package amqp_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -122,5 +123,50 @@ func TestStopReturnsOnceChannelsClosed(t *testing.T) {
 		require.NoError(t, client.Send(ctxT(t, 30*time.Second), &broker.Message{Subject: subj}))
 		ready, _ := inspect(t, subj)
 		assert.Equal(t, 1, ready, "the request sent during the drain waits in the queue")
+	})
+	t.Run("fast mode calls in flight get their replies", func(t *testing.T) {
+		// Fast mode's queue is auto-delete: cancelling its last consumer at
+		// the start of the drain deletes it, while three handlers still
+		// run; their replies and acknowledgements still go out.
+		const n = 3
+		srv := open(t, url)
+		subj := "stop-fast-" + broker.NewID()
+		started := make(chan struct{}, n)
+		release := make(chan struct{})
+		sub, err := srv.Serve(subj, broker.HandlerFunc(func(_ context.Context, req *broker.Message) (*broker.Message, error) {
+			started <- struct{}{}
+			<-release
+			return &broker.Message{Body: req.Body}, nil
+		}), broker.WithConcurrency(n))
+		require.NoError(t, err)
+		client := open(t, url)
+		replies := make(chan error, n)
+		for i := range n {
+			go func() {
+				m, err := client.Request(ctxT(t, 30*time.Second), &broker.Message{Subject: subj, Body: []byte{byte(i)}})
+				if err == nil && (len(m.Body) != 1 || m.Body[0] != byte(i)) {
+					err = fmt.Errorf("reply %v to request %d", m.Body, i)
+				}
+				replies <- err
+			}()
+		}
+		for range n {
+			select {
+			case <-started:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the requests did not start")
+			}
+		}
+		stopped := make(chan error, 1)
+		go func() { stopped <- sub.Stop(ctxT(t, 30*time.Second)) }()
+		require.Eventually(t, func() bool {
+			_, err := client.Request(ctxT(t, time.Second), &broker.Message{Subject: subj})
+			return errors.Is(err, broker.ErrNoResponders)
+		}, 20*time.Second, 50*time.Millisecond, "the queue outlived the drain's start")
+		close(release)
+		for range n {
+			assert.NoError(t, <-replies)
+		}
+		require.NoError(t, <-stopped)
 	})
 }
