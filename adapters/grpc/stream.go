@@ -105,6 +105,9 @@ func (c *clientStream) next() (*broker.Message, error) {
 			if err != nil {
 				return nil, status.Errorf(codes.Internal, "mqgrpc: %s: header metadata: %v", c.method, err)
 			}
+			for _, p := range c.co.headerAddr { // grpc.Header
+				*p = c.early
+			}
 		}
 	}
 	return m, nil

@@ -270,8 +270,9 @@ func testStreamInterceptors(t *testing.T, b broker.Broker) {
 // TestStreamHeader: ClientStream.Header returns the header metadata once
 // the server's first message brought it, before the stream ends (the
 // handler waits, after its first message, until the client has the
-// header); RecvMsg then returns every message in order, the first
-// included, and SetHeader after the first message fails as in gRPC.
+// header), and so does the grpc.Header call option; RecvMsg then returns
+// every message in order, the first included, and SetHeader after the
+// first message fails as in gRPC.
 func TestStreamHeader(t *testing.T) {
 	streamBrokers(t, func(t *testing.T, b broker.Broker) {
 		gotHeader := make(chan struct{})
@@ -280,11 +281,13 @@ func TestStreamHeader(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		const n = 500
-		stream, err := client.Count(ctx, &testpb.CountRequest{N: n})
+		var optHeader metadata.MD
+		stream, err := client.Count(ctx, &testpb.CountRequest{N: n}, grpc.Header(&optHeader))
 		require.NoError(t, err)
 		header, err := stream.Header()
 		close(gotHeader)
 		require.NoError(t, err)
+		assert.Equal(t, header, optHeader, "grpc.Header is set once the header arrived")
 		assert.Equal(t, []string{"count"}, header.Get("x-handler"))
 		assert.Equal(t, []string{"\x00\x01"}, header.Get("x-raw-bin"))
 		for i := int32(1); i <= n; i++ {
