@@ -194,7 +194,7 @@ func (b *Broker) cancelNotice(subject, id string) {
 		msg.WithProperties(map[string]string{propCancel: id, propControlSubject: subject, propEmptyBody: "1"})
 		ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
 		defer cancel()
-		if _, err := b.producer.SendSync(ctx, msg); err != nil {
+		if err := b.sendSync(ctx, msg); err != nil {
 			b.log.Debug("rocketmq: cancel notice not sent", "subject", subject, "id", id, "err", err)
 		}
 	}()
@@ -259,7 +259,7 @@ func (s *eachSub) Reply(m *primitive.MessageExt, rep *broker.Message) error {
 	msg.WithTag(m.GetProperty(propControlReplyTo))
 	ctx, cancel := context.WithTimeout(s.b.ctx, 5*time.Second)
 	defer cancel()
-	_, err = s.b.producer.SendSync(ctx, msg)
+	err = s.b.sendSync(ctx, msg)
 	return err
 }
 
@@ -381,7 +381,7 @@ func (b *Broker) Gather(ctx context.Context, req *broker.Message, max int, fn fu
 	}
 	msg.WithProperty(propControlSubject, req.Subject)
 	msg.WithProperty(propControlReplyTo, b.instance)
-	if _, err := b.producer.SendSync(ctx, msg); err != nil {
+	if err := b.sendSync(ctx, msg); err != nil {
 		err = b.sendError(ctx, ControlTopic, err)
 		if errors.Is(err, broker.ErrTimeout) {
 			return nil // the wait ended before the request was even stored

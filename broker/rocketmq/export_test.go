@@ -1,5 +1,11 @@
 package rocketmq
 
+import (
+	"time"
+
+	"github.com/apache/rocketmq-client-go/v2/producer"
+)
+
 // HeartbeatFunc exposes heartbeatFunc to the benchmarks, which register the
 // raw rocketmq-client-go requester the same way.
 var HeartbeatFunc = heartbeatFunc
@@ -26,4 +32,18 @@ func HooksFound(p any) (heartbeat, lookup bool) {
 // SetHooks replaces b's client hooks.
 func SetHooks(b *Broker, heartbeat func(), lookup func(topic string) error) {
 	b.hooks = clientHooks{heartbeat: heartbeat, lookup: lookup}
+}
+
+// AvoidFor exposes avoidFor.
+const AvoidFor = avoidFor
+
+// Selector returns b's queue selector, which a fake producer calls as the
+// client would, and sets its clock (nil: keep it).
+func Selector(b *Broker, now func() time.Time) producer.QueueSelector {
+	if now != nil {
+		b.faults.mu.Lock()
+		b.faults.now = now
+		b.faults.mu.Unlock()
+	}
+	return b.faults
 }

@@ -159,6 +159,12 @@ type Broker struct {
 	hooks         clientHooks
 	topics        sync.Map
 	lastHeartbeat atomic.Int64
+	// faults chooses the producer's queues, avoiding unreachable masters
+	// (failover.go); lastRefresh is when a failed send last refreshed the
+	// routes, and background holds those refreshes.
+	faults      *faultSelector
+	lastRefresh atomic.Int64
+	background  sync.WaitGroup
 
 	// ctx is cancelled by Close: it ends handler contexts and waits.
 	ctx    context.Context
@@ -202,6 +208,7 @@ func New(nameServer string, opts ...Option) (*Broker, error) {
 		// shutting one down would close the others.
 		producer.WithInstanceName(b.instance),
 		producer.WithRetry(2),
+		producer.WithQueueSelector(b.faults),
 		// Replies are sent with SEND_REPLY_MESSAGE, which carries the raw
 		// body while the producer still flags it compressed; the requester
 		// then "decompresses" an uncompressed body. Bodies are opaque to a
@@ -263,7 +270,11 @@ func newBroker(nameServer string, opts ...Option) (*Broker, error) {
 		instance: "mqrpc-" + broker.NewID(),
 		log:      log,
 		subs:     make(map[*subscription]struct{}),
+		faults:   newFaultSelector(),
 	}
+	// A requester must heartbeat a master that came back before the
+	// master can push replies to it.
+	b.faults.returned = b.heartbeatSoon
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	// Install the log sink before the client exists, so its first lines
 	// are not printed by the default logrus logger.
@@ -357,7 +368,9 @@ func (b *Broker) Request(ctx context.Context, req *broker.Message) (*broker.Mess
 	// The send itself is not tied to ctx: Request stops waiting on ctx by
 	// itself, and an async send the client sees cancelled takes its
 	// panicking error path (see installClientHooks).
-	if err := b.producer.RequestAsync(context.WithoutCancel(ctx), ttl, callback, msg); err != nil {
+	// A request the first master could not take goes to another at once.
+	sendCtx := context.WithoutCancel(ctx)
+	if err := b.failover(msg, func() error { return b.producer.RequestAsync(sendCtx, ttl, callback, msg) }); err != nil {
 		return nil, b.sendError(ctx, topic, err)
 	}
 	select {
@@ -510,10 +523,19 @@ func (b *Broker) Send(ctx context.Context, m *broker.Message) error {
 	if err := b.checkSize(m.Subject, size); err != nil {
 		return err
 	}
-	if _, err := b.producer.SendSync(ctx, msg); err != nil {
+	if err := b.sendSync(ctx, msg); err != nil {
 		return b.sendError(ctx, topic, err)
 	}
 	return nil
+}
+
+// sendSync sends msg synchronously, failing over to another master when
+// the first could not take it.
+func (b *Broker) sendSync(ctx context.Context, msg *primitive.Message) error {
+	return b.failover(msg, func() error {
+		_, err := b.producer.SendSync(ctx, msg)
+		return err
+	})
 }
 
 // Close implements broker.Broker. It stops every subscription without
@@ -548,6 +570,7 @@ func (b *Broker) Close() error {
 	b.cancel()
 	b.ctl.close()
 	b.notices.Wait()
+	b.background.Wait()
 	b.streams.close()
 
 	var errs []error

@@ -95,6 +95,7 @@ func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOpt
 		return nil, fmt.Errorf("rocketmq: serve %s: %w", subject, broker.ErrClosed)
 	}
 	b.subs[s] = struct{}{}
+	s.watchRoutes() // before Close can finish s
 	b.mu.Unlock()
 	return s, nil
 }
@@ -190,7 +191,7 @@ func (b *Broker) createTopic(subject string) error {
 	defer cancel()
 	msg := &primitive.Message{Topic: subject, Body: emptyBody}
 	msg.WithProperties(map[string]string{propInit: "1", propEmptyBody: "1", propKeys: broker.NewID()})
-	if _, err := b.producer.SendSync(ctx, msg); err != nil {
+	if err := b.sendSync(ctx, msg); err != nil {
 		return b.sendError(ctx, subject, err)
 	}
 	return nil
@@ -220,6 +221,10 @@ type subscription struct {
 	hooks      clientHooks
 	persist    offsetPersister // nil if the consumer cannot
 	routeOnce  sync.Once
+	// watchQuit ends watchRoutes, which closes watchDone (nil if it did
+	// not start).
+	watchQuit chan struct{}
+	watchDone chan struct{}
 	// isolate runs a message suspected of crashing a server alone.
 	isolate soloGate
 
@@ -298,6 +303,10 @@ func (s *subscription) finish() <-chan struct{} {
 	s.finishOnce.Do(func() {
 		go func() {
 			s.k.Wait()
+			if s.watchDone != nil {
+				close(s.watchQuit)
+				<-s.watchDone
+			}
 			if s.pc != nil {
 				if err := s.pc.Shutdown(); err != nil {
 					s.finishErr = fmt.Errorf("rocketmq: shut down consumer %s: %w", s.group, err)
@@ -553,7 +562,7 @@ func (s *subscription) resend(m *primitive.MessageExt, level int) bool {
 	msg.WithDelayTimeLevel(level)
 	ctx, cancel := context.WithTimeout(s.b.ctx, 5*time.Second)
 	defer cancel()
-	if _, err := s.b.producer.SendSync(ctx, msg); err != nil {
+	if err := s.b.sendSync(ctx, msg); err != nil {
 		s.log.Warn("rocketmq: resending a message with a reconsume count set by its sender failed", "msgId", m.MsgId, "err", err)
 		return false
 	}
@@ -619,6 +628,35 @@ func (s *subscription) retryRouteSoon() {
 	})
 }
 
+// serveRefreshEvery is how often a server asks the name server for its
+// topics' routes and rebalances: rocketmq-client-go does so every 30 s
+// and 20 s, so a master that came back (or a new one) would wait that
+// long for its queues to be served. Brokers avoid such a master for
+// avoidFor (see faultSelector), which must exceed this with a margin.
+const serveRefreshEvery = 3 * time.Second
+
+// watchRoutes refreshes the consumer's routes and rebalances it every
+// serveRefreshEvery until finish.
+func (s *subscription) watchRoutes() {
+	if s.hooks.refresh == nil {
+		return
+	}
+	s.watchQuit, s.watchDone = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(s.watchDone)
+		t := time.NewTicker(serveRefreshEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				s.hooks.refresh()
+			case <-s.watchQuit:
+				return
+			}
+		}
+	}()
+}
+
 // reply sends the reply to req.
 //
 // The broker pushes a reply over the requester's own connection, which it
@@ -641,7 +679,7 @@ func (b *Broker) reply(req *primitive.MessageExt, deadline time.Time, reply *bro
 	}
 	// The first send needs no deadline of its own (the client bounds a
 	// send), nor a ctx and timer for one on the path of every reply.
-	_, err = b.producer.SendSync(b.ctx, msg)
+	err = b.sendSync(b.ctx, msg)
 	if err == nil || !replyUnroutable(err) {
 		// A push the broker attempted ("push reply message to <client>
 		// fail") may well have arrived: the requester may have closed
@@ -665,7 +703,7 @@ func (b *Broker) reply(req *primitive.MessageExt, deadline time.Time, reply *bro
 		if backoff < time.Second {
 			backoff *= 2
 		}
-		_, err = b.producer.SendSync(sendCtx, msg)
+		err = b.sendSync(sendCtx, msg)
 		if err == nil || !replyUnroutable(err) {
 			return err
 		}
