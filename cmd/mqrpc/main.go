@@ -28,17 +28,13 @@ import (
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/dial"
-	"github.com/mqrpc/mqrpc/broker/rocketmq"
+	// rocketmq:// URLs: broker/rocketmq is a module of its own, which dial
+	// reaches only through this registration.
+	_ "github.com/mqrpc/mqrpc/broker/rocketmq/dialrocketmq"
 	"github.com/mqrpc/mqrpc/rpc"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
-
-// openRocketMQ opens rocketmq:// URLs, which dial leaves to programs that
-// link broker/rocketmq (a module of its own).
-func openRocketMQ(u string) (broker.Broker, error) {
-	return rocketmq.New(u)
-}
 
 // exitError is an error with the status code the command exits with.
 type exitError struct {
@@ -66,7 +62,7 @@ type app struct {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	a := &app{out: stdout, errw: stderr, open: func(u string) (broker.Broker, error) {
-		return dial.Open(u, dial.WithName("mqrpc-cli"), dial.WithScheme("rocketmq", openRocketMQ))
+		return dial.Open(u, dial.WithName("mqrpc-cli"))
 	}}
 	root := a.root()
 	root.SetArgs(args)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -54,7 +55,7 @@ func TestScripts(t *testing.T) {
 	for _, name := range []string{"embedded", "nats", "amqp", "rocketmq"} {
 		t.Run(name, func(t *testing.T) {
 			url := brokerURLs[name](t)
-			b, err := dial.Open(url, dial.WithScheme("rocketmq", openRocketMQ))
+			b, err := dial.Open(url)
 			require.NoError(t, err)
 			t.Cleanup(func() { _ = b.Close() })
 			id := strings.ReplaceAll(broker.NewID(), "-", "_")
@@ -118,6 +119,12 @@ func TestScripts(t *testing.T) {
 			})
 		})
 	}
+}
+
+// The mqrpc command opens rocketmq:// URLs through broker/dial's
+// registration (dialrocketmq), with no constructor of its own.
+func TestRocketMQSchemeRegistered(t *testing.T) {
+	assert.Contains(t, dial.Schemes(), "rocketmq")
 }
 
 // TestRocketMQWithoutRace runs the RocketMQ scripts again without the
