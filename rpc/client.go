@@ -338,7 +338,7 @@ var reservedHeaders = map[string]bool{
 	"mqrpc-dead-reason": true, "mqrpc-deliveries": true,
 	// streams (broker/stream)
 	stream.HeaderStream: true, stream.HeaderInbox: true, stream.HeaderHeartbeat: true,
-	stream.HeaderFrame: true, stream.HeaderSeq: true, stream.HeaderCredit: true,
+	stream.HeaderFrame: true, stream.HeaderSeq: true, stream.HeaderCredit: true, stream.HeaderBatch: true,
 }
 
 // ReservedHeader reports whether name (case-insensitive) is a header of

@@ -18,6 +18,11 @@
 //
 //   - data: one message, with a sequence number 1, 2, 3, ... per direction.
 //     A gap or a repeat ends the stream with [ErrDataLoss].
+//   - batch: several data messages in one frame, numbered on from the
+//     first's sequence number, to a peer that declared it reads them
+//     (HeaderBatch on the opening request, on the handler's credit
+//     frames). A writer faster than the broker sends what it queued
+//     meanwhile as one batch; it never waits to fill one.
 //   - credit: how many data frames the sender of the credit has granted in
 //     all (cumulative, so a lost credit frame is repaired by the next). A
 //     side never has more data frames in flight than it was granted: a
@@ -83,6 +88,11 @@ const (
 	// its peer in all, on credit and ping frames and on the opening
 	// request.
 	HeaderCredit = "mqrpc-credit"
+	// HeaderBatch, set to "1", declares that its sender reads batch
+	// frames: the caller's on the opening request, the handler's on its
+	// credit and ping frames. A side sends batch frames only to a peer
+	// that declared it.
+	HeaderBatch = "mqrpc-stream-batch"
 )
 
 // The kinds of frames (values of HeaderFrame).
@@ -92,7 +102,16 @@ const (
 	FramePing   = "ping"
 	FrameEnd    = "end"
 	FrameCancel = "cancel"
+	// FrameBatch carries several data messages in one frame, for a peer
+	// that declared HeaderBatch; HeaderSeq is the first one's sequence
+	// number. docs/PROTOCOL.md ("Batch frames") has the body.
+	FrameBatch = "batch"
 )
+
+// maxBatch bounds the body of a batch frame: a writer coalesces what was
+// queued while its last frame was posted, up to this many bytes (a larger
+// message goes alone, as a data frame).
+const maxBatch = 64 << 10
 
 // Errors that end a stream. Test with errors.Is.
 var (
@@ -172,6 +191,11 @@ type Stream struct {
 	cancel context.CancelFunc
 
 	postMu sync.Mutex // orders data, ping, end and credit frames as posted
+	// spare is the queue's other buffer, swapped by the writer; postMu
+	// is held.
+	spare []*broker.Message
+	// flushWake (1-buffered) tells run that Send queued messages.
+	flushWake chan struct{}
 
 	mu sync.Mutex
 	// recvWake and sendWake (1-buffered) wake the one Recv and the one
@@ -193,8 +217,14 @@ type Stream struct {
 	endSeq   uint64
 	endAt    time.Time
 	finished bool // caller: Finish ran
-	// sending
+	// sending: Send queues data messages on out (sent counts them, so
+	// that the credit holds), and run's flush posts them (posted counts
+	// those posted) as data frames, or as batch frames when peerBatch.
+	out        []*broker.Message
 	sent       uint64
+	posted     uint64
+	writing    bool // a flush is due or running
+	peerBatch  bool // the peer reads batch frames
 	credit     uint64
 	sendClosed bool
 }
@@ -218,6 +248,7 @@ func (st *Stream) Prepare(m *broker.Message) {
 	m.SetHeader(HeaderStream, st.id)
 	m.SetHeader(HeaderInbox, st.inbox.Addr())
 	m.SetHeader(HeaderHeartbeat, strconv.FormatInt(st.hb.Milliseconds(), 10))
+	m.SetHeader(HeaderBatch, "1")
 	st.mu.Lock()
 	m.SetHeader(HeaderCredit, strconv.FormatUint(st.granted, 10))
 	st.mu.Unlock()
@@ -252,6 +283,7 @@ func Accept(ctx context.Context, req *broker.Message, window int) (*Stream, erro
 	cfg := Config{Window: window, Heartbeat: time.Duration(hbms) * time.Millisecond}.withDefaults()
 	st := newStream(ctx, s, id, cfg.Heartbeat, cfg.Window, false)
 	st.peer = addr
+	st.peerBatch = req.Header.Get(HeaderBatch) == "1"
 	st.credit = credit
 	st.heard = time.Now()
 	if err := st.openInbox(); err != nil {
@@ -272,7 +304,8 @@ func Accept(ctx context.Context, req *broker.Message, window int) (*Stream, erro
 
 func newStream(ctx context.Context, s broker.Streamer, id string, hb time.Duration, window int, client bool) *Stream {
 	st := &Stream{id: id, s: s, client: client, hb: hb, window: uint64(window),
-		recvWake: make(chan struct{}, 1), sendWake: make(chan struct{}, 1), stopped: make(chan struct{})}
+		recvWake: make(chan struct{}, 1), sendWake: make(chan struct{}, 1), flushWake: make(chan struct{}, 1),
+		stopped: make(chan struct{})}
 	st.ctx, st.cancel = context.WithCancel(ctx)
 	st.granted = min(st.window, firstCredit)
 	return st
@@ -337,6 +370,7 @@ func (st *Stream) receive(m *broker.Message) {
 	st.heard = time.Now()
 	if a := m.Header.Get(HeaderInbox); a != "" && st.peer == "" {
 		st.peer = a
+		st.peerBatch = m.Header.Get(HeaderBatch) == "1"
 	}
 	if v := m.Header.Get(HeaderCredit); v != "" {
 		c, err := strconv.ParseUint(v, 10, 64)
@@ -358,26 +392,29 @@ func (st *Stream) receive(m *broker.Message) {
 	}
 	switch kind {
 	case FrameData:
-		switch {
-		case seq <= st.recvd:
-			st.failLocked(fmt.Errorf("%w: message %d arrived again (after %d)", ErrDataLoss, seq, st.recvd))
-			return
-		case seq > st.recvd+1:
-			st.failLocked(fmt.Errorf("%w: messages %d to %d lost", ErrDataLoss, st.recvd+1, seq-1))
-			return
-		case seq > st.granted:
-			st.failLocked(fmt.Errorf("%w: message %d beyond the credit of %d", ErrProtocol, seq, st.granted))
-			return
-		case st.peerEnd:
-			st.failLocked(fmt.Errorf("%w: message %d after the end", ErrProtocol, seq))
+		if err := st.acceptLocked(seq, 1); err != nil {
+			st.failLocked(err)
 			return
 		}
-		st.recvd = seq
 		st.bodies += uint64(len(m.Body))
 		delete(m.Header, HeaderStream)
 		delete(m.Header, HeaderFrame)
 		delete(m.Header, HeaderSeq)
 		st.queue = append(st.queue, m)
+	case FrameBatch:
+		msgs, err := decodeBatch(m.Body)
+		if err != nil {
+			st.failLocked(fmt.Errorf("%w: %w", ErrProtocol, err))
+			return
+		}
+		if err := st.acceptLocked(seq, uint64(len(msgs))); err != nil {
+			st.failLocked(err)
+			return
+		}
+		for _, d := range msgs {
+			st.bodies += uint64(len(d.Body))
+			st.queue = append(st.queue, d)
+		}
 	case FramePing, FrameEnd:
 		if seq > st.recvd {
 			st.failLocked(fmt.Errorf("%w: messages %d to %d lost", ErrDataLoss, st.recvd+1, seq))
@@ -393,6 +430,24 @@ func (st *Stream) receive(m *broker.Message) {
 	st.changed()
 }
 
+// acceptLocked checks that n data messages numbered from seq may arrive
+// now, and counts them received; st.mu is held.
+func (st *Stream) acceptLocked(seq, n uint64) error {
+	last := seq + n - 1
+	switch {
+	case seq <= st.recvd:
+		return fmt.Errorf("%w: message %d arrived again (after %d)", ErrDataLoss, seq, st.recvd)
+	case seq > st.recvd+1:
+		return fmt.Errorf("%w: messages %d to %d lost", ErrDataLoss, st.recvd+1, seq-1)
+	case last > st.granted:
+		return fmt.Errorf("%w: message %d beyond the credit of %d", ErrProtocol, last, st.granted)
+	case st.peerEnd:
+		return fmt.Errorf("%w: message %d after the end", ErrProtocol, seq)
+	}
+	st.recvd = last
+	return nil
+}
+
 // run pings the peer and watches its pings, the stream's ctx and a
 // caller's end, until the stream is done.
 func (st *Stream) run() {
@@ -402,6 +457,10 @@ func (st *Stream) run() {
 	lastPing := time.Time{}
 	for {
 		select {
+		case <-st.flushWake:
+			st.postMu.Lock()
+			st.flushLocked()
+			st.postMu.Unlock()
 		case <-st.ctx.Done():
 			st.mu.Lock()
 			done, err := st.done, st.err
@@ -460,11 +519,12 @@ func (st *Stream) control(kind string) *broker.Message {
 		HeaderStream: st.id,
 		HeaderFrame:  kind,
 		HeaderCredit: strconv.FormatUint(st.granted, 10),
-		HeaderSeq:    strconv.FormatUint(st.sent, 10),
+		HeaderSeq:    strconv.FormatUint(st.posted, 10),
 	}
 	st.mu.Unlock()
 	if !st.client {
 		h[HeaderInbox] = st.inbox.Addr()
+		h[HeaderBatch] = "1"
 	}
 	return &broker.Message{Header: h}
 }
@@ -502,10 +562,14 @@ func (st *Stream) shutdown() {
 	_ = st.inbox.Close()
 }
 
-// Send posts m as the next data frame, waiting for credit while the peer
-// has not granted more. Once the caller's stream has ended (the handler
-// returned) Send returns io.EOF, and Recv says how it ended. Send takes
-// ownership of m.
+// Send queues m as the next data message, waiting for credit while the
+// peer has not granted more, and returns: the stream's goroutine posts
+// it, in order, with the messages queued meanwhile (one batch frame for
+// a peer that reads them). A failed post fails the stream, and the next
+// Send or Recv returns the error. CloseSend and Finish post what is
+// queued first. Once the caller's stream has ended (the handler returned)
+// Send returns io.EOF, and Recv says how it ended. Send takes ownership
+// of m.
 func (st *Stream) Send(m *broker.Message) error {
 	st.mu.Lock()
 	for {
@@ -520,22 +584,88 @@ func (st *Stream) Send(m *broker.Message) error {
 		<-st.sendWake
 		st.mu.Lock()
 	}
-	st.mu.Unlock()
-	h := make(broker.Header, len(m.Header)+3)
-	for k, v := range m.Header {
-		h[k] = v
-	}
-	h[HeaderStream] = st.id
-	h[HeaderFrame] = FrameData
-	st.postMu.Lock()
-	st.mu.Lock()
 	st.sent++
-	h[HeaderSeq] = strconv.FormatUint(st.sent, 10)
+	st.out = append(st.out, m)
+	wake := !st.writing
+	st.writing = true
 	st.mu.Unlock()
-	err := st.post(&broker.Message{Header: h, Body: m.Body})
-	st.postMu.Unlock()
-	if err != nil {
-		return fmt.Errorf("stream: post: %w", err)
+	if wake {
+		select {
+		case st.flushWake <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// flushLocked posts the queued data messages, in order: a batch frame
+// for each run of them up to maxBatch bytes when the peer reads batches,
+// else a data frame each. It takes what Send queued meanwhile too, so a
+// writer faster than the broker sends fewer, larger frames and one that
+// is not never waits to fill a batch. A failed post fails the stream;
+// postMu is held.
+func (st *Stream) flushLocked() {
+	for {
+		st.mu.Lock()
+		q := st.out
+		if len(q) == 0 || st.err != nil || st.done {
+			clear(q)
+			st.out = q[:0]
+			st.writing = false
+			st.mu.Unlock()
+			return
+		}
+		st.out = st.spare[:0]
+		batch := st.peerBatch
+		st.mu.Unlock()
+		err := st.postData(q, batch)
+		clear(q)
+		st.spare = q[:0]
+		if err != nil {
+			st.fail(fmt.Errorf("stream: post: %w", err))
+		}
+	}
+}
+
+// postData posts the messages q; postMu is held.
+func (st *Stream) postData(q []*broker.Message, batch bool) error {
+	for len(q) > 0 {
+		n, size := 1, batchSize(q[0])
+		if batch {
+			for n < len(q) {
+				s := batchSize(q[n])
+				if size+s > maxBatch {
+					break
+				}
+				size += s
+				n++
+			}
+		}
+		seq := strconv.FormatUint(st.posted+1, 10)
+		var f *broker.Message
+		if n == 1 {
+			h := make(broker.Header, len(q[0].Header)+3)
+			for k, v := range q[0].Header {
+				h[k] = v
+			}
+			h[HeaderStream] = st.id
+			h[HeaderFrame] = FrameData
+			h[HeaderSeq] = seq
+			f = &broker.Message{Header: h, Body: q[0].Body}
+		} else {
+			body := make([]byte, 0, size)
+			for _, m := range q[:n] {
+				body = appendBatch(body, m)
+			}
+			f = &broker.Message{Header: broker.Header{HeaderStream: st.id, HeaderFrame: FrameBatch, HeaderSeq: seq}, Body: body}
+		}
+		if err := st.post(f); err != nil {
+			return err
+		}
+		st.mu.Lock()
+		st.posted += uint64(n)
+		st.mu.Unlock()
+		q = q[n:]
 	}
 	return nil
 }
@@ -568,6 +698,10 @@ func (st *Stream) CloseSend() error {
 	st.mu.Unlock()
 	st.postMu.Lock()
 	defer st.postMu.Unlock()
+	st.flushLocked() // the end counts, and follows, every message sent
+	if err := st.Err(); err != nil {
+		return err
+	}
 	return st.post(st.control(FrameEnd))
 }
 
@@ -641,6 +775,9 @@ func (st *Stream) End() *broker.Message {
 // carry (the count of data frames sent). On the caller's side, see
 // Finished.
 func (st *Stream) Finish() broker.Header {
+	st.postMu.Lock()
+	st.flushLocked() // post what Send queued before the stream ends
+	st.postMu.Unlock()
 	st.mu.Lock()
 	n := st.sent
 	st.mu.Unlock()

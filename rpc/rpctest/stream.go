@@ -2,6 +2,7 @@ package rpctest
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"strconv"
@@ -204,7 +205,35 @@ func (s *suite) testMidStreamError(t *testing.T) {
 	assert.Equal(t, "3", trailer.Get("x-sent"))
 }
 
-// dropping is a Streamer that drops the n-th data frame, or every frame
+// batchCount counts the messages of a batch frame's body
+// (docs/PROTOCOL.md, "Batch frames").
+func batchCount(b []byte) int64 {
+	skip := func() bool { // a uvarint length and as many bytes
+		v, n := binary.Uvarint(b)
+		if n <= 0 || v > uint64(len(b)-n) {
+			return false
+		}
+		b = b[n+int(v):]
+		return true
+	}
+	var count int64
+	for len(b) > 0 {
+		nh, n := binary.Uvarint(b)
+		if n <= 0 {
+			return count
+		}
+		b = b[n:]
+		for i := uint64(0); i < 2*nh+1; i++ {
+			if !skip() {
+				return count
+			}
+		}
+		count++
+	}
+	return count
+}
+
+// dropping is a Streamer that drops the data message n (the frame that carries it), or every frame
 // once cut.
 type dropping struct {
 	broker.Streamer
@@ -217,8 +246,15 @@ func (d *dropping) Post(ctx context.Context, addr string, m *broker.Message) err
 	if d.cut.Load() {
 		return nil
 	}
-	if m.Header.Get(stream.HeaderFrame) == stream.FrameData && int(d.data.Add(1)) == d.n {
-		return nil
+	k := int64(0)
+	switch m.Header.Get(stream.HeaderFrame) {
+	case stream.FrameData:
+		k = 1
+	case stream.FrameBatch:
+		k = batchCount(m.Body)
+	}
+	if last := d.data.Add(k); k > 0 && last >= int64(d.n) && last-k < int64(d.n) {
+		return nil // a batch frame goes with its message
 	}
 	return d.Streamer.Post(ctx, addr, m)
 }
@@ -335,9 +371,14 @@ func (s *suite) testStreamServerGone(t *testing.T) {
 	d := &dropping{}
 	release := make(chan struct{})
 	defer close(release)
+	received := make(chan struct{})
 	srv := rpc.NewServer(rpc.WithServerMiddleware(wrapStreamer(d)))
 	require.NoError(t, rpc.HandleServerStream(srv, "Hang", func(ctx context.Context, _ *count, send func(*count) error) error {
 		_ = send(&count{N: 1})
+		select { // send queued it: cut once it arrived
+		case <-received:
+		case <-release:
+		}
 		d.cut.Store(true)
 		select {
 		case <-release:
@@ -354,6 +395,7 @@ func (s *suite) testStreamServerGone(t *testing.T) {
 			break
 		}
 		start = time.Now()
+		close(received)
 	}
 	elapsed := time.Since(start)
 	assert.Equal(t, rpc.Unavailable, rpc.CodeOf(last), "%v", last)

@@ -1,0 +1,117 @@
+package stream
+
+import (
+	"encoding/binary"
+	"errors"
+	"strings"
+
+	"github.com/mqrpc/mqrpc/broker"
+)
+
+// The body of a batch frame is its messages one after the other, each
+//
+//	uvarint  number of headers
+//	         per header: uvarint length, name (lower case), uvarint length, value
+//	uvarint  length of the body, body
+//
+// (uvarint: unsigned LEB128, as in Protocol Buffers). The frame's
+// HeaderSeq numbers the first message; the others follow it.
+
+func uvarintLen(n int) int {
+	l := 1
+	for n >= 0x80 {
+		n >>= 7
+		l++
+	}
+	return l
+}
+
+// batchSize is the size of m in a batch frame.
+func batchSize(m *broker.Message) int {
+	n := uvarintLen(len(m.Header)) + uvarintLen(len(m.Body)) + len(m.Body)
+	for k, v := range m.Header {
+		n += uvarintLen(len(k)) + len(k) + uvarintLen(len(v)) + len(v)
+	}
+	return n
+}
+
+func appendString(b []byte, s string) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
+}
+
+// appendBatch appends m to the body of a batch frame.
+func appendBatch(b []byte, m *broker.Message) []byte {
+	b = binary.AppendUvarint(b, uint64(len(m.Header)))
+	for k, v := range m.Header {
+		b = appendString(b, strings.ToLower(k))
+		b = appendString(b, v)
+	}
+	b = binary.AppendUvarint(b, uint64(len(m.Body)))
+	return append(b, m.Body...)
+}
+
+var errBatch = errors.New("malformed batch frame")
+
+// batchReader reads the body of a batch frame.
+type batchReader struct {
+	b   []byte
+	err error
+}
+
+func (r *batchReader) uvarint() int {
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 || v > uint64(len(r.b)) { // no count exceeds what follows
+		r.err = errBatch
+		r.b = nil
+		return 0
+	}
+	r.b = r.b[n:]
+	return int(v)
+}
+
+func (r *batchReader) bytes() []byte {
+	n := r.uvarint()
+	if r.err != nil {
+		return nil
+	}
+	if n > len(r.b) {
+		r.err = errBatch
+		r.b = nil
+		return nil
+	}
+	v := r.b[:n:n] // its own capacity: an append copies, never overwrites the next message
+	r.b = r.b[n:]
+	return v
+}
+
+// decodeBatch returns the messages of a batch frame's body: at least one,
+// or an error. The bodies share body's memory.
+func decodeBatch(body []byte) ([]*broker.Message, error) {
+	r := &batchReader{b: body}
+	var slab []broker.Message
+	for len(r.b) > 0 && r.err == nil {
+		var m broker.Message
+		if nh := r.uvarint(); nh > 0 {
+			m.Header = make(broker.Header, nh)
+			for i := 0; i < nh && r.err == nil; i++ {
+				k := string(r.bytes())
+				m.Header[k] = string(r.bytes())
+			}
+		}
+		if b := r.bytes(); len(b) > 0 {
+			m.Body = b
+		}
+		slab = append(slab, m)
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	if len(slab) == 0 {
+		return nil, errors.New("empty batch frame")
+	}
+	out := make([]*broker.Message, len(slab))
+	for i := range slab {
+		out[i] = &slab[i]
+	}
+	return out, nil
+}
