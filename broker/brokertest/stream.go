@@ -68,6 +68,7 @@ func (s *suite) testStreams(t *testing.T) {
 			return []*broker.Message{batchFrame(1, batchRange(1, 2)...), f}
 		})},
 		{"BatchUndeclaredGetsData", s.testStreamBatchUndeclared},
+		{"PingsDuringTraffic", s.testStreamPingsDuringTraffic},
 		{"FlowControl", s.testStreamFlow},
 		{"CallerCancels", s.testStreamCallerCancels},
 		{"HandlerCancels", s.testStreamHandlerCancels},

@@ -231,3 +231,35 @@ func (s *suite) testStreamBatchUndeclared(t *testing.T) {
 		require.Equal(t, i+1, seq)
 	}
 }
+
+// testStreamPingsDuringTraffic: a handler sending as fast as it can for
+// two seconds (200,000 messages at most) pings meanwhile (every quarter of the heartbeat interval);
+// the count on its pings never runs ahead of the data frames it posted,
+// so the caller reads every message and the end.
+func (s *suite) testStreamPingsDuringTraffic(t *testing.T) {
+	srv, cli, subj := s.streamPair(t)
+	s.streamServer(t, srv, subj, 0, nil, func(_ context.Context, st *stream.Stream, _ *broker.Message) broker.Header {
+		deadline := time.Now().Add(2 * time.Second)
+		i := 1
+		for ; i <= 200_000 && time.Now().Before(deadline); i++ {
+			if st.Send(dataMsg(i)) != nil {
+				break
+			}
+		}
+		return broker.Header{"x-sent": strconv.Itoa(i - 1)}
+	})
+	st := s.openStream(t, s.ctx(t), cli, nil, subj, stream.Config{Heartbeat: streamHeartbeat}, nil)
+	got := 0
+	for {
+		m, err := st.Recv()
+		if err == io.EOF {
+			break
+		}
+		require.NoError(t, err, "after %d messages", got)
+		got++
+		require.Equal(t, strconv.Itoa(got), string(m.Body))
+	}
+	require.NotNil(t, st.End())
+	assert.Equal(t, st.End().Header.Get("x-sent"), strconv.Itoa(got))
+	t.Logf("%d messages in 2s", got)
+}
