@@ -95,3 +95,8 @@ func (b *Broker) Post(_ context.Context, addr string, msg *broker.Message) error
 	}
 	return nil
 }
+
+// PostCopiesBody implements stream.BodyCopier: nats.go copies a message to
+// the connection's write buffer before PublishMsg returns, so the stream
+// engine may reuse the buffers of its batch frames.
+func (b *Broker) PostCopiesBody() bool { return true }

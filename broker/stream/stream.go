@@ -113,6 +113,22 @@ const (
 // message goes alone, as a data frame).
 const maxBatch = 64 << 10
 
+// BodyCopier is an optional interface of a [broker.Streamer] whose Post is
+// done with the message's body when it returns, having copied it (to the
+// connection's write buffer, as broker/nats does). The engine then reuses
+// the buffers of its batch frames rather than allocating one per frame:
+// for 4 KiB messages over NATS that allocation and the garbage collection
+// it caused were about a third of the process's CPU time.
+type BodyCopier interface {
+	broker.Streamer
+	// PostCopiesBody reports whether Post is done with msg.Body when it
+	// returns.
+	PostCopiesBody() bool
+}
+
+// batchBuffers are the reused bodies of batch frames, for a BodyCopier.
+var batchBuffers = sync.Pool{New: func() any { b := make([]byte, 0, maxBatch); return &b }}
+
 // Errors that end a stream. Test with errors.Is.
 var (
 	// ErrDataLoss: a data frame was lost or arrived twice.
@@ -643,6 +659,7 @@ func (st *Stream) postData(q []*broker.Message, batch bool) error {
 		}
 		seq := strconv.FormatUint(st.posted+1, 10)
 		var f *broker.Message
+		var buf *[]byte // f's body, to reuse
 		if n == 1 {
 			h := make(broker.Header, len(q[0].Header)+3)
 			for k, v := range q[0].Header {
@@ -653,13 +670,24 @@ func (st *Stream) postData(q []*broker.Message, batch bool) error {
 			h[HeaderSeq] = seq
 			f = &broker.Message{Header: h, Body: q[0].Body}
 		} else {
-			body := make([]byte, 0, size)
+			var body []byte
+			if bc, ok := st.s.(BodyCopier); ok && bc.PostCopiesBody() {
+				buf = batchBuffers.Get().(*[]byte)
+				body = (*buf)[:0]
+			} else {
+				body = make([]byte, 0, size)
+			}
 			for _, m := range q[:n] {
 				body = appendBatch(body, m)
 			}
 			f = &broker.Message{Header: broker.Header{HeaderStream: st.id, HeaderFrame: FrameBatch, HeaderSeq: seq}, Body: body}
 		}
-		if err := st.post(f); err != nil {
+		err := st.post(f)
+		if buf != nil {
+			*buf = f.Body[:0]
+			batchBuffers.Put(buf)
+		}
+		if err != nil {
 			return err
 		}
 		st.mu.Lock()
