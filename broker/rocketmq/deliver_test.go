@@ -216,7 +216,7 @@ func BenchmarkJournal(b *testing.B) {
 // waits (a handler calling its own service, say) still runs, after at most
 // soloWait, so nothing deadlocks.
 func TestSoloGate(t *testing.T) {
-	var g soloGate
+	g := newSoloGate()
 	ctx := context.Background()
 	leaveA := g.shared(ctx) // a delivery in flight
 
@@ -226,7 +226,14 @@ func TestSoloGate(t *testing.T) {
 		assert.True(t, alone, "the suspect never ran alone")
 		soloIn <- leave
 	}()
-	for g.wanted.Load() == 0 {
+	// Until the suspect holds the lane, a probe delivery runs at once;
+	// then it waits (for its 1 ms, the suspect waiting for A).
+	for range 1000 {
+		begin := time.Now()
+		g.lane.Shared(ctx, time.Millisecond)()
+		if time.Since(begin) >= time.Millisecond {
+			break
+		}
 		time.Sleep(time.Millisecond)
 	}
 	bIn := make(chan func())

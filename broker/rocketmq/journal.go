@@ -10,9 +10,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/mqrpc/mqrpc/broker/kernel"
 )
 
 // journal makes a delivery that crashed its server process count as a
@@ -307,53 +308,33 @@ func (j *journal) close() error {
 	return err
 }
 
-// soloGate runs a suspect alone among a server's deliveries, with every
-// wait bounded by soloWait, so that a handler that calls a service of the
-// same server while a suspect waits (or a suspect that calls one) delays
-// things by at most soloWait instead of deadlocking: after it, a suspect
-// runs beside the others and a delivery that waited for a suspect runs
-// anyway.
-type soloGate struct {
-	rw     sync.RWMutex
-	wanted atomic.Int32 // suspects waiting: deliveries hold back for them
-}
+// soloGate runs a suspect alone among a server's deliveries (a
+// kernel.Lane of its own per Serve), with every wait bounded by soloWait,
+// so that a handler that calls a service of the same server while a
+// suspect waits (or a suspect that calls one) delays things by at most
+// soloWait instead of deadlocking: after it, a suspect runs beside the
+// others and a delivery that waited for a suspect runs anyway.
+type soloGate struct{ lane *kernel.Lane }
+
+func newSoloGate() soloGate { return soloGate{lane: kernel.NewLane()} }
 
 // soloWait bounds every wait of soloGate.
 const soloWait = 5 * time.Second
 
-// solo waits (up to twice soloWait, so that deliveries held back for it
-// give up first, or until ctx ends) to run alone and returns the function
-// that ends the delivery; alone reports whether it got to (otherwise it
-// runs beside the others).
-func (g *soloGate) solo(ctx context.Context) (leave func(), alone bool) {
-	g.wanted.Add(1)
-	defer g.wanted.Add(-1)
-	deadline := time.Now().Add(2 * soloWait)
-	// Polled: a blocked Lock would hold back new readers without bound.
-	for !g.rw.TryLock() {
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return func() {}, false
-		}
-		time.Sleep(time.Millisecond)
+// solo waits (up to twice soloWait for another suspect, then as long for
+// the deliveries in flight, so that deliveries held back for it give up
+// first, or until ctx ends) to run alone and returns the function that
+// ends the delivery; alone reports whether it got to (otherwise it runs
+// beside the others).
+func (g soloGate) solo(ctx context.Context) (leave func(), alone bool) {
+	leave, alone, err := g.lane.Enter(ctx, 2*soloWait)
+	if err != nil {
+		return func() {}, false
 	}
-	return g.rw.Unlock, true
+	return leave, alone
 }
 
-// shared lets suspects waiting to run alone go first and waits for one
-// running, up to soloWait (or until ctx ends) in all, then runs beside the
-// other deliveries; it returns the function that ends the delivery.
-func (g *soloGate) shared(ctx context.Context) func() {
-	if g.wanted.Load() == 0 && g.rw.TryRLock() {
-		return g.rw.RUnlock
-	}
-	deadline := time.Now().Add(soloWait)
-	for {
-		if g.wanted.Load() == 0 && g.rw.TryRLock() {
-			return g.rw.RUnlock
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return func() {}
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
+// shared waits for a suspect running alone, up to soloWait (or until ctx
+// ends), then runs beside the other deliveries; it returns the function
+// that ends the delivery.
+func (g soloGate) shared(ctx context.Context) func() { return g.lane.Shared(ctx, soloWait) }

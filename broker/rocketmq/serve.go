@@ -265,6 +265,7 @@ func newSubscription(b *Broker, subject, topic, group string, h broker.Handler, 
 		retryTopic: retryTopicPrefix + group,
 		quit:       make(chan struct{}),
 		finished:   make(chan struct{}),
+		isolate:    newSoloGate(),
 	}
 	s.k = kernel.Serve[*delivery](s, subject, h, cfg, kernel.Options{Name: "rocketmq", Log: s.log, Streamer: b})
 	return s
@@ -431,10 +432,11 @@ func (s *subscription) deliver(queue primitive.MessageQueue, m *primitive.Messag
 		return level
 	}
 	if s.journal.suspected(m.MsgId) {
+		begin := time.Now()
 		leave, alone := s.isolate.solo(s.k.Context())
 		defer leave()
 		if !alone {
-			s.log.Warn("rocketmq: suspect could not run alone; running it beside others", "msgId", m.MsgId, "waited", 2*soloWait)
+			s.log.Warn("rocketmq: suspect could not run alone; running it beside others", "msgId", m.MsgId, "waited", time.Since(begin).Round(time.Millisecond))
 		}
 		// Commit the offsets of the messages settled so far first: if
 		// this one crashes the server again, they (and the copy of this
