@@ -18,7 +18,10 @@
 // ControlTopic, which cancels the handler's context.
 //
 // Clients connect to the name server and the broker directly (the 5.x proxy
-// does not forward replies).
+// does not forward replies). On a cluster of several masters a Broker
+// chooses the queue of each message itself: a send a dead master refused
+// goes to another at once, and the dead one is avoided (docs/PROTOCOL.md,
+// Several masters).
 //
 // Servers retry a failed delivery through the group's retry topic after
 // 1 s, 5 s, then every 10 s, and dead-letter it into %DLQ%<group> after
