@@ -294,3 +294,24 @@ func TestConsumeForgedReconsumeCount(t *testing.T) {
 	assert.NotContains(t, p, "RECONSUME_TIME")
 	assert.NotContains(t, p, "CLUSTER")
 }
+
+// A server refreshes its routes and rebalances every serveRefreshEvery
+// (rocketmq-client-go's own timers: 30 s and 20 s), so the queues of a
+// master that came back are pulled within seconds; the refreshes stop
+// before the consumer shuts down.
+func TestServeRefreshesRoutes(t *testing.T) {
+	s := testSubscription(t, func(context.Context, *broker.Message) (*broker.Message, error) { return nil, nil })
+	var refreshes atomic.Int32
+	s.hooks.refresh = func() { refreshes.Add(1) }
+	s.watchRoutes()
+	// Brokers avoid a master back in a route for avoidFor, to give the
+	// servers time to notice it.
+	require.Less(t, 2*serveRefreshEvery, avoidFor, "servers refresh too seldom for Brokers' avoidFor")
+	require.Eventually(t, func() bool { return refreshes.Load() >= 1 }, 7*time.Second, 10*time.Millisecond,
+		"no route refresh within 7 s")
+	s.k.Abort()
+	<-s.finish()
+	n := refreshes.Load()
+	time.Sleep(serveRefreshEvery + serveRefreshEvery/4)
+	assert.Equal(t, n, refreshes.Load(), "routes refreshed after the subscription finished")
+}
