@@ -78,7 +78,11 @@ func runRocketClusterKill(t *testing.T, target chaos.Target, cl *chaos.RocketMQC
 	// with their next route poll, up to 30 s after the kill.
 	res, killAt, backAfter := killUnderLoad(t, s, c, cb, subj, cl, pick, nil, rocketReturnLoad)
 	e := checkRecovery(t, s, "kill-master", res, killAt, rocketRecoverWithin, rocketFailuresEndWithin)
-	s.note("calls failed until %v after the master was back", (e.LastFailed - backAfter).Round(time.Millisecond))
+	if e.LastFailed > backAfter {
+		s.note("calls failed until %v after the master was back", (e.LastFailed - backAfter).Round(time.Millisecond))
+	} else {
+		s.note("no call started after the master was back failed")
+	}
 	t.Logf("failed calls by start, in seconds after the kill (back after %v): %s", backAfter.Round(time.Millisecond), failureTimeline(res.Times, killAt))
 }
 
