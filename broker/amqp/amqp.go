@@ -56,8 +56,9 @@ import (
 // concurrent use. Create it with New and release it with Close.
 type Broker struct {
 	urls []string
-	// next is the index in urls of the node the last connection went to:
-	// a reconnect tries it first.
+	// next is the index in urls of the node a dial tries first: the one
+	// the last connection went to, or after a lost connection the node
+	// after it (see supervise).
 	next atomic.Int32
 	cfg  config
 	amq  amqp091.Config
@@ -88,9 +89,12 @@ var _ broker.Broker = (*Broker)(nil)
 //
 // url may list the nodes of a cluster, separated by commas
 // ("amqp://u:p@host1:5672/,amqp://u:p@host2:5672/"): each connection
-// attempt (the first, and every reconnect) tries them in turn, from the
-// one that last worked, and takes the first that accepts; it fails only
-// when none does. Each URL keeps its own credentials and vhost.
+// attempt (the first, and every reconnect) tries them in turn and takes
+// the first that accepts; it fails only when none does. The first connect
+// starts with the first URL; after a lost connection the reconnect starts
+// with the node after the lost one, which it tries last (a dead host
+// would hold its dial for the dial timeout). Each URL keeps its own
+// credentials and vhost.
 func New(url string, opts ...Option) (*Broker, error) {
 	cfg := newConfig(opts)
 	b := &Broker{
@@ -141,8 +145,7 @@ func splitURLs(raw string) []string {
 	return parts
 }
 
-// dial connects to the first of b.urls that accepts, from the one that
-// last did.
+// dial connects to the first of b.urls that accepts, from b.next on.
 func (b *Broker) dial(amq amqp091.Config) (*amqp091.Connection, error) {
 	if len(b.urls) == 1 {
 		return amqp091.DialConfig(b.urls[0], amq)
@@ -600,6 +603,12 @@ func (b *Broker) supervise(s *session) {
 		b.ready = make(chan struct{})
 		b.mu.Unlock()
 		b.cfg.logger.Warn("amqp: connection lost; reconnecting")
+		// The node whose connection was lost is tried last: it may be
+		// dead, and a dead host (not only a dead process) holds a dial
+		// for the whole dial timeout.
+		if n := int32(len(b.urls)); n > 1 {
+			b.next.Store((b.next.Load() + 1) % n)
+		}
 
 		var err error
 		for attempt := 0; ; attempt++ {

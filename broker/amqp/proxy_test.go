@@ -28,6 +28,9 @@ type blackholeProxy struct {
 
 	mu    sync.Mutex
 	conns []*proxyConn
+	// hang makes new connections hang: accepted, never answered, as a
+	// host that is down behind a load balancer or a frozen node.
+	hang atomic.Bool
 }
 
 type proxyConn struct {
@@ -52,6 +55,12 @@ func (p *blackholeProxy) accept() {
 		c, err := p.ln.Accept()
 		if err != nil {
 			return
+		}
+		if p.hang.Load() {
+			p.mu.Lock()
+			p.conns = append(p.conns, &proxyConn{client: c, server: c})
+			p.mu.Unlock()
+			continue
 		}
 		s, err := net.Dial("tcp", p.target)
 		if err != nil {
@@ -95,6 +104,20 @@ func (p *blackholeProxy) silence() {
 	defer p.mu.Unlock()
 	for _, pc := range p.conns {
 		pc.silent.Store(true)
+	}
+}
+
+// die drops every current connection (RST) and makes new ones hang.
+func (p *blackholeProxy) die() {
+	p.hang.Store(true)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, pc := range p.conns {
+		if tc, ok := pc.client.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		_ = pc.client.Close()
+		_ = pc.server.Close()
 	}
 }
 
@@ -157,4 +180,46 @@ func TestSilentConnectionLoss(t *testing.T) {
 		_, err := client.Request(ctx, &broker.Message{Subject: subj, Body: []byte("after")})
 		return err == nil
 	}, 30*time.Second, 100*time.Millisecond, "the client did not reconnect after the silent loss")
+}
+
+// TestFailoverSkipsLostNode: the client, given two nodes, is connected to
+// the first when it dies in a way that makes new connections hang (its
+// host gone, not just its process). The reconnect goes to the second node
+// first, so calls succeed again at once instead of after a dial timeout
+// spent on the dead node.
+func TestFailoverSkipsLostNode(t *testing.T) {
+	base := testenv.AMQPURL(t)
+	u, err := url.Parse(base)
+	require.NoError(t, err)
+	dead, alive := newBlackholeProxy(t, u.Host), newBlackholeProxy(t, u.Host)
+	urlVia := func(p *blackholeProxy) string {
+		v := *u
+		v.Host = p.ln.Addr().String()
+		return v.String()
+	}
+
+	srv := open(t, base)
+	client := open(t, urlVia(dead)+","+urlVia(alive), amqp.WithDialTimeout(10*time.Second))
+	subj := "failover-" + broker.NewID()
+	serve(t, srv, subj, echo)
+	call := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := client.Request(ctx, &broker.Message{Subject: subj, Body: []byte("x")})
+		return err
+	}
+	require.NoError(t, call(), "a call through the first node")
+	dead.mu.Lock()
+	onDead := len(dead.conns)
+	dead.mu.Unlock()
+	require.Positive(t, onDead, "the client connected to the first node")
+
+	begin := time.Now()
+	dead.die()
+	for call() != nil {
+		require.Less(t, time.Since(begin), 5*time.Second,
+			"no call succeeded within 5s of the node's death (the dial timeout is 10s)")
+		time.Sleep(20 * time.Millisecond) // poll interval of a bounded wait
+	}
+	t.Logf("calls succeed again %v after the node died", time.Since(begin).Round(time.Millisecond))
 }

@@ -95,10 +95,12 @@ func (b *Broker) serveDurable(subject string, h broker.Handler, cfg broker.Serve
 	}
 	d.cc, err = cons.Consume(d.receive,
 		jetstream.PullMaxMessages(cfg.Concurrency),
-		// Short pulls with heartbeats: a pull lost in a server restart
-		// is noticed and renewed within seconds, not half a minute.
+		// Short pulls with frequent heartbeats: a pull lost in a server
+		// restart, or with a consumer leader that died, is noticed (two
+		// heartbeats missed) and renewed within a second, not half a
+		// minute.
 		jetstream.PullExpiry(pullExpiry),
-		jetstream.PullHeartbeat(pullExpiry/5),
+		jetstream.PullHeartbeat(pullHeartbeat),
 		jetstream.ConsumeErrHandler(d.onConsumeError))
 	if err != nil {
 		d.stop()
@@ -106,12 +108,7 @@ func (b *Broker) serveDurable(subject string, h broker.Handler, cfg broker.Serve
 	}
 	d.closed = d.cc.Closed()
 	d.sub = kernel.Serve[*jsDelivery](d, subject, h, cfg, kernel.Options{Name: "nats", Log: b.log, Streamer: b})
-	if d.cancels, err = b.listenCancels(subject, d.sub.Cancel); err != nil {
-		d.abort()
-		return nil, err
-	}
-	if err := b.started(d); err != nil {
-		d.abort()
+	if err := b.launch(d, subject, d.sub.Cancel, &d.cancels); err != nil {
 		return nil, err
 	}
 	return d.sub, nil

@@ -20,8 +20,13 @@ import (
 // first durable publish.
 const setupTimeout = 10 * time.Second
 
-// pullExpiry is how long one pull request of a server waits for messages.
-const pullExpiry = 10 * time.Second
+// pullExpiry is how long one pull request of a server waits for messages;
+// pullHeartbeat how often the consumer tells an idle server it is alive
+// (the least nats.go allows).
+const (
+	pullExpiry    = 10 * time.Second
+	pullHeartbeat = 500 * time.Millisecond
+)
 
 // jetStream is what a Broker in durable mode keeps besides its
 // connection: the JetStream client, the streams (made once, on first
@@ -38,10 +43,16 @@ type jetStream struct {
 
 	kvMu sync.Mutex
 	kv   jetstream.KeyValue
+
+	connMu  sync.Mutex
+	conn    context.Context // of the current connection: ends when it drops
+	connEnd context.CancelFunc
 }
 
 func newJetStream(cfg JetStreamConfig, js jetstream.JetStream, log *slog.Logger) *jetStream {
-	return &jetStream{cfg: cfg, js: js, log: log, streamSetup: make(chan struct{}, 1)}
+	b := &jetStream{cfg: cfg, js: js, log: log, streamSetup: make(chan struct{}, 1)}
+	b.conn, b.connEnd = context.WithCancel(context.Background())
+	return b
 }
 
 // ensureStreams creates the request and dead-letter streams when missing.
@@ -163,7 +174,7 @@ func (b *jetStream) publish(ctx context.Context, m *natsgo.Msg, deadline time.Ti
 		return mapJSError(err)
 	}
 	b.ttlHeader(m, deadline)
-	if _, err := b.js.PublishMsg(ctx, m); err != nil {
+	if err := b.publishAttempts(ctx, m); err != nil {
 		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, natsgo.ErrNoResponders) {
 			// The stream is gone (deleted, or a memory stream lost in a
 			// server restart): make it again on the next call.
@@ -174,6 +185,51 @@ func (b *jetStream) publish(ctx context.Context, m *natsgo.Msg, deadline time.Ti
 		return mapJSError(err)
 	}
 	return nil
+}
+
+// publishAttempts publishes m until the stream acknowledges it, an attempt
+// fails otherwise, or ctx ends (or, when ctx has no deadline, the default
+// publish timeout passed). One attempt waits at most
+// JetStreamConfig.PublishAttempt: a stream whose leader died never
+// answers, nor does one whose acknowledgement was on its way when the
+// connection dropped, and the next attempt reaches the new leader (or goes
+// out on the new connection) as soon as there is one. An attempt on a
+// connection that drops ends at once. Every attempt carries the same
+// Nats-Msg-Id, so the stream stores the message once however many
+// attempts reach it.
+func (b *jetStream) publishAttempts(ctx context.Context, m *natsgo.Msg) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, b.js.Options().DefaultTimeout)
+		defer cancel()
+	}
+	for {
+		actx, cancel := context.WithTimeout(ctx, b.cfg.PublishAttempt)
+		stop := context.AfterFunc(b.connCtx(), cancel)
+		_, err := b.js.PublishMsg(actx, m)
+		stop()
+		cancel()
+		if err == nil || ctx.Err() != nil || actx.Err() == nil {
+			return err
+		}
+		// The attempt timed out, or its connection dropped: try again.
+	}
+}
+
+// connCtx is cancelled when the connection drops (see disconnected).
+func (b *jetStream) connCtx() context.Context {
+	b.connMu.Lock()
+	defer b.connMu.Unlock()
+	return b.conn
+}
+
+// disconnected ends the publish attempts waiting on the connection that
+// dropped: their acknowledgements will not come.
+func (b *jetStream) disconnected() {
+	b.connMu.Lock()
+	defer b.connMu.Unlock()
+	b.connEnd()
+	b.conn, b.connEnd = context.WithCancel(context.Background())
 }
 
 // JetStream API error codes the library has no names for.

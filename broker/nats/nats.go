@@ -146,6 +146,9 @@ func (b *Broker) onDisconnect(_ *natsgo.Conn, err error) {
 		return
 	}
 	n := b.mux.failAll(broker.ErrDisconnected)
+	if b.js != nil {
+		b.js.disconnected()
+	}
 	b.log.Warn("nats: disconnected", "error", err, "failed_calls", n)
 }
 

@@ -208,6 +208,14 @@ type JetStreamConfig struct {
 	// with the streams' storage. Default Stream + "_DELIVERIES", with
 	// characters a bucket name cannot hold replaced by "_".
 	DeliveryBucket string
+	// PublishAttempt bounds how long one attempt to store a message waits
+	// for the stream's acknowledgement before the message is published
+	// again (with the same Nats-Msg-Id: the stream stores it once).
+	// Attempts go on until the caller's ctx ends. A stream whose leader
+	// died does not answer until its replicas elected another, and a
+	// short attempt reaches the new leader soon after; an attempt whose
+	// connection dropped ends at once. Default 1s.
+	PublishAttempt time.Duration
 }
 
 func (c JetStreamConfig) withDefaults() JetStreamConfig {
@@ -237,6 +245,9 @@ func (c JetStreamConfig) withDefaults() JetStreamConfig {
 	}
 	if c.Replicas <= 0 {
 		c.Replicas = 1
+	}
+	if c.PublishAttempt <= 0 {
+		c.PublishAttempt = time.Second
 	}
 	if c.DeliveryBucket == "" {
 		c.DeliveryBucket = strings.Map(func(r rune) rune {

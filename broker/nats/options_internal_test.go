@@ -29,7 +29,7 @@ func TestConfigDefaults(t *testing.T) {
 		Stream: "MQRPC", SubjectPrefix: "jobs", MaxDeliver: 5, AckWait: 30 * time.Second,
 		DeadLetterPrefix: "mqrpc.dead", DeadLetterStream: "MQRPC_DEAD",
 		DuplicateWindow: 2 * time.Minute, InactiveThreshold: time.Hour, Replicas: 1,
-		DeliveryBucket: "MQRPC_DELIVERIES",
+		DeliveryBucket: "MQRPC_DELIVERIES", PublishAttempt: time.Second,
 	}, *c.js)
 
 	c, err = newConfig("", []Option{WithJetStream(JetStreamConfig{Stream: "jobs:v1"})})

@@ -73,17 +73,33 @@ func (b *Broker) serveCore(subject, queue string, h broker.Handler, cfg broker.S
 	}
 	d := &coreDriver{b: b, subject: subject, nsub: nsub}
 	d.sub = kernel.Serve[*natsgo.Msg](d, subject, h, cfg, kernel.Options{Name: "nats", Log: b.log, Streamer: b})
+	var listen **natsgo.Subscription
 	if cancels {
-		if d.cancels, err = b.listenCancels(subject, d.sub.Cancel); err != nil {
-			d.abort()
-			return nil, err
-		}
+		listen = &d.cancels
 	}
-	if err := b.started(d); err != nil {
-		d.abort()
+	if err := b.launch(d, subject, d.sub.Cancel, listen); err != nil {
 		return nil, err
 	}
 	return d.sub, nil
+}
+
+// launch finishes the start of server s, whose kernel subscription runs:
+// with cancels not nil it subscribes to the cancel notices of subject
+// (stored in *cancels, handed to cancel), then registers s with the
+// broker (started). On an error it aborts s.
+func (b *Broker) launch(s server, subject string, cancel func(id string), cancels **natsgo.Subscription) error {
+	if cancels != nil {
+		var err error
+		if *cancels, err = b.listenCancels(subject, cancel); err != nil {
+			s.abort()
+			return err
+		}
+	}
+	if err := b.started(s); err != nil {
+		s.abort()
+		return err
+	}
+	return nil
 }
 
 // listenCancels subscribes to the cancel notices of subject's requests.

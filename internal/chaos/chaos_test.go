@@ -305,6 +305,10 @@ type scenario struct {
 	// drained is true when the scenario already waited for the accepted
 	// requests to be served.
 	drained bool
+	// minDown is the least time a cluster scenario keeps its killed node
+	// down (killUnderLoad): longer than the recovery it asserts, so that
+	// the node's return does not stand in for the failover.
+	minDown time.Duration
 }
 
 func newScenario(t *testing.T, target chaos.Target, name string) *scenario {

@@ -91,7 +91,8 @@ func StartRabbitMQCluster(dir string, size int) (*RabbitMQCluster, error) {
 func (c *RabbitMQCluster) nodeDir(i int) string { return filepath.Join(c.dir, "n"+strconv.Itoa(i+1)) }
 
 func (c *RabbitMQCluster) spawn(i int) error {
-	p, err := startProc(c.nodeDir(i), "server.log", c.env[i], "/usr/lib/rabbitmq/bin/rabbitmq-server")
+	bin, args := nofileRaised("/usr/lib/rabbitmq/bin/rabbitmq-server")
+	p, err := startProc(c.nodeDir(i), "server.log", c.env[i], bin, args...)
 	if err != nil {
 		return err
 	}

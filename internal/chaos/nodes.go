@@ -195,6 +195,16 @@ type proc struct {
 	log    string
 }
 
+// nofileRaised is the command line that runs bin with args with the
+// soft open-files limit raised to the hard limit, as scripts/brokers
+// starts its RabbitMQ nodes (see rabbitmq_nofile there): Go restores the
+// soft limit the test process started with (often 1024) in every child,
+// and with 1024 RabbitMQ's file handle cache runs dry once a few hundred
+// queues exist. The shell execs bin, so the process started is bin's.
+func nofileRaised(bin string, args ...string) (string, []string) {
+	return "/bin/sh", append([]string{"-c", `ulimit -Sn "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@"`, bin}, args...)
+}
+
 // startProc starts bin with args in dir, output appended to logName.
 func startProc(dir, logName string, env []string, bin string, args ...string) (*proc, error) {
 	logPath := filepath.Join(dir, logName)
@@ -470,7 +480,8 @@ func (n *Node) setupRabbitMQ() error {
 	n.Addr, n.port = "amqp://guest:guest@127.0.0.1:"+strconv.Itoa(port)+"/", port
 	n.restartRoles = []string{KindRabbitMQ}
 	n.start = func(role string) error {
-		p, err := startProc(n.dir, "server.log", env, serverBin)
+		bin, args := nofileRaised(serverBin)
+		p, err := startProc(n.dir, "server.log", env, bin, args...)
 		if err != nil {
 			return err
 		}

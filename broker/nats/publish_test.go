@@ -1,0 +1,69 @@
+package nats_test
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mqrpc/mqrpc/broker"
+	natsbroker "github.com/mqrpc/mqrpc/broker/nats"
+	"github.com/mqrpc/mqrpc/internal/testenv"
+)
+
+// TestPublishAttempts: a durable publish the stream does not acknowledge
+// (its leader died, or the acknowledgement was lost) is published again
+// after JetStreamConfig.PublishAttempt with the same Nats-Msg-Id, so it is
+// stored as soon as the stream answers again instead of failing at the
+// caller's deadline. The "stream" here is a plain subscriber that ignores
+// the first attempt and acknowledges the second.
+func TestPublishAttempts(t *testing.T) {
+	url := testenv.NATSURL(t)
+	const attempt = 300 * time.Millisecond
+	cfg := testJetStream(t, url, func(c *natsbroker.JetStreamConfig) { c.PublishAttempt = attempt })
+
+	nc, err := natsgo.Connect(url)
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	ctx := ctxTimeout(t, 10*time.Second)
+	// The broker uses existing streams as they are: these capture other
+	// subjects, so the subscriber below answers for the request stream.
+	for _, name := range []string{cfg.Stream, cfg.Stream + "_DEAD"} {
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{"decoy_" + name}, Storage: jetstream.MemoryStorage})
+		require.NoError(t, err)
+	}
+	var (
+		mu   sync.Mutex
+		ids  []string
+		seen []time.Time
+	)
+	sub, err := nc.Subscribe(cfg.SubjectPrefix+".>", func(m *natsgo.Msg) {
+		mu.Lock()
+		defer mu.Unlock()
+		ids, seen = append(ids, m.Header.Get(natsbroker.HeaderMsgID)), append(seen, time.Now())
+		if len(ids) > 1 {
+			_ = m.Respond([]byte(`{"stream":"` + cfg.Stream + `","seq":1}`))
+		}
+	})
+	require.NoError(t, err)
+	defer func() { _ = sub.Unsubscribe() }()
+	require.NoError(t, nc.Flush())
+
+	b := newBroker(t, url, natsbroker.WithJetStream(cfg))
+	begin := time.Now()
+	require.NoError(t, b.Send(ctx, &broker.Message{ID: "m1", Subject: "jobs", Body: []byte("x")}))
+	took := time.Since(begin)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, ids, 2, "attempts that reached the stream")
+	assert.Equal(t, ids[0], ids[1], "every attempt carries the same Nats-Msg-Id")
+	assert.GreaterOrEqual(t, seen[1].Sub(seen[0]), attempt-50*time.Millisecond, "the second attempt came before the first's wait ended")
+	assert.Less(t, took, 5*time.Second, "the send waited past its second attempt")
+	t.Logf("stored %v after the send began (attempts %v apart)", took.Round(time.Millisecond), seen[1].Sub(seen[0]).Round(time.Millisecond))
+}
