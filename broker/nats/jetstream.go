@@ -208,8 +208,9 @@ func (b *jetStream) publishAttempts(ctx context.Context, m *natsgo.Msg) error {
 		stop := context.AfterFunc(b.connCtx(), cancel)
 		_, err := b.js.PublishMsg(actx, m)
 		stop()
+		ended := actx.Err() != nil // timed out, or the connection dropped
 		cancel()
-		if err == nil || ctx.Err() != nil || actx.Err() == nil {
+		if err == nil || ctx.Err() != nil || !ended {
 			return err
 		}
 		// The attempt timed out, or its connection dropped: try again.

@@ -39,13 +39,19 @@ func TestPublishAttempts(t *testing.T) {
 		require.NoError(t, err)
 	}
 	var (
-		mu   sync.Mutex
-		ids  []string
-		seen []time.Time
+		mu      sync.Mutex
+		ids     []string
+		seen    []time.Time
+		refused int
 	)
 	sub, err := nc.Subscribe(cfg.SubjectPrefix+".>", func(m *natsgo.Msg) {
 		mu.Lock()
 		defer mu.Unlock()
+		if m.Subject == cfg.SubjectPrefix+".refused" {
+			refused++
+			_ = m.Respond([]byte(`{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}`))
+			return
+		}
 		ids, seen = append(ids, m.Header.Get(natsbroker.HeaderMsgID)), append(seen, time.Now())
 		if len(ids) > 1 {
 			_ = m.Respond([]byte(`{"stream":"` + cfg.Stream + `","seq":1}`))
@@ -65,5 +71,14 @@ func TestPublishAttempts(t *testing.T) {
 	assert.Equal(t, ids[0], ids[1], "every attempt carries the same Nats-Msg-Id")
 	assert.GreaterOrEqual(t, seen[1].Sub(seen[0]), attempt-50*time.Millisecond, "the second attempt came before the first's wait ended")
 	assert.Less(t, took, 5*time.Second, "the send waited past its second attempt")
+	mu.Unlock()
+
+	// A refusal is an answer: not tried again.
+	begin = time.Now()
+	err = b.Send(ctx, &broker.Message{ID: "m2", Subject: "refused", Body: []byte("x")})
+	require.ErrorIs(t, err, broker.ErrMessageTooLarge)
+	assert.Less(t, time.Since(begin), attempt, "a refused publish was tried again")
+	mu.Lock()
+	assert.Equal(t, 1, refused, "attempts of a refused publish")
 	t.Logf("stored %v after the send began (attempts %v apart)", took.Round(time.Millisecond), seen[1].Sub(seen[0]).Round(time.Millisecond))
 }

@@ -50,6 +50,7 @@
 package natskv
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -216,6 +217,11 @@ func (s *Store) Claim(ctx context.Context, key string, lease time.Duration) (mid
 		if err != nil {
 			return middleware.DedupClaim{}, fmt.Errorf("natskv: claim %q: %w", key, err)
 		}
+		if bytes.Equal(e.Value(), value) {
+			// An attempt that timed out was stored after all (see
+			// writes): the claim is this call's own.
+			return s.claimed(key, k, value, e.Revision(), lease), nil
+		}
 		rec, err := record.Parse(e.Value())
 		if err != nil {
 			return middleware.DedupClaim{}, fmt.Errorf("natskv: claim %q: key %q: %w", key, k, err)
@@ -256,17 +262,53 @@ func claimTTL(lease time.Duration) time.Duration {
 	return (lease + time.Second - 1).Truncate(time.Second)
 }
 
+// writeAttempt bounds one attempt of a write to the bucket (a claim, a
+// renewal, an outcome, a release). A bucket whose stream leader died does
+// not answer until its replicas elected another (seconds, in a cluster); a
+// write that waited for its caller's deadline would hold its request that
+// long after the new leader is there. See writes.
+const writeAttempt = time.Second
+
+// writes runs the write f in attempts of at most writeAttempt until one
+// is answered (stored, or refused) or ctx ends; without a deadline in ctx,
+// for the JetStream client's default timeout. An attempt that timed out
+// may have been stored all the same: a claim or renewal that finds the
+// key changed recognises its own value (unique to the claim), an outcome
+// is put again, a release finds the claim gone.
+func writes[T any](ctx context.Context, js jetstream.JetStream, f func(context.Context) (T, error)) (T, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, js.Options().DefaultTimeout)
+		defer cancel()
+	}
+	for {
+		actx, cancel := context.WithTimeout(ctx, writeAttempt)
+		v, err := f(actx)
+		timedOut := actx.Err() != nil
+		cancel()
+		if err == nil || ctx.Err() != nil || !timedOut {
+			return v, err
+		}
+	}
+}
+
 // create puts a claim on k when k holds nothing (or a delete marker).
 func (s *Store) create(ctx context.Context, k string, value []byte, lease time.Duration) (uint64, error) {
-	if s.put == "" {
-		return s.kv.Create(ctx, k, value)
-	}
-	return s.kv.Create(ctx, k, value, jetstream.KeyTTL(claimTTL(lease)))
+	return writes(ctx, s.js, func(ctx context.Context) (uint64, error) {
+		if s.put == "" {
+			return s.kv.Create(ctx, k, value)
+		}
+		return s.kv.Create(ctx, k, value, jetstream.KeyTTL(claimTTL(lease)))
+	})
 }
 
 // update puts a claim on k in place of its revision rev: a renewal, or
 // the takeover of a dead claim.
 func (s *Store) update(ctx context.Context, k string, value []byte, rev uint64, lease time.Duration) (uint64, error) {
+	return writes(ctx, s.js, func(ctx context.Context) (uint64, error) { return s.updateOnce(ctx, k, value, rev, lease) })
+}
+
+func (s *Store) updateOnce(ctx context.Context, k string, value []byte, rev uint64, lease time.Duration) (uint64, error) {
 	if s.put == "" {
 		return s.kv.Update(ctx, k, value, rev)
 	}
@@ -333,7 +375,8 @@ func (s *Store) Load(ctx context.Context, key string) (*broker.Message, bool, er
 // Store implements middleware.DedupStore: it puts the outcome of key,
 // claimed or not, kept for the bucket's TTL.
 func (s *Store) Store(ctx context.Context, key string, reply *broker.Message) error {
-	if _, err := s.kv.Put(ctx, bucketKey(key), record.Outcome(reply)); err != nil {
+	k, value := bucketKey(key), record.Outcome(reply)
+	if _, err := writes(ctx, s.js, func(ctx context.Context) (uint64, error) { return s.kv.Put(ctx, k, value) }); err != nil {
 		return fmt.Errorf("natskv: store %q: %w", key, err)
 	}
 	return nil
@@ -352,6 +395,12 @@ type claim struct {
 
 func (c *claim) Renew(ctx context.Context) error {
 	rev, err := c.s.update(ctx, c.k, c.value, c.rev, c.lease)
+	if conflict(err) {
+		// Still this claim when an attempt that timed out was stored.
+		if e, gerr := c.s.kv.Get(ctx, c.k); gerr == nil && bytes.Equal(e.Value(), c.value) {
+			rev, err = e.Revision(), nil
+		}
+	}
 	if conflict(err) || errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("natskv: renew claim of %q: %w", c.key, middleware.ErrDedupLeaseLost)
 	}
@@ -367,7 +416,9 @@ func (c *claim) Commit(ctx context.Context, reply *broker.Message) error {
 }
 
 func (c *claim) Release(ctx context.Context) error {
-	err := c.s.kv.Delete(ctx, c.k, jetstream.LastRevision(c.rev))
+	_, err := writes(ctx, c.s.js, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, c.s.kv.Delete(ctx, c.k, jetstream.LastRevision(c.rev))
+	})
 	if err != nil && !conflict(err) {
 		return fmt.Errorf("natskv: release claim of %q: %w", c.key, err)
 	}
