@@ -94,7 +94,7 @@ func decodeBatch(body []byte) ([]*broker.Message, error) {
 		if nh := r.uvarint(); nh > 0 {
 			m.Header = make(broker.Header, nh)
 			for i := 0; i < nh && r.err == nil; i++ {
-				k := string(r.bytes())
+				k := strings.ToLower(string(r.bytes())) // as every broker delivers header names
 				m.Header[k] = string(r.bytes())
 			}
 		}
