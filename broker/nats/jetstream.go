@@ -194,7 +194,8 @@ func (b *jetStream) publish(ctx context.Context, m *natsgo.Msg, deadline time.Ti
 // answers, nor does one whose acknowledgement was on its way when the
 // connection dropped, and the next attempt reaches the new leader (or goes
 // out on the new connection) as soon as there is one. An attempt on a
-// connection that drops ends at once. Every attempt carries the same
+// connection that drops ends at once, and while the connection is down
+// the next waits for it. Every attempt carries the same
 // Nats-Msg-Id, so the stream stores the message once however many
 // attempts reach it.
 func (b *jetStream) publishAttempts(ctx context.Context, m *natsgo.Msg) error {
@@ -210,10 +211,42 @@ func (b *jetStream) publishAttempts(ctx context.Context, m *natsgo.Msg) error {
 		stop()
 		ended := actx.Err() != nil // timed out, or the connection dropped
 		cancel()
-		if err == nil || ctx.Err() != nil || !ended {
+		if err == nil || ctx.Err() != nil {
 			return err
 		}
-		// The attempt timed out, or its connection dropped: try again.
+		if !ended && !reconnecting(err) {
+			return err
+		}
+		// The attempt timed out, or its connection dropped: try again,
+		// once there is a connection again.
+		if !b.awaitConnection(ctx) {
+			return err
+		}
+	}
+}
+
+// reconnecting reports an error of a publish made while the connection
+// was down.
+func reconnecting(err error) bool {
+	return errors.Is(err, natsgo.ErrDisconnected) || errors.Is(err, natsgo.ErrConnectionReconnecting)
+}
+
+// awaitConnection waits until the connection is up, or reports false when
+// ctx ended or the connection was closed first.
+func (b *jetStream) awaitConnection(ctx context.Context) bool {
+	nc := b.js.Conn()
+	for {
+		switch nc.Status() {
+		case natsgo.CONNECTED:
+			return true
+		case natsgo.CLOSED:
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(20 * time.Millisecond): // poll interval of a bounded wait
+		}
 	}
 }
 
