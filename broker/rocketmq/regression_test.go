@@ -210,12 +210,26 @@ func TestUpstreamRequestIgnoresCtx(t *testing.T) {
 		return nil, ctx.Err()
 	})
 	p := rawProducer(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	time.AfterFunc(100*time.Millisecond, cancel)
-	start := time.Now()
-	_, err := p.Request(ctx, 2*time.Second, primitive.NewMessage(subj, []byte("x")))
-	assert.Error(t, err)
-	assert.Greater(t, time.Since(start), 1500*time.Millisecond, "upstream Request now honours ctx (or failed at once: %v)", err)
+	// An attempt that fails at once with an error other than the ctx's
+	// (a send error on a loaded machine, say) says nothing about ctx
+	// handling: try again, a bounded number of times.
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(100*time.Millisecond, cancel)
+		start := time.Now()
+		_, err := p.Request(ctx, 2*time.Second, primitive.NewMessage(subj, []byte("x")))
+		took := time.Since(start)
+		cancel()
+		require.Error(t, err)
+		if took > 1500*time.Millisecond {
+			return // still ignores ctx: the workaround in Broker.Request is needed
+		}
+		require.NotErrorIs(t, err, context.Canceled, "upstream Request now honours ctx (after %v)", took)
+		if attempt == 3 {
+			t.Fatalf("upstream Request failed at once %d times, last after %v: %v", attempt, took, err)
+		}
+		t.Logf("attempt %d failed at once (%v): %v; trying again", attempt, took, err)
+	}
 }
 
 // Upstream's Request swallows a send error until its timeout. mqrpc
