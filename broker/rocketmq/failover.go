@@ -211,9 +211,7 @@ func (b *Broker) refreshRoutesSoon() {
 	if b.hooks.refresh == nil {
 		return
 	}
-	now := time.Now().UnixNano()
-	last := b.lastRefresh.Load()
-	if now-last < int64(refreshEvery) || !b.lastRefresh.CompareAndSwap(last, now) {
+	if !b.refreshes.pass(refreshEvery) {
 		return
 	}
 	b.mu.Lock()

@@ -159,15 +159,15 @@ type Broker struct {
 	producer rocketProducer
 	// hooks reach into the client (see clientHooks); topics holds a
 	// *topicInit per topic requested so far.
-	hooks         clientHooks
-	topics        sync.Map
-	lastHeartbeat atomic.Int64
+	hooks      clientHooks
+	topics     sync.Map
+	heartbeats gate // heartbeatSoon: at most one a second
 	// faults chooses the producer's queues, avoiding unreachable masters
-	// (failover.go); lastRefresh is when a failed send last refreshed the
-	// routes, and background holds those refreshes.
-	faults      *faultSelector
-	lastRefresh atomic.Int64
-	background  sync.WaitGroup
+	// (failover.go); refreshes lets a failed send refresh the routes at
+	// most once every refreshEvery, and background holds those refreshes.
+	faults     *faultSelector
+	refreshes  gate
+	background sync.WaitGroup
 
 	// ctx is cancelled by Close: it ends handler contexts and waits.
 	ctx    context.Context
@@ -462,12 +462,22 @@ func (b *Broker) heartbeatSoon() {
 	if b.hooks.heartbeat == nil || b.isClosed() {
 		return
 	}
-	now := time.Now().UnixNano()
-	last := b.lastHeartbeat.Load()
-	if now-last < int64(time.Second) || !b.lastHeartbeat.CompareAndSwap(last, now) {
+	if !b.heartbeats.pass(time.Second) {
 		return
 	}
 	go b.hooks.heartbeat()
+}
+
+// gate lets one call through per interval, to however many goroutines
+// try at once.
+type gate struct{ last atomic.Int64 }
+
+// pass reports whether the caller may go: no one passed in the last
+// every.
+func (g *gate) pass(every time.Duration) bool {
+	now := time.Now().UnixNano()
+	last := g.last.Load()
+	return now-last >= int64(every) && g.last.CompareAndSwap(last, now)
 }
 
 // sendError classifies an error of the client's send path.
