@@ -169,25 +169,33 @@ func target(t *mqrpcTarget, err error) (harness.Target, error) {
 // with the configured codec (newMQRPC). A failure closes what was opened;
 // the target's Close closes both connections.
 func (c Config) newTarget(raw bool, service string, open func(name string) (broker.Broker, error)) (*mqrpcTarget, error) {
+	return withPair(open, func(cliB, srvB broker.Broker) (*mqrpcTarget, error) {
+		if raw {
+			return newMQRPCRaw(cliB, srvB, service, cliB.Close, srvB.Close)
+		}
+		return newMQRPC(c.Codec, cliB, srvB, service, cliB.Close, srvB.Close)
+	})
+}
+
+// withPair opens the server's and the client's connection with open
+// ("mqbench-server", "mqbench-client") and passes them to serve; when
+// serve fails, both are closed.
+func withPair[T any](open func(name string) (broker.Broker, error), serve func(cliB, srvB broker.Broker) (T, error)) (T, error) {
+	var zero T
 	srvB, err := open("mqbench-server")
 	if err != nil {
-		return nil, err
+		return zero, err
 	}
 	cliB, err := open("mqbench-client")
 	if err != nil {
 		_ = srvB.Close()
-		return nil, err
+		return zero, err
 	}
-	var t *mqrpcTarget
-	if raw {
-		t, err = newMQRPCRaw(cliB, srvB, service, cliB.Close, srvB.Close)
-	} else {
-		t, err = newMQRPC(c.Codec, cliB, srvB, service, cliB.Close, srvB.Close)
-	}
+	t, err := serve(cliB, srvB)
 	if err != nil {
 		_ = cliB.Close()
 		_ = srvB.Close()
-		return nil, err
+		return zero, err
 	}
 	return t, nil
 }

@@ -110,27 +110,6 @@ func newEngineTarget(msgs int, subject string, open func(name string) (broker.Br
 	})
 }
 
-// withPair opens the server's and the client's connection with open and
-// passes them to serve; when serve fails, both are closed.
-func withPair(open func(name string) (broker.Broker, error), serve func(cliB, srvB broker.Broker) (harness.Target, error)) (harness.Target, error) {
-	srvB, err := open("mqbench-server")
-	if err != nil {
-		return nil, err
-	}
-	cliB, err := open("mqbench-client")
-	if err != nil {
-		_ = srvB.Close()
-		return nil, err
-	}
-	t, err := serve(cliB, srvB)
-	if err != nil {
-		_ = cliB.Close()
-		_ = srvB.Close()
-		return nil, err
-	}
-	return t, nil
-}
-
 // stopper returns a function stopping sub.
 func stopper(sub broker.Subscription) func() error {
 	return func() error {
