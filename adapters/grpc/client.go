@@ -45,6 +45,10 @@ type ClientConn struct {
 
 var _ grpc.ClientConnInterface = (*ClientConn)(nil)
 
+// clientCodec is the codec of a ClientConn's calls and streams when no
+// call option (grpc.CallContentSubtype, grpc.ForceCodec...) names another.
+var clientCodec codec.Codec = protocodec.Codec{}
+
 // NewClientConn returns a ClientConn whose calls go through b.
 func NewClientConn(b broker.Broker, opts ...ClientOption) *ClientConn {
 	cfg := clientConfig{subject: defaultSubject, timeout: 30 * time.Second}
@@ -53,7 +57,7 @@ func NewClientConn(b broker.Broker, opts ...ClientOption) *ClientConn {
 	}
 	return &ClientConn{
 		client: rpc.NewClient(b,
-			rpc.WithCodec(protocodec.Codec{}),
+			rpc.WithCodec(clientCodec),
 			rpc.WithTimeout(cfg.timeout),
 			rpc.WithClientMiddleware(cfg.middleware...)),
 		subject:     cfg.subject,

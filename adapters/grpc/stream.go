@@ -15,7 +15,6 @@ import (
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/stream"
 	"github.com/mqrpc/mqrpc/codec"
-	protocodec "github.com/mqrpc/mqrpc/codec/proto"
 	"github.com/mqrpc/mqrpc/rpc"
 )
 
@@ -66,7 +65,7 @@ func (cc *ClientConn) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *g
 	}
 	cd := co.cd
 	if cd == nil {
-		cd = protocodec.Codec{} // the ClientConn's rpc.Client's
+		cd = clientCodec
 	}
 	callOpts := cc.rpcCallOptions(ctx, co, method, service, name, nil)
 	mh := method
