@@ -62,8 +62,8 @@ func NewClientConn(b broker.Broker, opts ...ClientOption) *ClientConn {
 			rpc.WithClientMiddleware(cfg.middleware...)),
 		subject:     cfg.subject,
 		short:       cfg.shortMethods,
-		interceptor: chainClientInterceptors(cfg.interceptors),
-		streamInt:   chainStreamClientInterceptors(cfg.streamInts),
+		interceptor: chain(cfg.interceptors, joinUnaryClient),
+		streamInt:   chain(cfg.streamInts, joinStreamClient),
 		callOptions: cfg.callOptions,
 	}
 }
@@ -246,28 +246,4 @@ func splitMethod(fullMethod string) (service, method string, ok bool) {
 		return "", "", false
 	}
 	return s[:i], s[i+1:], true
-}
-
-// chainClientInterceptors returns one interceptor running all of is, the
-// first outermost, or nil for none.
-func chainClientInterceptors(is []grpc.UnaryClientInterceptor) grpc.UnaryClientInterceptor {
-	switch len(is) {
-	case 0:
-		return nil
-	case 1:
-		return is[0]
-	}
-	is = append([]grpc.UnaryClientInterceptor(nil), is...)
-	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		return is[0](ctx, method, req, reply, cc, chainedInvoker(is, 1, invoker), opts...)
-	}
-}
-
-func chainedInvoker(is []grpc.UnaryClientInterceptor, i int, final grpc.UnaryInvoker) grpc.UnaryInvoker {
-	if i == len(is) {
-		return final
-	}
-	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
-		return is[i](ctx, method, req, reply, cc, chainedInvoker(is, i+1, final), opts...)
-	}
 }

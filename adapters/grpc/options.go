@@ -1,6 +1,7 @@
 package grpc
 
 import (
+	"context"
 	"time"
 
 	"google.golang.org/grpc"
@@ -145,4 +146,52 @@ func WithStreamServerInterceptor(interceptors ...grpc.StreamServerInterceptor) S
 // appends. Default: none.
 func WithServerMiddleware(mw ...rpc.Middleware) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.middleware = append(c.middleware, mw...) })
+}
+
+// chain returns one interceptor running all of is, the first outermost (as
+// grpc-go's chaining options do), or nil for none. join(outer, inner)
+// makes the interceptor that runs outer with inner between it and the
+// handler; the four kinds below differ only in that.
+func chain[I any](is []I, join func(outer, inner I) I) I {
+	if len(is) == 0 {
+		var none I
+		return none
+	}
+	c := is[len(is)-1]
+	for i := len(is) - 2; i >= 0; i-- {
+		c = join(is[i], c)
+	}
+	return c
+}
+
+func joinUnaryClient(outer, inner grpc.UnaryClientInterceptor) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		return outer(ctx, method, req, reply, cc, func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+			return inner(ctx, method, req, reply, cc, invoker, opts...)
+		}, opts...)
+	}
+}
+
+func joinStreamClient(outer, inner grpc.StreamClientInterceptor) grpc.StreamClientInterceptor {
+	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		return outer(ctx, desc, cc, method, func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			return inner(ctx, desc, cc, method, streamer, opts...)
+		}, opts...)
+	}
+}
+
+func joinUnaryServer(outer, inner grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		return outer(ctx, req, info, func(ctx context.Context, req any) (any, error) {
+			return inner(ctx, req, info, handler)
+		})
+	}
+}
+
+func joinStreamServer(outer, inner grpc.StreamServerInterceptor) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		return outer(srv, ss, info, func(srv any, ss grpc.ServerStream) error {
+			return inner(srv, ss, info, handler)
+		})
+	}
 }

@@ -82,8 +82,8 @@ func NewServer(opts ...ServerOption) *Server {
 	}
 	s := &Server{
 		cfg:               cfg,
-		interceptor:       chainServerInterceptors(cfg.interceptors),
-		streamInterceptor: chainStreamServerInterceptors(cfg.streamInts),
+		interceptor:       chain(cfg.interceptors, joinUnaryServer),
+		streamInterceptor: chain(cfg.streamInts, joinStreamServer),
 		services:          map[string]*service{},
 	}
 	s.all.Store(s.newDispatcher(nil))
@@ -444,28 +444,4 @@ func (t *transportStream) finish() (header, trailer metadata.MD) {
 	defer t.mu.Unlock()
 	t.done = true
 	return t.header, t.trailer
-}
-
-// chainServerInterceptors returns one interceptor running all of is, the
-// first outermost, or nil for none.
-func chainServerInterceptors(is []grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
-	switch len(is) {
-	case 0:
-		return nil
-	case 1:
-		return is[0]
-	}
-	is = append([]grpc.UnaryServerInterceptor(nil), is...)
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		return is[0](ctx, req, info, chainedHandler(is, 1, info, handler))
-	}
-}
-
-func chainedHandler(is []grpc.UnaryServerInterceptor, i int, info *grpc.UnaryServerInfo, final grpc.UnaryHandler) grpc.UnaryHandler {
-	if i == len(is) {
-		return final
-	}
-	return func(ctx context.Context, req any) (any, error) {
-		return is[i](ctx, req, info, chainedHandler(is, i+1, info, final))
-	}
 }
