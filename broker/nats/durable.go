@@ -352,14 +352,26 @@ func (d *jsDriver) repairConsumer() {
 		ctx, cancel := context.WithTimeout(d.ctx, setupTimeout)
 		defer cancel()
 		js, stream := d.js, d.js.cfg.Stream
-		if _, err := js.js.Consumer(ctx, stream, d.consumer.Durable); err == nil {
+		_, err := js.js.Consumer(ctx, stream, d.consumer.Durable)
+		switch {
+		case err == nil:
 			return
-		}
-		js.streamMu.Lock()
-		js.streamReady = false
-		js.streamMu.Unlock()
-		if err := js.ensureStreams(ctx); err != nil {
-			d.log.Warn("nats: repair stream", "subject", d.subject, "error", err)
+		case errors.Is(err, jetstream.ErrConsumerNotFound):
+		case isStreamNotFound(err):
+			js.streamMu.Lock()
+			js.streamReady = false
+			js.streamMu.Unlock()
+			if err := js.ensureStreams(ctx); err != nil {
+				d.log.Warn("nats: repair stream", "subject", d.subject, "error", err)
+				return
+			}
+		default:
+			// No answer, or no leader to give one (a cluster electing
+			// its leaders): nothing says the consumer is gone, and the
+			// next missed heartbeat asks again. Making the streams
+			// again here would hold this broker's publishes until the
+			// meta leader is back.
+			d.log.Debug("nats: consumer info", "subject", d.subject, "error", err)
 			return
 		}
 		if _, err := js.js.CreateOrUpdateConsumer(ctx, stream, d.consumer); err != nil {

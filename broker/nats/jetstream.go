@@ -174,17 +174,7 @@ func (b *jetStream) publish(ctx context.Context, m *natsgo.Msg, deadline time.Ti
 		return mapJSError(err)
 	}
 	b.ttlHeader(m, deadline)
-	if err := b.publishAttempts(ctx, m); err != nil {
-		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, natsgo.ErrNoResponders) {
-			// The stream is gone (deleted, or a memory stream lost in a
-			// server restart): make it again on the next call.
-			b.streamMu.Lock()
-			b.streamReady = false
-			b.streamMu.Unlock()
-		}
-		return mapJSError(err)
-	}
-	return nil
+	return mapJSError(b.publishAttempts(ctx, m))
 }
 
 // publishAttempts publishes m until the stream acknowledges it, an attempt
@@ -195,8 +185,9 @@ func (b *jetStream) publish(ctx context.Context, m *natsgo.Msg, deadline time.Ti
 // connection dropped, and the next attempt reaches the new leader (or goes
 // out on the new connection) as soon as there is one. An attempt on a
 // connection that drops ends at once, and while the connection is down
-// the next waits for it. Every attempt carries the same
-// Nats-Msg-Id, so the stream stores the message once however many
+// the next waits for it. A publish nobody answered is tried again while
+// the stream has no leader (see unanswered). Every attempt carries the
+// same Nats-Msg-Id, so the stream stores the message once however many
 // attempts reach it.
 func (b *jetStream) publishAttempts(ctx context.Context, m *natsgo.Msg) error {
 	if _, ok := ctx.Deadline(); !ok {
@@ -204,6 +195,7 @@ func (b *jetStream) publishAttempts(ctx context.Context, m *natsgo.Msg) error {
 		ctx, cancel = context.WithTimeout(ctx, b.js.Options().DefaultTimeout)
 		defer cancel()
 	}
+	led := false // the stream was seen with a leader since an unanswered attempt
 	for {
 		actx, cancel := context.WithTimeout(ctx, b.cfg.PublishAttempt)
 		stop := context.AfterFunc(b.connCtx(), cancel)
@@ -211,18 +203,56 @@ func (b *jetStream) publishAttempts(ctx context.Context, m *natsgo.Msg) error {
 		stop()
 		ended := actx.Err() != nil // timed out, or the connection dropped
 		cancel()
-		if err == nil || ctx.Err() != nil {
+		switch {
+		case err == nil || ctx.Err() != nil:
 			return err
-		}
-		if !ended && !reconnecting(err) {
-			return err
-		}
-		// The attempt timed out, or its connection dropped: try again,
-		// once there is a connection again.
-		if !b.awaitConnection(ctx) {
+		case ended || reconnecting(err):
+			// The attempt timed out, or its connection dropped: try
+			// again, once there is a connection again.
+			if !b.awaitConnection(ctx) {
+				return err
+			}
+		case errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, natsgo.ErrNoResponders):
+			again, leader, serr := b.unanswered(ctx)
+			if serr != nil {
+				return serr
+			}
+			if !again || (leader && led) {
+				return err
+			}
+			led = led || leader
+		default:
 			return err
 		}
 	}
+}
+
+// unanswered finds out why a publish had no answer from the request
+// stream (nats.go already retried it for half a second), and reports
+// whether to publish again and whether the stream has a leader:
+//   - The stream is gone (deleted, or a memory stream lost in a server
+//     restart): it is made again, and the publish follows.
+//   - It has no leader (the one that stored this subject died and the
+//     cluster is electing another, which takes seconds), or nobody says
+//     (the meta leader died too): the publish is tried again, at once,
+//     without waiting for the meta leader the stream's set-up would need.
+//   - It has a leader: tried once more (the leader may be new); then the
+//     stream does not store this subject, and the publish fails.
+func (b *jetStream) unanswered(ctx context.Context) (again, leader bool, err error) {
+	actx, cancel := context.WithTimeout(ctx, b.cfg.PublishAttempt)
+	defer cancel()
+	st, err := b.js.Stream(actx, b.cfg.Stream)
+	switch {
+	case isStreamNotFound(err):
+		b.streamMu.Lock()
+		b.streamReady = false
+		b.streamMu.Unlock()
+		return true, false, b.ensureStreams(ctx)
+	case err != nil:
+		return ctx.Err() == nil, false, nil
+	}
+	ci := st.CachedInfo().Cluster
+	return true, ci == nil || ci.Leader != "", nil
 }
 
 // reconnecting reports an error of a publish made while the connection
@@ -301,4 +331,12 @@ func consumerName(queue string) string {
 		}
 		return r
 	}, queue)
+}
+
+// isStreamNotFound reports an error saying the stream does not exist
+// (the consumer API gives it as an APIError with the stream's code).
+func isStreamNotFound(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrStreamNotFound) ||
+		errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamNotFound
 }

@@ -214,7 +214,8 @@ type JetStreamConfig struct {
 	// Attempts go on until the caller's ctx ends. A stream whose leader
 	// died does not answer until its replicas elected another, and a
 	// short attempt reaches the new leader soon after; an attempt whose
-	// connection dropped ends at once. Default 1s.
+	// connection dropped ends at once, and one no stream answered is
+	// made again while the stream has no leader. Default 1s.
 	PublishAttempt time.Duration
 }
 
