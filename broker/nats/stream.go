@@ -78,22 +78,51 @@ func (b *Broker) Post(_ context.Context, addr string, msg *broker.Message) error
 	if b.closed.Load() {
 		return fmt.Errorf("nats: post: %w", broker.ErrClosed)
 	}
-	m := &natsgo.Msg{Subject: addr, Data: msg.Body}
+	m := natsgo.Msg{Subject: addr, Data: msg.Body}
 	if len(msg.Header) > 0 {
-		// One backing array for every value: a stream frame has a few
-		// headers, and an allocation each is a measurable share of a
-		// small message's cost.
-		m.Header = make(natsgo.Header, len(msg.Header))
-		vals := make([]string, 0, len(msg.Header))
-		for k, v := range msg.Header {
-			vals = append(vals, v)
-			m.Header[strings.ToLower(k)] = vals[len(vals)-1 : len(vals) : len(vals)]
-		}
+		h := postHeaders.Get().(*postHeader)
+		defer h.release()
+		m.Header = h.fill(msg.Header)
 	}
-	if err := b.nc.PublishMsg(m); err != nil {
+	if err := b.nc.PublishMsg(&m); err != nil {
 		return fmt.Errorf("nats: post: %w", mapPublishError(err))
 	}
 	return nil
+}
+
+// postHeader is a NATS header for Post, reused: PublishMsg encodes the
+// header before it returns, and a stream frame's few headers as a new
+// map, its buckets and its values were three allocations per frame.
+type postHeader struct {
+	h    natsgo.Header
+	vals []string // the values, one backing array
+}
+
+var postHeaders = sync.Pool{New: func() any { return &postHeader{h: make(natsgo.Header, 8)} }}
+
+// fill sets h to the headers of hd, names in lower case.
+func (p *postHeader) fill(hd broker.Header) natsgo.Header {
+	if cap(p.vals) < len(hd) {
+		p.vals = make([]string, 0, len(hd))
+	}
+	for k, v := range hd {
+		p.vals = append(p.vals, v)
+		n := len(p.vals)
+		p.h[strings.ToLower(k)] = p.vals[n-1 : n : n]
+	}
+	return p.h
+}
+
+// release returns p to the pool, unless a message with many headers
+// grew it.
+func (p *postHeader) release() {
+	if len(p.vals) > 16 {
+		return
+	}
+	clear(p.h)
+	clear(p.vals)
+	p.vals = p.vals[:0]
+	postHeaders.Put(p)
 }
 
 // PostCopiesBody implements stream.BodyCopier: nats.go copies a message to

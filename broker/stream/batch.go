@@ -84,16 +84,57 @@ func (r *batchReader) bytes() []byte {
 	return v
 }
 
-// decodeBatch returns the messages of a batch frame's body: at least one,
-// or an error. The bodies share body's memory.
-func decodeBatch(body []byte) ([]*broker.Message, error) {
-	r := &batchReader{b: body}
-	var slab []broker.Message
+// skip passes over a length-prefixed string.
+func (r *batchReader) skip() {
+	if n := r.uvarint(); r.err == nil {
+		if n > len(r.b) {
+			r.err = errBatch
+			r.b = nil
+			return
+		}
+		r.b = r.b[n:]
+	}
+}
+
+// countBatch checks the layout of a batch frame's body and returns how
+// many messages it holds: at least one, or an error.
+func countBatch(body []byte) (int, error) {
+	r := batchReader{b: body}
+	n := 0
 	for len(r.b) > 0 && r.err == nil {
-		var m broker.Message
+		nh := r.uvarint()
+		for i := 0; i < nh && r.err == nil; i++ {
+			r.skip()
+			r.skip()
+		}
+		r.skip()
+		n++
+	}
+	if r.err != nil {
+		return 0, r.err
+	}
+	if n == 0 {
+		return 0, errors.New("empty batch frame")
+	}
+	return n, nil
+}
+
+// decodeBatch appends the messages of a batch frame's body to dst: at
+// least one, or an error and dst as it was. The messages are one
+// allocation (their bodies share body's memory), so a frame costs the
+// same few allocations whatever the number of messages it carries.
+func decodeBatch(dst []*broker.Message, body []byte) ([]*broker.Message, error) {
+	n, err := countBatch(body)
+	if err != nil {
+		return dst, err
+	}
+	slab := make([]broker.Message, n)
+	r := batchReader{b: body}
+	for i := range slab {
+		m := &slab[i]
 		if nh := r.uvarint(); nh > 0 {
 			m.Header = make(broker.Header, nh)
-			for i := 0; i < nh && r.err == nil; i++ {
+			for j := 0; j < nh; j++ {
 				k := strings.ToLower(string(r.bytes())) // as every broker delivers header names
 				m.Header[k] = string(r.bytes())
 			}
@@ -101,17 +142,7 @@ func decodeBatch(body []byte) ([]*broker.Message, error) {
 		if b := r.bytes(); len(b) > 0 {
 			m.Body = b
 		}
-		slab = append(slab, m)
+		dst = append(dst, m)
 	}
-	if r.err != nil {
-		return nil, r.err
-	}
-	if len(slab) == 0 {
-		return nil, errors.New("empty batch frame")
-	}
-	out := make([]*broker.Message, len(slab))
-	for i := range slab {
-		out[i] = &slab[i]
-	}
-	return out, nil
+	return dst, nil
 }

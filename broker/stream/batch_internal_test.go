@@ -45,8 +45,11 @@ func TestBatchRoundTrip(t *testing.T) {
 		{},
 		{Header: broker.Header{"x-big": string(make([]byte, 300))}, Body: make([]byte, 70_000)},
 	}
-	got, err := decodeBatch(encodeAll(msgs))
+	queued := &broker.Message{Body: []byte("queued")}
+	got, err := decodeBatch([]*broker.Message{queued}, encodeAll(msgs))
 	require.NoError(t, err)
+	require.Same(t, queued, got[0], "decodeBatch appends to what is queued")
+	got = got[1:]
 	requireSameMessages(t, msgs, got)
 	_ = append(got[0].Body, "XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"...) // past message 1's headers
 	require.Equal(t, "bb", string(got[1].Body))
@@ -54,11 +57,19 @@ func TestBatchRoundTrip(t *testing.T) {
 
 func TestBatchMalformed(t *testing.T) {
 	full := encodeAll([]*broker.Message{{Header: broker.Header{"k": "v"}, Body: []byte("body")}})
+	queued := []*broker.Message{{Body: []byte("queued")}}
 	for n := 0; n < len(full); n++ {
-		_, err := decodeBatch(full[:n])
+		got, err := decodeBatch(queued, full[:n])
 		require.Error(t, err, "truncated to %d bytes", n)
+		require.Len(t, got, 1, "a malformed frame adds nothing to what is queued")
 	}
-	_, err := decodeBatch([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
+	// A frame whose first message is whole and second truncated adds
+	// neither.
+	two := append(append([]byte(nil), full...), full[:len(full)-1]...)
+	got, err := decodeBatch(queued, two)
+	require.Error(t, err)
+	require.Len(t, got, 1)
+	_, err = decodeBatch(nil, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	require.Error(t, err)
 }
 
@@ -70,12 +81,12 @@ func FuzzDecodeBatch(f *testing.F) {
 	f.Add([]byte{1, 1, 'k'})
 	f.Add([]byte{1, 1, 'K', 1, 'v', 0})
 	f.Fuzz(func(t *testing.T, body []byte) {
-		msgs, err := decodeBatch(body)
+		msgs, err := decodeBatch(nil, body)
 		if err != nil {
 			return
 		}
 		require.NotEmpty(t, msgs)
-		again, err := decodeBatch(encodeAll(msgs))
+		again, err := decodeBatch(nil, encodeAll(msgs))
 		require.NoError(t, err)
 		requireSameMessages(t, msgs, again)
 	})
