@@ -210,7 +210,7 @@ type Stream struct {
 	postMu sync.Mutex // orders data, ping, end and credit frames as posted
 	// spare is the queue's other buffer, swapped by the writer; postMu
 	// is held.
-	spare []*broker.Message
+	spare []broker.Message
 	// flushWake (1-buffered) tells run that Send queued messages.
 	flushWake chan struct{}
 	// reuse says the Streamer is a BodyCopier: postData reuses frame and
@@ -241,7 +241,7 @@ type Stream struct {
 	// sending: Send queues data messages on out (sent counts them, so
 	// that the credit holds), and run's flush posts them (posted counts
 	// those posted) as data frames, or as batch frames when peerBatch.
-	out        []*broker.Message
+	out        []broker.Message
 	sent       uint64
 	posted     uint64
 	writing    bool // a flush is due or running
@@ -594,8 +594,9 @@ func (st *Stream) shutdown() {
 // a peer that reads them). A failed post fails the stream, and the next
 // Send or Recv returns the error. CloseSend and Finish post what is
 // queued first. Once the caller's stream has ended (the handler returned)
-// Send returns io.EOF, and Recv says how it ended. Send takes ownership
-// of m.
+// Send returns io.EOF, and Recv says how it ended. Send keeps a copy of
+// *m, not m itself (so m need not be allocated per message), and takes
+// ownership of its body and headers.
 func (st *Stream) Send(m *broker.Message) error {
 	st.mu.Lock()
 	for {
@@ -611,7 +612,7 @@ func (st *Stream) Send(m *broker.Message) error {
 		st.mu.Lock()
 	}
 	st.sent++
-	st.out = append(st.out, m)
+	st.out = append(st.out, *m)
 	wake := !st.writing
 	st.writing = true
 	st.mu.Unlock()
@@ -654,12 +655,12 @@ func (st *Stream) flushLocked() {
 }
 
 // postData posts the messages q; postMu is held.
-func (st *Stream) postData(q []*broker.Message, batch bool) error {
+func (st *Stream) postData(q []broker.Message, batch bool) error {
 	for len(q) > 0 {
-		n, size := 1, batchSize(q[0])
+		n, size := 1, batchSize(&q[0])
 		if batch {
 			for n < len(q) {
-				s := batchSize(q[n])
+				s := batchSize(&q[n])
 				if size+s > maxBatch {
 					break
 				}
@@ -683,8 +684,8 @@ func (st *Stream) postData(q []*broker.Message, batch bool) error {
 			} else {
 				body = make([]byte, 0, size)
 			}
-			for _, m := range q[:n] {
-				body = appendBatch(body, m)
+			for i := range q[:n] {
+				body = appendBatch(body, &q[i])
 			}
 			f.Header[HeaderFrame] = FrameBatch
 			f.Body = body
