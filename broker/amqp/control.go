@@ -95,7 +95,7 @@ func (b *Broker) Gather(ctx context.Context, req *broker.Message, max int, fn fu
 	if err := declareControl(ch); err != nil {
 		return fmt.Errorf("amqp: gather %s: %w", req.Subject, err)
 	}
-	replies, err := ch.Consume("amq.rabbitmq.reply-to", "", true, false, false, false, nil)
+	deliveries, err := ch.Consume("amq.rabbitmq.reply-to", "", true, false, false, false, nil)
 	if err != nil {
 		return fmt.Errorf("amqp: gather %s: consume replies: %w", req.Subject, err)
 	}
@@ -107,10 +107,10 @@ func (b *Broker) Gather(ctx context.Context, req *broker.Message, max int, fn fu
 	if err := ch.PublishWithContext(ctx, ControlExchange, req.Subject, true, false, p); err != nil {
 		return fmt.Errorf("amqp: gather %s: publish: %w", req.Subject, err)
 	}
-	got := 0
+	replies := kernel.NewReplies(max, fn)
 	for {
 		select {
-		case d, ok := <-replies:
+		case d, ok := <-deliveries:
 			if !ok {
 				return fmt.Errorf("amqp: gather %s: %w", req.Subject, broker.ErrDisconnected)
 			}
@@ -121,15 +121,11 @@ func (b *Broker) Gather(ctx context.Context, req *broker.Message, max int, fn fu
 			if err != nil {
 				continue
 			}
-			got++
-			if !fn(rep) {
-				return nil
-			}
-			if max > 0 && got >= max {
+			if replies.Take(rep) {
 				return nil
 			}
 		case <-returns:
-			if got == 0 {
+			if replies.Taken() == 0 {
 				return fmt.Errorf("amqp: gather %s: %w", req.Subject, broker.ErrNoResponders)
 			}
 		case e := <-closed:

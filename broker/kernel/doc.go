@@ -16,7 +16,9 @@
 //   - mapping a service name onto a name a broker accepts ([MapName]);
 //   - the table of a connection's stream inboxes ([Inboxes]): one
 //     subscription or queue per connection, a token per inbox, each inbox
-//     fed in order, for a broker implementing [broker.Streamer].
+//     fed in order, for a broker implementing [broker.Streamer];
+//   - the caller's end of a [broker.Broadcaster]'s Gather ([Replies]):
+//     each reply to the caller's function, until it or max says stop.
 //
 // The broker packages of mqrpc (broker/memory, ...) are built on it, and so
 // can a broker of your own (examples/custom-broker).

@@ -79,6 +79,7 @@ func (b *Broker) Gather(ctx context.Context, req *broker.Message, max int, fn fu
 	// Room for a reply and an end marker from every target, so no
 	// server ever blocks on a Gather that returned.
 	replies := make(chan result, 2*len(targets))
+	gathered := kernel.NewReplies(max, fn)
 	n := 0
 	for _, d := range targets {
 		select {
@@ -99,10 +100,7 @@ func (b *Broker) Gather(ctx context.Context, req *broker.Message, max int, fn fu
 				ended++
 				continue
 			}
-			if !fn(r.msg) {
-				return nil
-			}
-			if max--; max == 0 {
+			if gathered.Take(r.msg) {
 				return nil
 			}
 		case <-ctx.Done():

@@ -62,6 +62,7 @@ func (b *Broker) Gather(ctx context.Context, req *broker.Message, max int, fn fu
 		return fmt.Errorf("nats: gather %s: %w", req.Subject, mapPublishError(err))
 	}
 	first := true
+	replies := kernel.NewReplies(max, fn)
 	// Close does not end ctx: look at the connection now and then.
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -83,10 +84,7 @@ func (b *Broker) Gather(ctx context.Context, req *broker.Message, max int, fn fu
 			if err != nil {
 				continue // a reply we cannot read is no instance's answer
 			}
-			if !fn(rep) {
-				return nil
-			}
-			if max--; max == 0 {
+			if replies.Take(rep) {
 				return nil
 			}
 		case <-ctx.Done():

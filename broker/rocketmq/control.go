@@ -388,15 +388,11 @@ func (b *Broker) Gather(ctx context.Context, req *broker.Message, max int, fn fu
 		}
 		return fmt.Errorf("rocketmq: gather %s: %w", req.Subject, err)
 	}
-	got := 0
+	replies := kernel.NewReplies(max, fn)
 	for {
 		select {
 		case rep := <-ch:
-			got++
-			if !fn(rep) {
-				return nil
-			}
-			if max > 0 && got >= max {
+			if replies.Take(rep) {
 				return nil
 			}
 		case <-ctx.Done():
