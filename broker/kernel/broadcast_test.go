@@ -50,3 +50,54 @@ func TestReplies(t *testing.T) {
 		})
 	}
 }
+
+// TestEachTable: subscriptions are found by their subject only, Remove
+// takes out one (and nothing else, also when it is not there), All lists
+// every subject's, and the table is safe for concurrent use.
+func TestEachTable(t *testing.T) {
+	var tb kernel.EachTable[int]
+	of := func(subject string) []int {
+		var got []int
+		tb.Range(subject, func(s int) { got = append(got, s) })
+		return got
+	}
+	assert.Empty(t, of("a"), "the zero value is an empty table")
+	assert.Empty(t, tb.All())
+	tb.Add("a", 1)
+	tb.Add("a", 2)
+	tb.Add("b", 3)
+	tb.Add("a", 2) // again: still once
+	assert.ElementsMatch(t, []int{1, 2}, of("a"))
+	assert.ElementsMatch(t, []int{3}, of("b"))
+	assert.Empty(t, of("c"))
+	assert.ElementsMatch(t, []int{1, 2, 3}, tb.All())
+	tb.Remove("a", 1)
+	tb.Remove("b", 1) // not under b: nothing happens
+	tb.Remove("c", 9) // unknown subject: nothing happens
+	assert.ElementsMatch(t, []int{2}, of("a"))
+	assert.ElementsMatch(t, []int{3}, of("b"))
+	tb.Remove("a", 2)
+	assert.Empty(t, of("a"))
+	assert.ElementsMatch(t, []int{3}, tb.All())
+	tb.Add("a", 4) // a subject emptied and used again
+	assert.ElementsMatch(t, []int{4}, of("a"))
+
+	done := make(chan struct{})
+	for g := 0; g < 4; g++ {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := 0; i < 200; i++ {
+				s := 100 + g*1000 + i
+				tb.Add("x", s)
+				tb.Range("x", func(int) {})
+				_ = tb.All()
+				tb.Remove("x", s)
+			}
+		}()
+	}
+	for g := 0; g < 4; g++ {
+		<-done
+	}
+	assert.Empty(t, of("x"))
+	assert.ElementsMatch(t, []int{3, 4}, tb.All())
+}

@@ -17,8 +17,10 @@
 //   - the table of a connection's stream inboxes ([Inboxes]): one
 //     subscription or queue per connection, a token per inbox, each inbox
 //     fed in order, for a broker implementing [broker.Streamer];
-//   - the caller's end of a [broker.Broadcaster]'s Gather ([Replies]):
-//     each reply to the caller's function, until it or max says stop.
+//   - for a [broker.Broadcaster]: the caller's end of a Gather
+//     ([Replies]: each reply to the caller's function, until it or max
+//     says stop) and, for a broker that fans broadcasts out itself, the
+//     table of ServeEach subscriptions by subject ([EachTable]).
 //
 // The broker packages of mqrpc (broker/memory, ...) are built on it, and so
 // can a broker of your own (examples/custom-broker).

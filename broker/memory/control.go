@@ -3,7 +3,6 @@ package memory
 import (
 	"context"
 	"fmt"
-	"sync"
 
 	"github.com/mqrpc/mqrpc/broker"
 	"github.com/mqrpc/mqrpc/broker/kernel"
@@ -13,10 +12,7 @@ var _ broker.Broadcaster = (*Broker)(nil)
 
 // eachTable holds the ServeEach subscriptions of a hub, by subject: each
 // one is a driver with a channel of its own.
-type eachTable struct {
-	mu   sync.RWMutex
-	subs map[string]map[*driver]struct{}
-}
+type eachTable = kernel.EachTable[*driver]
 
 // ServeEach implements broker.Broadcaster: every connection serving
 // subject this way gets each message Gather publishes to it.
@@ -32,23 +28,8 @@ func (b *Broker) ServeEach(subject string, h broker.Handler, opts ...broker.Serv
 	}
 	t := &b.hub.each
 	d := &driver{b: b, subject: subject, ch: make(chan delivery, b.hub.cfg.buffer), quit: make(chan struct{})}
-	d.leaveFn = func() {
-		t.mu.Lock()
-		delete(t.subs[subject], d)
-		if len(t.subs[subject]) == 0 {
-			delete(t.subs, subject)
-		}
-		t.mu.Unlock()
-	}
-	t.mu.Lock()
-	if t.subs == nil {
-		t.subs = make(map[string]map[*driver]struct{})
-	}
-	if t.subs[subject] == nil {
-		t.subs[subject] = make(map[*driver]struct{})
-	}
-	t.subs[subject][d] = struct{}{}
-	t.mu.Unlock()
+	d.leaveFn = func() { t.Remove(subject, d) }
+	t.Add(subject, d)
 	s := kernel.Serve[delivery](d, subject, h, cfg, kernel.Options{Name: "memory", Streamer: b})
 	b.subs[s] = struct{}{}
 	d.sub = s
@@ -69,13 +50,8 @@ func (b *Broker) Gather(ctx context.Context, req *broker.Message, max int, fn fu
 		return fmt.Errorf("%s %s: %w", op, req.Subject, broker.ErrClosed)
 	default:
 	}
-	t := &b.hub.each
-	t.mu.RLock()
-	targets := make([]*driver, 0, len(t.subs[req.Subject]))
-	for d := range t.subs[req.Subject] {
-		targets = append(targets, d)
-	}
-	t.mu.RUnlock()
+	var targets []*driver
+	b.hub.each.Range(req.Subject, func(d *driver) { targets = append(targets, d) })
 	// Room for a reply and an end marker from every target, so no
 	// server ever blocks on a Gather that returned.
 	replies := make(chan result, 2*len(targets))

@@ -49,7 +49,7 @@ var _ broker.Broadcaster = (*Broker)(nil)
 type controlPlane struct {
 	mu      sync.Mutex
 	serve   rmq.PushConsumer
-	subs    map[string]map[*eachSub]struct{}
+	subs    kernel.EachTable[*eachSub] // ServeEach adds under mu, once not closed
 	reply   rmq.PushConsumer
 	waiting map[string]chan *broker.Message // by request ID
 	closed  bool
@@ -61,15 +61,9 @@ func (c *controlPlane) close() {
 	c.closed = true
 	pcs := []rmq.PushConsumer{c.serve, c.reply}
 	c.serve, c.reply = nil, nil
-	var subs []*eachSub
-	for _, m := range c.subs {
-		for s := range m {
-			subs = append(subs, s)
-		}
-	}
 	c.mu.Unlock()
-	for _, s := range subs {
-		s.k.Abort() // takes c.mu (Drain)
+	for _, s := range c.subs.All() { // closed: no more are added
+		s.k.Abort()
 	}
 	for _, pc := range pcs {
 		if pc != nil {
@@ -148,15 +142,9 @@ func (b *Broker) ServeEach(subject string, h broker.Handler, opts ...broker.Serv
 	if c.closed {
 		return nil, fmt.Errorf("rocketmq: serve each %s: %w", subject, broker.ErrClosed)
 	}
-	if c.subs == nil {
-		c.subs = make(map[string]map[*eachSub]struct{})
-	}
-	if c.subs[subject] == nil {
-		c.subs[subject] = make(map[*eachSub]struct{})
-	}
 	s := &eachSub{b: b, subject: subject, ch: make(chan *primitive.MessageExt, eachBuffer), quit: make(chan struct{})}
 	s.k = kernel.Serve[*primitive.MessageExt](s, subject, h, cfg, kernel.Options{Name: "rocketmq", Log: b.log})
-	c.subs[subject][s] = struct{}{}
+	c.subs.Add(subject, s)
 	return s.k, nil
 }
 
@@ -271,13 +259,7 @@ func (s *eachSub) Settle(*primitive.MessageExt, kernel.Outcome) {}
 func (s *eachSub) Drain() {
 	s.once.Do(func() {
 		close(s.quit)
-		c := &s.b.ctl
-		c.mu.Lock()
-		delete(c.subs[s.subject], s)
-		if len(c.subs[s.subject]) == 0 {
-			delete(c.subs, s.subject)
-		}
-		c.mu.Unlock()
+		s.b.ctl.subs.Remove(s.subject, s)
 	})
 }
 
@@ -297,15 +279,13 @@ func (b *Broker) consumeControl(_ context.Context, msgs ...*primitive.MessageExt
 		if subject == "" || replyTo == "" {
 			continue
 		}
-		b.ctl.mu.Lock()
-		for s := range b.ctl.subs[subject] {
+		b.ctl.subs.Range(subject, func(s *eachSub) {
 			select {
 			case s.ch <- m:
 			default:
 				b.log.Warn("rocketmq: broadcast request dropped: its handlers are busy", "subject", subject)
 			}
-		}
-		b.ctl.mu.Unlock()
+		})
 	}
 	return consumer.ConsumeSuccess, nil
 }
