@@ -41,8 +41,9 @@ type jetStream struct {
 	streamReady bool
 	msgTTL      bool // the request stream allows per-message TTLs
 
-	kvMu sync.Mutex
-	kv   jetstream.KeyValue
+	kvMu     sync.Mutex
+	kv       jetstream.KeyValue
+	kvFailed time.Time // when the bucket last could not be opened
 
 	connMu  sync.Mutex
 	conn    context.Context // of the current connection: ends when it drops

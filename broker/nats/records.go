@@ -165,6 +165,21 @@ func parseRecord(v []byte) (started uint64, failed bool, reason string, ok bool)
 	return 0, false, "", false
 }
 
+// bucketOpenWait bounds one attempt to open (or make) the bucket of
+// delivery records, and bucketRetry is how long after a failed attempt
+// the next may be made. Opening looks the bucket's stream up, which a
+// cluster answers only once the stream (or the meta group) has a leader
+// again; meanwhile a redelivery must not hold its handler slot waiting,
+// nor queue the others behind it: they count deliveries as JetStream does.
+const (
+	bucketOpenWait = 2 * time.Second
+	bucketRetry    = time.Second
+)
+
+// errBucketPaused is the error of a redelivery that came within
+// bucketRetry of a failed attempt to open the bucket.
+var errBucketPaused = errors.New("opening the bucket failed less than a second ago")
+
 // deliveries returns the bucket of delivery records, made on first use.
 func (b *jetStream) deliveries(ctx context.Context) (jetstream.KeyValue, error) {
 	b.kvMu.Lock()
@@ -173,6 +188,11 @@ func (b *jetStream) deliveries(ctx context.Context) (jetstream.KeyValue, error) 
 		return b.kv, nil
 	}
 	js := &b.cfg
+	if time.Since(b.kvFailed) < bucketRetry {
+		return nil, fmt.Errorf("delivery bucket %s: %w", js.DeliveryBucket, errBucketPaused)
+	}
+	ctx, cancel := context.WithTimeout(ctx, bucketOpenWait)
+	defer cancel()
 	kv, err := b.js.KeyValue(ctx, js.DeliveryBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		storage := jetstream.FileStorage
@@ -192,6 +212,7 @@ func (b *jetStream) deliveries(ctx context.Context) (jetstream.KeyValue, error) 
 		}
 	}
 	if err != nil {
+		b.kvFailed = time.Now()
 		return nil, fmt.Errorf("delivery bucket %s: %w", js.DeliveryBucket, err)
 	}
 	b.kv = kv
