@@ -230,6 +230,40 @@ func TestDeadLetter(t *testing.T) {
 		return ok
 	}, 15*time.Second, 50*time.Millisecond, "panicking request not dead-lettered")
 	assert.Contains(t, d.Headers["x-mqrpc-error"], "boom")
+
+	// In quorum mode the dead-letter queue is a quorum queue, replicated
+	// like the request queue: RabbitMQ accepts the same declaration again
+	// only when it is (PRECONDITION_FAILED otherwise).
+	_, err := ch.QueueDeclare(subj+".dead-letter", true, false, false, false, amqp091.Table{"x-queue-type": "quorum"})
+	assert.NoError(t, err, "the dead-letter queue of a quorum-mode server is not a quorum queue")
+}
+
+// TestClassicDeadLetterKept: a quorum-mode server whose dead-letter queue
+// an earlier version declared as a classic queue serves all the same,
+// dead-letters into that queue and warns.
+func TestClassicDeadLetterKept(t *testing.T) {
+	url, _ := vhostURL(t)
+	subj := "classic-dl-" + broker.NewID()
+	_, ch := rawChannel(t, url)
+	_, err := ch.QueueDeclare(subj+".dead-letter", true, false, false, false, nil)
+	require.NoError(t, err)
+
+	logs := &testenv.LogBuffer{}
+	b := open(t, url, amqp.WithDurable(amqp.QuorumQueue), amqp.WithDeadLetter("mqrpc.test-dlx", 1),
+		amqp.WithLogger(testenv.DebugLogger(logs)))
+	serve(t, b, subj, func(context.Context, *broker.Message) (*broker.Message, error) {
+		return nil, errors.New("database unavailable")
+	})
+	require.NoError(t, b.Send(ctxT(t, 10*time.Second), &broker.Message{ID: "dl-classic", Subject: subj, Body: []byte("fail")}))
+	var d amqp091.Delivery
+	require.Eventually(t, func() bool {
+		var ok bool
+		d, ok, err = ch.Get(subj+".dead-letter", true)
+		require.NoError(t, err)
+		return ok
+	}, 15*time.Second, 50*time.Millisecond, "request not dead-lettered into the classic queue")
+	assert.Equal(t, "dl-classic", d.MessageId)
+	assert.Contains(t, logs.String(), "the dead-letter queue is a classic queue")
 }
 
 // TestFastFailureDropped: in fast mode a failed delivery is dropped and the

@@ -2,6 +2,7 @@ package amqp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -248,14 +249,42 @@ func (b *Broker) declareRetry(ch *amqp091.Channel, queue string) error {
 }
 
 // declareDeadLetter declares the dead-letter exchange and the queue
-// "<queue>.dead-letter" that keeps the failed requests of queue.
-func (b *Broker) declareDeadLetter(ch *amqp091.Channel, queue string) error {
+// "<queue>.dead-letter" that keeps the failed requests of queue, on ch (or,
+// for a quorum queue, first on a channel of its own on conn). In quorum
+// mode the dead-letter queue is a quorum queue too: a classic queue lives
+// on one node, and while that node is down every server's declaration of
+// it fails ("home node ... is down"), so a server whose connection was lost
+// with another node could not consume again until that node was back. A
+// classic dead-letter queue an earlier version declared is kept (RabbitMQ
+// refuses to redeclare it as a quorum queue), with a warning.
+func (b *Broker) declareDeadLetter(conn *amqp091.Connection, ch *amqp091.Channel, queue string) error {
 	if err := ch.ExchangeDeclare(b.cfg.dlx, amqp091.ExchangeDirect, true, false, false, false, nil); err != nil {
 		return fmt.Errorf("declare dead-letter exchange %s: %w", b.cfg.dlx, err)
 	}
 	dlq := queue + ".dead-letter"
-	if _, err := ch.QueueDeclare(dlq, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare dead-letter queue %s: %w", dlq, err)
+	classic := true
+	if b.cfg.queueType == QuorumQueue {
+		// On a channel of its own: a refused declaration closes it.
+		err := withChannel(conn, func(qch *amqp091.Channel) error {
+			_, err := qch.QueueDeclare(dlq, true, false, false, false, amqp091.Table{"x-queue-type": string(QuorumQueue)})
+			return err
+		})
+		var aerr *amqp091.Error
+		switch {
+		case err == nil:
+			classic = false
+		case errors.As(err, &aerr) && aerr.Code == amqp091.PreconditionFailed:
+			b.cfg.logger.Warn("amqp: the dead-letter queue is a classic queue, on one node: while that node is down, "+
+				"servers cannot consume again after a lost connection; delete it (once empty) to have it declared "+
+				"as a quorum queue", "queue", dlq, "err", aerr.Reason)
+		default:
+			return fmt.Errorf("declare dead-letter queue %s: %w", dlq, err)
+		}
+	}
+	if classic {
+		if _, err := ch.QueueDeclare(dlq, true, false, false, false, nil); err != nil {
+			return fmt.Errorf("declare dead-letter queue %s: %w", dlq, err)
+		}
 	}
 	if err := ch.QueueBind(dlq, queue, b.cfg.dlx, false, nil); err != nil {
 		return fmt.Errorf("bind dead-letter queue %s: %w", dlq, err)

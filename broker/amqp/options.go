@@ -178,7 +178,8 @@ func WithDurable(qt QueueType) Option {
 // dead-lettered message keeps its properties and headers and gains
 // x-mqrpc-error (the last error) and x-mqrpc-deliveries. Serve declares the
 // exchange (direct) and a queue "<queue>.dead-letter" bound to it with the
-// queue name as routing key. Defaults: DefaultDeadLetterExchange and
+// queue name as routing key (a quorum queue with WithDurable(QuorumQueue),
+// so it survives the loss of a node as the request queue does). Defaults: DefaultDeadLetterExchange and
 // DefaultMaxDeliveries; values below 1 and "" keep the defaults.
 func WithDeadLetter(exchange string, maxDeliveries int) Option {
 	return func(c *config) {

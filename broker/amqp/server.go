@@ -557,7 +557,7 @@ func (d *driver) setupServe(s *session) (*consumer, error) {
 			}
 		}
 		if b.cfg.durable {
-			if err := b.declareDeadLetter(ch, d.queue); err != nil {
+			if err := b.declareDeadLetter(s.conn, ch, d.queue); err != nil {
 				return err
 			}
 			if err := b.declareRetry(ch, d.queue); err != nil {

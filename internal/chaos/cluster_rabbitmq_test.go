@@ -4,9 +4,12 @@ package chaos_test
 
 import (
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/mqrpc/mqrpc/internal/chaos"
@@ -66,11 +69,15 @@ func runRabbitClusterKill(t *testing.T, target chaos.Target, cl *chaos.RabbitMQC
 	// Room for every outcome of the scenario (~40 000 in 10 s): a
 	// redelivery comes up to 20 s after the first run, once the killed
 	// node is back, and the default 10 000 would have forgotten it.
-	srv := chaos.NewServer(s.log, middleware.NewMemoryDedupStore(1<<20, 0))
-	for i := 1; i <= 2; i++ {
-		b, err := open.Open(cl.URLFrom(i), fmt.Sprintf("server-%d", i))
+	store := middleware.NewMemoryDedupStore(1<<20, 0)
+	// Each server counts its own executions: after the kill, each must
+	// serve again while the node is down (checkServers).
+	recs := make([]*serverRecorder, rabbitServers)
+	for i := range recs {
+		recs[i] = &serverRecorder{ExecLog: s.log, name: fmt.Sprintf("server-%d", i+1)}
+		b, err := open.Open(cl.URLFrom(i+1), recs[i].name)
 		require.NoError(t, err)
-		s.serveOn(b, subj, srv)
+		s.serveOn(b, subj, chaos.NewServer(recs[i], store))
 	}
 	cb, err := open.Open(cl.URLFrom(0), "client")
 	require.NoError(t, err)
@@ -91,7 +98,61 @@ func runRabbitClusterKill(t *testing.T, target chaos.Target, cl *chaos.RabbitMQC
 	}
 	res, killAt, _ := killUnderLoad(t, s, c, cb, subj, cl, pick, back, 0)
 	e := checkRecovery(t, s, which, res, killAt, clusterRecoverGoal, rabbitRecoverWithin)
+	t.Logf("failed calls by start, in seconds after the kill: %s", failureTimeline(res.Times, killAt))
+	checkServers(t, s, recs, killAt, clusterRecoverGoal, s.minDown)
 	if !target.Durable {
 		assertFailedAtOnce(t, e)
 	}
+}
+
+// rabbitServers is how many servers a RabbitMQ cluster scenario runs.
+const rabbitServers = 2
+
+// serverRecorder is the Recorder of one server of a RabbitMQ cluster
+// scenario: the scenario's log, and when this server executed MethodWork.
+type serverRecorder struct {
+	*chaos.ExecLog
+	name  string
+	mu    sync.Mutex
+	times []time.Time
+}
+
+// Executed implements chaos.Recorder.
+func (r *serverRecorder) Executed(method, id string) {
+	r.ExecLog.Executed(method, id)
+	if method == chaos.MethodWork {
+		r.mu.Lock()
+		r.times = append(r.times, time.Now())
+		r.mu.Unlock()
+	}
+}
+
+// executedBetween counts this server's executions in [from, to).
+func (r *serverRecorder) executedBetween(from, to time.Time) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, at := range r.times {
+		if !at.Before(from) && at.Before(to) {
+			n++
+		}
+	}
+	return n
+}
+
+// checkServers: every server serves while the killed node is still down,
+// from within goal of the kill (up to down after it, before the node's
+// restart began): a server whose connection died with the node consumes
+// again from another node, rather than waiting for the node to return.
+func checkServers(t *testing.T, s *scenario, recs []*serverRecorder, killAt time.Time, goal, down time.Duration) {
+	t.Helper()
+	from, to := killAt.Add(goal), killAt.Add(down)
+	counts := make([]string, len(recs))
+	for i, r := range recs {
+		n := r.executedBetween(from, to)
+		counts[i] = fmt.Sprintf("%s %d", r.name, n)
+		assert.Positive(t, n, "%s executed nothing %v-%v after the kill, the node still down: it did not serve again from another node", r.name, goal, down)
+	}
+	s.note("calls executed %v-%v after the kill: %s", goal, down, strings.Join(counts, ", "))
+	t.Logf("calls executed %v-%v after the kill: %s", goal, down, strings.Join(counts, ", "))
 }
