@@ -51,7 +51,7 @@ func StartRabbitMQCluster(dir string, size int) (*RabbitMQCluster, error) {
 		files := map[string]string{
 			"rabbitmq.conf": "listeners.tcp.default = 127.0.0.1:" + strconv.Itoa(c.ports[i]) + "\n" +
 				"loopback_users.guest = true\nlog.console = false\n" +
-				"vm_memory_high_watermark.absolute = 256MB\ndisk_free_limit.absolute = 100MB\n" +
+				"vm_memory_high_watermark.absolute = 1GB\ndisk_free_limit.absolute = 100MB\n" +
 				"cluster_formation.peer_discovery_backend = classic_config\n" + peers.String(),
 			"enabled_plugins":   "[].\n",
 			"rabbitmq-env.conf": "",
@@ -176,4 +176,31 @@ func (c *RabbitMQCluster) Close() {
 			killPidFile(p, filepath.Join(c.nodeDir(i), "pid"), 10*time.Second)
 		}
 	}
+}
+
+// MemoryAlarms lists the memory alarms the nodes raised since since, as
+// "<node> +<seconds after since>": while one is set, RabbitMQ blocks the
+// publishers on every node of the cluster, so the calls of that time end
+// DeadlineExceeded for a reason outside the library.
+func (c *RabbitMQCluster) MemoryAlarms(since time.Time) []string {
+	const layout = "2006-01-02 15:04:05.999999-07:00"
+	var alarms []string
+	for i, name := range c.Names {
+		data, err := os.ReadFile(filepath.Join(c.nodeDir(i), "log", name+".log"))
+		if err != nil {
+			continue
+		}
+		own := "memory resource limit alarm set on node '" + name + "'"
+		for _, line := range strings.Split(string(data), "\n") {
+			if !strings.Contains(line, own) || len(line) < len(layout) {
+				continue
+			}
+			at, err := time.Parse(layout, line[:len("2006-01-02 15:04:05.000000+00:00")])
+			if err != nil || at.Before(since) {
+				continue
+			}
+			alarms = append(alarms, fmt.Sprintf("%s +%v", name, at.Sub(since).Round(10*time.Millisecond)))
+		}
+	}
+	return alarms
 }

@@ -96,7 +96,12 @@ func runRabbitClusterKill(t *testing.T, target chaos.Target, cl *chaos.RabbitMQC
 			s.note("queue leader now %s", leader)
 		}
 	}
+	start := time.Now()
 	res, killAt, _ := killUnderLoad(t, s, c, cb, subj, cl, pick, back, 0)
+	if alarms := cl.MemoryAlarms(start); len(alarms) > 0 {
+		// Not the library's doing, but the likely cause of any failure.
+		s.note("memory alarms (publishers blocked on every node), seconds after the load began: %s", strings.Join(alarms, ", "))
+	}
 	e := checkRecovery(t, s, which, res, killAt, clusterRecoverGoal, rabbitRecoverWithin)
 	t.Logf("failed calls by start, in seconds after the kill: %s", failureTimeline(res.Times, killAt))
 	checkServers(t, s, recs, killAt, clusterRecoverGoal, s.minDown)

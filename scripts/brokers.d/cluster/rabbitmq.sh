@@ -5,7 +5,9 @@
 # $MQRPC_STATE_DIR/rabbitmq-cluster/<node>, one Erlang cookie shared by the
 # three. They find each other at first boot (classic-config peer
 # discovery). Sized for a 2-core machine shared with the rest of the suite:
-# one Erlang scheduler each, a small async pool, a 256 MiB memory alarm.
+# one Erlang scheduler each, a small async pool, a 1 GiB memory alarm (a
+# node recovering its queues at boot passes 256 MiB, and an alarm blocks
+# publishers on every node of the cluster).
 # Use quorum queues (amqp.WithDurable(amqp.QuorumQueue)) for queues that
 # survive a node.
 #
@@ -81,7 +83,7 @@ rabbitmq_cluster_up() {
 listeners.tcp.default = 127.0.0.1:$(rabbitmq_cluster_port "$n")
 loopback_users.guest = true
 log.console = false
-vm_memory_high_watermark.absolute = 256MB
+vm_memory_high_watermark.absolute = 1GB
 disk_free_limit.absolute = 100MB
 cluster_formation.peer_discovery_backend = classic_config
 $peers
