@@ -413,7 +413,7 @@ func (s *scenario) finish() {
 	if d := after.lingering - s.before.lingering; d > 0 {
 		s.note("%d rocketmq-client-go goroutines linger after Close (known, not counted)", d)
 	}
-	s.row.HeapMiB = float64(after.heap) / (1 << 20)
+	s.row.HeapBeforeMiB, s.row.HeapAfterMiB = float64(s.before.heap)/(1<<20), float64(after.heap)/(1<<20)
 	if !assert.LessOrEqual(t, after.goroutines, s.before.goroutines+goroutineSlack, "goroutines leaked") {
 		t.Logf("goroutines left:\n%s", goroutineSummary())
 	}

@@ -30,10 +30,10 @@ type Row struct {
 	// Executions of the methods, duplicate executions, and duplicate
 	// commits (outcomes stored twice in a shared dedup store).
 	Executions, Duplicates, DupCommits int
-	// Goroutines before and after (after the settle wait), heap in use
-	// after a GC at the end, in MiB.
+	// Goroutines before and after (after the settle wait), and the heap
+	// in use after a GC before and after, in MiB.
 	GoroutinesBefore, GoroutinesAfter int
-	HeapMiB                           float64
+	HeapBeforeMiB, HeapAfterMiB       float64
 	// Note says what happened (outage length, poison outcomes, ...).
 	Note string
 	// Failed is true when the scenario's assertions failed.
@@ -67,9 +67,9 @@ func (r *Report) Write(w io.Writer) {
 		if x.Failed {
 			res = "FAIL"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%v\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d->%d\t%.0f\t%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%v\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d->%d\t%.0f->%.0f\t%s\n",
 			x.Target, x.Scenario, res, x.Calls, x.Late, x.MaxWait.Round(time.Millisecond), x.Mismatched,
-			x.Accepted, x.Lost, x.FailedExecuted, x.Executions, x.Duplicates, x.DupCommits, x.GoroutinesBefore, x.GoroutinesAfter, x.HeapMiB, x.Codes)
+			x.Accepted, x.Lost, x.FailedExecuted, x.Executions, x.Duplicates, x.DupCommits, x.GoroutinesBefore, x.GoroutinesAfter, x.HeapBeforeMiB, x.HeapAfterMiB, x.Codes)
 	}
 	_ = tw.Flush()
 	var notes []string
