@@ -27,6 +27,18 @@ type Codec interface {
 	Unmarshal(data []byte, v any) error
 }
 
+// Appender is an optional interface of a Codec that encodes into a buffer
+// of the caller's: MarshalAppend appends the encoding of v to dst and
+// returns the extended slice; dst[len(dst):] of the result holds what
+// Marshal would return. A stream encodes each message this way into a
+// buffer it reuses (codec/msgpack and codec/proto implement it), so a
+// message costs no allocation of its own. Like Marshal, MarshalAppend
+// must not retain v nor the buffer; on an error the result is not to be
+// used.
+type Appender interface {
+	MarshalAppend(dst []byte, v any) ([]byte, error)
+}
+
 // ErrUnsupported means a codec cannot encode or decode a value of the
 // given type (a proto codec given a non-proto value, for instance).
 var ErrUnsupported = errors.New("codec: unsupported type")

@@ -49,6 +49,40 @@ func TestRoundTrip(t *testing.T) {
 	})
 }
 
+// TestMarshalAppend: a codec.Appender appends to dst exactly what Marshal
+// returns (the wire is the same whichever a stream uses), keeping what
+// dst held, and refuses what Marshal refuses.
+func TestMarshalAppend(t *testing.T) {
+	for _, tc := range []struct {
+		c   codec.Codec
+		v   any
+		bad any
+	}{
+		{jsoncodec.Codec{}, &sample{Name: "<héllo>&", N: 7, Tags: []string{"a"}, Bytes: []byte{1, 2}, Inner: &sample{}}, make(chan int)},
+		{msgpackcodec.Codec{}, &sample{Name: "héllo", N: 7, Tags: []string{"a"}, Bytes: []byte{1, 2}, Inner: &sample{}}, make(chan int)},
+		{protocodec.Codec{}, wrapperspb.Bytes(make([]byte, 300)), &sample{}},
+	} {
+		t.Run(tc.c.Name(), func(t *testing.T) {
+			ap, ok := tc.c.(codec.Appender)
+			require.True(t, ok)
+			want, err := tc.c.Marshal(tc.v)
+			require.NoError(t, err)
+			for _, dst := range [][]byte{nil, []byte("prefix"), make([]byte, 3, 1024)} {
+				prefix := string(dst)
+				got, err := ap.MarshalAppend(dst, tc.v)
+				require.NoError(t, err)
+				assert.Equal(t, prefix, string(got[:len(prefix)]))
+				assert.Equal(t, want, got[len(prefix):])
+			}
+			_, err = ap.MarshalAppend(nil, tc.bad)
+			require.Error(t, err)
+			got, err := ap.MarshalAppend(nil, tc.v) // a pooled encoder is fine after an error
+			require.NoError(t, err)
+			assert.Equal(t, want, got)
+		})
+	}
+}
+
 func TestRawPassesBytesThrough(t *testing.T) {
 	c := rawcodec.Codec{}
 	in := []byte{0, 1, 0xff}
@@ -140,4 +174,40 @@ func FuzzProto(f *testing.F) {
 			t.Fatalf("decoded but cannot re-encode: %v", err)
 		}
 	})
+}
+
+// BenchmarkMarshal compares Marshal with MarshalAppend into a reused
+// buffer, as a stream encodes its messages (64 bytes of data).
+func BenchmarkMarshal(b *testing.B) {
+	type echo struct {
+		Data []byte `json:"d" msgpack:"d"`
+	}
+	for _, tc := range []struct {
+		c codec.Codec
+		v any
+	}{
+		{jsoncodec.Codec{}, &echo{Data: make([]byte, 64)}},
+		{msgpackcodec.Codec{}, &echo{Data: make([]byte, 64)}},
+		{protocodec.Codec{}, wrapperspb.Bytes(make([]byte, 64))},
+	} {
+		b.Run(tc.c.Name()+"/Marshal", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := tc.c.Marshal(tc.v); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(tc.c.Name()+"/MarshalAppend", func(b *testing.B) {
+			ap := tc.c.(codec.Appender)
+			var buf []byte
+			b.ReportAllocs()
+			for b.Loop() {
+				var err error
+				if buf, err = ap.MarshalAppend(buf[:0], tc.v); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

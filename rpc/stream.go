@@ -143,15 +143,36 @@ func (s *ServerStream[Req, Res]) Send(m *Res) error {
 }
 
 func sendMsg(st *stream.Stream, cd codec.Codec, name string, maxSize int, m any) error {
+	if ap, ok := cd.(codec.Appender); ok {
+		// Encoded into a buffer of the stream's, reused once posted.
+		return streamError(st.SendAppend(nil, func(buf []byte) ([]byte, error) {
+			b, err := ap.MarshalAppend(buf, m)
+			if err != nil {
+				return nil, encodeMsgError(cd, name, err)
+			}
+			return b, checkMsgSize(name, maxSize, len(b))
+		}))
+	}
 	b, err := cd.Marshal(m)
 	if err != nil {
-		return Errorf(Internal, "encode %s stream message as %s: %w", name, cd.Name(), err)
+		return encodeMsgError(cd, name, err)
 	}
-	if maxSize >= 0 && len(b) > maxSize {
-		return Errorf(ResourceExhausted, "%s stream message of %d bytes exceeds the limit of %d: %w",
-			name, len(b), maxSize, broker.ErrMessageTooLarge)
+	if err := checkMsgSize(name, maxSize, len(b)); err != nil {
+		return err
 	}
 	return streamError(st.Send(&broker.Message{Body: b}))
+}
+
+func encodeMsgError(cd codec.Codec, name string, err error) error {
+	return Errorf(Internal, "encode %s stream message as %s: %w", name, cd.Name(), err)
+}
+
+func checkMsgSize(name string, maxSize, n int) error {
+	if maxSize >= 0 && n > maxSize {
+		return Errorf(ResourceExhausted, "%s stream message of %d bytes exceeds the limit of %d: %w",
+			name, n, maxSize, broker.ErrMessageTooLarge)
+	}
+	return nil
 }
 
 // HandleServerStream registers fn as the handler of the server-streaming

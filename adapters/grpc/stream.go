@@ -292,6 +292,10 @@ type serverStream struct {
 	st  *stream.Stream
 	cd  codec.Codec
 	ts  *transportStream
+	// sent: a message went (SendMsg is not called concurrently), so the
+	// header metadata is settled and later messages may be encoded in
+	// place (SendAppend).
+	sent bool
 }
 
 var _ grpc.ServerStream = (*serverStream)(nil)
@@ -302,22 +306,43 @@ func (s *serverStream) SetTrailer(md metadata.MD)       { _ = s.ts.SetTrailer(md
 func (s *serverStream) Context() context.Context        { return s.ctx }
 
 func (s *serverStream) SendMsg(m any) error {
-	b, err := s.cd.Marshal(m)
+	var err error
+	if ap, ok := s.cd.(codec.Appender); ok && s.sent {
+		// Encoded into a buffer of the stream's, reused once posted.
+		err = s.st.SendAppend(nil, func(buf []byte) ([]byte, error) {
+			b, err := ap.MarshalAppend(buf, m)
+			if err != nil {
+				return nil, s.encodeError(err)
+			}
+			return b, nil
+		})
+	} else {
+		b, merr := s.cd.Marshal(m)
+		if merr != nil {
+			return s.encodeError(merr)
+		}
+		msg := &broker.Message{Body: b}
+		if header, first := s.ts.sendHeader(); first {
+			// The first message carries the header metadata, as gRPC
+			// sends the headers before it; later SetHeader calls fail.
+			msg.Header = make(broker.Header, 1+len(header))
+			putMetadata(msg.Header, header, "")
+			msg.Header[headerMarker] = "1"
+		}
+		s.sent = true
+		err = s.st.Send(msg)
+	}
 	if err != nil {
-		return status.Errorf(codes.Internal, "mqgrpc: encode %s stream message: %v", s.ts.method, err)
-	}
-	msg := &broker.Message{Body: b}
-	if header, first := s.ts.sendHeader(); first {
-		// The first message carries the header metadata, as gRPC sends
-		// the headers before it; later SetHeader calls fail.
-		msg.Header = make(broker.Header, 1+len(header))
-		putMetadata(msg.Header, header, "")
-		msg.Header[headerMarker] = "1"
-	}
-	if err := s.st.Send(msg); err != nil {
+		if _, ok := status.FromError(err); ok {
+			return err // encodeError
+		}
 		return streamStatus(err).Err()
 	}
 	return nil
+}
+
+func (s *serverStream) encodeError(err error) error {
+	return status.Errorf(codes.Internal, "mqgrpc: encode %s stream message: %v", s.ts.method, err)
 }
 
 func (s *serverStream) RecvMsg(m any) error {

@@ -61,6 +61,7 @@ import (
 	"io"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mqrpc/mqrpc/broker"
@@ -129,6 +130,27 @@ type BodyCopier interface {
 
 // batchBuffers are the reused bodies of batch frames, for a BodyCopier.
 var batchBuffers = sync.Pool{New: func() any { b := make([]byte, 0, maxBatch); return &b }}
+
+// bodyBuffers are the reused bodies of messages queued by SendAppend.
+var bodyBuffers = sync.Pool{New: func() any { return new([]byte) }}
+
+// putBody returns a body buffer of SendAppend to the pool, unless it grew
+// beyond a batch frame (a rare huge message is not kept alive).
+func putBody(buf *[]byte) {
+	if cap(*buf) > maxBatch {
+		return
+	}
+	*buf = (*buf)[:0]
+	bodyBuffers.Put(buf)
+}
+
+// outMsg is a data message queued by Send; buf, when not nil, holds its
+// body, a buffer of bodyBuffers (SendAppend) that postData reuses once the
+// body was copied into a batch frame or posted to a BodyCopier.
+type outMsg struct {
+	broker.Message
+	buf *[]byte
+}
 
 // Errors that end a stream. Test with errors.Is.
 var (
@@ -210,13 +232,17 @@ type Stream struct {
 	postMu sync.Mutex // orders data, ping, end and credit frames as posted
 	// spare is the queue's other buffer, swapped by the writer; postMu
 	// is held.
-	spare []broker.Message
+	spare []outMsg
 	// flushWake (1-buffered) tells run that Send queued messages.
 	flushWake chan struct{}
 	// reuse says the Streamer is a BodyCopier: postData reuses frame and
 	// the buffers of batch frames; postMu is held.
 	reuse bool
 	frame broker.Message
+	// bodyHint is the size of the last body SendAppend encoded into a new
+	// buffer: the next new one has that capacity, so that it does not
+	// grow as the codec appends.
+	bodyHint atomic.Int64
 
 	mu sync.Mutex
 	// recvWake and sendWake (1-buffered) wake the one Recv and the one
@@ -241,7 +267,7 @@ type Stream struct {
 	// sending: Send queues data messages on out (sent counts them, so
 	// that the credit holds), and run's flush posts them (posted counts
 	// those posted) as data frames, or as batch frames when peerBatch.
-	out        []broker.Message
+	out        []outMsg
 	sent       uint64
 	posted     uint64
 	writing    bool // a flush is due or running
@@ -598,6 +624,42 @@ func (st *Stream) shutdown() {
 // *m, not m itself (so m need not be allocated per message), and takes
 // ownership of its body and headers.
 func (st *Stream) Send(m *broker.Message) error {
+	return st.enqueue(outMsg{Message: *m})
+}
+
+// SendAppend is Send for a message whose body encode appends to buf, a
+// buffer of the engine's (empty, its capacity from an earlier message):
+// once the message was copied into a batch frame, or posted to a
+// BodyCopier, the engine reuses the buffer for another message, so a
+// writer that encodes each message (package rpc, with a codec.Appender)
+// allocates no body per message. encode must not retain buf nor the
+// slice it returns; an error of encode is returned as it is, and nothing
+// is sent. h, which may be nil, are the message's headers; the stream
+// takes ownership of them.
+func (st *Stream) SendAppend(h broker.Header, encode func(buf []byte) ([]byte, error)) error {
+	buf := bodyBuffers.Get().(*[]byte)
+	fresh := cap(*buf) == 0
+	if n := st.bodyHint.Load(); fresh && n > 0 {
+		*buf = make([]byte, 0, n)
+	}
+	body, err := encode((*buf)[:0])
+	if err != nil {
+		putBody(buf)
+		return err
+	}
+	if fresh {
+		st.bodyHint.Store(int64(len(body)))
+	}
+	*buf = body
+	if err := st.enqueue(outMsg{Message: broker.Message{Header: h, Body: body}, buf: buf}); err != nil {
+		putBody(buf)
+		return err
+	}
+	return nil
+}
+
+// enqueue queues m for run's flush, as Send says.
+func (st *Stream) enqueue(m outMsg) error {
 	st.mu.Lock()
 	for {
 		if err := st.sendErrLocked(); err != nil {
@@ -612,7 +674,7 @@ func (st *Stream) Send(m *broker.Message) error {
 		st.mu.Lock()
 	}
 	st.sent++
-	st.out = append(st.out, *m)
+	st.out = append(st.out, m)
 	wake := !st.writing
 	st.writing = true
 	st.mu.Unlock()
@@ -655,12 +717,12 @@ func (st *Stream) flushLocked() {
 }
 
 // postData posts the messages q; postMu is held.
-func (st *Stream) postData(q []broker.Message, batch bool) error {
+func (st *Stream) postData(q []outMsg, batch bool) error {
 	for len(q) > 0 {
-		n, size := 1, batchSize(&q[0])
+		n, size := 1, batchSize(&q[0].Message)
 		if batch {
 			for n < len(q) {
-				s := batchSize(&q[n])
+				s := batchSize(&q[n].Message)
 				if size+s > maxBatch {
 					break
 				}
@@ -685,7 +747,11 @@ func (st *Stream) postData(q []broker.Message, batch bool) error {
 				body = make([]byte, 0, size)
 			}
 			for i := range q[:n] {
-				body = appendBatch(body, &q[i])
+				body = appendBatch(body, &q[i].Message)
+				if q[i].buf != nil { // copied: the buffer is free
+					putBody(q[i].buf)
+					q[i].buf = nil
+				}
 			}
 			f.Header[HeaderFrame] = FrameBatch
 			f.Body = body
@@ -696,6 +762,15 @@ func (st *Stream) postData(q []broker.Message, batch bool) error {
 		if buf != nil {
 			*buf = f.Body[:0]
 			batchBuffers.Put(buf)
+		}
+		if n == 1 && q[0].buf != nil {
+			if !st.reuse {
+				// Posted alone, the body is the broker's now; only the
+				// holder is reused.
+				*q[0].buf = nil
+			}
+			putBody(q[0].buf)
+			q[0].buf = nil
 		}
 		if st.reuse {
 			f.Body = nil // not to keep the caller's body

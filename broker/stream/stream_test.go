@@ -2,10 +2,12 @@ package stream_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -74,11 +76,35 @@ func (c copyingStreamer) Post(ctx context.Context, addr string, m *broker.Messag
 func (copyingStreamer) PostCopiesBody() bool { return true }
 
 // TestReusedFramesCarryOwnHeaders: on a BodyCopier the engine reuses one
-// frame for every data and batch frame it posts; each message still
-// arrives with its own headers and body, never a previous one's.
+// frame for every data and batch frame it posts, and the buffers of
+// SendAppend (on every Streamer, once copied into a batch frame; on a
+// BodyCopier once posted); each message still arrives with its own
+// headers and body, never a previous or a later one's.
 func TestReusedFramesCarryOwnHeaders(t *testing.T) {
-	b := memory.New()
-	defer b.Close()
+	for _, tc := range []struct {
+		name    string
+		copying bool
+		append  bool
+	}{
+		{"Send, BodyCopier", true, false},
+		{"SendAppend, BodyCopier", true, true},
+		{"SendAppend, shared bodies", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := memory.New()
+			defer b.Close()
+			var s broker.Streamer = b
+			if tc.copying {
+				s = copyingStreamer{b}
+			}
+			testReuse(t, b, s, tc.append)
+		})
+	}
+}
+
+// testReuse streams messages from a caller on s to a handler on b and
+// checks each.
+func testReuse(t *testing.T, b broker.Broker, s broker.Streamer, useAppend bool) {
 	const n = 2000
 	want := func(i int) broker.Header {
 		h := broker.Header{}
@@ -89,6 +115,10 @@ func TestReusedFramesCarryOwnHeaders(t *testing.T) {
 			h["x-five"] = strconv.Itoa(i)
 		}
 		return h
+	}
+	// Bodies of varied sizes, so reused buffers grow and shrink.
+	body := func(dst []byte, i int) []byte {
+		return append(fmt.Append(dst, "m", i, "-"), strings.Repeat("x", i%97)...)
 	}
 	got := make(chan error, 1)
 	_, err := b.Serve("reuse", broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
@@ -108,8 +138,8 @@ func TestReusedFramesCarryOwnHeaders(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				if string(m.Body) != fmt.Sprint("m", i) {
-					return fmt.Errorf("message %d: body %q", i, m.Body)
+				if w := body(nil, i); string(m.Body) != string(w) {
+					return fmt.Errorf("message %d: body %q, want %q", i, m.Body, w)
 				}
 				if w := want(i); !maps.Equal(w, m.Header) {
 					return fmt.Errorf("message %d: headers %v, want %v", i, m.Header, w)
@@ -121,7 +151,7 @@ func TestReusedFramesCarryOwnHeaders(t *testing.T) {
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	st, err := stream.Open(ctx, copyingStreamer{b}, stream.Config{})
+	st, err := stream.Open(ctx, s, stream.Config{})
 	require.NoError(t, err)
 	defer st.Close()
 	req := &broker.Message{Subject: "reuse"}
@@ -133,7 +163,11 @@ func TestReusedFramesCarryOwnHeaders(t *testing.T) {
 		done <- err
 	}()
 	for i := 0; i < n; i++ {
-		require.NoError(t, st.Send(&broker.Message{Header: want(i), Body: fmt.Append(nil, "m", i)}))
+		if useAppend {
+			require.NoError(t, st.SendAppend(want(i), func(buf []byte) ([]byte, error) { return body(buf, i), nil }))
+		} else {
+			require.NoError(t, st.Send(&broker.Message{Header: want(i), Body: body(nil, i)}))
+		}
 		if i%50 < 4 {
 			time.Sleep(time.Millisecond) // runs of lone data frames as well as batches
 		}
@@ -141,4 +175,46 @@ func TestReusedFramesCarryOwnHeaders(t *testing.T) {
 	require.NoError(t, st.CloseSend())
 	require.NoError(t, <-got)
 	require.NoError(t, <-done)
+}
+
+// TestSendAppendError: an error of SendAppend's encode is returned as it
+// is and sends nothing: the stream goes on with the next message.
+func TestSendAppendError(t *testing.T) {
+	b := memory.New()
+	defer b.Close()
+	got := make(chan []string, 1)
+	_, err := b.Serve("enc", broker.HandlerFunc(func(ctx context.Context, req *broker.Message) (*broker.Message, error) {
+		st, err := stream.Accept(ctx, req, 0)
+		if err != nil {
+			return nil, err
+		}
+		var bodies []string
+		for {
+			m, err := st.Recv()
+			if err != nil {
+				break
+			}
+			bodies = append(bodies, string(m.Body))
+		}
+		got <- bodies
+		return &broker.Message{Header: st.Finish()}, nil
+	}))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := stream.Open(ctx, b, stream.Config{})
+	require.NoError(t, err)
+	defer st.Close()
+	req := &broker.Message{Subject: "enc"}
+	st.Prepare(req)
+	go func() {
+		rep, err := b.Request(st.Context(), req)
+		st.Finished(rep, err)
+	}()
+	errEnc := errors.New("cannot encode")
+	require.NoError(t, st.SendAppend(nil, func(buf []byte) ([]byte, error) { return append(buf, "a"...), nil }))
+	require.ErrorIs(t, st.SendAppend(nil, func(buf []byte) ([]byte, error) { return append(buf, "half"...), errEnc }), errEnc)
+	require.NoError(t, st.SendAppend(nil, func(buf []byte) ([]byte, error) { return append(buf, "b"...), nil }))
+	require.NoError(t, st.CloseSend())
+	require.Equal(t, []string{"a", "b"}, <-got)
 }

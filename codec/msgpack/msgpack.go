@@ -19,31 +19,71 @@ const Name = "application/msgpack"
 // can be added without breaking older peers.
 type Codec struct{}
 
-var _ codec.Codec = Codec{}
+var (
+	_ codec.Codec    = Codec{}
+	_ codec.Appender = Codec{}
+)
 
 // Name returns "application/msgpack".
 func (Codec) Name() string { return Name }
 
-// buffers keeps encode buffers between calls: msgpack.Marshal grows a new
-// one each time, which cost two extra allocations per message.
-var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
 // Marshal encodes v. The result is a fresh slice the caller owns.
 func (Codec) Marshal(v any) ([]byte, error) {
-	buf := buffers.Get().(*bytes.Buffer)
-	buf.Reset()
-	enc := msgpack.GetEncoder()
-	enc.Reset(buf)
-	err := enc.Encode(v)
-	msgpack.PutEncoder(enc)
+	e := encoders.Get().(*encoder)
+	e.w.b = e.scratch[:0]
+	err := e.enc.Encode(v)
 	var out []byte
 	if err == nil {
-		out = bytes.Clone(buf.Bytes())
+		out = bytes.Clone(e.w.b)
 	}
-	if buf.Cap() <= 64<<10 { // don't keep rare huge buffers alive
-		buffers.Put(buf)
+	if cap(e.w.b) <= 64<<10 { // don't keep rare huge buffers alive
+		e.scratch = e.w.b[:0]
 	}
+	e.put()
 	return out, err
+}
+
+// MarshalAppend appends the encoding of v to dst (codec.Appender).
+func (Codec) MarshalAppend(dst []byte, v any) ([]byte, error) {
+	e := encoders.Get().(*encoder)
+	e.w.b = dst
+	err := e.enc.Encode(v)
+	out := e.w.b
+	e.put()
+	return out, err
+}
+
+// encoder is an encoder that appends to a slice, pooled: msgpack.Marshal
+// grows a new buffer each time, which cost two extra allocations per
+// message. scratch is Marshal's buffer, kept between calls.
+type encoder struct {
+	w       appendWriter
+	enc     *msgpack.Encoder
+	scratch []byte
+}
+
+var encoders = sync.Pool{New: func() any {
+	e := new(encoder)
+	e.enc = msgpack.NewEncoder(&e.w)
+	return e
+}}
+
+func (e *encoder) put() {
+	e.w.b = nil // not to keep the caller's buffer
+	encoders.Put(e)
+}
+
+// appendWriter is the encoder's writer: it appends to b.
+type appendWriter struct{ b []byte }
+
+func (w *appendWriter) Write(p []byte) (int, error) {
+	w.b = append(w.b, p...)
+	return len(p), nil
+}
+
+func (w *appendWriter) WriteByte(c byte) error {
+	w.b = append(w.b, c)
+	return nil
 }
 
 // Unmarshal decodes data into v. An empty body decodes as the zero value.

@@ -15,7 +15,10 @@ const Name = "application/protobuf"
 // Codec is the protobuf binary codec. The zero value is ready to use.
 type Codec struct{}
 
-var _ codec.Codec = Codec{}
+var (
+	_ codec.Codec    = Codec{}
+	_ codec.Appender = Codec{}
+)
 
 // Name returns "application/protobuf".
 func (Codec) Name() string { return Name }
@@ -27,6 +30,16 @@ func (Codec) Marshal(v any) ([]byte, error) {
 		return nil, codec.UnsupportedTypeError(Name, v)
 	}
 	return proto.Marshal(m)
+}
+
+// MarshalAppend appends the encoding of v, which must be a proto.Message,
+// to dst (codec.Appender).
+func (Codec) MarshalAppend(dst []byte, v any) ([]byte, error) {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return dst, codec.UnsupportedTypeError(Name, v)
+	}
+	return proto.MarshalOptions{}.MarshalAppend(dst, m)
 }
 
 // Unmarshal decodes data into v, which must be a proto.Message. Unknown
