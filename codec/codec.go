@@ -4,7 +4,8 @@
 // A codec's Name is a media type, carried in the content-type header of
 // every message, so the receiving side can pick the same codec. Packages
 // codec/json, codec/msgpack and codec/proto provide the standard ones; any
-// type with these three methods plugs in.
+// type with these three methods plugs in; one that also implements
+// [Appender] lets streams encode each message into a reused buffer.
 package codec
 
 import (
