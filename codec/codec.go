@@ -32,7 +32,8 @@ type Codec interface {
 // of the caller's: MarshalAppend appends the encoding of v to dst and
 // returns the extended slice; dst[len(dst):] of the result holds what
 // Marshal would return. A stream encodes each message this way into a
-// buffer it reuses (codec/msgpack and codec/proto implement it), so a
+// buffer it reuses (codec/json, codec/msgpack and codec/proto implement
+// it), so a
 // message costs no allocation of its own. Like Marshal, MarshalAppend
 // must not retain v nor the buffer; on an error the result is not to be
 // used.
