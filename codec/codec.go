@@ -33,10 +33,9 @@ type Codec interface {
 // returns the extended slice; dst[len(dst):] of the result holds what
 // Marshal would return. A stream encodes each message this way into a
 // buffer it reuses (codec/json, codec/msgpack and codec/proto implement
-// it), so a
-// message costs no allocation of its own. Like Marshal, MarshalAppend
-// must not retain v nor the buffer; on an error the result is not to be
-// used.
+// it), so a message costs no allocation of its own. Like Marshal,
+// MarshalAppend must not retain v nor the buffer; on an error the result
+// is not to be used.
 type Appender interface {
 	MarshalAppend(dst []byte, v any) ([]byte, error)
 }
