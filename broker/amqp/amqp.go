@@ -14,7 +14,15 @@
 // handler's ctx.
 //
 // Serving runs on broker/kernel: this package is the wire (publish,
-// consume, reply, acknowledge, retry and dead-letter queues).
+// consume, reply, acknowledge, retry and dead-letter queues). A Broker that
+// serves opens a second connection, named after the first with " replies",
+// in confirm mode, for the replies that RabbitMQ might fail on: those to
+// callers on other nodes and to queues (on RabbitMQ 3.10 a reply to a
+// direct reply-to address of a node that is not running closes the
+// connection it is published on). So such a reply never takes the requests
+// in flight down with it, and the replies RabbitMQ did not confirm before
+// it closed that connection are published again. A reply to a caller on
+// the server's own node goes out on the channel its request came on.
 //
 // In fast mode (the default) request queues are transient and auto-deleted
 // with their last server, and messages are not persistent. Durable mode
@@ -78,6 +86,7 @@ type Broker struct {
 	subs   map[*driver]struct{} // running subscriptions
 
 	streams streams // stream inboxes (stream.go)
+	rep     replier // publishes the replies of the subscriptions (reply.go)
 }
 
 var _ broker.Broker = (*Broker)(nil)
@@ -104,6 +113,7 @@ func New(url string, opts ...Option) (*Broker, error) {
 		subs:  make(map[*driver]struct{}),
 		lane:  kernel.NewLane(),
 	}
+	b.rep.b = b
 	for _, u := range b.urls {
 		if _, err := amqp091.ParseURI(u); err != nil {
 			return nil, fmt.Errorf("amqp: parse url %s: %w", redact.URL(u), parseError(u, err))
@@ -216,6 +226,7 @@ func (b *Broker) Close() error {
 	if s != nil {
 		err = s.close()
 	}
+	b.rep.close() // after the rejections; no reply follows them
 	for _, d := range subs {
 		d.sub.Load().Wait()
 		d.wg.Wait()
@@ -251,6 +262,13 @@ type session struct {
 	unblocked   chan struct{}
 	blockReason string
 	blocked     atomic.Bool // unblocked is open: publishes take the slow path
+
+	// node is the hash of the node the connection is on, as direct
+	// reply-to addresses carry it (reply.go), once nodeKnown; probe is the
+	// correlation id of the request that learns it.
+	node      atomic.Int64
+	nodeKnown atomic.Bool
+	probe     string
 }
 
 // pubChan is a client channel and its confirms in flight. Its maps are
@@ -280,16 +298,7 @@ type result struct {
 // connect dials and sets up a session: the two client channels, the reply
 // consumer, and per channel a listener for returns and confirms.
 func (b *Broker) connect() (*session, error) {
-	amq := b.amq
-	// amqp091-go writes into the properties table while dialing.
-	amq.Properties = amqp091.NewConnectionProperties()
-	amq.Properties.SetClientConnectionName(b.cfg.connName)
-	if b.cfg.user != nil {
-		// Fresh for every dial: some amqp091-go versions clear the
-		// credentials of a PlainAuth after the handshake.
-		amq.SASL = []amqp091.Authentication{&amqp091.PlainAuth{Username: *b.cfg.user, Password: *b.cfg.password}}
-	}
-	conn, err := b.dial(amq)
+	conn, err := b.dial(b.dialConfig(b.cfg.connName))
 	if err != nil {
 		return nil, fmt.Errorf("amqp: dial: %w", err)
 	}
@@ -300,6 +309,7 @@ func (b *Broker) connect() (*session, error) {
 		calls:     make(map[string]*call),
 		declared:  make(map[string]bool),
 		unblocked: make(chan struct{}),
+		probe:     broker.NewID(),
 	}
 	close(s.unblocked)
 	fail := func(what string, err error) (*session, error) {
@@ -346,8 +356,23 @@ func (b *Broker) connect() (*session, error) {
 		}
 	}()
 	s.declareCancelExchange()
+	s.probeNode()
 	b.cfg.logger.Info("amqp: connected", "vhost", conn.Config.Vhost, "remote", remoteAddr(conn))
 	return s, nil
+}
+
+// dialConfig is the configuration of a dial for a connection named name.
+func (b *Broker) dialConfig(name string) amqp091.Config {
+	amq := b.amq
+	// amqp091-go writes into the properties table while dialing.
+	amq.Properties = amqp091.NewConnectionProperties()
+	amq.Properties.SetClientConnectionName(name)
+	if b.cfg.user != nil {
+		// Fresh for every dial: some amqp091-go versions clear the
+		// credentials of a PlainAuth after the handshake.
+		amq.SASL = []amqp091.Authentication{&amqp091.PlainAuth{Username: *b.cfg.user, Password: *b.cfg.password}}
+	}
+	return amq
 }
 
 // openPubChan opens a client channel, optionally in confirm mode, and
@@ -554,6 +579,12 @@ func (s *session) reply(d *amqp091.Delivery) {
 }
 
 func (s *session) returned(r amqp091.Return) {
+	if r.CorrelationId == s.probe {
+		if hash, direct, _ := replyNode(r.ReplyTo); direct {
+			s.node.Store(hash)
+			s.nodeKnown.Store(true)
+		}
+	}
 	s.mu.Lock()
 	if c, ok := s.calls[r.CorrelationId]; ok {
 		s.finishLocked(c, result{err: fmt.Errorf("%w: %d %s", broker.ErrNoResponders, r.ReplyCode, r.ReplyText)})

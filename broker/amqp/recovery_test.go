@@ -343,18 +343,22 @@ func TestQueueDeletedRecovers(t *testing.T) {
 	}, 20*time.Second, 50*time.Millisecond, "the server did not re-declare its deleted queue")
 }
 
-// closeConnectionNamed makes RabbitMQ close the connection whose client
-// provided name contains name, as if its process had crashed.
+// closeConnectionNamed makes RabbitMQ close the connections whose client
+// provided name contains name (a server's and its reply connection), as if
+// its process had crashed.
 func closeConnectionNamed(t testing.TB, vhost, name string) {
 	t.Helper()
+	closed := 0
 	for _, line := range strings.Split(ctl(t, "list_connections", "-p", vhost, "pid", "client_properties"), "\n") {
 		if strings.Contains(line, name) {
 			pid := strings.Fields(line)[0]
 			ctl(t, "close_connection", pid, "mqrpc test: simulated server crash")
-			return
+			closed++
 		}
 	}
-	t.Fatalf("no connection named %q in vhost %s", name, vhost)
+	if closed == 0 {
+		t.Fatalf("no connection named %q in vhost %s", name, vhost)
+	}
 }
 
 // TestDurableServerCrash: in durable mode a server that dies while handling

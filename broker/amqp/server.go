@@ -21,7 +21,8 @@ import (
 // delivery: fast mode drops it, durable mode retries it and finally
 // dead-letters it (WithDeadLetter). The queue and consumer are re-created
 // after a reconnection. A caller's cancel notice (see Request) cancels the
-// ctx of its request's handler.
+// ctx of its request's handler. Replies go out on the Broker's reply
+// connection, which the first Serve opens.
 //
 // Stop cancels the consumer, waits for the handlers in flight to finish and
 // acknowledge, then closes the channel, which hands prefetched requests
@@ -50,6 +51,7 @@ func (b *Broker) Serve(subject string, h broker.Handler, opts ...broker.ServeOpt
 	if prefetch < 1 {
 		prefetch = cfg.Concurrency
 	}
+	b.rep.start()
 	d := &driver{b: b, subject: subject, queue: cfg.Queue, prefetch: prefetch, durable: b.cfg.durable}
 	d.setup = d.setupServe
 	return b.serve(d, h, cfg, "serve")
@@ -104,7 +106,8 @@ type delivery struct {
 
 var deliveryPool = sync.Pool{New: func() any { return new(delivery) }}
 
-// channel is the channel d came on, which its reply and settlement use.
+// channel is the channel d came on, which its settlement and a reply to
+// its own node use.
 func (x *delivery) channel() *amqp091.Channel {
 	if x.suspect {
 		return x.c.sch
@@ -283,7 +286,10 @@ func (d *driver) Decode(x *delivery, m *broker.Message) error {
 }
 
 // Reply implements kernel.Driver: the reply goes to the request's reply_to
-// on the channel the request came on.
+// on the channel the request came on when reply_to is a direct reply-to
+// address of that channel's node, and otherwise on the Broker's reply
+// connection (reply.go): a reply RabbitMQ fails on closes the connection
+// it is published on, and only one to another node can fail.
 func (d *driver) Reply(x *delivery, rep *broker.Message) error {
 	if x.ReplyTo == "" {
 		return nil
@@ -300,7 +306,17 @@ func (d *driver) Reply(x *delivery, rep *broker.Message) error {
 	if p.CorrelationId == "" {
 		p.CorrelationId = x.MessageId
 	}
-	return x.channel().Publish("", x.ReplyTo, false, false, p)
+	hash, direct, ok := replyNode(x.ReplyTo)
+	if !ok {
+		return fmt.Errorf("%w: reply_to %q is not a direct reply-to address RabbitMQ can decode", errReplyDropped, x.ReplyTo)
+	}
+	if direct && x.c.sess != nil && x.c.sess.sameNode(hash) {
+		// The caller is on this connection's node: RabbitMQ cannot
+		// fail on it, and the reply and the acknowledgement go out in
+		// one write.
+		return x.channel().Publish("", x.ReplyTo, false, false, p)
+	}
+	return d.b.rep.publish(x.ReplyTo, hash, direct, p)
 }
 
 // Settle implements kernel.Driver; the kernel calls SettleCause instead.
@@ -383,8 +399,9 @@ func (d *driver) halt() {
 }
 
 // Flush implements kernel.Flusher: Stop returns once the channels closed,
-// so the requests prefetched but not started are back in the queue, and
-// the goroutines of the subscription ended.
+// so the requests prefetched but not started are back in the queue, the
+// goroutines of the subscription ended, and RabbitMQ confirmed the replies
+// published so far (unless the reply connection is down).
 func (d *driver) Flush(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
@@ -392,6 +409,7 @@ func (d *driver) Flush(ctx context.Context) error {
 		if c := d.cur.Load(); c != nil {
 			<-c.closed
 		}
+		d.b.rep.settle(ctx)
 		close(done)
 	}()
 	select {
@@ -418,6 +436,7 @@ func (d *driver) end(c *consumer) {
 // consumer and the cancel-notice consumer, and in durable mode a consumer
 // of the suspect queue on a second channel.
 type consumer struct {
+	sess       *session // nil but for Serve
 	ch         *amqp091.Channel
 	tag        string
 	deliveries <-chan amqp091.Delivery
@@ -536,6 +555,7 @@ func (d *driver) setupServe(s *session) (*consumer, error) {
 		return nil, fmt.Errorf("%w: open channel: %w", broker.ErrDisconnected, err)
 	}
 	c := newConsumer(ch)
+	c.sess = s
 	c.tag = "mqrpc-" + broker.NewID()
 	err = func() error {
 		if b.cfg.durable {
