@@ -41,17 +41,7 @@ func TestLargeMessagesGetLessCredit(t *testing.T) {
 		return &broker.Message{Header: st.Finish()}, nil
 	}))
 	require.NoError(t, err)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := stream.Open(ctx, b, stream.Config{})
-	require.NoError(t, err)
-	defer st.Close()
-	req := &broker.Message{Subject: "big"}
-	st.Prepare(req)
-	go func() {
-		rep, err := b.Request(st.Context(), req)
-		st.Finished(rep, err)
-	}()
+	st := openStream(t, b, "big")
 	for i := 0; i < 40; i++ { // past the first credit: the grants are now 8 at a time
 		_, err := st.Recv()
 		require.NoError(t, err)
@@ -200,21 +190,29 @@ func TestSendAppendError(t *testing.T) {
 		return &broker.Message{Header: st.Finish()}, nil
 	}))
 	require.NoError(t, err)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := stream.Open(ctx, b, stream.Config{})
-	require.NoError(t, err)
-	defer st.Close()
-	req := &broker.Message{Subject: "enc"}
-	st.Prepare(req)
-	go func() {
-		rep, err := b.Request(st.Context(), req)
-		st.Finished(rep, err)
-	}()
+	st := openStream(t, b, "enc")
 	errEnc := errors.New("cannot encode")
 	require.NoError(t, st.SendAppend(nil, func(buf []byte) ([]byte, error) { return append(buf, "a"...), nil }))
 	require.ErrorIs(t, st.SendAppend(nil, func(buf []byte) ([]byte, error) { return append(buf, "half"...), errEnc }), errEnc)
 	require.NoError(t, st.SendAppend(nil, func(buf []byte) ([]byte, error) { return append(buf, "b"...), nil }))
 	require.NoError(t, st.CloseSend())
 	require.Equal(t, []string{"a", "b"}, <-got)
+}
+
+// openStream opens a stream to the handler of subject on b, its opening
+// request under way; the stream closes when the test ends.
+func openStream(t *testing.T, b *memory.Broker, subject string) *stream.Stream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	st, err := stream.Open(ctx, b, stream.Config{})
+	require.NoError(t, err)
+	t.Cleanup(st.Close)
+	req := &broker.Message{Subject: subject}
+	st.Prepare(req)
+	go func() {
+		rep, err := b.Request(st.Context(), req)
+		st.Finished(rep, err)
+	}()
+	return st
 }
