@@ -2,6 +2,7 @@ package amqp
 
 import (
 	"encoding/base64"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -67,4 +68,31 @@ func BenchmarkReplyNode(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		replyNode(key)
 	}
+}
+
+// FuzzReplyNode: replyNode reads reply_to as any client sets it, so it
+// must never panic, and its answers must agree: a direct address has a
+// hash and is published, anything else has none.
+func FuzzReplyNode(f *testing.F) {
+	for _, key := range []string{
+		"calc", directReplyTo, directReplyTo + ".bogus", directReplyTo + ".a.b.c",
+		directReplyTo + ".garbage.key", directReplyTo + ".\xff\xfe.k",
+		pidAddress("reply@98342201"), pidAddress("reply@-7"), pidAddress("reply@host"),
+		pidAddress("reply@99999999999999999999999999999"),
+		directReplyTo + "." + base64.StdEncoding.EncodeToString([]byte{131, 103, 119, 9}) + ".k",
+	} {
+		f.Add(key)
+	}
+	f.Fuzz(func(t *testing.T, key string) {
+		hash, direct, ok := replyNode(key)
+		if direct && !ok {
+			t.Fatalf("replyNode(%q): direct but not ok", key)
+		}
+		if !direct && hash != 0 {
+			t.Fatalf("replyNode(%q): hash %d of an address that is not direct", key, hash)
+		}
+		if !strings.HasPrefix(key, directReplyTo+".") && (!ok || direct) {
+			t.Fatalf("replyNode(%q) = %v, %v: not a direct reply-to address, so published as a queue name", key, direct, ok)
+		}
+	})
 }
