@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/mqrpc/mqrpc/codec"
+	"github.com/mqrpc/mqrpc/codec/internal/appendw"
 )
 
 // Name is the media type of this codec.
@@ -29,10 +30,10 @@ func (Codec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
 // same bytes as Marshal's, without the copy json.Marshal returns.
 func (Codec) MarshalAppend(dst []byte, v any) ([]byte, error) {
 	e := encoders.Get().(*encoder)
-	e.w.b = dst
+	e.w.B = dst
 	err := e.enc.Encode(v)
-	out := e.w.b
-	e.w.b = nil // not to keep the caller's buffer
+	out := e.w.B
+	e.w.B = nil // not to keep the caller's buffer
 	encoders.Put(e)
 	if err != nil {
 		return dst, err
@@ -40,10 +41,10 @@ func (Codec) MarshalAppend(dst []byte, v any) ([]byte, error) {
 	return out[:len(out)-1], nil // Encode ends the value with a newline
 }
 
-// encoder is a json.Encoder writing to an appendWriter, pooled. Its
+// encoder is a json.Encoder writing to an appendw.Writer, pooled. Its
 // options are json.Marshal's (HTML escaped, no indent).
 type encoder struct {
-	w   appendWriter
+	w   appendw.Writer
 	enc *json.Encoder
 }
 
@@ -52,14 +53,6 @@ var encoders = sync.Pool{New: func() any {
 	e.enc = json.NewEncoder(&e.w)
 	return e
 }}
-
-// appendWriter appends what is written to b.
-type appendWriter struct{ b []byte }
-
-func (w *appendWriter) Write(p []byte) (int, error) {
-	w.b = append(w.b, p...)
-	return len(p), nil
-}
 
 // Unmarshal decodes data into v with encoding/json. An empty body decodes
 // as the zero value, so a request without fields needs no body at all.

@@ -9,6 +9,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/mqrpc/mqrpc/codec"
+	"github.com/mqrpc/mqrpc/codec/internal/appendw"
 )
 
 // Name is the media type of this codec.
@@ -30,14 +31,14 @@ func (Codec) Name() string { return Name }
 // Marshal encodes v. The result is a fresh slice the caller owns.
 func (Codec) Marshal(v any) ([]byte, error) {
 	e := encoders.Get().(*encoder)
-	e.w.b = e.scratch[:0]
+	e.w.B = e.scratch[:0]
 	err := e.enc.Encode(v)
 	var out []byte
 	if err == nil {
-		out = bytes.Clone(e.w.b)
+		out = bytes.Clone(e.w.B)
 	}
-	if cap(e.w.b) <= 64<<10 { // don't keep rare huge buffers alive
-		e.scratch = e.w.b[:0]
+	if cap(e.w.B) <= 64<<10 { // don't keep rare huge buffers alive
+		e.scratch = e.w.B[:0]
 	}
 	e.put()
 	return out, err
@@ -46,9 +47,9 @@ func (Codec) Marshal(v any) ([]byte, error) {
 // MarshalAppend appends the encoding of v to dst (codec.Appender).
 func (Codec) MarshalAppend(dst []byte, v any) ([]byte, error) {
 	e := encoders.Get().(*encoder)
-	e.w.b = dst
+	e.w.B = dst
 	err := e.enc.Encode(v)
-	out := e.w.b
+	out := e.w.B
 	e.put()
 	return out, err
 }
@@ -57,7 +58,7 @@ func (Codec) MarshalAppend(dst []byte, v any) ([]byte, error) {
 // grows a new buffer each time, which cost two extra allocations per
 // message. scratch is Marshal's buffer, kept between calls.
 type encoder struct {
-	w       appendWriter
+	w       appendw.Writer
 	enc     *msgpack.Encoder
 	scratch []byte
 }
@@ -69,21 +70,8 @@ var encoders = sync.Pool{New: func() any {
 }}
 
 func (e *encoder) put() {
-	e.w.b = nil // not to keep the caller's buffer
+	e.w.B = nil // not to keep the caller's buffer
 	encoders.Put(e)
-}
-
-// appendWriter is the encoder's writer: it appends to b.
-type appendWriter struct{ b []byte }
-
-func (w *appendWriter) Write(p []byte) (int, error) {
-	w.b = append(w.b, p...)
-	return len(p), nil
-}
-
-func (w *appendWriter) WriteByte(c byte) error {
-	w.b = append(w.b, c)
-	return nil
 }
 
 // Unmarshal decodes data into v. An empty body decodes as the zero value.
